@@ -1,0 +1,171 @@
+"""Data for seed 001's sentiment tasks: minllama's file formats, tokenising, padding, batching.
+
+Formats (as in neubig/minllama-assignment, data/sst-*.txt and data/cfimdb-*.txt):
+    data file       one example a line: `LABEL ||| TEXT`, LABEL an integer class id 0..K-1
+    label mapping   a JSON list of K names, index = class id, e.g. ["bad", "good"]
+    predictions     one line per example, in input order: `PREDICTED_ID ||| TEXT`
+Padding is on the right: row b holds its n_b real tokens at positions 0..n_b-1 and pad_id after,
+with attention_mask[b, t] = 1 for t < n_b. Under causal attention a real token never attends to
+a later pad, so right padding leaves every real position's output unchanged; the mask (not
+token == pad_id) marks the pads, because SmolLM2's pad id equals its eos id.
+
+Shapes: B batch, T longest sequence in the batch.
+Tests: tests/test_data.py (round trips on temp files, one-line errors naming file and line,
+padding and batching against hand-built tensors).
+"""
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import train
+
+
+# ----------------------------------------------------------------------------
+# one example
+
+@dataclass
+class Example:
+    label: int    # class id: index into the label-mapping list
+    text: str     # the sentence or review, stripped of surrounding whitespace
+    line: int     # 1-based line number in the source file (for error messages)
+
+
+# ----------------------------------------------------------------------------
+# readers
+
+def _check_file(path, flag):
+    path = Path(path)
+    where = f" ({flag})" if flag else ""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}{where}: file not found; pass an existing file "
+                                "(the seed 001 data is in ../shared/data/sst and ../shared/data/cfimdb)")
+    return path
+
+
+def read_label_names(path, flag="--label-names"):
+    """The label-mapping JSON: a non-empty list of distinct strings; index = class id."""
+    path = _check_file(path, flag)
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} ({flag}): not valid JSON ({err.msg} at line {err.lineno}); "
+                         'expected a list of label names like ["bad", "good"]') from None
+    if (not isinstance(names, list) or not names
+            or not all(isinstance(n, str) and n.strip() for n in names)):
+        raise ValueError(f"{path} ({flag}): expected a non-empty JSON list of label-name strings "
+                         'like ["bad", "good"]')
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path} ({flag}): label names repeat ({names}); each name must be distinct")
+    return names
+
+
+def parse_line(raw, path, line_no, num_labels=None):
+    """One `LABEL ||| TEXT` line -> Example; ValueError naming file:line on bad input."""
+    if "|||" not in raw:
+        raise ValueError(f"{path}:{line_no}: expected `LABEL ||| TEXT`, got {raw[:60]!r}; "
+                         "fix or remove the line")
+    label_str, text = raw.split("|||", 1)
+    try:
+        label = int(label_str.strip())
+    except ValueError:
+        raise ValueError(f"{path}:{line_no}: label {label_str.strip()!r} is not an integer class id; "
+                         "labels are 0..K-1, indices into the label-mapping JSON") from None
+    if num_labels is not None and not 0 <= label < num_labels:
+        raise ValueError(f"{path}:{line_no}: label {label} is not in the label mapping "
+                         f"(ids 0..{num_labels - 1}); use a mapping with a name for every label")
+    return Example(label=label, text=text.strip(), line=line_no)
+
+
+def read_examples(path, num_labels=None, flag=None):
+    """All examples of a minllama data file; blank lines are skipped, an empty file is an error."""
+    path = _check_file(path, flag)
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if raw.strip():
+                examples.append(parse_line(raw, path, line_no, num_labels))
+    if not examples:
+        where = f" ({flag})" if flag else ""
+        raise ValueError(f"{path}{where}: the file has no examples; expected `LABEL ||| TEXT` lines")
+    return examples
+
+
+def subset(examples, n, seed=0):
+    """A seeded random subset of n examples, kept in file order (all of them if n is None)."""
+    if n is None or n >= len(examples):
+        return list(examples)
+    if n < 1:
+        raise ValueError(f"subset size {n}: must be >= 1")
+    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in keep]
+
+
+def write_predictions(path, predictions, texts):
+    """minllama's output file: `PREDICTED_ID ||| TEXT` per line, written atomically."""
+    lines = [f"{int(p)} ||| {t}\n" for p, t in zip(predictions, texts, strict=True)]
+    train.write_text_atomic(path, "".join(lines))
+
+
+# ----------------------------------------------------------------------------
+# tokens: truncate, pad, batch
+
+def encode_text(tokenizer, text, max_len=None, bos=True, eos=False):
+    """Token ids of text; the text's own tokens are cut to max_len (bos/eos are kept)."""
+    ids = tokenizer.encode(text, bos=False, eos=False)
+    if max_len is not None:
+        ids = ids[:max_len]
+    return ([tokenizer.bos_id] if bos else []) + ids + ([tokenizer.eos_id] if eos else [])
+
+
+def pad_batch(sequences, pad_id):
+    """Right-pad token lists: tokens (B, T) long, attention_mask (B, T) long (1 real, 0 pad)."""
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("pad_batch needs a non-empty list of non-empty token lists")
+    longest = max(len(s) for s in sequences)
+    tokens = torch.full((len(sequences), longest), pad_id, dtype=torch.long)      # (B, T)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)               # (B, T)
+    for b, seq in enumerate(sequences):
+        tokens[b, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[b, :len(seq)] = 1
+    return tokens, mask
+
+
+class Batches:
+    """Re-iterable padded batches of dicts {tokens (B, T), attention_mask (B, T), labels (B,), index}.
+
+    shuffle: a new order each pass (seeded, so runs repeat). sort_by_length: batch similar lengths
+    together (less padding, for evaluation); `index` maps rows back to input order either way.
+    """
+
+    def __init__(self, sequences, labels, batch_size, pad_id, shuffle=False, seed=0,
+                 sort_by_length=False):
+        if batch_size < 1:
+            raise ValueError(f"--batch_size {batch_size}: must be >= 1")
+        if len(sequences) != len(labels):
+            raise ValueError(f"{len(sequences)} sequences but {len(labels)} labels")
+        self.sequences, self.labels = sequences, labels
+        self.batch_size, self.pad_id = batch_size, pad_id
+        self.shuffle, self.sort_by_length = shuffle, sort_by_length
+        self.rng = random.Random(seed)
+
+    def __len__(self):
+        return (len(self.sequences) + self.batch_size - 1) // self.batch_size
+
+    def order(self):
+        order = list(range(len(self.sequences)))
+        if self.shuffle:
+            self.rng.shuffle(order)
+        if self.sort_by_length:
+            order.sort(key=lambda i: len(self.sequences[i]))
+        return order
+
+    def __iter__(self):
+        order = self.order()
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            tokens, mask = pad_batch([self.sequences[i] for i in index], self.pad_id)
+            labels = torch.tensor([self.labels[i] for i in index], dtype=torch.long)   # (B,)
+            yield {"tokens": tokens, "attention_mask": mask, "labels": labels, "index": index}
