@@ -1,0 +1,380 @@
+"""Seed 001's sentiment classifiers on a pretrained Llama: zero-shot prompting, fine-tuning, LoRA.
+
+Zero-shot prompting (`--option prompt`; Radford et al. 2019 "Language Models are Unsupervised
+Multitask Learners", Sec. 3; Brown et al. 2020, arXiv:2005.14165, Sec. 2). The text x goes into a
+prompt listing the K label names; label k with tokens (y_1..y_m) scores its log-likelihood as the
+continuation, and the prediction is the best-scoring label:
+    score_k(x) = sum_{j=1..m} log softmax(W_out h_{n-1+j})[y_j]      n = prompt length
+    yhat = argmax_k score_k(x)
+where h_t is the final-norm hidden state at position t of prompt + label. Single-token labels
+need one forward pass of the prompt alone (m = 1: h_{n-1} is the prompt's last token).
+
+Classification head (`--option finetune` / `lora`; minllama's LlamaEmbeddingClassifier):
+    h = hidden state of the LAST NON-PAD token, index n_b - 1 of row b   (B, dim)
+    logits = W_c dropout(h) + b_c                                        (B, K)
+    loss = cross-entropy(logits, y), summed and divided by the examples in the optimizer step.
+finetune trains every parameter; lora freezes the Llama and trains the head plus LoRA adapters
+W = W0 + (alpha / r) B A on wq and wv (Hu et al. 2021, arXiv:2106.09685, Sec. 4.1-4.2).
+
+Shapes: B batch, T tokens, dim model width, V vocabulary, K labels, m label tokens.
+Tests: tests/test_classifier.py (batched padded label scores == one unpadded forward per example
+and label; head on the last non-pad token == an unpadded single-example run; LoRA trains only head
+and adapters; the CLI end to end through run.main on temp files).
+"""
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+import train
+
+# A plain-text prompt; {text} is the example, {labels} the label names ("bad or good").
+PROMPT_TEMPLATE = ("Review: {text}\n"
+                   "Is the sentiment of this movie review {labels}? Answer in one word.\n"
+                   "Answer:")
+
+
+# ----------------------------------------------------------------------------
+# pure functions: prompt text, pooling, label log-likelihoods
+
+def join_label_names(names):
+    """["bad", "good"] -> "bad or good"; ["a", "b", "c"] -> "a, b, or c" (as minllama writes it)."""
+    if len(names) <= 2:
+        return " or ".join(names)
+    return ", ".join(names[:-1]) + ", or " + names[-1]
+
+
+def last_token_index(attention_mask):
+    """(B, T) mask of 1 real / 0 pad -> (B,) position of each row's last real token."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)   # (T,)
+    return (attention_mask.long() * (positions + 1)).argmax(dim=1)                    # (B,)
+
+
+def pool_last_token(hidden, attention_mask):
+    """hidden (B, T, dim) -> (B, dim) at each row's last real token (any padding side)."""
+    index = last_token_index(attention_mask)                                          # (B,)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]         # (B, dim)
+
+
+def lm_head_weight(model):
+    """The (V, dim) output projection (tied to tok_embeddings when config.tie_embeddings)."""
+    return model.output.weight
+
+
+def hidden_states(model, tokens, attention_mask):
+    """Final-norm hidden states (B, T, dim); last_only skips the full (B, T, V) logits."""
+    _, hidden = model(tokens, attention_mask=attention_mask, last_only=True)
+    return hidden
+
+
+def label_scores_reference(model, prompt, label_ids):
+    """Readable oracle: one unpadded forward per label, full logits -> (K,) log-likelihoods."""
+    device = lm_head_weight(model).device
+    scores = []
+    for label in label_ids:
+        tokens = torch.tensor([prompt + label], device=device)                       # (1, n + m)
+        logits, _ = model(tokens)                                                    # (1, n + m, V)
+        logp = F.log_softmax(logits[0, len(prompt) - 1:-1].float(), dim=-1)          # (m, V)
+        scores.append(logp[torch.arange(len(label)), torch.tensor(label)].sum())
+    return torch.stack(scores)                                                       # (K,)
+
+
+def label_scores(model, prompts, label_ids, pad_id):
+    """Batched label log-likelihoods (B, K) for B prompts and K labels, right-padded.
+
+    Fast path: with single-token labels all K scores come from the prompt's last position
+    (one forward of B rows instead of B*K). Otherwise the B*K rows prompt + label are scored.
+    """
+    device = lm_head_weight(model).device
+    if all(len(label) == 1 for label in label_ids):
+        tokens, mask = data.pad_batch(prompts, pad_id)                               # (B, T)
+        hidden = hidden_states(model, tokens.to(device), mask.to(device))            # (B, T, dim)
+        last = pool_last_token(hidden, mask.to(device))                              # (B, dim)
+        logp = F.log_softmax(F.linear(last, lm_head_weight(model)).float(), dim=-1)  # (B, V)
+        return logp[:, [label[0] for label in label_ids]]                            # (B, K)
+    rows = [p + label for p in prompts for label in label_ids]                       # B*K lists
+    tokens, mask = data.pad_batch(rows, pad_id)                                      # (B*K, T)
+    hidden = hidden_states(model, tokens.to(device), mask.to(device))                # (B*K, T, dim)
+    m = max(len(label) for label in label_ids)
+    pos = torch.zeros(len(rows), m, dtype=torch.long)                                # (B*K, m)
+    target = torch.zeros(len(rows), m, dtype=torch.long)                             # (B*K, m)
+    valid = torch.zeros(len(rows), m, dtype=torch.bool)                              # (B*K, m)
+    for r, (p, label) in enumerate((p, label) for p in prompts for label in label_ids):
+        pos[r, :len(label)] = torch.arange(len(p) - 1, len(p) - 1 + len(label))
+        target[r, :len(label)] = torch.tensor(label)
+        valid[r, :len(label)] = True
+    pos, target, valid = pos.to(device), target.to(device), valid.to(device)
+    h = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))           # (B*K, m, dim)
+    logp = F.log_softmax(F.linear(h, lm_head_weight(model)).float(), dim=-1)         # (B*K, m, V)
+    token_logp = logp.gather(-1, target[..., None]).squeeze(-1) * valid              # (B*K, m)
+    return token_logp.sum(-1).view(len(prompts), len(label_ids))                     # (B, K)
+
+
+# ----------------------------------------------------------------------------
+# modules
+
+class LlamaZeroShotClassifier(nn.Module):
+    """Frozen Llama scoring each label name as the continuation of a prompt."""
+
+    def __init__(self, llama, tokenizer, label_names, template=PROMPT_TEMPLATE, max_len=None):
+        super().__init__()
+        self.llama = llama.requires_grad_(False)
+        self.tokenizer, self.template, self.max_len = tokenizer, template, max_len
+        self.label_names = list(label_names)
+        # " good": the label follows "Answer:" after a space, as one word of running text.
+        self.label_ids = [tokenizer.encode(" " + name, bos=False, eos=False) for name in label_names]
+
+    def prompt_ids(self, text):
+        """Token ids of the prompt for text; the text alone is cut to max_len tokens."""
+        if self.max_len is not None:
+            ids = self.tokenizer.encode(text, bos=False, eos=False)
+            if len(ids) > self.max_len:
+                text = self.tokenizer.decode(ids[:self.max_len])
+        prompt = self.template.format(text=text, labels=join_label_names(self.label_names))
+        return self.tokenizer.encode(prompt, bos=True, eos=False)
+
+    @torch.no_grad()
+    def forward(self, prompts):
+        """prompts: B token lists -> (B, K) label log-likelihoods."""
+        return label_scores(self.llama, prompts, self.label_ids, self.tokenizer.pad_id)
+
+
+class LlamaEmbeddingClassifier(nn.Module):
+    """Llama + dropout + linear head on the last non-pad token's hidden state."""
+
+    def __init__(self, llama, num_labels, hidden_dropout_prob=0.3):
+        super().__init__()
+        self.llama = llama
+        self.dropout = nn.Dropout(hidden_dropout_prob)
+        dim = llama.tok_embeddings.weight.shape[1]
+        self.classifier_head = nn.Linear(dim, num_labels)
+        self.classifier_head.to(llama.tok_embeddings.weight.device)
+
+    def forward(self, tokens, attention_mask):
+        """tokens, attention_mask (B, T) -> logits (B, K)."""
+        hidden = hidden_states(self.llama, tokens, attention_mask)                   # (B, T, dim)
+        pooled = pool_last_token(hidden, attention_mask)                             # (B, dim)
+        return self.classifier_head(self.dropout(pooled.float()))                    # (B, K)
+
+
+def add_lora(classifier, rank, alpha, targets=("wq", "wv"), dropout=0.0):
+    """Freeze the Llama, inject LoRA adapters into `targets`; the head stays trainable."""
+    import lora
+    classifier.llama.requires_grad_(False)
+    config = lora.LoraConfig(r=rank, alpha=alpha, dropout=dropout, target_modules=list(targets))
+    names = lora.inject_lora(classifier.llama, config)
+    if not names:
+        raise ValueError(f"--lora_targets {','.join(targets)}: no such linear layers in the model; "
+                         "use names like wq,wk,wv,wo,w1,w2,w3")
+    classifier.classifier_head.requires_grad_(True)
+    return names
+
+
+# ----------------------------------------------------------------------------
+# training and evaluation on batches
+
+def batch_logits(model, batch):
+    """Logits (B, K) and labels (B,) of one batch dict, on the model's device."""
+    device = model.classifier_head.weight.device
+    logits = model(batch["tokens"].to(device), batch["attention_mask"].to(device))   # (B, K)
+    return logits.float(), batch["labels"].to(device)                                # (B,)
+
+
+def classification_loss(model, batch):
+    """(summed cross-entropy, number of examples) for train.fit."""
+    logits, labels = batch_logits(model, batch)
+    return F.cross_entropy(logits, labels, reduction="sum"), labels.numel()
+
+
+@torch.no_grad()
+def predict_head(model, batches):
+    """Predictions in input order and the mean cross-entropy over Batches (eval mode)."""
+    was_training = model.training
+    model.eval()
+    preds, loss = {}, 0.0
+    for batch in batches:
+        logits, labels = batch_logits(model, batch)
+        loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+        preds.update(zip(batch["index"], logits.argmax(-1).tolist()))
+    model.train(was_training)
+    return [preds[i] for i in range(len(preds))], loss / max(len(preds), 1)
+
+
+@torch.no_grad()
+def predict_prompting(classifier, prompts, batch_size, desc="prompt"):
+    """argmax label per prompt, batching prompts of similar length together."""
+    from tqdm import tqdm
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    preds = [0] * len(prompts)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, dynamic_ncols=True):
+        index = order[start:start + batch_size]
+        scores = classifier([prompts[i] for i in index])                             # (B, K)
+        for i, p in zip(index, scores.argmax(-1).tolist()):
+            preds[i] = p
+    return preds
+
+
+def accuracy(preds, examples):
+    return sum(int(p == e.label) for p, e in zip(preds, examples, strict=True)) / len(examples)
+
+
+# ----------------------------------------------------------------------------
+# command line: run.py --option prompt | finetune | lora
+
+OUTPUT_KIND = {"prompt": "prompting", "finetune": "finetuning", "lora": "lora"}
+
+
+def add_arguments(parser, option):
+    """Seed 001's flags (spelled as in minllama's run_llama.py) plus optional reduced-run flags."""
+    kind = OUTPUT_KIND[option]
+    parser.add_argument("--train", default="data/cfimdb-train.txt", help="`LABEL ||| TEXT` file")
+    parser.add_argument("--dev", default="data/cfimdb-dev.txt", help="dev file (model selection)")
+    parser.add_argument("--test", default="data/cfimdb-test.txt", help="test file")
+    parser.add_argument("--label-names", "--label_names", dest="label_names",
+                        default="data/cfimdb-label-mapping.json", help="JSON list of label names")
+    parser.add_argument("--dev_out", "--dev-out", default=f"cfimdb-dev-{kind}-output.txt",
+                        help="dev predictions, `PRED ||| TEXT` per line")
+    parser.add_argument("--test_out", "--test-out", default=f"cfimdb-test-{kind}-output.txt",
+                        help="test predictions, `PRED ||| TEXT` per line")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=8, help="examples per batch")
+    parser.add_argument("--pretrained-model-path", "--pretrained_model_path", dest="pretrained_model_path",
+                        default=None, help="a .gguf, llama2.c .pt, or Hugging Face / llmlab folder "
+                        "(default: SmolLM2-135M-Instruct installed by setup.sh)")
+    parser.add_argument("--max_sentence_len", "--max-sentence-len", type=int, default=None,
+                        help="cut each text to this many tokens (default: no cut)")
+    parser.add_argument("--max_train_examples", "--max-train-examples", type=int, default=None,
+                        help="use a seeded random subset of this many training examples")
+    parser.add_argument("--max_eval_examples", "--max-eval-examples", type=int, default=None,
+                        help="use seeded random subsets of this many dev and test examples")
+    parser.add_argument("--out_dir", "--out-dir", default="runs",
+                        help="folder for the history JSON, learning curves and summary JSON")
+    if option == "prompt":
+        parser.add_argument("--prompt_template", "--prompt-template", default=PROMPT_TEMPLATE,
+                            help="prompt with {text} and {labels} placeholders")
+        return
+    parser.add_argument("--epochs", type=int, default=5, help="passes over the training data")
+    parser.add_argument("--lr", type=float, default=2e-5, help="AdamW learning rate")
+    parser.add_argument("--hidden_dropout_prob", "--hidden-dropout-prob", type=float, default=0.3,
+                        help="dropout on the pooled hidden state before the head")
+    parser.add_argument("--max_steps_per_epoch", "--max-steps-per-epoch", type=int, default=None,
+                        help="stop each epoch after this many optimizer steps")
+    if option == "lora":
+        parser.add_argument("--lora_rank", "--lora-rank", type=int, default=4, help="LoRA rank r")
+        parser.add_argument("--lora_alpha", "--lora-alpha", type=float, default=1.0,
+                            help="LoRA alpha; the update is scaled by alpha / r")
+        parser.add_argument("--lora_targets", "--lora-targets", default="wq,wv",
+                            help="comma-separated linear layers that get adapters")
+
+
+def check_arguments(args):
+    """Impossible values -> ValueError with one line naming the flag and the fix."""
+    positive = ["batch_size", "max_sentence_len", "max_train_examples", "max_eval_examples",
+                "epochs", "max_steps_per_epoch", "lora_rank"]
+    for name in positive:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} {value}: must be >= 1")
+    if getattr(args, "lr", 1.0) <= 0:
+        raise ValueError(f"--lr {args.lr}: the learning rate must be > 0")
+    if not 0 <= getattr(args, "hidden_dropout_prob", 0.0) < 1:
+        raise ValueError(f"--hidden_dropout_prob {args.hidden_dropout_prob}: must be in [0, 1)")
+    if getattr(args, "lora_alpha", 1.0) <= 0:
+        raise ValueError(f"--lora_alpha {args.lora_alpha}: must be > 0")
+
+
+def load_model(path, device):
+    """(Llama in fp32, Tokenizer); the one place the CLI loads weights (tests replace it)."""
+    import weights
+    return weights.load_pretrained(path, device=device, dtype=torch.float32)
+
+
+def load_splits(args):
+    """Label names and the train/dev/test examples (subsets when asked)."""
+    names = data.read_label_names(args.label_names)
+    splits = {}
+    for split, flag in [("train", "--train"), ("dev", "--dev"), ("test", "--test")]:
+        examples = data.read_examples(getattr(args, split), num_labels=len(names), flag=flag)
+        limit = args.max_train_examples if split == "train" else args.max_eval_examples
+        splits[split] = data.subset(examples, limit, seed=args.seed)
+        print(f"load {len(splits[split])} data from {getattr(args, split)}", flush=True)
+    return names, splits
+
+
+def run_prompt(args, llama, tokenizer, names, splits):
+    """Zero-shot predictions for dev and test; returns {split: predictions}, parameter counts."""
+    if "{text}" not in args.prompt_template:
+        raise ValueError("--prompt_template must contain {text} (and may contain {labels})")
+    classifier = LlamaZeroShotClassifier(llama, tokenizer, names, args.prompt_template,
+                                         args.max_sentence_len).eval()
+    print(f"prompt example: {classifier.template.format(text='<text>', labels=join_label_names(names))!r}")
+    preds = {}
+    for split in ("dev", "test"):
+        prompts = [classifier.prompt_ids(e.text) for e in splits[split]]
+        preds[split] = predict_prompting(classifier, prompts, args.batch_size, desc=split)
+    total = sum(p.numel() for p in llama.parameters())
+    return preds, {"trainable_parameters": 0, "total_parameters": total}
+
+
+def encode_split(examples, tokenizer, max_len):
+    """bos + text + eos, as minllama's create_data: the head reads the hidden state at eos."""
+    return [data.encode_text(tokenizer, e.text, max_len, bos=True, eos=True) for e in examples]
+
+
+def run_train(args, llama, tokenizer, names, splits):
+    """Fine-tune (all weights) or LoRA (adapters + head); best-on-dev; predictions for dev/test."""
+    model = LlamaEmbeddingClassifier(llama, len(names), args.hidden_dropout_prob)
+    if args.option == "lora":
+        targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+        injected = add_lora(model, args.lora_rank, args.lora_alpha, targets)
+        print(f"LoRA r={args.lora_rank} alpha={args.lora_alpha} on {len(injected)} layers", flush=True)
+    else:
+        model.requires_grad_(True)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)", flush=True)
+    seqs = {s: encode_split(splits[s], tokenizer, args.max_sentence_len) for s in splits}
+    make = lambda s, **kw: data.Batches(seqs[s], [e.label for e in splits[s]], args.batch_size,
+                                        tokenizer.pad_id, seed=args.seed, **kw)
+
+    def evaluate(m):
+        preds, loss = predict_head(m, make("dev", sort_by_length=True))
+        return {"loss": loss, "accuracy": accuracy(preds, splits["dev"])}
+
+    config = train.TrainConfig(epochs=args.epochs, lr=args.lr, max_steps_per_epoch=args.max_steps_per_epoch,
+                               out_dir=args.out_dir, name=run_name(args))
+    history = train.fit(model, make("train", shuffle=True), classification_loss, config, evaluate=evaluate)
+    preds = {s: predict_head(model, make(s, sort_by_length=True))[0] for s in ("dev", "test")}
+    info = {"trainable_parameters": trainable, "total_parameters": total,
+            "best": history["best"], "epochs": history["epochs"]}
+    return preds, info
+
+
+def run_name(args):
+    return f"{args.option}-{Path(args.train).stem}"
+
+
+def main(args):
+    """Read data, load the model, run the option, write dev/test outputs, print accuracies."""
+    start = time.perf_counter()
+    check_arguments(args)
+    names, splits = load_splits(args)
+    device = "cuda" if args.use_gpu else "cpu"
+    llama, tokenizer = load_model(args.pretrained_model_path, device)
+    runner = run_prompt if args.option == "prompt" else run_train
+    preds, info = runner(args, llama, tokenizer, names, splits)
+    summary = {"option": args.option, "seed": args.seed, "label_names": names,
+               "examples": {s: len(splits[s]) for s in splits}, **info}
+    for split, out in [("dev", args.dev_out), ("test", args.test_out)]:
+        data.write_predictions(out, preds[split], [e.text for e in splits[split]])
+        summary[f"{split}_accuracy"] = accuracy(preds[split], splits[split])
+        print(f"{split.capitalize()} Accuracy: {summary[f'{split}_accuracy']:.3f}", flush=True)
+    summary["peak_memory_mb"] = train.peak_memory_mb("cuda" if args.use_gpu else "cpu")
+    summary["wall_time_s"] = time.perf_counter() - start
+    summary["args"] = vars(args)
+    if args.out_dir:
+        train.save_json_atomic(Path(args.out_dir) / f"{run_name(args)}-summary.json", summary)
+    return summary

@@ -1,0 +1,180 @@
+"""Tests for classifier.py: prompting scores, the last-non-pad-token head, LoRA freezing, the CLI.
+
+Run: .venv/bin/pytest tests/test_classifier.py -q   (CPU, tiny random Llama, ~10 s)
+
+Oracles: label log-likelihoods from one unpadded forward per example and label through the
+model's own full logits (label_scores_reference); the head's logits for each example run alone
+without padding; parameter snapshots before/after LoRA training; files written by run.main.
+"""
+import json
+import zlib
+
+import pytest
+import torch
+
+import classifier
+import data
+import run
+import train
+
+llama = pytest.importorskip("llama")
+
+
+class WordTokenizer:
+    """Hermetic fake tokenizer: one id per whitespace-separated word (crc32 hash), decode by table."""
+    bos_id, eos_id, pad_id = 1, 2, 2
+
+    def __init__(self, vocab_size):
+        self.vocab_size, self.words = vocab_size, {}
+
+    def encode(self, text, bos=False, eos=False):
+        ids = []
+        for word in text.split():
+            ids.append(3 + zlib.crc32(word.encode()) % (self.vocab_size - 3))
+            self.words[ids[-1]] = word
+        return [self.bos_id] * bos + ids + [self.eos_id] * eos
+
+    def decode(self, ids):
+        return " ".join(self.words.get(i, "?") for i in ids if i > 2)
+
+
+def tiny_llama(seed=0):
+    torch.manual_seed(seed)
+    return llama.Llama(llama.LlamaConfig.tiny()).eval()
+
+
+def tokenizer_for(model):
+    return WordTokenizer(model.tok_embeddings.weight.shape[0])
+
+
+def test_pool_last_token_right_and_left_padding():
+    hidden = torch.randn(3, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 0]])
+    expected = torch.stack([hidden[0, 2], hidden[1, 4], hidden[2, 3]])
+    torch.testing.assert_close(classifier.pool_last_token(hidden, mask), expected, atol=0, rtol=0)
+
+
+def test_head_reads_last_non_pad_token():
+    """Padded batch logits == each example alone, unpadded (tolerance 1e-5: fp32 matmul order)."""
+    model = classifier.LlamaEmbeddingClassifier(tiny_llama(), num_labels=3, hidden_dropout_prob=0.0).eval()
+    seqs = [[1, 5, 6, 7, 8, 2], [1, 9, 2], [1, 10, 11, 2]]
+    tokens, mask = data.pad_batch(seqs, pad_id=2)
+    with torch.no_grad():
+        batched = model(tokens, mask)                                                # (3, K)
+        alone = torch.cat([model(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))
+                           for s in seqs])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("label_names", [["bad", "good", "fine"], ["very bad", "good", "so so so"]])
+def test_prompt_scores_match_unpadded_reference(label_names):
+    """Batched, padded label scores (fast single-token path and the B*K path) == the oracle."""
+    model = tiny_llama()
+    tok = tokenizer_for(model)
+    clf = classifier.LlamaZeroShotClassifier(model, tok, label_names)
+    texts = ["a fine film", "dull", "one two three four five six seven", "great"]
+    prompts = [clf.prompt_ids(t) for t in texts]
+    batched = clf(prompts)                                                           # (4, K)
+    with torch.no_grad():
+        oracle = torch.stack([classifier.label_scores_reference(model, p, clf.label_ids)
+                              for p in prompts])
+    torch.testing.assert_close(batched, oracle, atol=1e-4, rtol=1e-4)
+    preds = classifier.predict_prompting(clf, prompts, batch_size=3)
+    assert preds == oracle.argmax(-1).tolist()
+
+
+def test_prompt_max_len_cuts_the_text_only():
+    model = tiny_llama()
+    clf = classifier.LlamaZeroShotClassifier(model, tokenizer_for(model), ["bad", "good"], max_len=2)
+    assert clf.prompt_ids("w1 w2 w3 w4") == clf.prompt_ids("w1 w2")
+    assert "bad or good" in clf.template.format(text="x", labels=classifier.join_label_names(["bad", "good"]))
+    assert classifier.join_label_names(["a", "b", "c"]) == "a, b, or c"
+
+
+def test_lora_trains_only_head_and_adapters():
+    """After LoRA training, every base weight is bit-identical; head and adapter B moved."""
+    pytest.importorskip("lora")
+    model = classifier.LlamaEmbeddingClassifier(tiny_llama(), num_labels=2, hidden_dropout_prob=0.1)
+    names = classifier.add_lora(model, rank=2, alpha=4.0)
+    assert names and all(("wq" in n or "wv" in n) for n in names)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora" in n.lower() or n.startswith("classifier_head") for n in trainable)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    seqs = [[1, 3 + i, 4 + i, 2] for i in range(8)]
+    batches = data.Batches(seqs, [i % 2 for i in range(8)], batch_size=4, pad_id=2)
+    train.fit(model, batches, classifier.classification_loss,
+              train.TrainConfig(epochs=2, lr=1e-2, progress=False))
+    for n, p in model.named_parameters():
+        if p.requires_grad and (n.startswith("classifier_head") or "lora_b" in n.lower()
+                                or "lora_B" in n):
+            assert not torch.equal(p, before[n]), n
+        if not p.requires_grad:
+            assert torch.equal(p, before[n]), n
+
+
+def write_task(tmp_path):
+    names = ["bad", "good"]
+    (tmp_path / "labels.json").write_text(json.dumps(names))
+    lines = [f"{i % 2} ||| {'nice film' if i % 2 else 'awful movie'} number {i}" for i in range(12)]
+    for split in ("train", "dev", "test"):
+        (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def cli(tmp_path, option, *extra):
+    return ["--option", option, "--batch_size", "4", "--train", str(tmp_path / "train.txt"),
+            "--dev", str(tmp_path / "dev.txt"), "--test", str(tmp_path / "test.txt"),
+            "--label-names", str(tmp_path / "labels.json"),
+            "--dev_out", str(tmp_path / f"{option}-dev-output.txt"),
+            "--test_out", str(tmp_path / f"{option}-test-output.txt"),
+            "--out_dir", str(tmp_path / "runs"), *extra]
+
+
+@pytest.mark.parametrize("option, extra", [
+    ("prompt", []),
+    ("finetune", ["--epochs", "2", "--lr", "1e-3"]),
+    ("lora", ["--epochs", "1", "--lr", "1e-3", "--lora_rank", "2", "--lora_alpha", "1.0"]),
+])
+def test_cli_end_to_end(tmp_path, monkeypatch, capsys, option, extra):
+    """run.main on temp files: output files in minllama's format, accuracy lines, history files."""
+    if option == "lora":
+        pytest.importorskip("lora")
+    model = tiny_llama()
+    monkeypatch.setattr(classifier, "load_model", lambda path, device: (model, tokenizer_for(model)))
+    run.main(cli(write_task(tmp_path), option, *extra))
+    out = capsys.readouterr().out
+    assert "Dev Accuracy: " in out and "Test Accuracy: " in out
+    dev_lines = (tmp_path / f"{option}-dev-output.txt").read_text().splitlines()
+    src = (tmp_path / "dev.txt").read_text().splitlines()
+    assert [ln.split(" ||| ")[1] for ln in dev_lines] == [ln.split(" ||| ")[1] for ln in src]
+    assert all(ln.split(" ||| ")[0] in ("0", "1") for ln in dev_lines)
+    summary = json.loads((tmp_path / "runs" / f"{option}-train-summary.json").read_text())
+    assert 0 <= summary["dev_accuracy"] <= 1
+    if option != "prompt":
+        assert (tmp_path / "runs" / f"{option}-train-history.json").exists()
+        assert (tmp_path / "runs" / f"{option}-train-curves.png").exists()
+
+
+@pytest.mark.parametrize("option, extra, message", [
+    ("lora", ["--lora_rank", "0"], "error: --lora_rank 0: must be >= 1"),
+    ("finetune", ["--batch_size", "0"], "error: --batch_size 0: must be >= 1"),
+])
+def test_cli_bad_flags_one_line_error(tmp_path, capsys, option, extra, message):
+    with pytest.raises(SystemExit) as err:
+        run.main(cli(write_task(tmp_path), option, *extra))
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith(message)
+
+
+def test_cli_missing_file_and_unknown_label(tmp_path, capsys):
+    task = write_task(tmp_path)
+    argv = cli(task, "prompt")
+    argv[argv.index("--dev") + 1] = str(tmp_path / "missing.txt")
+    with pytest.raises(SystemExit):
+        run.main(argv)
+    assert "missing.txt (--dev): file not found" in capsys.readouterr().err
+    (task / "train.txt").write_text("7 ||| odd label\n")
+    with pytest.raises(SystemExit):
+        run.main(cli(task, "prompt"))
+    assert "train.txt:1: label 7 is not in the label mapping" in capsys.readouterr().err
