@@ -1,0 +1,973 @@
+"""pico-LLM (seed 003): LSTM, k-gram MLP and Transformer language models trained from scratch on
+TinyStories and custom text files, nucleus-sampling generation, and the seed's studies (overfitting
+gap, positional schemes, pre/post norm, linear and gated linear attention, attention heatmaps, p-sweep).
+
+Every model maps tokens (B, T) to next-token logits (B, T, V); position t sees tokens 0..t only.
+  LSTM        (h_t, c_t) = LSTM(E[x_t], h_{t-1}, c_{t-1}),  logits_t = W h_t  (Hochreiter & Schmidhuber 1997)
+  k-gram MLP  logits_t = MLP([E[x_{t-k+1}]; ...; E[x_t]])  (Bengio et al. 2003, JMLR 3:1137); positions
+              before the start read a learned padding row E[V]; the sliding window is one `unfold`.
+              (The course starter's loop reads x_{t-k}..x_{t-1}, skipping x_t itself; we include x_t.)
+  Transformer x_0 = E[x] (+ P[t] when positional="learned"); L blocks; logits = W_out RMSNorm(x_L).
+    pre-norm  h = x + Attn(RMSNorm(x)),   out = h + MLP(RMSNorm(h))   (Xiong et al. 2020, arXiv 2002.04745)
+    post-norm h = RMSNorm(x + Attn(x)),   out = RMSNorm(h + MLP(h))   (Vaswani et al. 2017, arXiv 1706.03762)
+    RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g   (Zhang & Sennrich 2019, arXiv 1910.07467, Eq. 4)
+    Attn(x) = sum_j f_j(x), f_j(x) = softmax(q_j k_j^T / sqrt(D) + causal mask) v_j W_o[j]: the seed's
+      x -> x + sum_j f_j(x); concatenating the heads and applying one W_o computes the same sum.
+    positions: learned table P (GPT-2); RoPE (Su et al. 2021, arXiv 2104.09864) rotates q, k by t*theta_i
+      (rope.py); NoPE (Kazemnejad et al. 2023, arXiv 2305.19466): the causal mask alone carries order.
+  Linear attention (Katharopoulos et al. 2020, arXiv 2006.16236, Eq. 4-6 and 12), phi(x) = elu(x) + 1:
+    S_t = S_{t-1} + phi(k_t) v_t^T,  z_t = z_{t-1} + phi(k_t),  o_t = S_t^T phi(q_t) / (z_t . phi(q_t)).
+    cumsum form: every S_t at once as cumsum_t(phi(k) v^T); recurrent form: the loop over t.
+  Gated linear attention (Yang et al. 2023, arXiv 2312.06635, Eq. 3 and Sec. 4.2-4.3):
+    alpha_t = sigmoid(x_t W_a1 W_a2 + b)^(1/tau) in (0,1)^D (rank-16 W_a1 W_a2, tau = 16),
+    S_t = diag(alpha_t) S_{t-1} + k_t v_t^T,  o_t = S_t^T q_t,  out = (RMSNorm(o) * swish(x W_r)) W_o.
+    chunked form, chunk length C, b_t = prod of alpha_s over the chunk up to t (log-space cumsum):
+      o_t = S_prev^T (q_t * b_t) + sum_{s <= t in chunk} <q_t, k_s * b_t / b_s> v_s
+      S_next = diag(b_C) S_prev + sum_s (k_s * b_C / b_s) v_s^T   (all ratios <= 1: no overflow).
+Data: a file is read in pieces of --chunk_bytes cut after a newline, tokenized, and cut into blocks of
+  block_size + 1 tokens (input = block[:-1], target = block[1:]); memory is O(chunk), so a multi-GB
+  file streams. Every --test_every-th block of a custom file is the test split (TinyStories uses
+  valid.txt). Sources are mixed per block with probability --tinystories_weight.
+Tokenizer: "bpe" (default) = a SentencePiece BPE model trained offline on the first 4 MB of the
+  training text (byte fallback, newline kept, exact round trip), stored with each checkpoint; "byte" =
+  UTF-8 bytes, V = 256. Not the starter's tiktoken gpt2 (its ranks come from the network) nor the
+  default model's 49,152-token BPE: that embedding plus unembedding would be 12.6 M of a ~1 M-parameter
+  CPU model and its softmax would dominate every step.
+Generation: greedy (--top_p unset) or nucleus sampling (Holtzman et al. 2020, arXiv 1904.09751) from
+  sample.py. Metrics: distinct-n = unique n-grams / n-grams over all samples (Li et al. 2016, arXiv
+  1510.03055); rep-4 = 1 - distinct-4 inside one sample, averaged (seq-rep-n, Welleck et al. 2019).
+Shapes: B batch, T tokens, V vocab, dim width, H = n_heads, D = head_dim, C chunk, k window, n chunks.
+Tests: tests/test_pico.py (unfold == loop; cumsum == recurrent; chunked == recurrent; SDPA == math
+  attention; RMSNorm == F.rms_norm; causality of every model; streaming memory; bad-input errors;
+  checkpoint round trip; nucleus sampling taken from sample.py).
+"""
+import codecs
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent
+TINYSTORIES = Path(os.environ.get("LLMLAB_DATA", ROOT.parent / "shared" / "data")) / "tinystories"
+
+
+# ----------------------------------------------------------------------------
+# Config
+
+@dataclass
+class PicoConfig:
+    model: str = "transformer"      # "lstm" | "kgram" | "transformer"
+    vocab_size: int = 2048          # V, tokenizer vocabulary size
+    block_size: int = 128           # T, tokens per training window and longest context
+    dim: int = 128                  # embedding width (course --embed_size); LSTM hidden width too
+    n_layers: int = 2               # LSTM layers or transformer blocks
+    n_heads: int = 4                # H, attention heads (transformer)
+    hidden_dim: int = 512           # MLP hidden width (transformer feed-forward and k-gram MLP)
+    kgram_k: int = 3                # k, tokens the k-gram MLP reads (course --kgram_k)
+    mlp_layers: int = 1             # hidden layers of the k-gram MLP (course --num_inner_mlp_layers)
+    positional: str = "rope"        # "learned" | "rope" | "nope"
+    norm_placement: str = "pre"     # "pre" | "post" (where RMSNorm sits around each residual branch)
+    attention: str = "softmax"      # "softmax" | "linear" (Katharopoulos) | "gla" (Yang et al.)
+    gla_chunk: int = 16             # C, chunk length of the chunked GLA form
+    gla_gate_rank: int = 16         # rank of the GLA forget-gate projection W_a1 W_a2 (paper: 16)
+    gla_tau: float = 16.0           # tau, GLA gate temperature alpha = sigmoid(.)^(1/tau) (paper: 16)
+    norm_eps: float = 1e-5          # RMSNorm epsilon
+    rope_theta: float = 10000.0     # RoPE base theta
+    dropout: float = 0.0            # dropout on attention/MLP outputs (0 = off)
+
+    def __post_init__(self):
+        for name, allowed in [("model", ("lstm", "kgram", "transformer")),
+                              ("positional", ("learned", "rope", "nope")),
+                              ("norm_placement", ("pre", "post")),
+                              ("attention", ("softmax", "linear", "gla"))]:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"PicoConfig.{name}={getattr(self, name)!r}: choose one of {allowed}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"PicoConfig.dim={self.dim} is not divisible by n_heads={self.n_heads}")
+
+    @property
+    def head_dim(self):
+        return self.dim // self.n_heads
+
+    @classmethod
+    def tiny(cls, **overrides):
+        """Test preset: a few thousand parameters, runs in milliseconds."""
+        return cls(**{**dict(vocab_size=37, block_size=24, dim=16, n_heads=2, hidden_dim=32,
+                             gla_chunk=4, gla_gate_rank=4), **overrides})
+
+
+# ----------------------------------------------------------------------------
+# Attention maths (pure functions, (B, H, T, D) in, (B, H, T, D) out)
+
+def softmax_attention_reference(q, k, v):
+    """softmax(q k^T / sqrt(D) + causal mask) v, also returning the weights (B, H, T, T)."""
+    T = q.shape[2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])          # (B, H, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~causal, float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).type_as(q)         # fp32 softmax, cast back
+    return weights @ v, weights
+
+
+def elu_feature_map(x):
+    """phi(x) = elu(x) + 1 > 0 (Katharopoulos et al. 2020, Sec. 3.2.1)."""
+    return F.elu(x) + 1.0
+
+
+def linear_attention_recurrent(q, k, v, eps=1e-6):
+    """Reference: the RNN form, one step per token. q, k already feature-mapped."""
+    B, H, T, D = q.shape
+    S = q.new_zeros(B, H, D, v.shape[-1])                               # (B, H, D, D)
+    z = q.new_zeros(B, H, D)                                            # (B, H, D)
+    outs = []
+    for t in range(T):
+        S = S + k[:, :, t, :, None] * v[:, :, t, None, :]
+        z = z + k[:, :, t]
+        num = torch.einsum("bhd,bhde->bhe", q[:, :, t], S)              # (B, H, D)
+        den = (q[:, :, t] * z).sum(-1, keepdim=True)                    # (B, H, 1)
+        outs.append(num / (den + eps))
+    return torch.stack(outs, dim=2)                                     # (B, H, T, D)
+
+
+def linear_attention_cumsum(q, k, v, eps=1e-6):
+    """Fast path: all prefix states S_t by one cumsum (vectorized over T instead of a T-step loop)."""
+    S = torch.cumsum(k.unsqueeze(-1) * v.unsqueeze(-2), dim=2)          # (B, H, T, D, D)
+    z = torch.cumsum(k, dim=2)                                          # (B, H, T, D)
+    num = torch.einsum("bhtd,bhtde->bhte", q, S)                        # (B, H, T, D)
+    den = (q * z).sum(-1, keepdim=True)                                 # (B, H, T, 1)
+    return num / (den + eps)
+
+
+def gla_recurrent(q, k, v, log_alpha):
+    """Reference: S_t = diag(alpha_t) S_{t-1} + k_t v_t^T, o_t = S_t^T q_t, one step per token."""
+    B, H, T, D = q.shape
+    S = q.new_zeros(B, H, D, v.shape[-1])                               # (B, H, D, D)
+    outs = []
+    for t in range(T):
+        S = log_alpha[:, :, t].exp().unsqueeze(-1) * S + k[:, :, t, :, None] * v[:, :, t, None, :]
+        outs.append(torch.einsum("bhd,bhde->bhe", q[:, :, t], S))      # (B, H, D)
+    return torch.stack(outs, dim=2)                                     # (B, H, T, D)
+
+
+def gla_chunked(q, k, v, log_alpha, chunk):
+    """Fast path: parallel inside chunks of length C, recurrent across the T / C chunks only."""
+    B, H, T, D = q.shape
+    pad = (-T) % chunk                                                  # zero tokens after the end
+    q, k, v, g = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v, log_alpha))
+    n = (T + pad) // chunk
+    q, k, v, g = (x.reshape(B, H, n, chunk, -1) for x in (q, k, v, g))  # (B, H, n, C, D)
+    b = g.cumsum(dim=3)                                                 # log b_t inside each chunk
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
+    log_ratio = (b.unsqueeze(4) - b.unsqueeze(3)).masked_fill(~causal[:, :, None], float("-inf"))
+    scores = torch.einsum("bhnid,bhnjd,bhnijd->bhnij", q, k, log_ratio.exp())  # (B, H, n, C, C)
+    intra = scores @ v                                                  # (B, H, n, C, D)
+    S = q.new_zeros(B, H, D, v.shape[-1])                               # (B, H, D, D)
+    outs = []
+    for i in range(n):
+        b_i, b_last = b[:, :, i], b[:, :, i, -1:]                       # (B, H, C, D), (B, H, 1, D)
+        outs.append((q[:, :, i] * b_i.exp()) @ S + intra[:, :, i])      # (B, H, C, D)
+        S = b_last.transpose(-1, -2).exp() * S + (k[:, :, i] * (b_last - b_i).exp()).transpose(-1, -2) @ v[:, :, i]
+    return torch.stack(outs, dim=2).reshape(B, H, n * chunk, -1)[:, :, :T]  # (B, H, T, D)
+
+
+# ----------------------------------------------------------------------------
+# Modules
+
+class RMSNorm(nn.Module):
+    """RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g, written out (the seed asks for it by hand)."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()                                                  # statistics in fp32
+        normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class Attention(nn.Module):
+    """Causal multi-head attention: softmax, linear (Katharopoulos) or gated linear (GLA)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(cfg.dim, cfg.dim, bias=False) for _ in range(4))
+        if cfg.attention == "gla":
+            self.gate_down = nn.Linear(cfg.dim, cfg.gla_gate_rank, bias=False)   # W_a1
+            self.gate_up = nn.Linear(cfg.gla_gate_rank, cfg.dim)                 # W_a2, b
+            self.wr = nn.Linear(cfg.dim, cfg.dim, bias=False)                    # output gate W_r
+            self.head_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+
+    def forward(self, x, freqs_cis=None, need_weights=False):
+        """x (B, T, dim) -> (out (B, T, dim), weights (B, H, T, T) or None)."""
+        cfg, (B, T, _) = self.cfg, x.shape
+        q, k, v = (w(x).view(B, T, cfg.n_heads, cfg.head_dim) for w in (self.wq, self.wk, self.wv))
+        if freqs_cis is not None:
+            import rope
+            q, k = rope.apply_rotary_emb(q, k, freqs_cis[:T])
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))                # (B, H, T, D)
+        weights = None
+        if cfg.attention == "softmax" and need_weights:
+            out, weights = softmax_attention_reference(q, k, v)
+        elif cfg.attention == "softmax":                                # fused kernel, no T x T tensor
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif cfg.attention == "linear":
+            out = linear_attention_cumsum(elu_feature_map(q), elu_feature_map(k), v)
+        else:
+            log_alpha = F.logsigmoid(self.gate_up(self.gate_down(x))) / cfg.gla_tau  # (B, T, dim)
+            log_alpha = log_alpha.view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
+            out = self.head_norm(gla_chunked(q / math.sqrt(cfg.head_dim), k, v, log_alpha, cfg.gla_chunk))
+        out = out.transpose(1, 2).reshape(B, T, cfg.dim)                # (B, T, dim)
+        if cfg.attention == "gla":
+            out = out * F.silu(self.wr(x))
+        return self.wo(out), weights
+
+
+class FeedForward(nn.Module):
+    """MLP g(z) = W_2 GELU(W_1 z) (GPT-2's block MLP)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim)
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.w2(F.gelu(self.w1(x))))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.pre_norm = cfg.norm_placement == "pre"
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, x, freqs_cis=None, need_weights=False):
+        if self.pre_norm:
+            attn, weights = self.attention(self.attention_norm(x), freqs_cis, need_weights)
+            h = x + attn
+            return h + self.feed_forward(self.ffn_norm(h)), weights
+        attn, weights = self.attention(x, freqs_cis, need_weights)
+        h = self.attention_norm(x + attn)
+        return self.ffn_norm(h + self.feed_forward(h)), weights
+
+
+class TransformerModel(nn.Module):
+    """Causal decoder-only transformer: embedding, blocks, final RMSNorm, unembedding."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        if cfg.positional == "learned":
+            self.pos_embeddings = nn.Embedding(cfg.block_size, cfg.dim)
+        if cfg.positional == "rope":
+            import rope
+            freqs = rope.precompute_freqs_cis(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            self.register_buffer("freqs_cis", freqs, persistent=False)  # derived, not saved
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.apply(_init_normal)
+
+    def forward(self, tokens, return_attention=False):
+        """tokens (B, T) -> logits (B, T, V), plus per-layer weights (B, H, T, T) if asked."""
+        x = self.tok_embeddings(tokens)                                 # (B, T, dim)
+        if self.cfg.positional == "learned":
+            x = x + self.pos_embeddings(torch.arange(tokens.shape[1], device=tokens.device))
+        freqs_cis = self.freqs_cis if self.cfg.positional == "rope" else None
+        maps = []
+        for layer in self.layers:
+            x, weights = layer(x, freqs_cis, return_attention)
+            maps.append(weights)
+        logits = self.output(self.norm(x))                              # (B, T, V)
+        return (logits, maps) if return_attention else logits
+
+
+def _init_normal(module):
+    """GPT-2 initialisation: N(0, 0.02) weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
+class LSTMSeqModel(nn.Module):
+    """Embedding -> n_layers LSTM -> linear unembedding (the course's baseline)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.lstm = nn.LSTM(cfg.dim, cfg.dim, num_layers=cfg.n_layers, batch_first=True)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size)
+
+    def forward(self, tokens):
+        hidden, _ = self.lstm(self.embedding(tokens))                   # (B, T, dim)
+        return self.output(hidden)                                      # (B, T, V)
+
+
+class KGramMLPSeqModel(nn.Module):
+    """k-gram MLP made sequence-to-sequence by a sliding window over the k latest tokens."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size + 1, cfg.dim)     # row V = "before the start"
+        layers, width = [], cfg.kgram_k * cfg.dim
+        for _ in range(cfg.mlp_layers):
+            layers += [nn.Linear(width, cfg.hidden_dim), nn.SiLU()]
+            width = cfg.hidden_dim
+        self.net = nn.Sequential(*layers, nn.Linear(width, cfg.vocab_size))
+
+    def _padded(self, tokens):
+        return F.pad(tokens, (self.cfg.kgram_k - 1, 0), value=self.cfg.vocab_size)  # (B, T+k-1)
+
+    def forward(self, tokens):
+        """Fast path: one unfold builds every window; the MLP runs once on (B, T, k*dim)."""
+        B, T = tokens.shape
+        emb = self.embedding(self._padded(tokens))                     # (B, T+k-1, dim)
+        windows = emb.unfold(1, self.cfg.kgram_k, 1)                    # (B, T, dim, k)
+        context = windows.transpose(2, 3).reshape(B, T, -1)            # (B, T, k*dim), oldest first
+        return self.net(context)                                        # (B, T, V)
+
+    def forward_reference(self, tokens):
+        """Reference: the course's loop over positions, one window at a time."""
+        padded, k = self._padded(tokens), self.cfg.kgram_k
+        outs = [self.net(self.embedding(padded[:, t:t + k]).flatten(1)) for t in range(tokens.shape[1])]
+        return torch.stack(outs, dim=1)                                 # (B, T, V)
+
+
+MODELS = {"lstm": LSTMSeqModel, "kgram": KGramMLPSeqModel, "transformer": TransformerModel}
+
+
+def build_model(cfg):
+    return MODELS[cfg.model](cfg)
+
+
+# ----------------------------------------------------------------------------
+# Tokenizers (offline)
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens, V = 256: nothing to train, exact round trip, any input file."""
+    kind, vocab_size = "byte", 256
+
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids):
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+class BPETokenizer:
+    """A SentencePiece BPE model (Sennrich et al. 2016, arXiv 1508.07909) trained on our corpus."""
+    kind = "bpe"
+
+    def __init__(self, model_proto):
+        import sentencepiece as spm
+        self.model_proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.vocab_size = self.sp.get_piece_size()
+
+    @classmethod
+    def train(cls, paths, vocab_size, max_bytes=4 << 20):
+        """Train on the lines of the first max_bytes of each file (identity normalisation, byte
+        fallback, "\\n" kept as a piece, no dummy prefix: decode(encode(s)) == s chunk by chunk)."""
+        import sentencepiece as spm
+
+        def lines():
+            for path in paths:
+                seen = 0
+                for text in iter_text_chunks(path):
+                    yield from (line for line in text.split("\n") if line.strip())
+                    seen += len(text)
+                    if seen >= max_bytes:
+                        break
+        proto = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines(), model_writer=proto, vocab_size=vocab_size, model_type="bpe",
+            byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+            add_dummy_prefix=False, user_defined_symbols=["\n"], hard_vocab_limit=False,
+            max_sentence_length=1 << 16, minloglevel=2)
+        return cls(proto.getvalue())
+
+    def encode(self, text):
+        return self.sp.encode(text)
+
+    def decode(self, ids):
+        return self.sp.decode([int(i) for i in ids])
+
+
+# ----------------------------------------------------------------------------
+# Data: streaming reader -> token blocks -> mixed, shuffled batches
+
+def iter_text_chunks(path, chunk_bytes=1 << 20):
+    """Yield the text of a file in pieces of about chunk_bytes, each ending after a newline (a line
+    longer than a chunk is cut anyway); only one piece is in memory at a time."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    carry = ""
+    with open(path, "rb") as f:
+        while data := f.read(chunk_bytes):
+            text = carry + decoder.decode(data)
+            cut = text.rfind("\n") + 1 or len(text)
+            carry = text[cut:]
+            yield text[:cut]
+    text = carry + decoder.decode(b"", final=True)
+    if text:
+        yield text
+
+
+def iter_blocks(path, tokenizer, block_size, chunk_bytes=1 << 20):
+    """Yield (block_size + 1,) long tensors of consecutive tokens; block i starts at token
+    i * block_size, so the last target of one block is the first input of the next."""
+    buffer = np.zeros(0, dtype=np.int64)
+    for text in iter_text_chunks(path, chunk_bytes):
+        buffer = np.concatenate([buffer, np.asarray(tokenizer.encode(text), dtype=np.int64)])
+        n = (len(buffer) - 1) // block_size
+        for i in range(n):
+            yield torch.from_numpy(buffer[i * block_size:(i + 1) * block_size + 1].copy())
+        buffer = buffer[n * block_size:]
+
+
+def iter_split(path, tokenizer, block_size, split, test_every, chunk_bytes=1 << 20):
+    """Blocks of one split: block i is a test block iff i % test_every == test_every - 1
+    (test_every = 0: every block belongs to `split`, for files that are a split already)."""
+    for i, block in enumerate(iter_blocks(path, tokenizer, block_size, chunk_bytes)):
+        if not test_every or (i % test_every == test_every - 1) == (split == "test"):
+            yield block
+
+
+class LMBatches:
+    """Re-iterable stream of (B, block_size + 1) batches, one pass over the sources per epoch.
+
+    sources: list of (weight, make_iter) with make_iter() -> iterator of blocks. Each block is drawn
+    from source s with probability weight_s / sum(weights) (the course's --tinystories_weight); the
+    pass ends when a drawn source runs dry. A buffer of `shuffle_buffer` blocks shuffles locally,
+    as streaming loaders do, without reading a whole file."""
+
+    def __init__(self, sources, batch_size, shuffle_buffer=0, seed=0, max_batches=None):
+        self.sources = [(w, make) for w, make in sources if w > 0]
+        self.batch_size, self.shuffle_buffer = batch_size, shuffle_buffer
+        self.seed, self.epoch, self.max_batches = seed, 0, max_batches
+
+    def _blocks(self, generator):
+        iters = [make() for _, make in self.sources]
+        weights = torch.tensor([w for w, _ in self.sources], dtype=torch.float)
+        buffer = []
+        while True:
+            s = int(torch.multinomial(weights, 1, generator=generator)) if len(iters) > 1 else 0
+            block = next(iters[s], None)
+            if block is None:
+                break
+            buffer.append(block)
+            if len(buffer) > self.shuffle_buffer:
+                j = int(torch.randint(len(buffer), (1,), generator=generator))
+                buffer[j], buffer[-1] = buffer[-1], buffer[j]
+                yield buffer.pop()
+        yield from (buffer[j] for j in torch.randperm(len(buffer), generator=generator))
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        batch, produced = [], 0
+        for block in self._blocks(generator):
+            batch.append(block)
+            if len(batch) == self.batch_size:
+                yield torch.stack(batch)                                # (B, T + 1)
+                batch, produced = [], produced + 1
+                if self.max_batches is not None and produced >= self.max_batches:
+                    return
+        if batch:
+            yield torch.stack(batch)
+
+
+def _check_file(path, flag):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such file; give an existing text file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{flag} {path} is empty; give a file with text in it")
+
+
+def _chain(paths, tokenizer, block_size, split, test_every, chunk_bytes):
+    def make():
+        for path in paths:
+            yield from iter_split(path, tokenizer, block_size, split, test_every, chunk_bytes)
+    return make
+
+
+def data_files(args):
+    """Check the files and return {"tiny": (weight, train paths, test paths), "custom": (...)}."""
+    weight = args.tinystories_weight if args.input_files else 1.0
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"--tinystories_weight {weight}: must be a probability in [0, 1]")
+    files = {}
+    if weight > 0:
+        for path in [*args.tinystories_train, args.tinystories_valid]:
+            _check_file(path, "--tinystories_train/--tinystories_valid")
+        files["tiny"] = (weight, list(args.tinystories_train), [args.tinystories_valid])
+    if weight < 1:
+        for path in args.input_files:
+            _check_file(path, "--input_files")
+        files["custom"] = (1.0 - weight, list(args.input_files), list(args.input_files))
+    return files
+
+
+def build_batches(args, files, tokenizer, block_size):
+    """Train, test and train-eval (a fixed slice of the training blocks) batch streams."""
+    train, test = [], []
+    for source, (weight, train_paths, test_paths) in files.items():
+        every = args.test_every if source == "custom" else 0
+        for split, paths, out in [("train", train_paths, train), ("test", test_paths, test)]:
+            make = _chain(paths, tokenizer, block_size, split, every, args.chunk_bytes)
+            if next(make(), None) is None:
+                raise ValueError(_too_short(paths, tokenizer, block_size, split, every))
+            out.append((weight, make))
+    batch = args.batch_size
+    return {"train": LMBatches(train, batch, args.shuffle_buffer, args.seed),
+            "test": LMBatches(test, batch, 0, args.seed, max_batches=args.eval_batches),
+            "train_eval": LMBatches(train, batch, 0, args.seed, max_batches=args.eval_batches)}
+
+
+def _too_short(paths, tokenizer, block_size, split, every):
+    tokens = sum(len(tokenizer.encode(t)) for p in paths for t in iter_text_chunks(p))
+    need = "" if not every else f" (the {split} split needs {every} blocks with --test_every {every})"
+    return (f"--block_size {block_size} leaves no {split} block in {', '.join(map(str, paths))}: "
+            f"{tokens} tokens in all{need}; lower --block_size or give more text")
+
+
+def lm_loss(model, batch):
+    """train.fit's loss_fn: summed next-token cross-entropy of a (B, T + 1) batch, token count."""
+    batch = batch.to(next(model.parameters()).device)
+    logits = model(batch[:, :-1])                                       # (B, T, V)
+    targets = batch[:, 1:]                                              # (B, T)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+    return loss, targets.numel()
+
+
+@torch.no_grad()
+def mean_loss(model, batches):
+    """Mean next-token loss (nats per token) over every batch of a stream."""
+    total, count = 0.0, 0
+    for batch in batches:
+        loss, n = lm_loss(model, batch)
+        total, count = total + float(loss), count + n
+    return total / max(count, 1)
+
+
+# ----------------------------------------------------------------------------
+# Generation and diversity metrics
+
+@torch.no_grad()
+def generate(model, prompt_ids, max_new_tokens, top_p=None, generator=None):
+    """Continue prompt_ids: greedy when top_p is None, else nucleus sampling (sample.py); the
+    context is cropped to the last block_size tokens, the longest the model was trained on."""
+    import sample
+    model.eval()
+    device = next(model.parameters()).device
+    tokens = list(prompt_ids)
+    for _ in range(max_new_tokens):
+        context = torch.tensor([tokens[-model.cfg.block_size:]], device=device)  # (1, T)
+        logits = model(context)[0, -1].float()                          # (V,)
+        next_id = logits.argmax() if top_p is None else sample.nucleus_sampling(logits, top_p, generator)
+        tokens.append(int(next_id))
+    return tokens[len(prompt_ids):]
+
+
+def ngrams(words, n):
+    return list(zip(*(words[i:] for i in range(n))))
+
+
+def distinct_n(samples, n):
+    """Unique n-grams / all n-grams, pooled over the samples (word lists)."""
+    grams = [g for words in samples for g in ngrams(words, n)]
+    return len(set(grams)) / max(len(grams), 1)
+
+
+def repetition_rate(words, n=4):
+    """Fraction of a sample's n-grams that repeat an earlier one (seq-rep-n)."""
+    grams = ngrams(words, n)
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def encode_prompt(tokenizer, prompt):
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ValueError("--prompt is empty; give some text for the model to continue")
+    return ids
+
+
+def p_sweep(model, tokenizer, prompt, ps, n_samples, max_new_tokens, seed):
+    """For each p: n_samples continuations -> distinct-1/2, mean rep-4 and one sample text."""
+    device = next(model.parameters()).device
+    rows, ids = [], encode_prompt(tokenizer, prompt)
+    for p in ps:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        texts = [tokenizer.decode(generate(model, ids, max_new_tokens, p, generator))
+                 for _ in range(n_samples)]
+        words = [t.split() for t in texts]
+        rows.append({"p": p, "distinct_1": distinct_n(words, 1), "distinct_2": distinct_n(words, 2),
+                     "rep_4": float(np.mean([repetition_rate(w) for w in words])), "sample": texts[0]})
+    return rows
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints: model.safetensors, optimizer.safetensors, tokenizer.model, pico.json (written last)
+
+CHECKPOINT_FORMAT = "llmlab-pico-1"
+
+
+def save_pico_checkpoint(directory, model, tokenizer, optimizer=None, extra=None):
+    """Write a resumable checkpoint; pico.json goes last, so a folder with it is complete."""
+    import train
+    import weights
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights.write_safetensors(directory / "model.safetensors",
+                              {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    meta = {"format": CHECKPOINT_FORMAT, "config": asdict(model.cfg), "tokenizer": tokenizer.kind,
+            "optimizer": None, **(extra or {})}
+    if optimizer is not None:
+        tensors, meta["optimizer"] = {}, {"param_groups": optimizer.state_dict()["param_groups"]}
+        scalars = meta["optimizer"]["scalars"] = {}
+        for index, state in optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars[f"{index}.{key}"] = value
+        weights.write_safetensors(directory / "optimizer.safetensors", tensors)
+    if tokenizer.kind == "bpe":
+        tmp = directory / f".tokenizer.model.tmp{os.getpid()}"
+        tmp.write_bytes(tokenizer.model_proto)
+        os.replace(tmp, directory / "tokenizer.model")
+    train.save_json_atomic(directory / "pico.json", meta)
+
+
+def load_pico_checkpoint(directory, expected_model=None):
+    """-> (model, tokenizer, meta). Errors in one line for a missing, foreign or other-kind folder."""
+    import weights
+    directory = Path(directory)
+    meta_path = directory / "pico.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"--resume {directory}: no pico.json there, so it is not a pico "
+                                "checkpoint; give a folder written by --option pico")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"--resume {meta_path}: format {meta.get('format')!r} is not "
+                         f"{CHECKPOINT_FORMAT!r}; give a folder written by --option pico")
+    cfg = PicoConfig(**meta["config"])
+    if expected_model is not None and cfg.model != expected_model:
+        raise ValueError(f"--resume {directory} holds a {cfg.model!r} model but --model is "
+                         f"{expected_model!r}; pass --model {cfg.model} or a {expected_model} checkpoint")
+    model = build_model(cfg)
+    model.load_state_dict(weights.read_safetensors(directory / "model.safetensors"), strict=True)
+    tokenizer = (BPETokenizer((directory / "tokenizer.model").read_bytes())
+                 if meta["tokenizer"] == "bpe" else ByteTokenizer())
+    return model, tokenizer, meta
+
+
+def load_optimizer_state(directory, optimizer, meta):
+    """Restore AdamW moments and step counts saved by save_pico_checkpoint."""
+    import weights
+    state = {}
+    tensors = weights.read_safetensors(Path(directory) / "optimizer.safetensors")
+    for name, value in [*tensors.items(), *meta["optimizer"]["scalars"].items()]:
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+
+
+# ----------------------------------------------------------------------------
+# Figures (matplotlib, written atomically)
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_figure(fig, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=90)
+    _pyplot().close(fig)
+    os.replace(tmp, path)
+
+
+def plot_gap(history, path):
+    """Overfitting study: train loss (eval mode, fixed training slice) and test loss, and the gap."""
+    evals = [e for e in history["evals"] if "train_loss" in e]
+    steps = [e["step"] for e in evals]
+    fig, (ax, gap_ax) = _pyplot().subplots(1, 2, figsize=(10, 3.5))
+    ax.plot(steps, [e["train_loss"] for e in evals], "o-", label="train (eval mode)")
+    ax.plot(steps, [e["loss"] for e in evals], "s-", label="test")
+    ax.set(xlabel="optimizer step", ylabel="loss (nats / token)")
+    ax.legend()
+    gap_ax.plot(steps, [e["loss"] - e["train_loss"] for e in evals], "o-")
+    gap_ax.axhline(0.0, color="grey", lw=0.5)
+    gap_ax.set(xlabel="optimizer step", ylabel="test loss - train loss")
+    fig.suptitle(f"{history['name']}: train/test gap")
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_attention(maps, labels, path, title):
+    """One heatmap per (layer, head): row = query position, column = key position."""
+    n_layers, n_heads = len(maps), maps[0].shape[1]
+    fig, axes = _pyplot().subplots(n_layers, n_heads, figsize=(2.8 * n_heads, 2.8 * n_layers),
+                                   squeeze=False)
+    for layer, weights in enumerate(maps):
+        for head in range(n_heads):
+            ax = axes[layer][head]
+            ax.imshow(weights[0, head].float().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+            ax.set_title(f"layer {layer} head {head}", fontsize=8)
+            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_p_sweep(rows, path, title):
+    fig, ax = _pyplot().subplots(figsize=(5, 3.5))
+    for key in ("distinct_1", "distinct_2", "rep_4"):
+        ax.plot([r["p"] for r in rows], [r[key] for r in rows], "o-", label=key)
+    ax.set(xlabel="nucleus mass p", ylabel="fraction", title=title)
+    ax.legend()
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_compare(results, path):
+    """Test loss against training seconds per model, and the final validation perplexity."""
+    fig, (ax, bar_ax) = _pyplot().subplots(1, 2, figsize=(12, 4))
+    for r in results:
+        seconds = {s["step"]: s["time_s"] for s in r["history"]["steps"]}
+        evals = [e for e in r["history"]["evals"] if e["step"] in seconds]
+        ax.plot([seconds[e["step"]] for e in evals], [e["loss"] for e in evals], "o-", ms=3,
+                label=r["variant"])
+    ax.set(xlabel="training seconds (wall clock)", ylabel="test loss (nats / token)")
+    ax.legend(fontsize=7)
+    bar_ax.bar([r["variant"] for r in results], [r["val_ppl"] for r in results])
+    bar_ax.set(ylabel="validation perplexity")
+    bar_ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------
+# Command line: run.py --option pico | pico_compare
+
+COMPARE_VARIANTS = {  # name -> PicoConfig overrides; "transformer" = RoPE, pre-norm, softmax
+    "lstm": dict(model="lstm"),
+    "kgram": dict(model="kgram"),
+    "transformer": dict(model="transformer"),
+    "nope": dict(model="transformer", positional="nope"),
+    "learned": dict(model="transformer", positional="learned"),
+    "postnorm": dict(model="transformer", norm_placement="post"),
+    "linear": dict(model="transformer", attention="linear"),
+    "gla": dict(model="transformer", attention="gla"),
+}
+
+
+def add_arguments(parser, option):
+    """pico's flags (course spellings kept: --input_files, --tinystories_weight, --block_size, ...)."""
+    def add(name, **kw):
+        dashed = "--" + name.replace("_", "-")
+        parser.add_argument(f"--{name}", *([dashed] if dashed != f"--{name}" else []), **kw)
+    add("input_files", nargs="*", default=None, help="custom text files mixed in (e.g. ../shared/data/pico/3seqs.txt)")
+    add("tinystories_weight", type=float, default=0.5, help="probability a block comes from TinyStories (1.0 without --input_files)")
+    add("tinystories_train", nargs="+", default=[str(TINYSTORIES / "train.txt"), str(TINYSTORIES / "train-split-head.txt")], help="TinyStories training text files")
+    add("tinystories_valid", default=str(TINYSTORIES / "valid.txt"), help="TinyStories validation (test) file")
+    add("test_every", type=int, default=10, help="every n-th block of --input_files is held out for test")
+    add("chunk_bytes", type=int, default=1 << 20, help="bytes read per piece by the streaming reader")
+    add("tokenizer", choices=["bpe", "byte"], default="bpe", help="bpe: SentencePiece BPE trained on the training text; byte: UTF-8 bytes")
+    add("vocab_size", type=int, default=2048, help="BPE vocabulary size (ignored for byte)")
+    add("model", choices=sorted(MODELS), default=None, help="model kind (default transformer, or the --resume checkpoint's kind)")
+    add("block_size", type=int, default=128, help="tokens per training window (the course default 1024 is slow on CPU)")
+    add("embed_size", type=int, default=128, help="embedding / model width")
+    add("n_layers", type=int, default=2, help="LSTM layers or transformer blocks")
+    add("n_heads", type=int, default=4, help="attention heads")
+    add("hidden_dim", type=int, default=512, help="MLP hidden width (transformer and k-gram)")
+    add("kgram_k", type=int, default=3, help="tokens the k-gram MLP reads")
+    add("num_inner_mlp_layers", type=int, default=1, help="hidden layers of the k-gram MLP")
+    add("positional", choices=["learned", "rope", "nope"], default="rope", help="transformer positions")
+    add("norm_placement", choices=["pre", "post"], default="pre", help="pre-norm or post-norm blocks")
+    add("attention", choices=["softmax", "linear", "gla"], default="softmax", help="attention kind")
+    add("gla_chunk", type=int, default=16, help="chunk length of chunked gated linear attention")
+    add("dropout", type=float, default=0.0, help="dropout on attention/MLP outputs")
+    add("batch_size", type=int, default=16, help="blocks per batch")
+    add("shuffle_buffer", type=int, default=256, help="blocks held by the streaming shuffle buffer")
+    add("epochs", type=int, default=1, help="passes over the training stream")
+    add("lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
+    add("weight_decay", type=float, default=0.0, help="AdamW weight decay")
+    add("warmup_steps", type=int, default=20, help="linear warmup steps")
+    add("schedule", choices=["constant", "cosine", "linear"], default="constant", help="lr after warmup (decays need --max_steps_per_epoch)")
+    add("max_steps_per_epoch", type=int, default=None, help="stop each epoch after this many steps (token budget = steps * batch * block)")
+    add("time_budget_s", type=float, default=None, help="stop training after this many seconds (per model)")
+    add("eval_every_steps", type=int, default=100, help="evaluate train/test loss every this many steps")
+    add("eval_batches", type=int, default=8, help="batches per periodic evaluation (final one uses the whole test split)")
+    add("prompt", default="Once upon a", help="text to continue")
+    add("max_new_tokens", type=int, default=60, help="tokens to generate")
+    add("top_p", type=float, default=0.95, help="nucleus mass for the sampled continuation")
+    add("sweep_ps", type=float, nargs="+", default=[0.05, 0.3, 0.5, 0.7, 0.9, 0.95, 1.0], help="p values of the p-sweep")
+    add("sweep_samples", type=int, default=4, help="samples per p in the p-sweep")
+    add("out_dir", default="runs/pico", help="folder for checkpoints, histories, tables and figures")
+    add("name", default=None, help="run name (default pico-<model>)")
+    add("resume", default=None, help="checkpoint folder to continue training from")
+    if option == "pico_compare":
+        add("compare_models", nargs="+", choices=sorted(COMPARE_VARIANTS), default=list(COMPARE_VARIANTS), help="variants to train under the same budget")
+
+
+def config_from_args(args, vocab_size, **overrides):
+    fields_from_args = dict(
+        model="transformer", vocab_size=vocab_size, block_size=args.block_size, dim=args.embed_size,
+        n_layers=args.n_layers, n_heads=args.n_heads, hidden_dim=args.hidden_dim, kgram_k=args.kgram_k,
+        mlp_layers=args.num_inner_mlp_layers, positional=args.positional,
+        norm_placement=args.norm_placement, attention=args.attention, gla_chunk=args.gla_chunk,
+        dropout=args.dropout)
+    return PicoConfig(**{**fields_from_args, **overrides})
+
+
+def make_tokenizer(args, files):
+    if args.tokenizer == "byte":
+        return ByteTokenizer()
+    return BPETokenizer.train([p for _, paths, _ in files.values() for p in paths], args.vocab_size)
+
+
+def evaluate_lm(model, batches):
+    test = mean_loss(model, batches["test"])
+    return {"loss": test, "perplexity": math.exp(min(test, 50.0)),
+            "train_loss": mean_loss(model, batches["train_eval"])}
+
+
+def train_model(model, batches, args, name, device, resume_meta=None):
+    """train.fit with our loss and evaluation; returns (history, optimizer)."""
+    import sys
+    import train
+    model.to(device)
+    batches["train"].epoch = 0                                          # same stream for every model
+    total = args.max_steps_per_epoch * args.epochs if args.max_steps_per_epoch else None
+    config = train.TrainConfig(
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+        warmup_steps=0 if resume_meta else args.warmup_steps, total_steps=total,
+        max_steps_per_epoch=args.max_steps_per_epoch, time_budget_s=args.time_budget_s,
+        eval_every_steps=args.eval_every_steps, select_metric="loss", select_mode="min",
+        out_dir=args.out_dir, name=name, count_unit="tok", progress=sys.stderr.isatty())
+    optimizer = train.make_optimizer(model, config)
+    if resume_meta and resume_meta.get("optimizer"):
+        load_optimizer_state(args.resume, optimizer, resume_meta)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = args.lr
+    history = train.fit(model, batches["train"], lm_loss, config, lambda m: evaluate_lm(m, batches),
+                        optimizer)
+    return history, optimizer
+
+
+def tokens_per_second(history):
+    epochs = history["epochs"]
+    return sum(e["count"] for e in epochs) / max(sum(e["train_time_s"] for e in epochs), 1e-9)
+
+
+def report(model, tokenizer, history, args, name):
+    """Samples, the gap figure, attention heatmaps (softmax transformer) and the p-sweep."""
+    import train
+    out, cfg = Path(args.out_dir), model.cfg
+    ids = encode_prompt(tokenizer, args.prompt)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
+    for p in (None, args.top_p):
+        text = tokenizer.decode(generate(model, ids, args.max_new_tokens, p, generator))
+        print(f"[{'greedy' if p is None else f'top_p={p}'}] {args.prompt}{text}", flush=True)
+    plot_gap(history, out / f"{name}-gap.png")
+    if cfg.model == "transformer" and cfg.attention == "softmax":
+        tokens = torch.tensor([ids[-24:]], device=next(model.parameters()).device)
+        _, maps = model(tokens, return_attention=True)
+        labels = [tokenizer.decode([i]).replace("\n", "\\n") for i in tokens[0].tolist()]
+        plot_attention(maps, labels, out / f"{name}-attention.png", f"{name}: attention for the prompt")
+    rows = p_sweep(model, tokenizer, args.prompt, args.sweep_ps, args.sweep_samples,
+                   args.max_new_tokens, args.seed)
+    for r in rows:
+        print(f"p={r['p']:.2f} distinct-1 {r['distinct_1']:.3f} distinct-2 {r['distinct_2']:.3f} "
+              f"rep-4 {r['rep_4']:.3f} | {r['sample'][:80]!r}", flush=True)
+    train.save_json_atomic(out / f"{name}-psweep.json", rows)
+    plot_p_sweep(rows, out / f"{name}-psweep.png", f"{name}: diversity against p")
+
+
+def main(args):
+    device = "cuda" if args.use_gpu else "cpu"
+    files = data_files(args)
+    if args.option == "pico_compare":
+        return run_compare(args, files, device)
+    meta = None
+    if args.resume:
+        model, tokenizer, meta = load_pico_checkpoint(args.resume, args.model)
+    else:
+        tokenizer = make_tokenizer(args, files)
+        model = build_model(config_from_args(args, tokenizer.vocab_size, model=args.model or "transformer"))
+    print(f"tokenizer {tokenizer.kind} (V={tokenizer.vocab_size}); {model.cfg}", flush=True)
+    batches = build_batches(args, files, tokenizer, model.cfg.block_size)
+    name = args.name or f"pico-{model.cfg.model}"
+    history, optimizer = train_model(model, batches, args, name, device, meta)
+    steps = (meta or {}).get("steps", 0) + history["total_steps"]
+    save_pico_checkpoint(Path(args.out_dir) / name, model, tokenizer, optimizer, {"steps": steps})
+    print(f"checkpoint: {Path(args.out_dir) / name} ({steps} steps in all)", flush=True)
+    report(model, tokenizer, history, args, name)
+
+
+def run_compare(args, files, device):
+    """Train each variant under the same budget; write <out>/pico-compare.{md,json,png}."""
+    import train
+    tokenizer = make_tokenizer(args, files)
+    batches = build_batches(args, files, tokenizer, args.block_size)
+    full_test = LMBatches(batches["test"].sources, args.batch_size)
+    ids, out, results = encode_prompt(tokenizer, args.prompt), Path(args.out_dir), []
+    for variant in args.compare_models:
+        torch.manual_seed(args.seed)
+        model = build_model(config_from_args(args, tokenizer.vocab_size, **COMPARE_VARIANTS[variant]))
+        history, _ = train_model(model, batches, args, f"pico-{variant}", device)
+        val = mean_loss(model, full_test)
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        sample_text = tokenizer.decode(generate(model, ids, args.max_new_tokens, args.top_p, generator))
+        best = history["best"]["metrics"] if history["best"] else {}
+        results.append({"variant": variant, "params": sum(p.numel() for p in model.parameters()),
+                        "steps": history["total_steps"], "tokens": sum(e["count"] for e in history["epochs"]),
+                        "tokens_per_s": tokens_per_second(history), "train_loss": best.get("train_loss"),
+                        "val_loss": val, "val_ppl": math.exp(val), "sample": args.prompt + sample_text,
+                        "history": history})
+        train.write_text_atomic(out / "pico-compare.md", compare_table(results, tokenizer, args))
+        train.save_json_atomic(out / "pico-compare.json", [{k: v for k, v in r.items() if k != "history"}
+                                                          for r in results])
+        plot_compare(results, out / "pico-compare.png")
+    print(compare_table(results, tokenizer, args), flush=True)
+
+
+def compare_table(results, tokenizer, args):
+    budget = (f"{args.time_budget_s:g} s" if args.time_budget_s else
+              f"{args.max_steps_per_epoch} steps x {args.epochs} epochs")
+    lines = [f"Budget per model: {budget}; batch {args.batch_size} x block {args.block_size}; "
+             f"tokenizer {tokenizer.kind} (V={tokenizer.vocab_size}); val = whole test split.", "",
+             "| variant | params | steps | tokens | tokens/s | train loss | val loss | val ppl |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        train_loss = "n/a" if r["train_loss"] is None else f"{r['train_loss']:.3f}"
+        lines.append(f"| {r['variant']} | {r['params']:,} | {r['steps']} | {r['tokens']:,.0f} | "
+                     f"{r['tokens_per_s']:,.0f} | {train_loss} | {r['val_loss']:.3f} | {r['val_ppl']:.1f} |")
+    lines += ["", f"Samples (top_p={args.top_p}):", ""]
+    lines += [f"- **{r['variant']}**: {r['sample']!r}" for r in results]
+    return "\n".join(lines) + "\n"
