@@ -1,45 +1,48 @@
 """pico-LLM (seed 003): LSTM, k-gram MLP and Transformer language models trained from scratch on
-TinyStories and custom text files, nucleus-sampling generation, and the seed's studies (overfitting
-gap, positional schemes, pre/post norm, linear and gated linear attention, attention heatmaps, p-sweep).
+TinyStories and custom text files, nucleus-sampling generation, and the seed's studies (train/test
+gap, positions, pre/post norm, linear and gated linear attention, attention heatmaps, p-sweep).
 
 Every model maps tokens (B, T) to next-token logits (B, T, V); position t sees tokens 0..t only.
-  LSTM        (h_t, c_t) = LSTM(E[x_t], h_{t-1}, c_{t-1}),  logits_t = W h_t  (Hochreiter & Schmidhuber 1997)
-  k-gram MLP  logits_t = MLP([E[x_{t-k+1}]; ...; E[x_t]])  (Bengio et al. 2003, JMLR 3:1137); positions
-              before the start read a learned padding row E[V]; the sliding window is one `unfold`.
-              (The course starter's loop reads x_{t-k}..x_{t-1}, skipping x_t itself; we include x_t.)
+  LSTM        (h_t, c_t) = LSTM(E[x_t], h_{t-1}, c_{t-1}), logits_t = W h_t
+              (Hochreiter & Schmidhuber 1997)
+  k-gram MLP  logits_t = MLP([E[x_{t-k+1}]; ...; E[x_t]]) (Bengio et al. 2003, JMLR 3:1137);
+              positions before the start read a learned padding row E[V]; the sliding window is
+              one `unfold`. (The course starter's loop reads x_{t-k}..x_{t-1}, skipping x_t.)
   Transformer x_0 = E[x] (+ P[t] when positional="learned"); L blocks; logits = W_out RMSNorm(x_L).
-    pre-norm  h = x + Attn(RMSNorm(x)),   out = h + MLP(RMSNorm(h))   (Xiong et al. 2020, arXiv 2002.04745)
-    post-norm h = RMSNorm(x + Attn(x)),   out = RMSNorm(h + MLP(h))   (Vaswani et al. 2017, arXiv 1706.03762)
+    pre-norm  h = x + Attn(RMSNorm(x)), out = h + MLP(RMSNorm(h))  (Xiong et al. 2020, 2002.04745)
+    post-norm h = RMSNorm(x + Attn(x)), out = RMSNorm(h + MLP(h))  (Vaswani et al. 2017, 1706.03762)
     RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g   (Zhang & Sennrich 2019, arXiv 1910.07467, Eq. 4)
-    Attn(x) = sum_j f_j(x), f_j(x) = softmax(q_j k_j^T / sqrt(D) + causal mask) v_j W_o[j]: the seed's
-      x -> x + sum_j f_j(x); concatenating the heads and applying one W_o computes the same sum.
-    positions: learned table P (GPT-2); RoPE (Su et al. 2021, arXiv 2104.09864) rotates q, k by t*theta_i
-      (rope.py); NoPE (Kazemnejad et al. 2023, arXiv 2305.19466): the causal mask alone carries order.
-  Linear attention (Katharopoulos et al. 2020, arXiv 2006.16236, Eq. 4-6 and 12), phi(x) = elu(x) + 1:
-    S_t = S_{t-1} + phi(k_t) v_t^T,  z_t = z_{t-1} + phi(k_t),  o_t = S_t^T phi(q_t) / (z_t . phi(q_t)).
+    Attn(x) = sum_j f_j(x), f_j(x) = softmax(q_j k_j^T / sqrt(D) + causal mask) v_j W_o[j]: the
+      seed's x -> x + sum_j f_j(x); concatenating heads and applying one W_o is the same sum.
+    positions: a learned table P (GPT-2); RoPE (Su et al. 2021, arXiv 2104.09864) rotates q, k by
+      t * theta_i (rope.py); NoPE (Kazemnejad et al. 2023, arXiv 2305.19466): no positional signal
+      but the causal mask.
+  Linear attention (Katharopoulos et al. 2020, arXiv 2006.16236, Eq. 4-6, 12), phi(x) = elu(x) + 1:
+    S_t = S_{t-1} + phi(k_t) v_t^T, z_t = z_{t-1} + phi(k_t), o_t = S_t^T phi(q_t) / (z_t . phi(q_t))
     cumsum form: every S_t at once as cumsum_t(phi(k) v^T); recurrent form: the loop over t.
   Gated linear attention (Yang et al. 2023, arXiv 2312.06635, Eq. 3 and Sec. 4.2-4.3):
     alpha_t = sigmoid(x_t W_a1 W_a2 + b)^(1/tau) in (0,1)^D (rank-16 W_a1 W_a2, tau = 16),
-    S_t = diag(alpha_t) S_{t-1} + k_t v_t^T,  o_t = S_t^T q_t,  out = (RMSNorm(o) * swish(x W_r)) W_o.
-    chunked form, chunk length C, b_t = prod of alpha_s over the chunk up to t (log-space cumsum):
+    S_t = diag(alpha_t) S_{t-1} + k_t v_t^T, o_t = S_t^T q_t, out = (RMSNorm(o) * swish(x W_r)) W_o
+    chunked form, chunk length C, b_t = product of alpha_s over the chunk up to t (log cumsum):
       o_t = S_prev^T (q_t * b_t) + sum_{s <= t in chunk} <q_t, k_s * b_t / b_s> v_s
-      S_next = diag(b_C) S_prev + sum_s (k_s * b_C / b_s) v_s^T   (all ratios <= 1: no overflow).
-Data: a file is read in pieces of --chunk_bytes cut after a newline, tokenized, and cut into blocks of
-  block_size + 1 tokens (input = block[:-1], target = block[1:]); memory is O(chunk), so a multi-GB
-  file streams. Every --test_every-th block of a custom file is the test split (TinyStories uses
-  valid.txt). Sources are mixed per block with probability --tinystories_weight.
-Tokenizer: "bpe" (default) = a SentencePiece BPE model trained offline on the first 4 MB of the
-  training text (byte fallback, newline kept, exact round trip), stored with each checkpoint; "byte" =
-  UTF-8 bytes, V = 256. Not the starter's tiktoken gpt2 (its ranks come from the network) nor the
-  default model's 49,152-token BPE: that embedding plus unembedding would be 12.6 M of a ~1 M-parameter
-  CPU model and its softmax would dominate every step.
-Generation: greedy (--top_p unset) or nucleus sampling (Holtzman et al. 2020, arXiv 1904.09751) from
-  sample.py. Metrics: distinct-n = unique n-grams / n-grams over all samples (Li et al. 2016, arXiv
-  1510.03055); rep-4 = 1 - distinct-4 inside one sample, averaged (seq-rep-n, Welleck et al. 2019).
-Shapes: B batch, T tokens, V vocab, dim width, H = n_heads, D = head_dim, C chunk, k window, n chunks.
+      S_next = diag(b_C) S_prev + sum_s (k_s * b_C / b_s) v_s^T   (every ratio <= 1: no overflow)
+Data: a file is read in pieces of --chunk_bytes ending after a newline, tokenized, and cut into
+  blocks of block_size + 1 tokens (input block[:-1], target block[1:]); memory is O(chunk), so a
+  multi-GB file streams. Every --test_every-th block of a custom file is test data (TinyStories
+  uses valid.txt). Sources are mixed per block with probability --tinystories_weight.
+Tokenizer: "bpe" (default) = SentencePiece BPE trained offline on the first 4 MB of the training
+  text (byte fallback, newline kept, exact round trip), saved with each checkpoint; "byte" = UTF-8
+  bytes, V = 256. Not the starter's tiktoken gpt2 (its ranks are downloaded) nor the default
+  model's 49,152-token BPE: its embedding and unembedding alone would be 12.6 M parameters beside
+  a ~1 M-parameter CPU model, and its softmax would dominate each step.
+Generation: greedy (no --top_p) or nucleus sampling from sample.py (Holtzman et al. 2020, arXiv
+  1904.09751). distinct-n = unique n-grams / n-grams over all samples (Li et al. 2016, arXiv
+  1510.03055); rep-4 = 1 - distinct-4 within one sample, averaged (seq-rep-n, Welleck et al. 2019).
+Shapes: B batch, T tokens, V vocab, dim width, H = n_heads, D = head_dim, C chunk, k window,
+  n chunks.
 Tests: tests/test_pico.py (unfold == loop; cumsum == recurrent; chunked == recurrent; SDPA == math
   attention; RMSNorm == F.rms_norm; causality of every model; streaming memory; bad-input errors;
-  checkpoint round trip; nucleus sampling taken from sample.py).
+  checkpoint resume == uninterrupted run; nucleus sampling taken from sample.py).
 """
 import codecs
 import io
@@ -72,13 +75,13 @@ class PicoConfig:
     n_heads: int = 4                # H, attention heads (transformer)
     hidden_dim: int = 512           # MLP hidden width (transformer feed-forward and k-gram MLP)
     kgram_k: int = 3                # k, tokens the k-gram MLP reads (course --kgram_k)
-    mlp_layers: int = 1             # hidden layers of the k-gram MLP (course --num_inner_mlp_layers)
+    mlp_layers: int = 1             # k-gram MLP hidden layers (course --num_inner_mlp_layers)
     positional: str = "rope"        # "learned" | "rope" | "nope"
-    norm_placement: str = "pre"     # "pre" | "post" (where RMSNorm sits around each residual branch)
+    norm_placement: str = "pre"     # "pre" | "post": RMSNorm before or after each residual add
     attention: str = "softmax"      # "softmax" | "linear" (Katharopoulos) | "gla" (Yang et al.)
     gla_chunk: int = 16             # C, chunk length of the chunked GLA form
     gla_gate_rank: int = 16         # rank of the GLA forget-gate projection W_a1 W_a2 (paper: 16)
-    gla_tau: float = 16.0           # tau, GLA gate temperature alpha = sigmoid(.)^(1/tau) (paper: 16)
+    gla_tau: float = 16.0           # tau in alpha = sigmoid(.)^(1/tau) (paper: 16)
     norm_eps: float = 1e-5          # RMSNorm epsilon
     rope_theta: float = 10000.0     # RoPE base theta
     dropout: float = 0.0            # dropout on attention/MLP outputs (0 = off)
@@ -89,9 +92,11 @@ class PicoConfig:
                               ("norm_placement", ("pre", "post")),
                               ("attention", ("softmax", "linear", "gla"))]:
             if getattr(self, name) not in allowed:
-                raise ValueError(f"PicoConfig.{name}={getattr(self, name)!r}: choose one of {allowed}")
+                raise ValueError(f"PicoConfig.{name}={getattr(self, name)!r}: "
+                                 f"choose one of {allowed}")
         if self.dim % self.n_heads:
-            raise ValueError(f"PicoConfig.dim={self.dim} is not divisible by n_heads={self.n_heads}")
+            raise ValueError(f"PicoConfig.dim={self.dim} is not divisible by "
+                             f"n_heads={self.n_heads}; change one of them")
 
     @property
     def head_dim(self):
@@ -138,7 +143,7 @@ def linear_attention_recurrent(q, k, v, eps=1e-6):
 
 
 def linear_attention_cumsum(q, k, v, eps=1e-6):
-    """Fast path: all prefix states S_t by one cumsum (vectorized over T instead of a T-step loop)."""
+    """Fast path: every prefix state S_t from one cumsum (vectorized, no T-step Python loop)."""
     S = torch.cumsum(k.unsqueeze(-1) * v.unsqueeze(-2), dim=2)          # (B, H, T, D, D)
     z = torch.cumsum(k, dim=2)                                          # (B, H, T, D)
     num = torch.einsum("bhtd,bhtde->bhte", q, S)                        # (B, H, T, D)
@@ -174,7 +179,8 @@ def gla_chunked(q, k, v, log_alpha, chunk):
     for i in range(n):
         b_i, b_last = b[:, :, i], b[:, :, i, -1:]                       # (B, H, C, D), (B, H, 1, D)
         outs.append((q[:, :, i] * b_i.exp()) @ S + intra[:, :, i])      # (B, H, C, D)
-        S = b_last.transpose(-1, -2).exp() * S + (k[:, :, i] * (b_last - b_i).exp()).transpose(-1, -2) @ v[:, :, i]
+        k_to_end = k[:, :, i] * (b_last - b_i).exp()                   # k_s * b_C / b_s
+        S = b_last.transpose(-1, -2).exp() * S + k_to_end.transpose(-1, -2) @ v[:, :, i]
     return torch.stack(outs, dim=2).reshape(B, H, n * chunk, -1)[:, :, :T]  # (B, H, T, D)
 
 
@@ -201,7 +207,8 @@ class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.wq, self.wk, self.wv, self.wo = (nn.Linear(cfg.dim, cfg.dim, bias=False) for _ in range(4))
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(cfg.dim, cfg.dim, bias=False)
+                                              for _ in range(4))
         if cfg.attention == "gla":
             self.gate_down = nn.Linear(cfg.dim, cfg.gla_gate_rank, bias=False)   # W_a1
             self.gate_up = nn.Linear(cfg.gla_gate_rank, cfg.dim)                 # W_a2, b
@@ -219,14 +226,15 @@ class Attention(nn.Module):
         weights = None
         if cfg.attention == "softmax" and need_weights:
             out, weights = softmax_attention_reference(q, k, v)
-        elif cfg.attention == "softmax":                                # fused kernel, no T x T tensor
+        elif cfg.attention == "softmax":            # fused kernel: no T x T tensor kept for backward
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif cfg.attention == "linear":
             out = linear_attention_cumsum(elu_feature_map(q), elu_feature_map(k), v)
         else:
             log_alpha = F.logsigmoid(self.gate_up(self.gate_down(x))) / cfg.gla_tau  # (B, T, dim)
             log_alpha = log_alpha.view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
-            out = self.head_norm(gla_chunked(q / math.sqrt(cfg.head_dim), k, v, log_alpha, cfg.gla_chunk))
+            out = gla_chunked(q / math.sqrt(cfg.head_dim), k, v, log_alpha, cfg.gla_chunk)
+            out = self.head_norm(out)                                   # per-head RMSNorm
         out = out.transpose(1, 2).reshape(B, T, cfg.dim)                # (B, T, dim)
         if cfg.attention == "gla":
             out = out * F.silu(self.wr(x))
@@ -347,7 +355,8 @@ class KGramMLPSeqModel(nn.Module):
     def forward_reference(self, tokens):
         """Reference: the course's loop over positions, one window at a time."""
         padded, k = self._padded(tokens), self.cfg.kgram_k
-        outs = [self.net(self.embedding(padded[:, t:t + k]).flatten(1)) for t in range(tokens.shape[1])]
+        outs = [self.net(self.embedding(padded[:, t:t + k]).flatten(1))  # (B, V) per position
+                for t in range(tokens.shape[1])]
         return torch.stack(outs, dim=1)                                 # (B, T, V)
 
 
@@ -544,7 +553,7 @@ def build_batches(args, files, tokenizer, block_size):
 
 def _too_short(paths, tokenizer, block_size, split, every):
     tokens = sum(len(tokenizer.encode(t)) for p in paths for t in iter_text_chunks(p))
-    need = "" if not every else f" (the {split} split needs {every} blocks with --test_every {every})"
+    need = f" (the {split} split needs {every} blocks with --test_every {every})" if every else ""
     return (f"--block_size {block_size} leaves no {split} block in {', '.join(map(str, paths))}: "
             f"{tokens} tokens in all{need}; lower --block_size or give more text")
 
@@ -582,7 +591,10 @@ def generate(model, prompt_ids, max_new_tokens, top_p=None, generator=None):
     for _ in range(max_new_tokens):
         context = torch.tensor([tokens[-model.cfg.block_size:]], device=device)  # (1, T)
         logits = model(context)[0, -1].float()                          # (V,)
-        next_id = logits.argmax() if top_p is None else sample.nucleus_sampling(logits, top_p, generator)
+        if top_p is None:
+            next_id = logits.argmax()
+        else:
+            next_id = sample.nucleus_sampling(logits, top_p, generator)
         tokens.append(int(next_id))
     return tokens[len(prompt_ids):]
 
@@ -620,7 +632,8 @@ def p_sweep(model, tokenizer, prompt, ps, n_samples, max_new_tokens, seed):
                  for _ in range(n_samples)]
         words = [t.split() for t in texts]
         rows.append({"p": p, "distinct_1": distinct_n(words, 1), "distinct_2": distinct_n(words, 2),
-                     "rep_4": float(np.mean([repetition_rate(w) for w in words])), "sample": texts[0]})
+                     "rep_4": float(np.mean([repetition_rate(w) for w in words])),
+                     "sample": texts[0]})
     return rows
 
 
@@ -636,8 +649,8 @@ def save_pico_checkpoint(directory, model, tokenizer, optimizer=None, extra=None
     import weights
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights.write_safetensors(directory / "model.safetensors",
-                              {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights.write_safetensors(directory / "model.safetensors", tensors)
     meta = {"format": CHECKPOINT_FORMAT, "config": asdict(model.cfg), "tokenizer": tokenizer.kind,
             "optimizer": None, **(extra or {})}
     if optimizer is not None:
@@ -658,7 +671,7 @@ def save_pico_checkpoint(directory, model, tokenizer, optimizer=None, extra=None
 
 
 def load_pico_checkpoint(directory, expected_model=None):
-    """-> (model, tokenizer, meta). Errors in one line for a missing, foreign or other-kind folder."""
+    """-> (model, tokenizer, meta); one-line errors for a missing, foreign or other-kind folder."""
     import weights
     directory = Path(directory)
     meta_path = directory / "pico.json"
@@ -672,7 +685,8 @@ def load_pico_checkpoint(directory, expected_model=None):
     cfg = PicoConfig(**meta["config"])
     if expected_model is not None and cfg.model != expected_model:
         raise ValueError(f"--resume {directory} holds a {cfg.model!r} model but --model is "
-                         f"{expected_model!r}; pass --model {cfg.model} or a {expected_model} checkpoint")
+                         f"{expected_model!r}; pass --model {cfg.model} or a "
+                         f"{expected_model} checkpoint")
     model = build_model(cfg)
     model.load_state_dict(weights.read_safetensors(directory / "model.safetensors"), strict=True)
     tokenizer = (BPETokenizer((directory / "tokenizer.model").read_bytes())
@@ -711,7 +725,7 @@ def _save_figure(fig, path):
 
 
 def plot_gap(history, path):
-    """Overfitting study: train loss (eval mode, fixed training slice) and test loss, and the gap."""
+    """Overfitting study: train loss (eval mode, a fixed training slice), test loss, their gap."""
     evals = [e for e in history["evals"] if "train_loss" in e]
     steps = [e["step"] for e in evals]
     fig, (ax, gap_ax) = _pyplot().subplots(1, 2, figsize=(10, 3.5))
@@ -787,58 +801,71 @@ COMPARE_VARIANTS = {  # name -> PicoConfig overrides; "transformer" = RoPE, pre-
 
 
 def add_arguments(parser, option):
-    """pico's flags (course spellings kept: --input_files, --tinystories_weight, --block_size, ...)."""
-    def add(name, **kw):
+    """pico's flags; the course's spellings kept (--input_files, --tinystories_weight, --block_size,
+    --embed_size, --kgram_k, --num_inner_mlp_layers, --max_steps_per_epoch, --prompt)."""
+    def add(name, default, help, **kw):
         dashed = "--" + name.replace("_", "-")
-        parser.add_argument(f"--{name}", *([dashed] if dashed != f"--{name}" else []), **kw)
-    add("input_files", nargs="*", default=None, help="custom text files mixed in (e.g. ../shared/data/pico/3seqs.txt)")
-    add("tinystories_weight", type=float, default=0.5, help="probability a block comes from TinyStories (1.0 without --input_files)")
-    add("tinystories_train", nargs="+", default=[str(TINYSTORIES / "train.txt"), str(TINYSTORIES / "train-split-head.txt")], help="TinyStories training text files")
-    add("tinystories_valid", default=str(TINYSTORIES / "valid.txt"), help="TinyStories validation (test) file")
-    add("test_every", type=int, default=10, help="every n-th block of --input_files is held out for test")
-    add("chunk_bytes", type=int, default=1 << 20, help="bytes read per piece by the streaming reader")
-    add("tokenizer", choices=["bpe", "byte"], default="bpe", help="bpe: SentencePiece BPE trained on the training text; byte: UTF-8 bytes")
-    add("vocab_size", type=int, default=2048, help="BPE vocabulary size (ignored for byte)")
-    add("model", choices=sorted(MODELS), default=None, help="model kind (default transformer, or the --resume checkpoint's kind)")
-    add("block_size", type=int, default=128, help="tokens per training window (the course default 1024 is slow on CPU)")
-    add("embed_size", type=int, default=128, help="embedding / model width")
-    add("n_layers", type=int, default=2, help="LSTM layers or transformer blocks")
-    add("n_heads", type=int, default=4, help="attention heads")
-    add("hidden_dim", type=int, default=512, help="MLP hidden width (transformer and k-gram)")
-    add("kgram_k", type=int, default=3, help="tokens the k-gram MLP reads")
-    add("num_inner_mlp_layers", type=int, default=1, help="hidden layers of the k-gram MLP")
-    add("positional", choices=["learned", "rope", "nope"], default="rope", help="transformer positions")
-    add("norm_placement", choices=["pre", "post"], default="pre", help="pre-norm or post-norm blocks")
-    add("attention", choices=["softmax", "linear", "gla"], default="softmax", help="attention kind")
-    add("gla_chunk", type=int, default=16, help="chunk length of chunked gated linear attention")
-    add("dropout", type=float, default=0.0, help="dropout on attention/MLP outputs")
-    add("batch_size", type=int, default=16, help="blocks per batch")
-    add("shuffle_buffer", type=int, default=256, help="blocks held by the streaming shuffle buffer")
-    add("epochs", type=int, default=1, help="passes over the training stream")
-    add("lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
-    add("weight_decay", type=float, default=0.0, help="AdamW weight decay")
-    add("warmup_steps", type=int, default=20, help="linear warmup steps")
-    add("schedule", choices=["constant", "cosine", "linear"], default="constant", help="lr after warmup (decays need --max_steps_per_epoch)")
-    add("max_steps_per_epoch", type=int, default=None, help="stop each epoch after this many steps (token budget = steps * batch * block)")
-    add("time_budget_s", type=float, default=None, help="stop training after this many seconds (per model)")
-    add("eval_every_steps", type=int, default=100, help="evaluate train/test loss every this many steps")
-    add("eval_batches", type=int, default=8, help="batches per periodic evaluation (final one uses the whole test split)")
-    add("prompt", default="Once upon a", help="text to continue")
-    add("max_new_tokens", type=int, default=60, help="tokens to generate")
-    add("top_p", type=float, default=0.95, help="nucleus mass for the sampled continuation")
-    add("sweep_ps", type=float, nargs="+", default=[0.05, 0.3, 0.5, 0.7, 0.9, 0.95, 1.0], help="p values of the p-sweep")
-    add("sweep_samples", type=int, default=4, help="samples per p in the p-sweep")
-    add("out_dir", default="runs/pico", help="folder for checkpoints, histories, tables and figures")
-    add("name", default=None, help="run name (default pico-<model>)")
-    add("resume", default=None, help="checkpoint folder to continue training from")
+        aliases = [dashed] if dashed != f"--{name}" else []
+        if "type" not in kw and "choices" not in kw and default is not None and "nargs" not in kw:
+            kw["type"] = type(default)
+        parser.add_argument(f"--{name}", *aliases, default=default, help=help, **kw)
+    tiny_train = [str(TINYSTORIES / "train.txt"), str(TINYSTORIES / "train-split-head.txt")]
+    add("input_files", None, "custom text files mixed in, e.g. ../shared/data/pico/3seqs.txt",
+        nargs="*")
+    add("tinystories_weight", 0.5, "probability a block is TinyStories (1 without --input_files)")
+    add("tinystories_train", tiny_train, "TinyStories training text files", nargs="+")
+    add("tinystories_valid", str(TINYSTORIES / "valid.txt"), "TinyStories validation (test) file")
+    add("test_every", 10, "every n-th block of --input_files is held out as test data")
+    add("chunk_bytes", 1 << 20, "bytes per piece read by the streaming reader")
+    add("tokenizer", "bpe", "bpe: SentencePiece BPE trained on the training text; byte: UTF-8",
+        choices=["bpe", "byte"])
+    add("vocab_size", 2048, "BPE vocabulary size (byte: always 256)")
+    add("model", None, "model kind (default transformer, or the --resume checkpoint's kind)",
+        choices=sorted(MODELS))
+    add("block_size", 128, "tokens per training window (the course's 1024 is slow on a CPU)")
+    add("embed_size", 128, "embedding and model width")
+    add("n_layers", 2, "LSTM layers or transformer blocks")
+    add("n_heads", 4, "attention heads")
+    add("hidden_dim", 512, "MLP hidden width (transformer and k-gram MLP)")
+    add("kgram_k", 3, "tokens the k-gram MLP reads")
+    add("num_inner_mlp_layers", 1, "hidden layers of the k-gram MLP")
+    add("positional", "rope", "transformer positions", choices=["learned", "rope", "nope"])
+    add("norm_placement", "pre", "RMSNorm before or after each residual", choices=["pre", "post"])
+    add("attention", "softmax", "attention kind", choices=["softmax", "linear", "gla"])
+    add("gla_chunk", 16, "chunk length of the chunked gated linear attention")
+    add("dropout", 0.0, "dropout on attention and MLP outputs")
+    add("batch_size", 16, "blocks per batch")
+    add("shuffle_buffer", 256, "blocks held by the streaming shuffle buffer")
+    add("epochs", 1, "passes over the training stream")
+    add("lr", 3e-3, "peak learning rate (AdamW)")
+    add("weight_decay", 0.0, "AdamW weight decay")
+    add("warmup_steps", 20, "linear warmup steps")
+    add("schedule", "constant", "lr after warmup (decays need --max_steps_per_epoch)",
+        choices=["constant", "cosine", "linear"])
+    add("max_steps_per_epoch", None, "steps per epoch (token budget = steps x batch x block)",
+        type=int)
+    add("time_budget_s", None, "stop training a model after this many seconds", type=float)
+    add("eval_every_steps", 100, "evaluate train and test loss every this many steps")
+    add("eval_batches", 8, "batches per periodic evaluation (compare: final = whole test split)")
+    add("prompt", "Once upon a", "text to continue")
+    add("max_new_tokens", 60, "tokens to generate")
+    add("top_p", 0.95, "nucleus mass p of the sampled continuation")
+    add("sweep_ps", [0.05, 0.3, 0.5, 0.7, 0.9, 0.95, 1.0], "p values of the p-sweep", nargs="+",
+        type=float)
+    add("sweep_samples", 4, "samples per p in the p-sweep")
+    add("out_dir", "runs/pico", "folder for checkpoints, histories, tables and figures")
+    add("name", None, "run name (default pico-<model>)")
+    add("resume", None, "checkpoint folder to continue training from")
     if option == "pico_compare":
-        add("compare_models", nargs="+", choices=sorted(COMPARE_VARIANTS), default=list(COMPARE_VARIANTS), help="variants to train under the same budget")
+        add("compare_models", list(COMPARE_VARIANTS), "variants trained under the same budget",
+            nargs="+", choices=sorted(COMPARE_VARIANTS))
 
 
 def config_from_args(args, vocab_size, **overrides):
     fields_from_args = dict(
         model="transformer", vocab_size=vocab_size, block_size=args.block_size, dim=args.embed_size,
-        n_layers=args.n_layers, n_heads=args.n_heads, hidden_dim=args.hidden_dim, kgram_k=args.kgram_k,
+        n_layers=args.n_layers, n_heads=args.n_heads, hidden_dim=args.hidden_dim,
+        kgram_k=args.kgram_k,
         mlp_layers=args.num_inner_mlp_layers, positional=args.positional,
         norm_placement=args.norm_placement, attention=args.attention, gla_chunk=args.gla_chunk,
         dropout=args.dropout)
@@ -862,7 +889,7 @@ def train_model(model, batches, args, name, device, resume_meta=None):
     import sys
     import train
     model.to(device)
-    batches["train"].epoch = 0                                          # same stream for every model
+    batches["train"].epoch = 0                                  # the same stream for every model
     total = args.max_steps_per_epoch * args.epochs if args.max_steps_per_epoch else None
     config = train.TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
@@ -899,7 +926,7 @@ def report(model, tokenizer, history, args, name):
         tokens = torch.tensor([ids[-24:]], device=next(model.parameters()).device)
         _, maps = model(tokens, return_attention=True)
         labels = [tokenizer.decode([i]).replace("\n", "\\n") for i in tokens[0].tolist()]
-        plot_attention(maps, labels, out / f"{name}-attention.png", f"{name}: attention for the prompt")
+        plot_attention(maps, labels, out / f"{name}-attention.png", f"{name}: attention, prompt")
     rows = p_sweep(model, tokenizer, args.prompt, args.sweep_ps, args.sweep_samples,
                    args.max_new_tokens, args.seed)
     for r in rows:
@@ -914,14 +941,17 @@ def main(args):
     files = data_files(args)
     if args.option == "pico_compare":
         return run_compare(args, files, device)
-    meta = None
+    model, meta = None, None
     if args.resume:
         model, tokenizer, meta = load_pico_checkpoint(args.resume, args.model)
     else:
         tokenizer = make_tokenizer(args, files)
-        model = build_model(config_from_args(args, tokenizer.vocab_size, model=args.model or "transformer"))
+    block_size = model.cfg.block_size if model else args.block_size
+    batches = build_batches(args, files, tokenizer, block_size)
+    if model is None:
+        kind = args.model or "transformer"
+        model = build_model(config_from_args(args, tokenizer.vocab_size, model=kind))
     print(f"tokenizer {tokenizer.kind} (V={tokenizer.vocab_size}); {model.cfg}", flush=True)
-    batches = build_batches(args, files, tokenizer, model.cfg.block_size)
     name = args.name or f"pico-{model.cfg.model}"
     history, optimizer = train_model(model, batches, args, name, device, meta)
     steps = (meta or {}).get("steps", 0) + history["total_steps"]
@@ -939,20 +969,22 @@ def run_compare(args, files, device):
     ids, out, results = encode_prompt(tokenizer, args.prompt), Path(args.out_dir), []
     for variant in args.compare_models:
         torch.manual_seed(args.seed)
-        model = build_model(config_from_args(args, tokenizer.vocab_size, **COMPARE_VARIANTS[variant]))
+        cfg = config_from_args(args, tokenizer.vocab_size, **COMPARE_VARIANTS[variant])
+        model = build_model(cfg)
         history, _ = train_model(model, batches, args, f"pico-{variant}", device)
         val = mean_loss(model, full_test)
         generator = torch.Generator(device=device).manual_seed(args.seed)
-        sample_text = tokenizer.decode(generate(model, ids, args.max_new_tokens, args.top_p, generator))
+        new_ids = generate(model, ids, args.max_new_tokens, args.top_p, generator)
         best = history["best"]["metrics"] if history["best"] else {}
-        results.append({"variant": variant, "params": sum(p.numel() for p in model.parameters()),
-                        "steps": history["total_steps"], "tokens": sum(e["count"] for e in history["epochs"]),
-                        "tokens_per_s": tokens_per_second(history), "train_loss": best.get("train_loss"),
-                        "val_loss": val, "val_ppl": math.exp(val), "sample": args.prompt + sample_text,
-                        "history": history})
+        results.append({
+            "variant": variant, "params": sum(p.numel() for p in model.parameters()),
+            "steps": history["total_steps"], "tokens": sum(e["count"] for e in history["epochs"]),
+            "tokens_per_s": tokens_per_second(history), "train_loss": best.get("train_loss"),
+            "val_loss": val, "val_ppl": math.exp(val), "history": history,
+            "sample": args.prompt + tokenizer.decode(new_ids)})
         train.write_text_atomic(out / "pico-compare.md", compare_table(results, tokenizer, args))
-        train.save_json_atomic(out / "pico-compare.json", [{k: v for k, v in r.items() if k != "history"}
-                                                          for r in results])
+        train.save_json_atomic(out / "pico-compare.json",
+                               [{k: v for k, v in r.items() if k != "history"} for r in results])
         plot_compare(results, out / "pico-compare.png")
     print(compare_table(results, tokenizer, args), flush=True)
 
@@ -967,7 +999,8 @@ def compare_table(results, tokenizer, args):
     for r in results:
         train_loss = "n/a" if r["train_loss"] is None else f"{r['train_loss']:.3f}"
         lines.append(f"| {r['variant']} | {r['params']:,} | {r['steps']} | {r['tokens']:,.0f} | "
-                     f"{r['tokens_per_s']:,.0f} | {train_loss} | {r['val_loss']:.3f} | {r['val_ppl']:.1f} |")
+                     f"{r['tokens_per_s']:,.0f} | {train_loss} | {r['val_loss']:.3f} | "
+                     f"{r['val_ppl']:.1f} |")
     lines += ["", f"Samples (top_p={args.top_p}):", ""]
     lines += [f"- **{r['variant']}**: {r['sample']!r}" for r in results]
     return "\n".join(lines) + "\n"
