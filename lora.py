@@ -1,0 +1,396 @@
+"""LoRA: low-rank adapters on frozen linear layers, with merge/unmerge and peft-format adapters.
+
+LoRA (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", 2021, arXiv:2106.09685,
+Section 4.1, eq. 3). For a frozen pretrained weight W0 (out, in) the update is constrained to rank r:
+
+    h = W0 x + (alpha / r) * B A x          A (r, in), B (out, r), r << min(in, out)
+
+A starts random (Kaiming-uniform with a = sqrt(5), as peft and nn.Linear do), B starts at zero, so
+the adapted model equals the base at step 0; only A and B are trained. Dropout (probability
+`dropout`) is applied to the input of the LoRA branch only, as peft does. Because the update is
+linear it can be folded into the weight for inference and taken out again exactly:
+
+    merge:   W = W0 + (alpha / r) * B A        unmerge:   W0 = W - (alpha / r) * B A
+
+Target modules use one alias table between HF and llama2.c / Meta spellings:
+    q_proj <-> wq, k_proj <-> wk, v_proj <-> wv, o_proj <-> wo        (attention)
+    gate_proj <-> w1, down_proj <-> w2, up_proj <-> w3                 (SwiGLU FFN)
+Presets (course seed 000, part 2): light = q, v; medium = q, k, v, up, down; heavy = all seven.
+Trainable parameters per adapted layer: r * (in + out).
+
+Adapters are saved as peft does (adapter_model.safetensors + adapter_config.json, keys like
+base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight), so peft's PeftModel.from_pretrained
+loads them into transformers' LlamaForCausalLM. Our Llama keeps Q/K rows in Meta's interleaved RoPE
+layout while HF uses the half-split layout: W_hf = P W_ours for a row permutation P, hence
+B_hf A = P (B_ours A) means permuting the rows of B for wq / wk (A is unchanged).
+
+Shape legend: `in` / `out` features of the wrapped Linear, `r` rank, `...` any leading dims (B, T).
+
+Tests: tests/test_lora.py checks our layer against peft on a tiny LlamaForCausalLM (same A, B ->
+same logits), adapters we save load in peft with the same logits, B = 0 equals the base, merged ==
+unmerged logits, parameter counts equal peft's, dropout is off in eval.
+"""
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ----------------------------------------------------------------------------
+# names: one alias table between HF and llama2.c spellings, and the seed-000 presets
+
+HF_TO_LLAMA2C = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo",
+                 "gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
+LLAMA2C_TO_HF = {v: k for k, v in HF_TO_LLAMA2C.items()}
+
+LIGHT = ["q_proj", "v_proj"]                                             # attention only
+MEDIUM = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]          # attention + FFN
+HEAVY = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+PEFT_PREFIX = "base_model.model."
+
+
+def with_aliases(names):
+    """Each name plus its other spelling: ["q_proj", "w2"] -> {"q_proj", "wq", "w2", "down_proj"}."""
+    out = set()
+    for name in names:
+        out.add(name)
+        out.add(HF_TO_LLAMA2C.get(name, LLAMA2C_TO_HF.get(name, name)))
+    return out
+
+
+# ----------------------------------------------------------------------------
+# config
+
+@dataclass
+class LoraConfig:
+    r: int = 8                                  # rank of the update B A (--lora_rank)
+    alpha: float = 8.0                          # scale numerator: the update is (alpha / r) B A
+    dropout: float = 0.0                        # dropout probability on the LoRA branch input
+    target_modules: list = field(default_factory=lambda: list(LIGHT))  # Linear names, either spelling
+
+    def __post_init__(self):
+        if isinstance(self.target_modules, str):
+            self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
+        self.target_modules = list(self.target_modules)
+        if not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"--lora_rank {self.r}: the LoRA rank must be a positive integer "
+                             "(e.g. 4, 8 or 16)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--lora_dropout {self.dropout}: must be in [0, 1)")
+        if not self.target_modules:
+            raise ValueError("LoraConfig.target_modules is empty: name at least one Linear, "
+                             "e.g. q_proj,v_proj (or wq,wv)")
+
+    @property
+    def scale(self):
+        """alpha / r, the factor on B A."""
+        return self.alpha / self.r
+
+    # Presets: the three target settings of course seed 000 part 2 (Llama 3.2 1B comparison).
+    @classmethod
+    def light(cls, r=8, alpha=8.0, dropout=0.0):
+        """ATTN-light: q_proj, v_proj (the LoRA paper's choice, Section 7.1)."""
+        return cls(r=r, alpha=alpha, dropout=dropout, target_modules=list(LIGHT))
+
+    @classmethod
+    def medium(cls, r=8, alpha=8.0, dropout=0.0):
+        """ATTN+FFN-medium: q, k, v, up, down."""
+        return cls(r=r, alpha=alpha, dropout=dropout, target_modules=list(MEDIUM))
+
+    @classmethod
+    def heavy(cls, r=8, alpha=8.0, dropout=0.0):
+        """Full coverage-heavy: all seven projections."""
+        return cls(r=r, alpha=alpha, dropout=dropout, target_modules=list(HEAVY))
+
+
+# ----------------------------------------------------------------------------
+# the maths as pure functions
+
+def lora_delta(x, A, B, scale):
+    """(alpha / r) * B A x for x (..., in), A (r, in), B (out, r) -> (..., out).
+
+    Two thin matmuls (cost r * (in + out) per token) instead of forming B A (out * in).
+    """
+    return F.linear(F.linear(x, A), B) * scale                            # (..., out)
+
+
+def merge(weight, A, B, scale):
+    """W0 + scale * B A: the adapted weight (out, in)."""
+    return weight + (B @ A) * scale                                       # (out, in)
+
+
+def unmerge(weight, A, B, scale):
+    """W - scale * B A: undoes merge (exact up to float rounding)."""
+    return weight - (B @ A) * scale                                       # (out, in)
+
+
+# ----------------------------------------------------------------------------
+# the layer
+
+class LoRALayer(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update (alpha / r) B A.
+
+    The wrapped Linear's `weight` / `bias` Parameters are registered here under the same names, so
+    state_dict keys of the base weights do not change (`...wq.weight`); the adapter adds
+    `...wq.lora_A` (r, in) and `...wq.lora_B` (out, r). In fp16/bf16 models A and B are kept in
+    fp32 (as peft's autocast_adapter_dtype does) so AdamW updates are not lost to rounding.
+    """
+
+    def __init__(self, base, r, alpha, dropout=0.0):
+        super().__init__()
+        assert isinstance(base, nn.Linear), f"LoRALayer wraps nn.Linear, got {type(base).__name__}"
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight.requires_grad_(False)                  # (out, in), frozen W0
+        self.bias = None if base.bias is None else base.bias.requires_grad_(False)
+        self.r, self.alpha, self.scale = r, alpha, alpha / r
+        dtype = base.weight.dtype
+        dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        device = base.weight.device
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.empty(self.out_features, r, device=device, dtype=dtype))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self):
+        """A ~ Kaiming-uniform(a=sqrt(5)) i.e. U(-1/sqrt(in), 1/sqrt(in)); B = 0 (Hu et al. 4.1)."""
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    def forward(self, x):
+        """x (..., in) -> W0 x + b + (alpha / r) B A dropout(x), (..., out)."""
+        out = F.linear(x, self.weight, self.bias)                         # (..., out)
+        if self.merged:
+            return out
+        x = self.dropout(x).to(self.lora_A.dtype)
+        return out + lora_delta(x, self.lora_A, self.lora_B, self.scale).to(out.dtype)
+
+    @torch.no_grad()
+    def merge_(self):
+        """Fold the update into the weight (forward then costs one matmul)."""
+        if not self.merged:
+            w = merge(self.weight.to(self.lora_A.dtype), self.lora_A, self.lora_B, self.scale)
+            self.weight.copy_(w)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge_(self):
+        """Take the update back out of the weight."""
+        if self.merged:
+            w = unmerge(self.weight.to(self.lora_A.dtype), self.lora_A, self.lora_B, self.scale)
+            self.weight.copy_(w)
+            self.merged = False
+
+    def to_linear(self):
+        """A plain nn.Linear sharing this layer's weight (merge first to keep the update)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device="meta")
+        linear.weight, linear.bias = self.weight, self.bias
+        return linear
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
+                f"alpha={self.alpha}, merged={self.merged}")
+
+
+# ----------------------------------------------------------------------------
+# whole-model operations
+
+def _set_submodule(model, name, module):
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def lora_layers(model):
+    """[(name, LoRALayer)] in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALayer)]
+
+
+def inject_lora(model, config):
+    """Wrap every nn.Linear whose last name part is a target in a LoRALayer; freeze the rest.
+
+    Works on our Llama (wq ... w3) and on transformers' LlamaForCausalLM (q_proj ... up_proj),
+    whichever spelling config.target_modules uses. Every existing parameter is frozen (as peft's
+    bias="none"); only lora_A / lora_B train. Returns the names of the wrapped modules.
+    """
+    targets = with_aliases(config.target_modules)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    chosen = [n for n in linears if n.rpartition(".")[2] in targets]
+    if not chosen:
+        available = sorted({n.rpartition(".")[2] for n in linears})
+        raise ValueError(f"LoRA target_modules {config.target_modules} match no nn.Linear in the "
+                         f"model; available names: {', '.join(available)} (pass some of these)")
+    model.requires_grad_(False)
+    for name in chosen:
+        _set_submodule(model, name, LoRALayer(model.get_submodule(name), config.r, config.alpha,
+                                              config.dropout))
+    return chosen
+
+
+def count_parameters(model):
+    """(trainable, total) parameter counts; shared (tied) parameters are counted once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def merge_lora(model):
+    """Merge every LoRALayer's update into its weight; returns the number of layers."""
+    layers = lora_layers(model)
+    for _, layer in layers:
+        layer.merge_()
+    return len(layers)
+
+
+def unmerge_lora(model):
+    """Undo merge_lora; returns the number of layers."""
+    layers = lora_layers(model)
+    for _, layer in layers:
+        layer.unmerge_()
+    return len(layers)
+
+
+def unload_lora(model, merge_first=True):
+    """Replace every LoRALayer by a plain nn.Linear (merged by default): a base-format model."""
+    for name, layer in lora_layers(model):
+        if merge_first:
+            layer.merge_()
+        _set_submodule(model, name, layer.to_linear())
+    return model
+
+
+# ----------------------------------------------------------------------------
+# adapters on disk, in peft's layout
+
+def _peft_module_name(name, model):
+    """Our module name -> (its name in the HF model, heads for a Q/K row permutation or None).
+
+    Canonical names (layers.0.attention.wq) go through weights.canonical_to_hf_name; HF names
+    (model.layers.0.self_attn.q_proj) and other modules are kept as they are.
+    """
+    last = name.rpartition(".")[2]
+    if last not in LLAMA2C_TO_HF:
+        return name, None
+    import weights
+    hf_name = weights.canonical_to_hf_name(name + ".weight").removesuffix(".weight")
+    if last not in ("wq", "wk"):
+        return hf_name, None
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "n_heads"):
+        raise ValueError(f"{name}: saving a canonical-named adapter needs model.config.n_heads / "
+                         "n_kv_heads to permute Q/K rows; pass the Llama itself (e.g. "
+                         "classifier.llama), not a wrapper")
+    return hf_name, config.n_heads if last == "wq" else config.n_kv_heads
+
+
+def _adapter_slots(model):
+    """peft key -> (our Parameter, heads to permute its rows or None), for every LoRALayer."""
+    slots = {}
+    for name, layer in lora_layers(model):
+        hf_name, heads = _peft_module_name(name, model)
+        slots[f"{PEFT_PREFIX}{hf_name}.lora_A.weight"] = (layer.lora_A, None)   # (r, in)
+        slots[f"{PEFT_PREFIX}{hf_name}.lora_B.weight"] = (layer.lora_B, heads)  # (out, r)
+    return slots
+
+
+def peft_config_dict(config):
+    """adapter_config.json contents peft's LoraConfig reads (target names in HF spelling)."""
+    targets = sorted({LLAMA2C_TO_HF.get(t, t) for t in config.target_modules})
+    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": None,
+            "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
+            "target_modules": targets, "bias": "none", "fan_in_fan_out": False,
+            "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
+            "use_rslora": False, "use_dora": False}
+
+
+def config_from_peft_dict(data, path):
+    """LoraConfig from an adapter_config.json dict; ValueError for LoRA variants we lack."""
+    if data.get("peft_type") != "LORA":
+        raise ValueError(f"{path}: peft_type is {data.get('peft_type')!r}, not 'LORA'")
+    for key in ("use_rslora", "use_dora", "rank_pattern", "alpha_pattern", "layers_to_transform"):
+        if data.get(key):
+            raise ValueError(f"{path}: {key}={data[key]!r} is not supported by lora.py; "
+                             "save the adapter without it")
+    targets = data.get("target_modules")
+    if not isinstance(targets, list):
+        raise ValueError(f"{path}: target_modules must be a list of names, got {targets!r}")
+    return LoraConfig(r=data["r"], alpha=float(data["lora_alpha"]),
+                      dropout=float(data.get("lora_dropout", 0.0)), target_modules=targets)
+
+
+def _write_json_atomic(path, obj):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def save_adapter(directory, model, config):
+    """Write <directory>/adapter_model.safetensors and adapter_config.json in peft's layout.
+
+    Q/K lora_B rows of a canonical (interleaved-RoPE) Llama are permuted to HF's half-split
+    layout, so the file means the same update for transformers' LlamaForCausalLM.
+    """
+    import rope
+    import weights
+    directory = Path(directory)
+    for name, layer in lora_layers(model):
+        if (layer.r, layer.alpha) != (config.r, config.alpha):
+            raise ValueError(f"{name}: layer has r={layer.r}, alpha={layer.alpha} but the config "
+                             f"says r={config.r}, alpha={config.alpha}; save with the config used")
+    tensors = {}
+    for key, (param, heads) in _adapter_slots(model).items():
+        value = param.detach().to("cpu", copy=True)
+        if heads is not None:
+            value = rope.permute_interleaved_to_half(value, heads)
+        tensors[key] = value.contiguous()
+    if not tensors:
+        raise ValueError("save_adapter: the model has no LoRA layers; call inject_lora first")
+    directory.mkdir(parents=True, exist_ok=True)
+    weights.write_safetensors(directory / ADAPTER_WEIGHTS, tensors)
+    _write_json_atomic(directory / ADAPTER_CONFIG, peft_config_dict(config))
+    return directory
+
+
+@torch.no_grad()
+def load_adapter(directory, model):
+    """Load a peft-layout LoRA adapter into `model` (injecting first if needed); returns the config.
+
+    Every adapter tensor must land in one LoRA layer and every LoRA layer must be filled (strict).
+    """
+    import rope
+    import weights
+    directory = Path(directory)
+    for fname in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (directory / fname).exists():
+            raise FileNotFoundError(f"{directory / fname}: adapter file not found; write one with "
+                                    "lora.save_adapter or peft's save_pretrained")
+    config = config_from_peft_dict(json.loads((directory / ADAPTER_CONFIG).read_text()),
+                                   directory / ADAPTER_CONFIG)
+    if not lora_layers(model):
+        inject_lora(model, config)
+    if any(layer.merged for _, layer in lora_layers(model)):
+        raise ValueError("load_adapter: the model's LoRA layers are merged; call unmerge_lora first")
+    tensors = weights.read_safetensors(directory / ADAPTER_WEIGHTS)
+    slots = _adapter_slots(model)
+    missing, unexpected = sorted(slots.keys() - tensors.keys()), sorted(tensors.keys() - slots.keys())
+    if missing or unexpected:
+        raise ValueError(f"{directory / ADAPTER_WEIGHTS}: keys do not match the model's LoRA layers "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was it saved for "
+                         "another model or other target_modules?")
+    for key, (param, heads) in slots.items():
+        value = tensors[key]
+        if heads is not None:
+            value = rope.permute_half_to_interleaved(value, heads)
+        if value.shape != param.shape:
+            raise ValueError(f"{key}: adapter shape {tuple(value.shape)} != model shape "
+                             f"{tuple(param.shape)}; the adapter's rank or base model differs")
+        param.copy_(value)
+    for _, layer in lora_layers(model):
+        layer.alpha, layer.scale = config.alpha, config.alpha / config.r
+    return config

@@ -1,0 +1,191 @@
+"""Tests for lora.py: LoRALayer, inject/merge/unmerge, parameter counts, peft-format adapters.
+
+Run: .venv/bin/pytest tests/test_lora.py -q
+
+Oracles: peft (get_peft_model / PeftModel.from_pretrained / print_trainable_parameters numbers) on a
+tiny transformers LlamaForCausalLM; the base model itself (B = 0, IA3 with ones); merged vs
+unmerged logits; our canonical Llama against the HF model it was converted from.
+"""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import lora
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+SETTINGS = {"light": lora.LIGHT, "medium": lora.MEDIUM, "heavy": lora.HEAVY}
+
+
+def tiny_hf_llama(seed=0):
+    """2 layers, dim 32, 4 query heads / 2 kv heads (GQA), head_dim 8, vocab 64; eval mode."""
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    model.config._attn_implementation = "eager"
+    return model
+
+
+def tokens(seed=1, batch=2, seq=11):
+    return torch.randint(0, 64, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def hf_logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def randomize_lora(model, seed=2):
+    """Non-zero A and B in every LoRALayer so the update is visible in the logits."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in lora.lora_layers(model):
+            layer.lora_A.copy_(torch.randn(layer.lora_A.shape, generator=gen) * 0.3)
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen) * 0.3)
+
+
+def peft_twin(base, targets, r, alpha, dropout=0.0):
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                             target_modules=list(targets))
+    return peft.get_peft_model(copy.deepcopy(base), config).eval()
+
+
+def copy_into_peft(ours, theirs):
+    """Copy our A, B into peft's lora_A/lora_B["default"] Linear weights, layer by layer."""
+    theirs_modules = dict(theirs.base_model.model.named_modules())
+    with torch.no_grad():
+        for name, layer in lora.lora_layers(ours):
+            target = theirs_modules[name]
+            target.lora_A["default"].weight.copy_(layer.lora_A)
+            target.lora_B["default"].weight.copy_(layer.lora_B)
+
+
+# ----------------------------------------------------------------------------
+# the layer and the pure functions
+
+def test_lora_layer_forward_is_the_formula():
+    """W0 x + b + (alpha/r) B A x written out with matmuls."""
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5)
+    layer = lora.LoRALayer(base, r=3, alpha=6.0)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(2, 4, 6)
+    want = x @ base.weight.T + base.bias + 2.0 * (x @ layer.lora_A.T @ layer.lora_B.T)
+    torch.testing.assert_close(layer(x), want)
+    assert not layer.weight.requires_grad and layer.lora_A.requires_grad
+
+
+def test_init_matches_peft_distribution():
+    """A ~ U(-1/sqrt(in), 1/sqrt(in)) as kaiming_uniform(a=sqrt(5)); B = 0; scale alpha/r."""
+    layer = lora.LoRALayer(nn.Linear(100, 7), r=4, alpha=16)
+    assert layer.lora_A.abs().max() <= 1 / 100 ** 0.5 and layer.lora_A.std() > 0.03
+    assert torch.count_nonzero(layer.lora_B) == 0 and layer.scale == 4.0
+
+
+def test_merge_unmerge_functions_invert():
+    gen = torch.Generator().manual_seed(0)
+    w, a, b = (torch.randn(s, generator=gen, dtype=torch.float64) for s in ((5, 6), (2, 6), (5, 2)))
+    torch.testing.assert_close(lora.unmerge(lora.merge(w, a, b, 0.5), a, b, 0.5), w)
+    x = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(x @ lora.merge(w, a, b, 0.5).T, x @ w.T + lora.lora_delta(x, a, b, 0.5))
+
+
+def test_config_errors_and_aliases():
+    with pytest.raises(ValueError, match="--lora_rank"):
+        lora.LoraConfig(r=0)
+    with pytest.raises(ValueError, match="--lora_rank"):
+        lora.LoraConfig(r=-2)
+    assert lora.with_aliases(["q_proj", "w2"]) == {"q_proj", "wq", "w2", "down_proj"}
+    assert lora.LoraConfig(target_modules="wq, wv").target_modules == ["wq", "wv"]
+    assert lora.LoraConfig.heavy(r=4).target_modules == lora.HEAVY
+    with pytest.raises(ValueError, match="available names: .*q_proj"):
+        lora.inject_lora(tiny_hf_llama(), lora.LoraConfig(target_modules=["query"]))
+
+
+# ----------------------------------------------------------------------------
+# against peft on transformers' LlamaForCausalLM
+
+@pytest.mark.parametrize("spelling", ["hf", "llama2c"])
+def test_same_logits_as_peft_given_same_a_b(spelling):
+    base = tiny_hf_llama()
+    targets = lora.HEAVY if spelling == "hf" else [lora.HF_TO_LLAMA2C[t] for t in lora.HEAVY]
+    ours = copy.deepcopy(base)
+    names = lora.inject_lora(ours, lora.LoraConfig(r=4, alpha=8.0, target_modules=targets))
+    assert len(names) == 2 * 7
+    randomize_lora(ours)
+    theirs = peft_twin(base, lora.HEAVY, r=4, alpha=8.0)
+    copy_into_peft(ours, theirs)
+    ids = tokens()
+    want = hf_logits(theirs, ids)
+    assert (want - hf_logits(base, ids)).abs().max() > 1e-2        # the adapter does something
+    # Same ops in the same order as peft's Linear.forward: only reduction-order rounding differs.
+    torch.testing.assert_close(hf_logits(ours, ids), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_parameter_counts_equal_peft(setting):
+    base = tiny_hf_llama()
+    ours = copy.deepcopy(base)
+    lora.inject_lora(ours, lora.LoraConfig(r=8, alpha=16.0, target_modules=SETTINGS[setting]))
+    theirs = peft_twin(base, SETTINGS[setting], r=8, alpha=16.0)
+    assert lora.count_parameters(ours) == theirs.get_nb_trainable_parameters()
+    # r * (in + out) per adapted layer, from the shapes: q 32->32, k/v 32->16, o 32->32, FFN 32<->48
+    per_layer = {"q_proj": 64, "k_proj": 48, "v_proj": 48, "o_proj": 64,
+                 "gate_proj": 80, "up_proj": 80, "down_proj": 80}
+    assert lora.count_parameters(ours)[0] == 2 * 8 * sum(per_layer[t] for t in SETTINGS[setting])
+
+
+def test_b_zero_equals_base():
+    base = tiny_hf_llama()
+    ours = copy.deepcopy(base)
+    lora.inject_lora(ours, lora.LoraConfig.heavy(r=4))
+    ids = tokens()
+    torch.testing.assert_close(hf_logits(ours, ids), hf_logits(base, ids), rtol=0, atol=0)
+
+
+def test_merge_unmerge_exact():
+    """fp32: merged logits equal unmerged to 1e-5; unmerge restores W0 to rounding (1e-6)."""
+    base = tiny_hf_llama()
+    ours = copy.deepcopy(base)
+    lora.inject_lora(ours, lora.LoraConfig.heavy(r=4, alpha=8.0))
+    randomize_lora(ours)
+    ids = tokens()
+    unmerged = hf_logits(ours, ids)
+    assert lora.merge_lora(ours) == 14
+    torch.testing.assert_close(hf_logits(ours, ids), unmerged, rtol=0, atol=1e-5)
+    lora.unmerge_lora(ours)
+    torch.testing.assert_close(hf_logits(ours, ids), unmerged, rtol=0, atol=1e-5)
+    restored = dict(ours.named_parameters())
+    for name, p0 in base.named_parameters():          # same names: LoRALayer keeps `weight`
+        torch.testing.assert_close(restored[name], p0, rtol=0, atol=1e-6)
+    lora.unload_lora(ours)
+    assert not lora.lora_layers(ours)
+    torch.testing.assert_close(hf_logits(ours, ids), unmerged, rtol=0, atol=1e-5)
+
+
+def test_dropout_only_in_training():
+    base = tiny_hf_llama()
+    ours = copy.deepcopy(base)
+    lora.inject_lora(ours, lora.LoraConfig.light(r=4, dropout=0.5))
+    randomize_lora(ours)
+    no_drop = copy.deepcopy(ours)
+    for _, layer in lora.lora_layers(no_drop):
+        layer.dropout = nn.Identity()
+    ids = tokens()
+    torch.testing.assert_close(hf_logits(ours.eval(), ids), hf_logits(no_drop, ids), rtol=0, atol=0)
+    torch.manual_seed(0)
+    assert not torch.allclose(hf_logits(ours.train(), ids), hf_logits(no_drop, ids))
+
+
+def test_only_lora_trains():
+    model = tiny_hf_llama()
+    lora.inject_lora(model, lora.LoraConfig.medium(r=2))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
