@@ -24,11 +24,18 @@ loads them into transformers' LlamaForCausalLM. Our Llama keeps Q/K rows in Meta
 layout while HF uses the half-split layout: W_hf = P W_ours for a row permutation P, hence
 B_hf A = P (B_ours A) means permuting the rows of B for wq / wk (A is unchanged).
 
+Two other PEFT methods share the wrapping machinery (course seed 004 Q2.7-2.8):
+    IA3 (Liu et al. 2022, arXiv:2205.05638, Sec. 3.3): k' = l_k * k, v' = l_v * v,
+        FFN(x) = W2 (l_ff * gamma(W1 x)); vectors l start at ones.
+    Prompt tuning (Lester et al. 2021, arXiv:2104.08691): the frozen model reads [P; E(x)] with a
+        learned P (n, dim); token ids -1..-n select the rows of P.
+
 Shape legend: `in` / `out` features of the wrapped Linear, `r` rank, `...` any leading dims (B, T).
 
 Tests: tests/test_lora.py checks our layer against peft on a tiny LlamaForCausalLM (same A, B ->
 same logits), adapters we save load in peft with the same logits, B = 0 equals the base, merged ==
-unmerged logits, parameter counts equal peft's, dropout is off in eval.
+unmerged logits, parameter counts equal peft's, dropout is off in eval; IA3 and prompt tuning
+against peft's IA3 / PromptTuning, IA3 with ones and a zero-length prompt against the base.
 """
 import json
 import math
@@ -213,25 +220,35 @@ def lora_layers(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALayer)]
 
 
+def _wrap_linears(model, target_modules, wrap):
+    """Replace each nn.Linear whose last name part is a target by wrap(name, linear); freeze the rest.
+
+    Targets match in either spelling (q_proj or wq). ValueError listing the Linear names when none
+    matches. Returns the wrapped names.
+    """
+    targets = with_aliases(target_modules)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    chosen = [n for n in linears if n.rpartition(".")[2] in targets]
+    if not chosen:
+        available = sorted({n.rpartition(".")[2] for n in linears})
+        raise ValueError(f"target_modules {list(target_modules)} match no nn.Linear in the model; "
+                         f"available names: {', '.join(available)} (pass some of these)")
+    model.requires_grad_(False)
+    for name in chosen:
+        _set_submodule(model, name, wrap(name, model.get_submodule(name)))
+    return chosen
+
+
 def inject_lora(model, config):
-    """Wrap every nn.Linear whose last name part is a target in a LoRALayer; freeze the rest.
+    """Wrap every target nn.Linear in a LoRALayer; freeze everything else.
 
     Works on our Llama (wq ... w3) and on transformers' LlamaForCausalLM (q_proj ... up_proj),
     whichever spelling config.target_modules uses. Every existing parameter is frozen (as peft's
     bias="none"); only lora_A / lora_B train. Returns the names of the wrapped modules.
     """
-    targets = with_aliases(config.target_modules)
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    chosen = [n for n in linears if n.rpartition(".")[2] in targets]
-    if not chosen:
-        available = sorted({n.rpartition(".")[2] for n in linears})
-        raise ValueError(f"LoRA target_modules {config.target_modules} match no nn.Linear in the "
-                         f"model; available names: {', '.join(available)} (pass some of these)")
-    model.requires_grad_(False)
-    for name in chosen:
-        _set_submodule(model, name, LoRALayer(model.get_submodule(name), config.r, config.alpha,
-                                              config.dropout))
-    return chosen
+    return _wrap_linears(model, config.target_modules,
+                         lambda name, linear: LoRALayer(linear, config.r, config.alpha,
+                                                        config.dropout))
 
 
 def count_parameters(model):
@@ -263,6 +280,105 @@ def unload_lora(model, merge_first=True):
             layer.merge_()
         _set_submodule(model, name, layer.to_linear())
     return model
+
+
+# ----------------------------------------------------------------------------
+# two other PEFT methods (course seed 004 Q2.7-2.8, seed 000 bonus): IA3 and prompt tuning
+
+@dataclass
+class IA3Config:
+    target_modules: list = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])  # Linears
+    feedforward_modules: list = field(default_factory=lambda: ["down_proj"])  # scale their input
+
+
+class IA3Layer(nn.Module):
+    """A frozen nn.Linear whose output (k, v) or input (FFN intermediate) is rescaled by l.
+
+    (IA)^3, Liu et al. 2022, arXiv:2205.05638, Section 3.3: k' = l_k * k, v' = l_v * v and
+    FFN(x) = W2 (l_ff * gamma(W1 x)); l starts at ones (the base model). feedforward=True scales
+    the input of the wrapped Linear (W2 = down_proj / w2), otherwise its output.
+    """
+
+    def __init__(self, base, feedforward):
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight.requires_grad_(False)                  # (out, in), frozen
+        self.bias = None if base.bias is None else base.bias.requires_grad_(False)
+        self.feedforward = feedforward
+        size = self.in_features if feedforward else self.out_features
+        self.ia3_l = nn.Parameter(torch.ones(size, device=base.weight.device))  # (in,) or (out,)
+
+    def forward(self, x):
+        """x (..., in) -> (..., out) with the input or the output scaled channel-wise by l."""
+        scale = self.ia3_l.to(x.dtype)
+        if self.feedforward:
+            return F.linear(x * scale, self.weight, self.bias)              # (..., out)
+        return F.linear(x, self.weight, self.bias) * scale                  # (..., out)
+
+
+def inject_ia3(model, config):
+    """Wrap the target Linears in IA3Layers (ones: the base model); freeze the rest; names."""
+    feedforward = with_aliases(config.feedforward_modules)
+    return _wrap_linears(model, config.target_modules, lambda name, linear: IA3Layer(
+        linear, feedforward=name.rpartition(".")[2] in feedforward))
+
+
+@dataclass
+class PromptTuningConfig:
+    num_virtual_tokens: int = 20                # n, soft-prompt length in embedding vectors
+
+    def __post_init__(self):
+        if self.num_virtual_tokens < 0:
+            raise ValueError(f"--num_virtual_tokens {self.num_virtual_tokens}: must be >= 0")
+
+
+class SoftPromptEmbedding(nn.Module):
+    """Token embedding where ids -1 .. -n select n learned soft-prompt vectors.
+
+    Prompt tuning (Lester et al. 2021, arXiv:2104.08691, Section 2): a frozen model reads
+    [P; E(x)] with P (n, dim) trained. Negative ids mark the soft slots, so any model that only
+    embeds its tokens (our Llama, HF's LlamaModel) runs unchanged: prepend_soft_prompt puts the
+    ids -1..-n in front. P starts as the embeddings of n random vocabulary tokens (Section 3.2).
+    The frozen table is registered as `weight`, so tied output heads still share it.
+    """
+
+    def __init__(self, embedding, num_virtual_tokens):
+        super().__init__()
+        self.weight = embedding.weight.requires_grad_(False)              # (V, dim), frozen
+        ids = torch.randint(0, self.weight.shape[0], (num_virtual_tokens,))
+        self.prompt = nn.Parameter(self.weight.detach()[ids.to(self.weight.device)].float())
+
+    def forward(self, tokens):
+        """tokens (B, T), ids >= 0 real and -1..-n soft -> embeddings (B, T, dim)."""
+        real = F.embedding(tokens.clamp(min=0), self.weight)              # (B, T, dim)
+        if self.prompt.shape[0] == 0:
+            return real
+        slot = (-tokens - 1).clamp(0, self.prompt.shape[0] - 1)           # (B, T)
+        soft = F.embedding(slot, self.prompt).to(real.dtype)              # (B, T, dim)
+        return torch.where((tokens < 0).unsqueeze(-1), soft, real)
+
+
+def prepend_soft_prompt(tokens, attention_mask=None, num_virtual_tokens=0):
+    """Prefix ids -1..-n (and ones in the mask): tokens (B, T) -> (B, n + T)."""
+    soft = -torch.arange(1, num_virtual_tokens + 1, device=tokens.device)
+    tokens = torch.cat([soft.expand(tokens.shape[0], -1), tokens], dim=1)  # (B, n + T)
+    if attention_mask is not None:
+        ones = attention_mask.new_ones(attention_mask.shape[0], num_virtual_tokens)
+        attention_mask = torch.cat([ones, attention_mask], dim=1)        # (B, n + T)
+    return tokens, attention_mask
+
+
+def inject_prompt_tuning(model, config):
+    """Replace the token embedding (tok_embeddings or embed_tokens) by a SoftPromptEmbedding."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)
+             and n.rpartition(".")[2] in ("tok_embeddings", "embed_tokens")]
+    if len(names) != 1:
+        raise ValueError(f"prompt tuning needs exactly one tok_embeddings/embed_tokens module, "
+                         f"found {names}; pass the language model itself")
+    model.requires_grad_(False)
+    _set_submodule(model, names[0], SoftPromptEmbedding(model.get_submodule(names[0]),
+                                                        config.num_virtual_tokens))
+    return names[0]
 
 
 # ----------------------------------------------------------------------------
