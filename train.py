@@ -34,33 +34,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-try:
-    import optimizer as optim_lib
-except ImportError:  # TEMPORARY until optimizer.py (owner optim-lora) lands: torch's equivalents
-    optim_lib = None
-
-
-class _TorchOptimFallback:
-    """TEMPORARY stand-in for optimizer.py: torch.optim.AdamW, clip_grad_norm_, a warmup+decay lr_at."""
-    AdamW = torch.optim.AdamW
-
-    @staticmethod
-    def clip_grad_norm(parameters, max_norm):
-        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-
-    @staticmethod
-    def lr_at(step, base_lr, warmup_steps, total_steps, schedule="cosine", min_lr_ratio=0.0):
-        if warmup_steps and step < warmup_steps:
-            return base_lr * (step + 1) / warmup_steps
-        if schedule == "constant":
-            return base_lr
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
-        return base_lr * (min_lr_ratio + (1 - min_lr_ratio) * decay)
-
-
-if optim_lib is None:
-    optim_lib = _TorchOptimFallback
+import optimizer as optim_lib
 
 
 # ----------------------------------------------------------------------------
