@@ -262,6 +262,8 @@ def add_arguments(parser, option):
                         help="dropout on the pooled hidden state before the head")
     parser.add_argument("--max_steps_per_epoch", "--max-steps-per-epoch", type=int, default=None,
                         help="stop each epoch after this many optimizer steps")
+    parser.add_argument("--time_budget_s", "--time-budget-s", type=float, default=None,
+                        help="stop training after this many seconds (then evaluate and predict)")
     if option == "lora":
         parser.add_argument("--lora_rank", "--lora-rank", type=int, default=4, help="LoRA rank r")
         parser.add_argument("--lora_alpha", "--lora-alpha", type=float, default=1.0,
@@ -345,7 +347,8 @@ def run_train(args, llama, tokenizer, names, splits):
         return {"loss": loss, "accuracy": accuracy(preds, splits["dev"])}
 
     config = train.TrainConfig(epochs=args.epochs, lr=args.lr, max_steps_per_epoch=args.max_steps_per_epoch,
-                               out_dir=args.out_dir, name=run_name(args))
+                               time_budget_s=args.time_budget_s, out_dir=args.out_dir,
+                               name=run_name(args))
     history = train.fit(model, make("train", shuffle=True), classification_loss, config, evaluate=evaluate)
     preds = {s: predict_head(model, make(s, sort_by_length=True))[0] for s in ("dev", "test")}
     info = {"trainable_parameters": trainable, "total_parameters": total,
