@@ -157,6 +157,7 @@ def test_bpe_round_trip_and_split():
     tokenizer = pico.BPETokenizer.train([path], vocab_size=300, max_bytes=100_000)
     text = "0 1 2 3 4\n\n5 8 13  é\n"
     assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert tokenizer.encode(text) == tokenizer.sp.encode(text)          # line by line == one call
     train_blocks = sum(1 for _ in pico.iter_split(path, tokenizer, 64, "train", 10, 1 << 16))
     test_blocks = sum(1 for _ in pico.iter_split(path, tokenizer, 64, "test", 10, 1 << 16))
     assert test_blocks == (train_blocks + test_blocks) // 10
