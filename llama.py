@@ -1,0 +1,493 @@
+"""Llama 2 / Llama 3 decoder-only transformer in plain PyTorch, with a KV cache and generation.
+
+Architecture (Touvron et al. 2023, Llama 2, arXiv 2307.09288; Grattafiori et al. 2024, Llama 3,
+arXiv 2407.21783), L pre-norm residual blocks over token embeddings x_0 = E[tokens]:
+    h       = x + Attention(Norm(x))
+    x_next  = h + FFN(Norm(h))
+    logits  = W_out Norm(x_L)            (tied: W_out = E, Press & Wolf 2017, arXiv 1608.05859)
+Norms, statistics in fp32 then cast back (llama2.c RMSNorm):
+    RMSNorm(x)   = x / sqrt(mean(x^2) + eps) * g                (Zhang & Sennrich 2019, arXiv
+                                                                 1910.07467, equation 4)
+    LayerNorm(x) = (x - mean(x)) / sqrt(var(x) + eps) * g + b   (Ba et al. 2016, arXiv 1607.06450)
+Attention (Vaswani et al. 2017, arXiv 1706.03762, equation 1), per head, with RoPE (rope.py) on q, k:
+    Attention(q, k, v) = softmax(q k^T / sqrt(head_dim) + M) v,   M = 0 where allowed, -inf elsewhere
+    M is causal (key slot <= query slot) and hides padding. Grouped-query attention (Ainslie et al.
+    2023, arXiv 2305.13245): g = n_heads / n_kv_heads, kv head j serves query heads j*g .. j*g+g-1.
+FFN, SwiGLU (Shazeer 2020, arXiv 2002.05202, equation 6):
+    FFN(x) = W2 (silu(W1 x) * W3 x),   silu(a) = a * sigmoid(a)
+
+KV cache: fixed-size buffers (max_batch, n_kv_heads, max_seq_len, head_dim) per layer, written in
+place with index_copy_ at slots start_pos .. start_pos+T-1, plus a (max_batch, max_seq_len) flag of
+which slots hold real tokens. The decode step has no .item() and no data-dependent branch, so it can
+be wrapped in torch.compile(mode="reduce-overhead") (CUDA graphs) with start_pos a 0-d tensor.
+Left padding: attention_mask (B, T) 1 = real, 0 = pad; a row's RoPE positions are cumsum(mask) - 1,
+and pad keys are masked out, so a left-padded row computes what it computes alone.
+
+Shapes: B batch, T new tokens, S key slots, dim, n_heads, n_kv_heads, head_dim (D), V vocab.
+Parameter names are llama2.c / Meta's (tok_embeddings, layers.{i}.attention.wq, ..., output).
+Tested in tests/test_llama.py: logits vs transformers' LlamaForCausalLM (GQA, tied, llama3 RoPE
+scaling); RMSNorm vs F.rms_norm; LayerNorm vs nn.LayerNorm; math attention vs SDPA; cached decode vs
+full forward; generate vs generate_no_cache; left-padded batch generation vs one prompt at a time.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import rope
+import sample
+
+# ----------------------------------------------------------------------------
+# configuration
+
+ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_seq_len")
+
+
+@dataclass
+class LlamaConfig:
+    dim: int = 4096                      # model width (embedding size); defaults are Llama 2 7B's
+    n_layers: int = 32                   # number of transformer blocks
+    n_heads: int = 32                    # query heads
+    n_kv_heads: Optional[int] = None     # key/value heads (GQA); None -> n_heads (multi-head)
+    head_dim: Optional[int] = None       # width of one head; None -> dim // n_heads
+    hidden_dim: Optional[int] = None     # SwiGLU width; None -> llama2.c rule from multiple_of
+    multiple_of: int = 256               # llama2.c rounds hidden_dim up to a multiple of this
+    vocab_size: int = 32000              # V, rows of tok_embeddings and output
+    max_seq_len: int = 2048              # longest sequence (tokens) forward and the cache accept
+    norm_eps: float = 1e-5               # epsilon inside the norm's square root
+    rope_theta: float = 10000.0          # RoPE base theta
+    rope_scaling: Optional[dict] = None  # Llama 3 RoPE scaling: ROPE_SCALING_KEYS, or None
+    tie_embeddings: bool = False         # output.weight is tok_embeddings.weight
+    norm: str = "rmsnorm"                # "rmsnorm" (Llama) or "layernorm" (seed 001's variant)
+    dropout: float = 0.0                 # dropout on embeddings, attention probs, residual branches
+    attn_backend: str = "sdpa"           # "sdpa": fused kernel; "math": compute_query_key_value_scores
+
+    def __post_init__(self):
+        self.n_kv_heads = self.n_kv_heads or self.n_heads
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ValueError(f"LlamaConfig: dim={self.dim} is not divisible by n_heads="
+                                 f"{self.n_heads}; pick n_heads dividing dim or set head_dim")
+            self.head_dim = self.dim // self.n_heads
+        if self.hidden_dim is None:
+            self.hidden_dim = llama2c_hidden_dim(self.dim, self.multiple_of)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"LlamaConfig: n_heads={self.n_heads} is not a multiple of n_kv_heads="
+                             f"{self.n_kv_heads}; pick n_kv_heads dividing n_heads")
+        if self.head_dim % 2:
+            raise ValueError(f"LlamaConfig: head_dim={self.head_dim} is odd; RoPE needs it even")
+        if self.norm not in ("rmsnorm", "layernorm"):
+            raise ValueError(f"LlamaConfig: norm={self.norm!r}; use 'rmsnorm' or 'layernorm'")
+        if self.attn_backend not in ("math", "sdpa"):
+            raise ValueError(f"LlamaConfig: attn_backend={self.attn_backend!r}; use 'math' or 'sdpa'")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LlamaConfig: dropout={self.dropout} outside [0, 1); use e.g. 0.0 or 0.1")
+        self.rope_scaling = _check_rope_scaling(self.rope_scaling)
+
+    @classmethod
+    def stories42m(cls):
+        """Karpathy's llama2.c stories42M.pt (seed 001): 42M parameters trained on TinyStories."""
+        return cls(dim=512, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000,
+                   max_seq_len=1024, multiple_of=32, hidden_dim=1376,  # 1376 = llama2c rule, 32
+                   norm_eps=1e-5, tie_embeddings=True)
+
+    @classmethod
+    def smollm2_135m(cls):
+        """SmolLM2-135M(-Instruct), numbers from its GGUF / config.json (notes/default-model.md)."""
+        return cls(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, hidden_dim=1536,
+                   vocab_size=49152, max_seq_len=8192, norm_eps=1e-5, rope_theta=100000.0,
+                   tie_embeddings=True)
+
+    @classmethod
+    def llama32_1b(cls):
+        """Llama-3.2-1B, numbers from Meta's params.json / HF config.json (128k context)."""
+        return cls(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, hidden_dim=8192,
+                   vocab_size=128256, max_seq_len=131072, norm_eps=1e-5, rope_theta=500000.0,
+                   rope_scaling=dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                     original_max_seq_len=8192), tie_embeddings=True)
+
+    @classmethod
+    def tiny(cls, **overrides):
+        """A few-kilobyte Llama 3 shape for tests: GQA, tied embeddings."""
+        fields = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, vocab_size=256,
+                      max_seq_len=128, rope_theta=10000.0, tie_embeddings=True)
+        return cls(**{**fields, **overrides})
+
+
+def llama2c_hidden_dim(dim, multiple_of=256):
+    """llama2.c / Meta: hidden = 2/3 * 4 * dim, rounded up to a multiple of multiple_of."""
+    hidden = int(2 * (4 * dim) / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def _check_rope_scaling(scaling):
+    """None, or a dict with exactly ROPE_SCALING_KEYS (HF's spelling and rope_type 'llama3' accepted)."""
+    if scaling is None:
+        return None
+    scaling = dict(scaling)
+    if scaling.pop("rope_type", scaling.pop("type", "llama3")) != "llama3":
+        raise ValueError(f"LlamaConfig: rope_scaling={scaling} is not Llama 3 scaling; use None or "
+                         f"a dict with {ROPE_SCALING_KEYS}")
+    if "original_max_position_embeddings" in scaling:
+        scaling["original_max_seq_len"] = scaling.pop("original_max_position_embeddings")
+    if sorted(scaling) != sorted(ROPE_SCALING_KEYS):
+        raise ValueError(f"LlamaConfig: rope_scaling keys {sorted(scaling)}; give exactly "
+                         f"{ROPE_SCALING_KEYS}")
+    return scaling
+
+
+# ----------------------------------------------------------------------------
+# attention maths (pure functions)
+
+def causal_padding_mask(key_real, query_slots, key_slots):
+    """Allowed (query, key) pairs -> bool (B, 1, T, S): key_slot <= query_slot and the key is a real
+    token. A query always sees itself, so a pad query's row is never all -inf (no NaN)."""
+    causal = key_slots[None, :] <= query_slots[:, None]                   # (T, S)
+    allowed = causal[None] & key_real[:, None, :]                         # (B, T, S)
+    allowed = allowed | (key_slots[None, :] == query_slots[:, None])[None]
+    return allowed[:, None]                                               # (B, 1, T, S)
+
+
+def repeat_kv(x, n_rep):
+    """GQA: (B, n_kv_heads, S, D) -> (B, n_kv_heads * n_rep, S, D), kv head j copied to heads
+    j*n_rep .. j*n_rep+n_rep-1 (repeat_interleave, the layout Meta and HF use)."""
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def compute_query_key_value_scores(q, k, v, mask=None, dropout_p=0.0):
+    """Readable attention: softmax(q k^T / sqrt(D) + M) v, written out (seed 001's function).
+
+    q (B, n_heads, T, D), k and v (B, n_kv_heads, S, D); mask None = causal with the last query
+    aligned to the last key, or bool (B|1, 1, T, S), True = may attend. -> (B, n_heads, T, D).
+    """
+    T, S = q.shape[-2], k.shape[-2]
+    k = repeat_kv(k, q.shape[1] // k.shape[1])                            # (B, n_heads, S, D)
+    v = repeat_kv(v, q.shape[1] // v.shape[1])                            # (B, n_heads, S, D)
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])   # (B, n_heads, T, S)
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)  # (T, S)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = F.softmax(scores, dim=-1).type_as(q)                          # softmax in fp32
+    if dropout_p > 0:
+        probs = F.dropout(probs, dropout_p)
+    return probs @ v                                                      # (B, n_heads, T, D)
+
+
+def attention_sdpa(q, k, v, mask=None, dropout_p=0.0):
+    """Fast path, same contract as compute_query_key_value_scores: F.scaled_dot_product_attention
+    picks a fused kernel (flash / memory-efficient) that never stores the (T, S) probabilities and
+    reads k, v once per group (enable_gqa) instead of copying them n_heads/n_kv_heads times."""
+    gqa = q.shape[1] != k.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                          is_causal=mask is None, enable_gqa=gqa)
+
+
+ATTENTION_BACKENDS = {"math": compute_query_key_value_scores, "sdpa": attention_sdpa}
+
+
+# ----------------------------------------------------------------------------
+# modules
+
+class RMSNorm(nn.Module):
+    """RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g; x (..., dim)."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()                               # statistics in fp32, then cast back
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm(x) = (x - mean(x)) / sqrt(var(x) + eps) * g + b, biased variance; x (..., dim)."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        x32 = x.float()                               # statistics in fp32, then cast back
+        centred = x32 - x32.mean(-1, keepdim=True)
+        normed = centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight + self.bias
+
+
+def make_norm(config):
+    return (RMSNorm if config.norm == "rmsnorm" else LayerNorm)(config.dim, config.norm_eps)
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query causal self-attention with RoPE and an in-place KV cache."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.attend = ATTENTION_BACKENDS[config.attn_backend]
+        self.register_buffer("cache_k", None, persistent=False)    # (max_batch, n_kv_heads, S_max, D)
+        self.register_buffer("cache_v", None, persistent=False)
+
+    def forward(self, x, cos_sin, mask=None, cache_slots=None, num_keys=None):
+        """x (B, T, dim) -> (B, T, dim). cache_slots (T,): write k, v there and attend to cache
+        slots 0 .. num_keys-1; None: attend to this call's keys only."""
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)         # (B, T, n_heads, D)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)      # (B, T, n_kv_heads, D)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)      # (B, T, n_kv_heads, D)
+        q, k = rope.apply_rotary_emb(q, k, cos_sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
+        if cache_slots is not None:
+            self.cache_k[:B].index_copy_(2, cache_slots, k.to(self.cache_k.dtype))
+            self.cache_v[:B].index_copy_(2, cache_slots, v.to(self.cache_v.dtype))
+            k = self.cache_k[:B, :, :num_keys].to(q.dtype)                 # (B, n_kv_heads, S, D)
+            v = self.cache_v[:B, :, :num_keys].to(q.dtype)                 # (B, n_kv_heads, S, D)
+        out = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, n_heads, T, D)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads*D)
+        return self.resid_dropout(self.wo(out))                           # (B, T, dim)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x); w1 gate, w3 up (dim -> hidden_dim), w2 down."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.w1 = nn.Linear(config.dim, config.hidden_dim, bias=False)
+        self.w2 = nn.Linear(config.hidden_dim, config.dim, bias=False)
+        self.w3 = nn.Linear(config.dim, config.hidden_dim, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))   # (B, T, dim)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attention_norm, self.ffn_norm = make_norm(config), make_norm(config)
+        self.attention = Attention(config)
+        self.feed_forward = FeedForward(config)
+
+    def forward(self, x, cos_sin, mask=None, cache_slots=None, num_keys=None):
+        h = x + self.attention(self.attention_norm(x), cos_sin, mask, cache_slots, num_keys)
+        return h + self.feed_forward(self.ffn_norm(h))                   # (B, T, dim)
+
+
+class Llama(nn.Module):
+    """The language model: tokens (B, T) -> (logits, hidden after the final norm)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.norm = make_norm(config)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight                 # one Parameter
+        # theta_i in fp32, never saved; _apply keeps it fp32 when the model is cast to bf16
+        self.register_buffer("rope_freqs", self._rope_freqs(), persistent=False)  # (D/2,)
+        self.register_buffer("cache_real", None, persistent=False)   # (max_batch, S_max) bool
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():   # llama2.c: scaled init of residual projections
+            if name.endswith(("w3.weight", "wo.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+        self.register_load_state_dict_pre_hook(self._fill_tied_output)
+        self.register_load_state_dict_post_hook(self._retie_output)
+
+    def _rope_freqs(self, device=None):
+        c = self.config
+        return rope.rope_frequencies(c.head_dim, c.rope_theta, c.rope_scaling).to(device)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def _apply(self, fn, recurse=True):
+        """Module.to(torch.bfloat16) would round theta_i to 8 bits (angle errors of radians at
+        position 1000); rebuild the frequencies in fp32 on the new device instead."""
+        super()._apply(fn, recurse)
+        self.rope_freqs = self._rope_freqs(self.rope_freqs.device)
+        return self
+
+    def _fill_tied_output(self, module, state_dict, prefix, *args):
+        """Checkpoints with tied embeddings may omit output.weight: it is tok_embeddings.weight."""
+        if self.config.tie_embeddings and prefix + "output.weight" not in state_dict:
+            state_dict[prefix + "output.weight"] = state_dict.get(prefix + "tok_embeddings.weight")
+
+    def _retie_output(self, module, incompatible_keys):
+        """load_state_dict(assign=True) replaces Parameters: tie them again."""
+        if self.config.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    # -- KV cache ---------------------------------------------------------------------------
+    def setup_cache(self, max_batch_size, max_seq_len=None):
+        """Allocate zeroed KV buffers (max_batch, n_kv_heads, max_seq_len, head_dim) per layer."""
+        c, weight = self.config, self.output.weight
+        max_seq_len = max_seq_len or c.max_seq_len
+        if max_seq_len > c.max_seq_len:
+            raise ValueError(f"setup_cache: max_seq_len={max_seq_len} > config.max_seq_len="
+                             f"{c.max_seq_len}; ask for fewer tokens")
+        shape = (max_batch_size, c.n_kv_heads, max_seq_len, c.head_dim)
+        for layer in self.layers:
+            layer.attention.cache_k = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+            layer.attention.cache_v = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+        self.cache_real = torch.zeros(max_batch_size, max_seq_len, dtype=torch.bool,
+                                      device=weight.device)
+
+    def reset_cache(self):
+        """Zero the buffers in place (same storage, so captured CUDA graphs stay valid)."""
+        for buffer in [self.cache_real] + [b for l in self.layers
+                                           for b in (l.attention.cache_k, l.attention.cache_v)]:
+            if buffer is not None:
+                buffer.zero_()
+
+    def cache_shape(self):
+        """(max_batch, max_seq_len) of the allocated cache, or None."""
+        return None if self.cache_real is None else tuple(self.cache_real.shape)
+
+    # -- forward ----------------------------------------------------------------------------
+    def attention_inputs(self, tokens, start_pos=None, attention_mask=None):
+        """-> positions (1|B, T), mask (None = plain causal, or bool (B, 1, T, S)), cache slots
+        (T,) or None, number of key slots S. With the cache, the real-token flags of the new slots
+        are written to cache_real and positions count the real tokens before each one."""
+        B, T = tokens.shape
+        device = tokens.device
+        arange = torch.arange(T, device=device)                             # (T,)
+        if start_pos is None:
+            if T > self.config.max_seq_len:
+                raise ValueError(f"Llama.forward: {T} tokens > max_seq_len={self.config.max_seq_len}; "
+                                 "truncate the input")
+            if attention_mask is None:
+                return arange[None], None, None, T
+            real = attention_mask.bool()                                    # (B, T)
+            positions = (real.long().cumsum(-1) - 1).clamp(min=0)          # (B, T)
+            return positions, causal_padding_mask(real, arange, arange), None, T
+        self._check_cache(B, T, start_pos)
+        slots = start_pos + arange                                          # (T,)
+        num_keys = start_pos + T if isinstance(start_pos, int) else self.cache_real.shape[1]
+        new_real = (torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None
+                    else attention_mask.bool())                             # (B, T)
+        self.cache_real[:B].index_copy_(1, slots, new_real)
+        key_slots = torch.arange(num_keys, device=device)                   # (S,)
+        real = self.cache_real[:B, :num_keys]                               # (B, S)
+        before = (real & (key_slots < start_pos)).sum(-1, keepdim=True)     # (B, 1)
+        positions = (before + new_real.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        return positions, causal_padding_mask(real, slots, key_slots), slots, num_keys
+
+    def _check_cache(self, B, T, start_pos):
+        if self.cache_real is None:
+            raise ValueError("Llama.forward: start_pos given but no KV cache; call "
+                             "model.setup_cache(max_batch_size, max_seq_len) first")
+        max_batch, max_len = self.cache_real.shape
+        if B > max_batch or (isinstance(start_pos, int) and start_pos + T > max_len):
+            raise ValueError(f"Llama.forward: batch {B}, slots {start_pos}..{start_pos}+{T} do not "
+                             f"fit the cache ({max_batch}, {max_len}); call setup_cache with more")
+
+    def forward(self, tokens, start_pos=None, attention_mask=None, last_only=False):
+        """tokens (B, T) -> (logits (B, T, V), or (B, 1, V) if last_only; hidden (B, T, dim)).
+
+        start_pos None: no cache, attend within `tokens`. start_pos int or 0-d long tensor: the
+        tokens occupy cache slots start_pos .. start_pos+T-1 and attend to all earlier slots.
+        attention_mask (B, T): 1 real, 0 pad (left padding for generation, any for scoring).
+        """
+        positions, mask, slots, num_keys = self.attention_inputs(tokens, start_pos, attention_mask)
+        cos_sin = rope.rope_cos_sin(positions, self.rope_freqs)           # 2 x (1|B, T, D/2)
+        h = self.dropout(self.tok_embeddings(tokens))                      # (B, T, dim)
+        for layer in self.layers:
+            h = layer(h, cos_sin, mask, slots, num_keys)                   # (B, T, dim)
+        h = self.norm(h)                                                   # (B, T, dim)
+        logits = self.output(h[:, -1:] if last_only else h)                # (B, T|1, V)
+        return logits, h
+
+    def generate(self, prompt_tokens, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
+                 epsilon=None, min_p=None, stop_tokens=(), generator=None, on_token=None):
+        """Continue one prompt (list of ids or (1, T)) with the KV cache: prefill, then one token
+        per step. Returns the new ids, without the stop token that ended it (if any);
+        on_token(id) is called for each as soon as it is chosen (streaming)."""
+        if torch.is_tensor(prompt_tokens):
+            prompt_tokens = prompt_tokens.reshape(-1).tolist()
+        stream = None if on_token is None else (lambda row, token: on_token(token))
+        return generate_batch(self, [prompt_tokens], 0, max_new_tokens, temperature, top_k, top_p,
+                              epsilon, min_p, stop_tokens, generator, stream)[0]
+
+
+# ----------------------------------------------------------------------------
+# generation
+
+def left_pad(prompts, pad_id, device="cpu"):
+    """Lists of ids -> tokens (B, T) left-padded with pad_id, attention_mask (B, T) 1 = real."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token (e.g. BOS)")
+    T = max(len(p) for p in prompts)
+    tokens = torch.tensor([[pad_id] * (T - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return tokens, mask                                                    # (B, T), (B, T)
+
+
+@torch.no_grad()
+def generate_batch(model, prompts, pad_id, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
+                   epsilon=None, min_p=None, stop_tokens=(), generator=None, on_token=None):
+    """Continue B prompts at once, left-padded (pad_id), with the KV cache. Returns B lists of new
+    ids; a row stops at its first stop token (not included). on_token(row, id) streams."""
+    device = model.output.weight.device
+    tokens, mask = left_pad(prompts, pad_id, device)                       # (B, T), (B, T)
+    B, T = tokens.shape
+    if T + max_new_tokens > model.config.max_seq_len:
+        raise ValueError(f"generate: prompt {T} + max_new_tokens {max_new_tokens} > max_seq_len="
+                         f"{model.config.max_seq_len}; shorten the prompt or max_new_tokens")
+    shape = model.cache_shape()
+    if shape is None or shape[0] < B or shape[1] < T + max_new_tokens:
+        model.setup_cache(B, T + max_new_tokens)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, epsilon=epsilon,
+                    min_p=min_p, generator=generator)
+    mask = None if bool(mask.all()) else mask
+    logits, _ = model(tokens, start_pos=0, attention_mask=mask, last_only=True)  # (B, 1, V)
+    outputs, done = [[] for _ in range(B)], [False] * B
+    for step in range(max_new_tokens):
+        next_tokens = sample.sample_next_token(logits[:, -1], **sampling)     # (B,)
+        for row, token in enumerate(next_tokens.tolist()):
+            if done[row] or token in stop_tokens:
+                done[row] = True
+                continue
+            outputs[row].append(token)
+            if on_token is not None:
+                on_token(row, token)
+        if all(done) or step == max_new_tokens - 1:
+            break
+        logits, _ = model(next_tokens[:, None], start_pos=T + step, last_only=True)  # (B, 1, V)
+    return outputs
+
+
+@torch.no_grad()
+def generate_no_cache(model, prompt_tokens, max_new_tokens, temperature=0.0, top_k=None,
+                      top_p=None, epsilon=None, min_p=None, stop_tokens=(), generator=None):
+    """Reference for generate: recompute the whole prefix every step (O(T^2) per token)."""
+    device = model.output.weight.device
+    tokens = list(prompt_tokens.reshape(-1).tolist() if torch.is_tensor(prompt_tokens)
+                  else prompt_tokens)
+    new = []
+    for _ in range(max_new_tokens):
+        logits, _ = model(torch.tensor([tokens], device=device), last_only=True)  # (1, 1, V)
+        token = sample.sample_next_token(logits[:, -1], temperature, top_k, top_p, epsilon,
+                                         min_p, generator).item()
+        if token in stop_tokens:
+            break
+        tokens.append(token)
+        new.append(token)
+    return new

@@ -1,0 +1,106 @@
+"""Choosing the next token from logits: greedy, temperature, and truncation rules, one per function.
+
+With logits z over V tokens and p = softmax(z / tau) (temperature tau; tau = 0 means argmax):
+    top-k      keep the k most likely tokens                          (Fan et al. 2018, arXiv 1805.04833)
+    top-p      keep the smallest set of most likely tokens whose mass is >= p, i.e. sorted
+               p_(1) >= p_(2) >= ..., the smallest k with p_(1) + ... + p_(k) >= p
+               ("nucleus sampling", Holtzman et al. 2020, arXiv 1904.09751; seed 003)
+    epsilon    keep tokens with p_i >= epsilon                        (Hewitt et al. 2022,
+               "Truncation Sampling as Language Model Desmoothing", arXiv 2210.15191)
+    min-p      keep tokens with p_i >= min_p * max_j p_j              (Nguyen et al. 2024, arXiv 2407.01082)
+Each filter sets the removed logits to -inf and always keeps the most likely token; the survivors
+are renormalised by the softmax and one token is drawn with torch.multinomial. Randomness comes only
+from the torch.Generator passed in, so a fixed seed reproduces a sample.
+Rules compose in the order temperature, top-k, top-p, epsilon, min-p (Hugging Face's order).
+
+Shapes: logits (B, V) or (V,) where stated; B batch, V vocabulary.
+Tested in tests/test_sample.py: kept sets against sets computed by hand from sorted probabilities,
+p -> 0 is greedy, p = 1 keeps the full distribution, temperature 0 is argmax, the seed's minimality.
+"""
+import torch
+
+NEG_INF = float("-inf")
+
+
+# ----------------------------------------------------------------------------
+# one function per rule: logits (..., V) -> logits (..., V) with removed tokens at -inf
+
+def apply_temperature(logits, temperature):
+    """z / tau for tau > 0 (tau < 1 sharpens, tau > 1 flattens); greedy (tau = 0) is argmax."""
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature}: use > 0 here; temperature 0 means argmax "
+                         "(sample_next_token handles it)")
+    return logits / temperature
+
+
+def top_k_filter(logits, k):
+    """Keep the k largest logits (ties with the k-th are kept too)."""
+    k = min(int(k), logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]                    # (..., 1)
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def top_p_filter(logits, p):
+    """Keep the smallest most-likely set with mass >= p: sorted token j stays iff the mass strictly
+    before it is < p (so the token that crosses p stays). p >= 1 keeps everything."""
+    if p >= 1.0:
+        return logits
+    probs = torch.softmax(logits.float(), dim=-1)                            # (..., V)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)                # (..., V)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs                 # (..., V)
+    remove_sorted = mass_before >= p
+    remove_sorted[..., 0] = False                                            # p -> 0: greedy
+    remove = remove_sorted.scatter(-1, order, remove_sorted)                 # back to vocab order
+    return logits.masked_fill(remove, NEG_INF)
+
+
+def epsilon_filter(logits, epsilon):
+    """Keep tokens with probability >= epsilon (and always the most likely one)."""
+    probs = torch.softmax(logits.float(), dim=-1)                            # (..., V)
+    keep = (probs >= epsilon) | (probs == probs.max(dim=-1, keepdim=True).values)
+    return logits.masked_fill(~keep, NEG_INF)
+
+
+def min_p_filter(logits, min_p):
+    """Keep tokens with probability >= min_p * (largest probability)."""
+    probs = torch.softmax(logits.float(), dim=-1)                            # (..., V)
+    threshold = min_p * probs.max(dim=-1, keepdim=True).values               # (..., 1)
+    return logits.masked_fill(probs < threshold, NEG_INF)
+
+
+# ----------------------------------------------------------------------------
+# drawing a token
+
+def sample_from_logits(logits, generator=None):
+    """One token per row drawn from softmax(logits) with torch.multinomial: (B, V) -> (B,)."""
+    probs = torch.softmax(logits.float(), dim=-1)                            # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)      # (B,)
+
+
+def sample_next_token(logits, temperature=0.0, top_k=None, top_p=None, epsilon=None, min_p=None,
+                      generator=None):
+    """logits (B, V) -> next token ids (B,) long. temperature 0 is greedy (argmax; filters
+    unused); otherwise temperature, then each given filter, then a multinomial draw."""
+    if temperature is None or temperature <= 0:
+        return logits.argmax(dim=-1)                                         # (B,)
+    logits = apply_temperature(logits.float(), temperature)                  # (B, V)
+    if top_k is not None and top_k > 0:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    if epsilon is not None and epsilon > 0:
+        logits = epsilon_filter(logits, epsilon)
+    if min_p is not None and min_p > 0:
+        logits = min_p_filter(logits, min_p)
+    return sample_from_logits(logits, generator)                             # (B,)
+
+
+def nucleus_sampling(logits, p, generator=None):
+    """Seed 003's top-p sampling: sort the softmax probabilities, take the smallest k with
+    p_(1) + ... + p_(k-1) < p <= p_(1) + ... + p_(k), and sample from p_(1..k) renormalised.
+    p -> 0 is greedy, p = 1 samples the full softmax. logits (V,) -> 0-d id, (B, V) -> (B,)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"nucleus_sampling: p={p} outside [0, 1]; use e.g. 0.9")
+    rows = logits.reshape(-1, logits.shape[-1])                              # (B, V)
+    tokens = sample_from_logits(top_p_filter(rows.float(), p), generator)    # (B,)
+    return tokens.reshape(logits.shape[:-1])
