@@ -1,0 +1,176 @@
+"""Tests for ssm.py: discretizations, the loop scan, gradients, the classifier, data errors.
+
+Run: .venv/bin/pytest tests/test_ssm.py -q   (CPU, a few seconds)
+
+Oracles: torch.linalg.matrix_exp of the block matrix [[A, B], [0, 0]] for zero-order hold (its top
+right block is int_0^dt e^{As} ds B = A^{-1}(e^{A dt} - I) B); dense torch.linalg.solve for bilinear;
+the unrolled sum y_t = sum_k Re(C A_bar^(t-k) B_bar) u_k in float64 for the scan; the same
+sequence with and without right padding for the mask; hand-written bad files for the errors.
+"""
+import json
+
+import pytest
+import torch
+
+import ssm
+
+
+def random_system(H=3, N=4, seed=0, dtype=torch.complex128):
+    g = torch.Generator().manual_seed(seed)
+    A, B = ssm.random_diagonal_init(H, N, generator=g)
+    C = torch.randn(H, N, dtype=torch.cfloat, generator=g)
+    dt = torch.exp(torch.empty(H).uniform_(-6, -1, generator=g))
+    return A.to(dtype), B.to(dtype), C.to(dtype), dt.to(torch.float64)
+
+
+def test_zoh_matches_block_matrix_exponential():
+    A, B, _, dt = random_system()
+    A_bar, B_bar = ssm.discretize_zoh(A, B, dt)
+    for h in range(A.shape[0]):
+        N = A.shape[1]
+        block = torch.zeros(N + 1, N + 1, dtype=A.dtype)
+        block[:N, :N] = torch.diag(A[h])
+        block[:N, N] = B[h]
+        expm = torch.linalg.matrix_exp(block * dt[h])
+        # fp64 throughout: agreement to ~1e-12 is roundoff of matrix_exp's Pade approximant
+        torch.testing.assert_close(A_bar[h], torch.diagonal(expm[:N, :N]), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(B_bar[h], expm[:N, N], rtol=1e-10, atol=1e-12)
+
+
+def test_bilinear_matches_dense_solve_and_approaches_zoh():
+    A, B, _, dt = random_system()
+    A_bar, B_bar = ssm.discretize_bilinear(A, B, dt)
+    eye = torch.eye(A.shape[1], dtype=A.dtype)
+    for h in range(A.shape[0]):
+        left = eye - dt[h] / 2 * torch.diag(A[h])
+        dense_A = torch.linalg.solve(left, eye + dt[h] / 2 * torch.diag(A[h]))
+        torch.testing.assert_close(A_bar[h], torch.diagonal(dense_A), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(B_bar[h], torch.linalg.solve(left, dt[h] * B[h]),
+                                   rtol=1e-12, atol=1e-12)
+    # both are one-step approximations of exp(dt A); they differ by O((dt |A|)^3)
+    small = torch.full_like(dt, 1e-4)
+    zoh, bil = ssm.discretize_zoh(A, B, small)[0], ssm.discretize_bilinear(A, B, small)[0]
+    assert (zoh - bil).abs().max() < 1e-6
+
+
+def test_scan_equals_unrolled_sum():
+    A, B, C, dt = random_system()
+    A_bar, B_bar = ssm.discretize_zoh(A, B, dt)
+    u = torch.randn(2, 3, 12, dtype=torch.float64)
+    y, h_last = ssm.scan(A_bar, B_bar, C, u)
+    expected = torch.zeros_like(y)
+    for t in range(12):
+        for k in range(t + 1):
+            expected[..., t] += (C * A_bar ** (t - k) * B_bar).sum(-1).real * u[..., k]
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)   # fp64: roundoff only
+    # the returned state continues the recurrence: scanning in two halves == one scan
+    y1, h1 = ssm.scan(A_bar, B_bar, C, u[..., :5])
+    y2, h2 = ssm.scan(A_bar, B_bar, C, u[..., 5:], h=h1)
+    torch.testing.assert_close(torch.cat([y1, y2], -1), y)
+    torch.testing.assert_close(h2, h_last)
+
+
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
+def test_step_equals_forward_and_gradients_reach_every_parameter(discretization):
+    torch.manual_seed(0)
+    layer = ssm.DiagonalSSM(3, 4, discretization=discretization)
+    u = torch.randn(2, 3, 10)
+    y = layer(u)
+    h, ys = layer.initial_state(2), []
+    for t in range(10):
+        y_t, h = layer.step(u[:, :, t], h)
+        ys.append(y_t)
+    torch.testing.assert_close(torch.stack(ys, -1), y, rtol=1e-5, atol=1e-5)   # same fp32 ops
+    y.square().sum().backward()
+    for name, p in layer.named_parameters():   # log_dt, log_A_real, A_imag, B, C, D
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_stability_guards_keep_long_scan_finite():
+    torch.manual_seed(0)
+    layer = ssm.DiagonalSSM(2, 4)
+    with torch.no_grad():
+        layer.log_A_real.fill_(-30.0)    # Re(A) would be -1e-13: the guard clamps it to -1e-4
+        layer.log_dt.fill_(10.0)         # dt would be e^10: clamped to 1
+    A_bar, _, _, _ = layer._discrete()
+    assert A_bar.abs().max() < 1
+    y = layer(torch.randn(1, 2, 3000))
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_classifier_ignores_right_padding(bidirectional):
+    torch.manual_seed(0)
+    model = ssm.SSMClassifier(ssm.SSMConfig.tiny(bidirectional=bidirectional)).eval()
+    tokens = torch.tensor([[5, 6, 7, 8, 9]])
+    padded = torch.tensor([[5, 6, 7, 8, 9, 0, 0, 0]])
+    mask = (padded != 0).long()
+    torch.testing.assert_close(model(padded, mask), model(tokens), rtol=1e-5, atol=1e-6)
+    assert model(padded).shape == (1, 3)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="SSMConfig.layer"):
+        ssm.SSMConfig(layer="mamba")
+    with pytest.raises(ValueError, match="dt_min"):
+        ssm.SSMConfig(dt_min=0.5, dt_max=0.1)
+
+
+# ----------------------------------------------------------------------------
+# data
+
+def write(tmp_path, obj, name="d.json", raw=None):
+    path = tmp_path / name
+    path.write_text(raw if raw is not None else json.dumps(obj), encoding="utf-8")
+    return path
+
+
+def test_read_examples_list_and_json_lines(tmp_path):
+    rows = [{"id": 7, "text": "a b", "label": 1}, {"id": "x", "text": "", "label": 0}]
+    assert ssm.read_examples(write(tmp_path, rows)) == rows
+    lines = "\n".join(json.dumps(r) for r in rows) + "\n"
+    assert ssm.read_examples(write(tmp_path, None, "d.jsonl", raw=lines)) == rows
+    no_label = ssm.read_examples(write(tmp_path, [{"id": 1, "text": "t"}]), 3, require_label=False)
+    assert no_label == [{"id": 1, "text": "t", "label": None}]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"id": 1, "text": "a", "label": 0}, {"id": 2, "text": "b"}], "row 2: missing field 'label'"),
+    ([{"id": 1, "label": 0}], "row 1: missing field 'text'"),
+    ([{"id": 1, "text": "a", "label": 14}], "row 1: label 14 is outside 0..13"),
+    ([{"id": 1, "text": "a", "label": -1}], "row 1: label -1 is outside"),
+    ([{"id": 1, "text": "a", "label": "3"}], "row 1: label '3' is not an integer"),
+    ([{"id": 1, "text": "a", "label": True}], "row 1: label True is not an integer"),
+    ([{"id": 1, "text": 5, "label": 0}], "row 1: text is int"),
+    ([{"id": 1, "text": "a", "label": 0}, {"id": 1, "text": "b", "label": 0}], "row 2: id 1 repeats"),
+    ([["a", 0]], "row 1: expected an object"),
+    ([], "no rows"),
+])
+def test_bad_rows_give_one_line_errors_naming_file_and_row(tmp_path, rows, message):
+    path = write(tmp_path, rows)
+    with pytest.raises(ValueError) as err:
+        ssm.read_examples(path, num_classes=14)
+    assert message in str(err.value) and str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_malformed_json_and_missing_file(tmp_path):
+    with pytest.raises(ValueError, match=r"d.json: not valid JSON .* line 2"):
+        ssm.read_examples(write(tmp_path, None, raw='[{"id": 1,\n "text": "a", label: 0}]'))
+    with pytest.raises(ValueError, match=r"d.jsonl: line 2: not valid JSON"):
+        ssm.read_examples(write(tmp_path, None, "d.jsonl", raw='{"id": 1, "text": "a", "label": 0}\n{'))
+    with pytest.raises(FileNotFoundError, match="--val"):
+        ssm.read_examples(tmp_path / "nope.json", flag="--val")
+
+
+def test_tokenizers(tmp_path):
+    byte = ssm.ByteTokenizer()
+    assert byte.encode("hé") == [1, ord("h") + 2, 0xC3 + 2, 0xA9 + 2]
+    assert ssm.encode_all(byte, ["abcdef", ""], max_len=3) == [[1, 99, 100], [1]]
+    texts = [f"the {w} sat on the mat number {i}" for i, w in enumerate(["cat", "dog", "bird"] * 20)]
+    sp = ssm.SentencePieceTokenizer.train(texts, vocab_size=300, cache_dir=tmp_path)
+    ids = sp.encode("the cat sat")
+    assert ids[0] == sp.bos_id and all(0 < i < sp.vocab_size for i in ids)
+    assert sp.processor.decode(ids[1:]) == "the cat sat"
+    assert len(list(tmp_path.glob("spm-300-*.model"))) == 1     # cached, and reused:
+    assert ssm.SentencePieceTokenizer.train(texts, 300, cache_dir=tmp_path).encode("dog") == sp.encode("dog")
