@@ -85,7 +85,7 @@ class LlamaConfig:
             raise ValueError(f"LlamaConfig: attn_backend={self.attn_backend!r}; use 'math' or 'sdpa'")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LlamaConfig: dropout={self.dropout} outside [0, 1); use e.g. 0.0 or 0.1")
-        self.rope_scaling = _check_rope_scaling(self.rope_scaling)
+        self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.rope_theta)
 
     @classmethod
     def stories42m(cls):
@@ -123,12 +123,17 @@ def llama2c_hidden_dim(dim, multiple_of=256):
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
-def _check_rope_scaling(scaling):
-    """None, or a dict with exactly ROPE_SCALING_KEYS (HF's spelling and rope_type 'llama3' accepted)."""
-    if scaling is None:
+def _check_rope_scaling(scaling, rope_theta):
+    """None, or a dict with exactly ROPE_SCALING_KEYS. Hugging Face's spellings are accepted:
+    rope_type 'default' (no scaling) or 'llama3', original_max_position_embeddings, rope_theta."""
+    scaling = dict(scaling or {})
+    if scaling.pop("rope_theta", rope_theta) != rope_theta:
+        raise ValueError(f"LlamaConfig: rope_scaling's rope_theta differs from rope_theta="
+                         f"{rope_theta}; give rope_theta once")
+    rope_type = scaling.pop("rope_type", scaling.pop("type", "llama3"))
+    if not scaling or rope_type == "default":
         return None
-    scaling = dict(scaling)
-    if scaling.pop("rope_type", scaling.pop("type", "llama3")) != "llama3":
+    if rope_type != "llama3":
         raise ValueError(f"LlamaConfig: rope_scaling={scaling} is not Llama 3 scaling; use None or "
                          f"a dict with {ROPE_SCALING_KEYS}")
     if "original_max_position_embeddings" in scaling:

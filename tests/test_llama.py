@@ -1,0 +1,369 @@
+"""Tests for llama.py: the whole model against transformers, each part against torch, cache paths.
+
+Run: .venv/bin/pytest tests/test_llama.py -q   (CPU, tiny configs, ~15 s)
+
+Oracles: transformers' LlamaForCausalLM with random weights on a tiny Llama 3 shape (GQA, tied
+embeddings, 'llama3' RoPE scaling), converted to our names here (q/k rows permuted with rope.py);
+F.rms_norm and nn.LayerNorm; F.scaled_dot_product_attention for the written-out attention; the
+model's own uncached full forward for the KV cache; generate_no_cache for generate; one prompt at a
+time for left-padded batches; parameter counts of the published models (on the meta device).
+Tolerances are for fp32: logits are O(1-10) and the paths differ only in summation order (BLAS
+blocking, fused vs unfused softmax, RoPE angle products); the largest difference seen against
+transformers is 2e-5 on logits up to 9.4. atol = rtol = 1e-4 leaves headroom for other BLAS
+builds, while a layout, mask or position bug changes logits by O(1).
+"""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import llama
+import rope
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+def randomize_(model, seed=0, std=0.3):
+    """Weights large enough that greedy decoding does not just repeat the last token."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1.0 + 0.1 * noise if name.endswith("norm.weight") else std * noise)
+    return model
+
+
+def tiny_model(seed=0, **overrides):
+    return randomize_(llama.Llama(llama.LlamaConfig.tiny(**overrides)), seed).eval()
+
+
+def random_tokens(batch, length, vocab=256, seed=1):
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------
+# the whole model against transformers
+
+HF_SCALING = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
+                  high_freq_factor=4.0, original_max_position_embeddings=64)
+
+
+def hf_tiny_llama():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=256, rms_norm_eps=1e-5,
+                                   tie_word_embeddings=True, rope_parameters=dict(HF_SCALING))
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    randomize_(model)
+    return model
+
+
+def hf_to_ours(hf_model, **overrides):
+    """Convert HF names to llama2.c/Meta names; q/k rows from half-split to interleaved."""
+    c = hf_model.config
+    config = llama.LlamaConfig(dim=c.hidden_size, n_layers=c.num_hidden_layers,
+                               n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads,
+                               hidden_dim=c.intermediate_size, vocab_size=c.vocab_size,
+                               max_seq_len=c.max_position_embeddings, norm_eps=c.rms_norm_eps,
+                               rope_theta=HF_SCALING["rope_theta"], rope_scaling=HF_SCALING,
+                               tie_embeddings=c.tie_word_embeddings, **overrides)
+    table = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
+             "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
+             "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
+             "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm",
+             "post_attention_layernorm": "ffn_norm"}
+    state = {}
+    for name, value in hf_model.state_dict().items():
+        if name == "lm_head.weight":
+            continue                                     # tied: our loader must fill it in
+        name = name.removeprefix("model.").replace("embed_tokens", "tok_embeddings")
+        for hf, ours in table.items():
+            name = name.replace(hf, ours)
+        if name.endswith("attention.wq.weight"):
+            value = rope.permute_half_to_interleaved(value, config.n_heads, config.head_dim)
+        if name.endswith("attention.wk.weight"):
+            value = rope.permute_half_to_interleaved(value, config.n_kv_heads, config.head_dim)
+        state[name] = value
+    model = llama.Llama(config).eval()
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_logits_match_transformers(backend):
+    hf = hf_tiny_llama()
+    ours = hf_to_ours(hf, attn_backend=backend)
+    assert ours.output.weight is ours.tok_embeddings.weight
+    tokens = random_tokens(2, 150, vocab=96)            # past original_max_seq_len: scaling matters
+    with torch.no_grad():
+        expected = hf(tokens).logits
+        logits, hidden = ours(tokens)
+    torch.testing.assert_close(logits, expected, **TOL)
+    assert hidden.shape == (2, 150, 64)
+
+
+def test_left_padded_logits_match_transformers():
+    """Left padding with mask: HF given position_ids = cumsum(mask) - 1, as its generate does."""
+    hf = hf_tiny_llama()
+    ours = hf_to_ours(hf)
+    tokens = random_tokens(2, 12, vocab=96, seed=2)
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[0, :5] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        expected = hf(tokens, attention_mask=mask, position_ids=positions).logits
+        logits, _ = ours(tokens, attention_mask=mask)
+    real = mask.bool()
+    torch.testing.assert_close(logits[real], expected[real], **TOL)
+
+
+# ----------------------------------------------------------------------------
+# parts against torch built-ins
+
+def test_rmsnorm_matches_f_rms_norm():
+    norm = llama.RMSNorm(64, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(3, 5, 64) * 4
+    torch.testing.assert_close(norm(x), F.rms_norm(x, (64,), norm.weight, eps=1e-5), atol=1e-5, rtol=1e-5)
+    assert norm.bfloat16()(x.bfloat16()).dtype == torch.bfloat16          # cast back after fp32 stats
+
+
+def test_layernorm_matches_nn_layernorm():
+    ours, ref = llama.LayerNorm(64, eps=1e-5), nn.LayerNorm(64, eps=1e-5)
+    with torch.no_grad():
+        ours.weight.normal_(), ours.bias.normal_()
+        ref.weight.copy_(ours.weight), ref.bias.copy_(ours.bias)
+    x = torch.randn(3, 5, 64) * 3 + 2
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def test_layernorm_variant_model_runs_and_has_biases():
+    model = tiny_model(norm="layernorm")
+    assert "layers.0.attention_norm.bias" in model.state_dict()
+    logits, _ = model(random_tokens(1, 8))
+    assert torch.isfinite(logits).all()
+
+
+def qkv(B=2, n_heads=4, n_kv=2, T=6, S=6, D=8, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, n_heads, T, D, generator=g), torch.randn(B, n_kv, S, D, generator=g),
+            torch.randn(B, n_kv, S, D, generator=g))
+
+
+def test_math_attention_matches_sdpa_causal_gqa():
+    q, k, v = qkv()
+    expected = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                              is_causal=True)
+    torch.testing.assert_close(llama.compute_query_key_value_scores(q, k, v), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(llama.attention_sdpa(q, k, v), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_math_attention_matches_sdpa_with_padding_and_cache_offset():
+    """T = 3 queries at slots 5..7 over S = 8 keys, row 0 left-padded by 2."""
+    q, k, v = qkv(T=3, S=8)
+    real = torch.ones(2, 8, dtype=torch.bool)
+    real[0, :2] = False
+    mask = llama.causal_padding_mask(real, torch.arange(5, 8), torch.arange(8))   # (2, 1, 3, 8)
+    expected = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                              attn_mask=mask)
+    torch.testing.assert_close(llama.compute_query_key_value_scores(q, k, v, mask), expected,
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(llama.attention_sdpa(q, k, v, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_gqa_kv_head_j_serves_query_heads_jg_to_jg_plus_g():
+    q, k, v = qkv(n_heads=6, n_kv=2)                                      # g = 3
+    out = llama.compute_query_key_value_scores(q, k, v)
+    for h in range(6):
+        alone = llama.compute_query_key_value_scores(q[:, h:h + 1], k[:, h // 3:h // 3 + 1],
+                                                     v[:, h // 3:h // 3 + 1])
+        torch.testing.assert_close(out[:, h:h + 1], alone, atol=0, rtol=0)
+
+
+def test_math_and_sdpa_backends_give_the_same_model():
+    a = tiny_model(attn_backend="math")
+    b = llama.Llama(llama.LlamaConfig.tiny(attn_backend="sdpa")).eval()
+    b.load_state_dict(a.state_dict())
+    tokens, mask = random_tokens(2, 10), torch.tensor([[0] * 3 + [1] * 7, [1] * 10])
+    with torch.no_grad():
+        torch.testing.assert_close(a(tokens)[0], b(tokens)[0], **TOL)
+        torch.testing.assert_close(a(tokens, attention_mask=mask)[0], b(tokens, attention_mask=mask)[0], **TOL)
+
+
+# ----------------------------------------------------------------------------
+# KV cache and generation
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_cached_decode_equals_full_forward(backend):
+    model = tiny_model(attn_backend=backend)
+    tokens = random_tokens(2, 12)
+    with torch.no_grad():
+        full, _ = model(tokens)                                              # (2, 12, V)
+        model.setup_cache(2, 16)
+        steps = [model(tokens[:, :5], start_pos=0)[0]]                       # prefill 5
+        for t in range(5, 12):                                               # then one at a time
+            start = t if t % 2 else torch.tensor(t)                          # int or 0-d tensor
+            steps.append(model(tokens[:, t:t + 1], start_pos=start)[0])
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, **TOL)
+
+
+def test_cached_left_padded_prefill_and_decode_equal_unpadded_rows():
+    model = tiny_model()
+    rows = [random_tokens(1, 4, seed=5)[0].tolist(), random_tokens(1, 9, seed=6)[0].tolist()]
+    tokens, mask = llama.left_pad(rows, pad_id=0)
+    nxt = random_tokens(2, 1, seed=7)
+    with torch.no_grad():
+        model.setup_cache(2, 12)
+        prefill, _ = model(tokens, start_pos=0, attention_mask=mask, last_only=True)   # (2, 1, V)
+        step, _ = model(nxt, start_pos=9)                                             # (2, 1, V)
+        for r, row in enumerate(rows):
+            alone, _ = model(torch.tensor([row + nxt[r].tolist()]))
+            torch.testing.assert_close(prefill[r, 0], alone[0, -2], **TOL)
+            torch.testing.assert_close(step[r, 0], alone[0, -1], **TOL)
+
+
+def test_padded_forward_without_cache_equals_unpadded_rows():
+    """Left and right padding (the classifier right-pads): real positions match each row alone."""
+    model = tiny_model()
+    row = random_tokens(1, 6, seed=8)
+    with torch.no_grad():
+        alone, hidden_alone = model(row)
+        for mask in ([0, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 0, 0]):
+            mask = torch.tensor([mask])
+            padded = torch.zeros(1, 8, dtype=torch.long)
+            padded[mask.bool()] = row[0]
+            logits, hidden = model(padded, attention_mask=mask)
+            torch.testing.assert_close(logits[mask.bool()], alone[0], **TOL)
+            torch.testing.assert_close(hidden[mask.bool()], hidden_alone[0], **TOL)
+
+
+def test_last_only_returns_the_last_position():
+    model = tiny_model()
+    tokens = random_tokens(2, 7)
+    with torch.no_grad():
+        full, hidden = model(tokens)
+        last, hidden_last = model(tokens, last_only=True)
+    assert last.shape == (2, 1, 256) and hidden_last.shape == hidden.shape
+    torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_generate_with_cache_equals_no_cache_greedy_and_sampled():
+    model = tiny_model()
+    prompt = random_tokens(1, 5, seed=9)[0].tolist()
+    greedy = model.generate(prompt, 20)
+    assert greedy == llama.generate_no_cache(model, prompt, 20)
+    assert len(set(greedy)) > 3                                      # not a degenerate repetition
+    kwargs = dict(temperature=0.9, top_k=50, top_p=0.95, min_p=0.01)
+    sampled = model.generate(prompt, 20, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert sampled == llama.generate_no_cache(model, prompt, 20,
+                                              generator=torch.Generator().manual_seed(3), **kwargs)
+    again = model.generate(prompt, 20, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert again == sampled
+
+
+def test_generate_stops_and_streams():
+    model = tiny_model()
+    prompt = random_tokens(1, 5, seed=9)[0].tolist()
+    full = model.generate(prompt, 20)
+    stop = full[6]
+    streamed = []
+    out = model.generate(torch.tensor([prompt]), 20, stop_tokens={stop}, on_token=streamed.append)
+    assert out == full[:full.index(stop)] == streamed               # stop token not included
+
+
+def test_batch_generation_with_left_padding_equals_one_at_a_time():
+    model = tiny_model()
+    prompts = [random_tokens(1, n, seed=10 + n)[0].tolist() for n in (3, 8, 5)]
+    batch = llama.generate_batch(model, prompts, pad_id=0, max_new_tokens=12)
+    assert batch == [model.generate(p, 12) for p in prompts]
+    stop = batch[1][4]
+    stopped = llama.generate_batch(model, prompts, pad_id=0, max_new_tokens=12, stop_tokens=(stop,))
+    assert stopped == [row[:row.index(stop)] if stop in row else row for row in batch]
+
+
+def test_reset_cache_and_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="setup_cache"):
+        model(random_tokens(1, 3), start_pos=0)
+    model.setup_cache(1, 8)
+    with pytest.raises(ValueError, match="do not fit the cache"):
+        model(random_tokens(1, 3), start_pos=6)
+    before = model.layers[0].attention.cache_k
+    model(random_tokens(1, 3), start_pos=0)
+    model.reset_cache()
+    assert model.layers[0].attention.cache_k is before and not before.any()
+    with pytest.raises(ValueError, match="max_seq_len=128"):
+        model.generate([1, 2, 3], 200)
+    with pytest.raises(ValueError, match="at least one token"):
+        model.generate([], 5)
+
+
+# ----------------------------------------------------------------------------
+# config, names, loading, dtypes
+
+@pytest.mark.parametrize("kwargs, field", [(dict(dim=65, n_heads=4), "dim=65"),
+                                           (dict(n_heads=4, n_kv_heads=3), "n_kv_heads=3"),
+                                           (dict(norm="batchnorm"), "norm="),
+                                           (dict(attn_backend="flash"), "attn_backend="),
+                                           (dict(dropout=1.5), "dropout="),
+                                           (dict(rope_scaling=dict(factor=8.0)), "rope_scaling")])
+def test_config_errors_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        llama.LlamaConfig.tiny(**kwargs)
+
+
+def test_hf_rope_parameters_are_accepted():
+    config = llama.LlamaConfig.tiny(rope_scaling=dict(HF_SCALING))
+    assert config.rope_scaling == dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                       original_max_seq_len=64)
+    assert llama.LlamaConfig.tiny(rope_scaling=dict(rope_type="default")).rope_scaling is None
+
+
+# stories42M: 32000*512 + 8*(4*512^2 + 3*512*1376 + 2*512) + 512, the shapes of llama2.c's
+# stories42M.pt; SmolLM2-135M and Llama-3.2-1B: the counts of their published safetensors.
+@pytest.mark.parametrize("preset, params", [("stories42m", 41_689_600),
+                                            ("smollm2_135m", 134_515_008),
+                                            ("llama32_1b", 1_235_814_400)])
+def test_presets_have_the_published_parameter_counts(preset, params):
+    with torch.device("meta"):
+        model = llama.Llama(getattr(llama.LlamaConfig, preset)())
+    assert sum(p.numel() for p in model.parameters()) == params           # tied: counted once
+    assert llama.llama2c_hidden_dim(512, 32) == 1376
+
+
+def test_canonical_names_and_tied_loading():
+    model = tiny_model()
+    names = set(model.state_dict())
+    for name in ["tok_embeddings.weight", "layers.1.attention_norm.weight", "layers.1.attention.wq.weight",
+                 "layers.1.attention.wk.weight", "layers.1.attention.wv.weight",
+                 "layers.1.attention.wo.weight", "layers.1.ffn_norm.weight",
+                 "layers.1.feed_forward.w1.weight", "layers.1.feed_forward.w2.weight",
+                 "layers.1.feed_forward.w3.weight", "norm.weight", "output.weight"]:
+        assert name in names
+    assert model.layers[0].attention.wk.weight.shape == (2 * 16, 64)       # (n_kv_heads*D, dim)
+    state = {k: v.clone() for k, v in model.state_dict().items() if k != "output.weight"}
+    for assign in (False, True):
+        fresh = llama.Llama(llama.LlamaConfig.tiny())
+        fresh.load_state_dict(state, strict=True, assign=assign)
+        assert fresh.output.weight is fresh.tok_embeddings.weight
+        torch.testing.assert_close(fresh.output.weight, model.tok_embeddings.weight)
+
+
+def test_bf16_model_keeps_fp32_rope_frequencies():
+    model = tiny_model().to(torch.bfloat16)
+    assert model.rope_freqs.dtype == torch.float32
+    torch.testing.assert_close(model.rope_freqs, llama.rope.rope_frequencies(16, 10000.0))
+    logits, _ = model(random_tokens(1, 5))
+    assert logits.dtype == torch.bfloat16
+
+
+def test_dropout_only_in_training():
+    model = tiny_model(dropout=0.5)
+    tokens = random_tokens(1, 6)
+    with torch.no_grad():
+        assert torch.equal(model(tokens)[0], model(tokens)[0])
+        model.train()
+        assert not torch.equal(model(tokens)[0], model(tokens)[0])
