@@ -49,14 +49,19 @@ import io
 import json
 import math
 import os
-import time
-from dataclasses import asdict, dataclass, fields
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import rope
+import sample
+import train
 
 ROOT = Path(__file__).resolve().parent
 TINYSTORIES = Path(os.environ.get("LLMLAB_DATA", ROOT.parent / "shared" / "data")) / "tinystories"
@@ -220,7 +225,6 @@ class Attention(nn.Module):
         cfg, (B, T, _) = self.cfg, x.shape
         q, k, v = (w(x).view(B, T, cfg.n_heads, cfg.head_dim) for w in (self.wq, self.wk, self.wv))
         if freqs_cis is not None:
-            import rope
             q, k = rope.apply_rotary_emb(q, k, freqs_cis[:T])
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))                # (B, H, T, D)
         weights = None
@@ -283,7 +287,6 @@ class TransformerModel(nn.Module):
         if cfg.positional == "learned":
             self.pos_embeddings = nn.Embedding(cfg.block_size, cfg.dim)
         if cfg.positional == "rope":
-            import rope
             freqs = rope.precompute_freqs_cis(cfg.head_dim, cfg.block_size, cfg.rope_theta)
             self.register_buffer("freqs_cis", freqs, persistent=False)  # derived, not saved
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
@@ -386,7 +389,6 @@ class BPETokenizer:
     kind = "bpe"
 
     def __init__(self, model_proto):
-        import sentencepiece as spm
         self.model_proto = model_proto
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.vocab_size = self.sp.get_piece_size()
@@ -395,7 +397,6 @@ class BPETokenizer:
     def train(cls, paths, vocab_size, max_bytes=4 << 20):
         """Train on the lines of the first max_bytes of each file (identity normalisation, byte
         fallback, "\\n" kept as a piece, no dummy prefix: decode(encode(s)) == s chunk by chunk)."""
-        import sentencepiece as spm
 
         def lines():
             for path in paths:
@@ -469,7 +470,8 @@ class LMBatches:
     sources: list of (weight, make_iter) with make_iter() -> iterator of blocks. Each block is drawn
     from source s with probability weight_s / sum(weights) (the course's --tinystories_weight); the
     pass ends when a drawn source runs dry. A buffer of `shuffle_buffer` blocks shuffles locally,
-    as streaming loaders do, without reading a whole file."""
+    as streaming loaders do, without reading a whole file; with shuffle_buffer=0 every pass yields
+    the same batches (test and train-eval streams)."""
 
     def __init__(self, sources, batch_size, shuffle_buffer=0, seed=0, max_batches=None):
         self.sources = [(w, make) for w, make in sources if w > 0]
@@ -494,7 +496,7 @@ class LMBatches:
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
+        self.epoch += 1 if self.shuffle_buffer else 0   # no shuffling: the same stream every pass
         batch, produced = [], 0
         for block in self._blocks(generator):
             batch.append(block)
@@ -588,7 +590,6 @@ def mean_loss(model, batches):
 def generate(model, prompt_ids, max_new_tokens, top_p=None, generator=None):
     """Continue prompt_ids: greedy when top_p is None, else nucleus sampling (sample.py); the
     context is cropped to the last block_size tokens, the longest the model was trained on."""
-    import sample
     model.eval()
     device = next(model.parameters()).device
     tokens = list(prompt_ids)
@@ -649,7 +650,6 @@ CHECKPOINT_FORMAT = "llmlab-pico-1"
 
 def save_pico_checkpoint(directory, model, tokenizer, optimizer=None, extra=None):
     """Write a resumable checkpoint; pico.json goes last, so a folder with it is complete."""
-    import train
     import weights
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -890,8 +890,6 @@ def evaluate_lm(model, batches):
 
 def train_model(model, batches, args, name, device, resume_meta=None):
     """train.fit with our loss and evaluation; returns (history, optimizer)."""
-    import sys
-    import train
     model.to(device)
     batches["train"].epoch = 0                                  # the same stream for every model
     total = args.max_steps_per_epoch * args.epochs if args.max_steps_per_epoch else None
@@ -918,16 +916,16 @@ def tokens_per_second(history):
 
 def report(model, tokenizer, history, args, name):
     """Samples, the gap figure, attention heatmaps (softmax transformer) and the p-sweep."""
-    import train
     out, cfg = Path(args.out_dir), model.cfg
     ids = encode_prompt(tokenizer, args.prompt)
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
-    for p in (None, args.top_p):
-        text = tokenizer.decode(generate(model, ids, args.max_new_tokens, p, generator))
-        print(f"[{'greedy' if p is None else f'top_p={p}'}] {args.prompt}{text}", flush=True)
+    greedy = generate(model, ids, args.max_new_tokens)
+    print(f"[greedy] {args.prompt}{tokenizer.decode(greedy)}", flush=True)
+    sampled = generate(model, ids, args.max_new_tokens, args.top_p, generator)
+    print(f"[top_p={args.top_p}] {args.prompt}{tokenizer.decode(sampled)}", flush=True)
     plot_gap(history, out / f"{name}-gap.png")
-    if cfg.model == "transformer" and cfg.attention == "softmax":
-        tokens = torch.tensor([ids[-24:]], device=next(model.parameters()).device)
+    if cfg.model == "transformer" and cfg.attention == "softmax":          # prompt + greedy text
+        tokens = torch.tensor([(ids + greedy)[:24]], device=next(model.parameters()).device)
         _, maps = model(tokens, return_attention=True)
         labels = [tokenizer.decode([i]).replace("\n", "\\n") for i in tokens[0].tolist()]
         plot_attention(maps, labels, out / f"{name}-attention.png", f"{name}: attention, prompt")
@@ -966,7 +964,6 @@ def main(args):
 
 def run_compare(args, files, device):
     """Train each variant under the same budget; write <out>/pico-compare.{md,json,png}."""
-    import train
     tokenizer = make_tokenizer(args, files)
     batches = build_batches(args, files, tokenizer, args.block_size)
     full_test = LMBatches(batches["test"].sources, args.batch_size)
@@ -989,7 +986,7 @@ def run_compare(args, files, device):
         train.write_text_atomic(out / "pico-compare.md", compare_table(results, tokenizer, args))
         train.save_json_atomic(out / "pico-compare.json",
                                [{k: v for k, v in r.items() if k != "history"} for r in results])
-        plot_compare(results, out / "pico-compare.png")
+    plot_compare(results, out / "pico-compare.png")
     print(compare_table(results, tokenizer, args), flush=True)
 
 

@@ -257,7 +257,7 @@ def test_compare_writes_table_and_figure(tmp_path):
               "--tinystories_weight", "0", "--block_size", "16", "--embed_size", "16",
               "--hidden_dim", "32", "--n_heads", "2", "--batch_size", "4",
               "--max_steps_per_epoch", "2", "--eval_batches", "1", "--max_new_tokens", "4",
-              "--compare_models", "lstm", "kgram", "gla", "--out_dir", str(tmp_path)])
+              "--compare_models", "kgram", "gla", "--out_dir", str(tmp_path)])
     table = (tmp_path / "pico-compare.md").read_text()
-    assert all(f"| {v} |" in table for v in ("lstm", "kgram", "gla"))
+    assert all(f"| {v} |" in table for v in ("kgram", "gla"))
     assert (tmp_path / "pico-compare.png").is_file()
