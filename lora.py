@@ -468,7 +468,7 @@ def save_adapter(directory, model, config):
     if not tensors:
         raise ValueError("save_adapter: the model has no LoRA layers; call inject_lora first")
     directory.mkdir(parents=True, exist_ok=True)
-    weights.write_safetensors(directory / ADAPTER_WEIGHTS, tensors)
+    weights.write_safetensors(directory / ADAPTER_WEIGHTS, tensors, metadata={"format": "pt"})
     _write_json_atomic(directory / ADAPTER_CONFIG, peft_config_dict(config))
     return directory
 

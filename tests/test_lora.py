@@ -247,3 +247,123 @@ def test_prompt_tuning_matches_peft():
         got = ours(input_ids=ours_ids, attention_mask=ours_mask).logits
         want = theirs(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# adapters on disk (peft layout)
+
+def test_saved_adapter_loads_in_peft(tmp_path):
+    base = tiny_hf_llama()
+    ours = copy.deepcopy(base)
+    config = lora.LoraConfig(r=4, alpha=8.0, target_modules=["wq", "wk", "wv", "wo", "w1", "w2", "w3"])
+    lora.inject_lora(ours, config)
+    randomize_lora(ours)
+    lora.save_adapter(tmp_path, ours, config)
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path)).eval()
+    ids = tokens()
+    torch.testing.assert_close(hf_logits(theirs, ids), hf_logits(ours, ids), rtol=0, atol=1e-6)
+
+
+def test_peft_saved_adapter_loads_in_ours(tmp_path):
+    base = tiny_hf_llama()
+    theirs = peft_twin(base, lora.MEDIUM, r=4, alpha=16.0)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    theirs.save_pretrained(str(tmp_path))
+    ours = copy.deepcopy(base)
+    config = lora.load_adapter(tmp_path, ours)
+    assert (config.r, config.alpha, sorted(config.target_modules)) == (4, 16.0, sorted(lora.MEDIUM))
+    ids = tokens()
+    torch.testing.assert_close(hf_logits(ours, ids), hf_logits(theirs, ids), rtol=0, atol=1e-6)
+
+
+def test_load_adapter_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        lora.load_adapter(tmp_path, tiny_hf_llama())
+    model = tiny_hf_llama()
+    config = lora.LoraConfig.light(r=2)
+    lora.inject_lora(model, config)
+    lora.save_adapter(tmp_path, model, config)
+    other = tiny_hf_llama()
+    lora.inject_lora(other, lora.LoraConfig.heavy(r=2))
+    with pytest.raises(ValueError, match="missing"):
+        lora.load_adapter(tmp_path, other)
+
+
+# ----------------------------------------------------------------------------
+# our canonical-named Llama (interleaved RoPE rows) against the HF model it was converted from
+
+def canonical_twin(hf):
+    """Our Llama with hf's weights: names via weights.hf_to_canonical_name, q/k rows permuted."""
+    llama = pytest.importorskip("llama")
+    import rope
+    import weights
+    cfg = llama.LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48,
+                            vocab_size=64, max_seq_len=64, norm_eps=1e-5, tie_embeddings=False,
+                            attn_backend="math")
+    state = {}
+    for name, value in hf.state_dict().items():
+        canonical = weights.hf_to_canonical_name(name)
+        if canonical.endswith(("wq.weight", "wk.weight")):
+            heads = cfg.n_heads if ".wq." in canonical else cfg.n_kv_heads
+            value = rope.permute_half_to_interleaved(value, heads)
+        state[canonical] = value.clone()
+    model = llama.Llama(cfg).eval()
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def our_logits(model, ids):
+    with torch.no_grad():
+        return model(ids)[0]
+
+
+def test_canonical_twin_is_the_hf_model():
+    """Precondition of the next tests: base logits agree (fp32, different attention code: 1e-5)."""
+    hf = tiny_hf_llama()
+    ids = tokens()
+    torch.testing.assert_close(our_logits(canonical_twin(hf), ids), hf_logits(hf, ids),
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_canonical_parameter_counts_equal_peft(setting):
+    hf = tiny_hf_llama()
+    ours = canonical_twin(hf)
+    targets = [lora.HF_TO_LLAMA2C[t] for t in SETTINGS[setting]]
+    lora.inject_lora(ours, lora.LoraConfig(r=8, alpha=16.0, target_modules=targets))
+    theirs = peft_twin(hf, SETTINGS[setting], r=8, alpha=16.0)
+    assert lora.count_parameters(ours) == theirs.get_nb_trainable_parameters()
+
+
+def test_canonical_adapter_loads_in_peft(tmp_path):
+    """lora_B rows of wq/wk are permuted to half-split on save: peft's model gives our logits."""
+    hf = tiny_hf_llama()
+    ours = canonical_twin(hf)
+    config = lora.LoraConfig.heavy(r=4, alpha=8.0)
+    lora.inject_lora(ours, config)
+    randomize_lora(ours)
+    lora.save_adapter(tmp_path, ours, config)
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(hf), str(tmp_path)).eval()
+    ids = tokens()
+    want = hf_logits(theirs, ids)
+    assert (want - hf_logits(hf, ids)).abs().max() > 1e-2
+    torch.testing.assert_close(our_logits(ours, ids), want, rtol=0, atol=1e-5)
+
+
+def test_peft_adapter_loads_in_canonical(tmp_path):
+    hf = tiny_hf_llama()
+    theirs = peft_twin(hf, lora.HEAVY, r=4, alpha=8.0)
+    gen = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    theirs.save_pretrained(str(tmp_path))
+    ours = canonical_twin(hf)
+    lora.load_adapter(tmp_path, ours)
+    ids = tokens()
+    torch.testing.assert_close(our_logits(ours, ids), hf_logits(theirs, ids), rtol=0, atol=1e-5)
