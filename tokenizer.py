@@ -1,0 +1,654 @@
+"""Tokenizers for the models llmlab runs: text <-> token ids, chat templates, streaming decode.
+
+Four file formats, two algorithms:
+    sentencepiece    Llama 2 `tokenizer.model` (SentencePiece BPE, byte fallback), via sentencepiece
+    tiktoken_llama3  Llama 3 `tokenizer.model` (base64 byte strings and ranks), via tiktoken
+    gguf             byte-level BPE in GGUF metadata `tokenizer.ggml.*` (SmolLM2), via tiktoken
+    hf_json          Hugging Face byte-level BPE `tokenizer.json` (vocab + merges), via tiktoken
+
+Byte-pair encoding (Sennrich, Haddow & Birch 2016, arXiv:1508.07909, Algorithm 1 learns the merges;
+encoding replays them). Byte-level BPE (GPT-2: Radford et al. 2019, Section 2.2) works on UTF-8
+bytes, so no text is out of vocabulary. Encoding one text:
+    pieces = regex.findall(pattern, text)              pre-tokenization: merges never cross pieces
+    for each piece p, parts = [p[0], p[1], ..., p[n-1]]   single bytes
+        repeat: (a, b) = argmin over adjacent pairs of rank(a + b)    (lowest rank = learnt first)
+                replace a, b by a + b                  until no adjacent pair is in the vocabulary
+        ids += [rank(part) for part in parts]          rank == token id in every file read here
+`bpe_merge_reference` is this loop in Python; tiktoken runs the same rule in Rust (the fast path,
+~50x faster, with the regex split in Rust too). Hugging Face files list merges (a, b) in learnt
+order instead of ranks: when the token made by merge k has an id growing with k (GPT-2, Llama 3,
+SmolLM2) "lowest merge index" and "lowest id of a + b" pick the same pair; `byte_level_ranks`
+checks this. Vocabulary files store bytes as printable characters: GPT-2's `bytes_to_unicode`
+maps the 188 printable Latin-1 bytes to themselves and the other 68 to chr(256 + n).
+
+Pre-tokenizer patterns: GPT-2's; Llama 3's (numbers in runs of at most 3 digits, Grattafiori et
+al. 2024, "The Llama 3 Herd of Models", arXiv:2407.21783, Section 3.1.1); SmolLM2's `smollm`
+(Allal et al. 2025, arXiv:2502.02737) = Hugging Face `Digits(individual_digits)` then GPT-2's
+regex, written as one regex whose `\\s+(?=\\p{N})` branch keeps a space run before a digit whole.
+
+SentencePiece (Kudo & Richardson 2018, arXiv:1808.06226) replaces spaces by U+2581 ("▁"), adds a
+dummy prefix "▁" and runs BPE over characters; unknown characters fall back to byte tokens <0xNN>
+(Llama 2: Touvron et al. 2023, arXiv:2307.09288, Section 2.1: 32k tokens, digits split).
+
+Chat templates (strings; `encode_chat` tokenizes them with special tokens parsed):
+    chatml  <|im_start|>{role}\\n{content}<|im_end|>\\n ... <|im_start|>assistant\\n   (SmolLM2 adds a
+            default system turn when the first message is not one, read from the GGUF template)
+    llama3  <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>...
+    llama2  <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {answer} </s><s>[INST] ...
+Plain `encode(text)` never turns "<|im_end|>" typed by a user into a control token (prompt
+injection); `allow_special=True` or `encode_chat` does.
+
+Shapes: ids are Python lists of T ints in [0, V), V = vocab_size; no tensors in this file.
+Tests: tests/test_tokenizer.py compares every format with an independent implementation on the
+English and Persian samples and on digits, whitespace runs, newlines and emoji: sentencepiece ids
+with transformers' LlamaTokenizer (tokenizers BPE + byte fallback), Llama 3 with transformers'
+TikTokenConverter, GGUF and tokenizer.json with a `tokenizers` BPE from the same vocab and merges;
+`bpe_merge_reference` against tiktoken; chat strings with the jinja2 templates; streaming with decode.
+"""
+import codecs
+import base64
+import json
+import mmap
+import re
+import struct
+import unicodedata
+from pathlib import Path
+
+import sentencepiece
+import tiktoken
+
+# ----------------------------------------------------------------------------
+# constants: pre-tokenizer patterns, Llama 3 special tokens
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+SMOLLM_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?=\p{N})"""
+                  r"""|\s+(?!\S)|\s+""")
+LLAMA3_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
+                  r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+# llama.cpp's names (GGUF `tokenizer.ggml.pre`) for the patterns above
+GGUF_PRE_PATTERNS = {"default": GPT2_PATTERN, "gpt-2": GPT2_PATTERN, "smollm": SMOLLM_PATTERN,
+                     "llama-bpe": LLAMA3_PATTERN, "llama3": LLAMA3_PATTERN}
+
+# Llama 3.1 / 3.2 names for ids 128000..128255 (Hugging Face checkpoints and GGUF files use these;
+# Llama 3.0 called 128004, 128005, 128008, 128010 reserved_special_token_2..5)
+LLAMA3_NAMED_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                         "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>",
+                         "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
+                         "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+LLAMA3_NUM_SPECIALS = 256
+# special tokens that end a turn or a document in the formats above: generation stops on them
+STOP_TOKEN_NAMES = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>")
+
+
+def llama3_special_tokens(num_base_tokens=128000):
+    """Meta's 256 special tokens -> ids num_base_tokens.. (reserved ones numbered from 3 up)."""
+    names = LLAMA3_NAMED_SPECIALS + [f"<|reserved_special_token_{i}|>"
+                                     for i in range(3, LLAMA3_NUM_SPECIALS - 8)]
+    return {name: num_base_tokens + i for i, name in enumerate(names)}
+
+
+# ----------------------------------------------------------------------------
+# byte-level BPE: pure functions
+
+def bytes_to_unicode():
+    """GPT-2's table byte -> printable character (printable Latin-1 bytes map to themselves)."""
+    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+            + list(range(ord("®"), ord("ÿ") + 1)))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)     # control bytes, space, 0x7f-0xa0, 0xad shift up
+            extra += 1
+    return table
+
+
+def bpe_merge_reference(piece, ranks):
+    """Readable BPE of one pre-token `piece` (bytes) -> list of ranks (the tiktoken rule).
+
+    Starts from single bytes and merges the adjacent pair whose concatenation has the lowest
+    rank until none is in `ranks`. tiktoken first returns a piece that is a whole token as one
+    id (Hugging Face's `ignore_merges`); we do the same so both paths agree.
+    """
+    if piece in ranks:
+        return [ranks[piece]]
+    parts = [piece[i:i + 1] for i in range(len(piece))]
+    while len(parts) > 1:
+        candidates = [(ranks[parts[i] + parts[i + 1]], i) for i in range(len(parts) - 1)
+                      if parts[i] + parts[i + 1] in ranks]
+        if not candidates:
+            break
+        _, i = min(candidates)                     # lowest rank; leftmost on ties
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return [ranks[part] for part in parts]
+
+
+def byte_level_ranks(tokens, merges, specials, source):
+    """Vocab {token string: id} in the bytes_to_unicode alphabet -> tiktoken ranks {bytes: id}.
+
+    Ids serve as ranks; `merges` ("a b" strings or [a, b] pairs, learnt order) must create tokens
+    with non-decreasing ids, which makes tiktoken's lowest-rank rule pick the same pair as Hugging
+    Face's lowest-merge-index rule. `specials` are skipped (they are not byte strings).
+    """
+    decode = {char: byte for byte, char in bytes_to_unicode().items()}
+    ranks = {}
+    for text, token_id in tokens.items():
+        if text in specials:
+            continue
+        if any(char not in decode for char in text):
+            raise ValueError(f"{source}: token {token_id} {text!r} is not in the byte-level "
+                             "alphabet; only GPT-2-style byte-level BPE vocabularies are supported")
+        ranks[bytes(decode[char] for char in text)] = token_id
+    last = -1
+    for k, merge in enumerate(merges):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        made = tokens.get(left + right)
+        if made is None or made < last:
+            raise ValueError(f"{source}: merge {k} {merge!r} does not create a token with a "
+                             "larger id than the merges before it; tokenizer.py needs ids in "
+                             "merge order (true for GPT-2, Llama 3, SmolLM2 files)")
+        last = made
+    return ranks
+
+
+def missing_byte_ranks(ranks, first_rank):
+    """Ranks for the single bytes a vocabulary lacks (tiktoken needs all 256; ids to drop later)."""
+    missing = [bytes([b]) for b in range(256) if bytes([b]) not in ranks]
+    return {b: first_rank + i for i, b in enumerate(missing)}
+
+
+# ----------------------------------------------------------------------------
+# chat templates: pure functions messages -> prompt string
+
+def _check_messages(messages):
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("chat messages: expected a non-empty list of {'role', 'content'} dicts")
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
+                or not isinstance(m.get("content"), str):
+            raise ValueError(f"chat messages: {m!r} is not a dict with string 'role' and 'content'")
+
+
+def render_chatml(messages, add_generation_prompt=True, default_system=None):
+    """ChatML as SmolLM2's template renders it (default system turn when the first isn't one)."""
+    _check_messages(messages)
+    parts = []
+    if default_system is not None and messages[0]["role"] != "system":
+        parts.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
+    parts += [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+    if add_generation_prompt:
+        parts.append("<|im_start|>assistant\n")
+    return "".join(parts)
+
+
+def render_llama3(messages, add_generation_prompt=True):
+    """Llama 3 headers, as Meta's ChatFormat and the Llama 3 Instruct template (content trimmed)."""
+    _check_messages(messages)
+    parts = ["<|begin_of_text|>"]
+    parts += [f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content'].strip()}<|eot_id|>"
+              for m in messages]
+    if add_generation_prompt:
+        parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    return "".join(parts)
+
+
+def render_llama2(messages, add_generation_prompt=True):
+    """Llama 2 chat as Meta's chat_completion builds it; always ends open after [/INST]."""
+    _check_messages(messages)
+    messages = list(messages)
+    if messages[0]["role"] == "system" and len(messages) > 1:
+        system = messages[0]["content"]
+        first = messages[1]["content"]
+        messages = [{"role": messages[1]["role"],
+                     "content": f"<<SYS>>\n{system}\n<</SYS>>\n\n{first}"}] + messages[2:]
+    roles = [m["role"] for m in messages]
+    if roles[::2] != ["user"] * len(roles[::2]) or roles[1::2] != ["assistant"] * len(roles[1::2]):
+        raise ValueError("chat messages: Llama 2 chat needs (system), user, assistant, user, ... "
+                         f"turns; got roles {roles}")
+    parts = [f"<s>[INST] {q['content'].strip()} [/INST] {a['content'].strip()} </s>"
+             for q, a in zip(messages[::2], messages[1::2])]
+    if len(messages) % 2 == 1:
+        parts.append(f"<s>[INST] {messages[-1]['content'].strip()} [/INST]")
+    return "".join(parts)
+
+
+CHAT_RENDERERS = {"chatml": render_chatml, "llama3": render_llama3, "llama2": render_llama2}
+
+
+def chat_format_from_template(template):
+    """(format name or None, default system message or None) read from a Jinja chat template."""
+    if not template:
+        return None, None
+    if "<|im_start|>" in template:
+        match = re.search(r"<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>", template, re.DOTALL)
+        return "chatml", (match.group(1) if match else None)
+    if "<|start_header_id|>" in template:
+        return "llama3", None
+    if "[INST]" in template:
+        return "llama2", None
+    return None, None
+
+
+# ----------------------------------------------------------------------------
+# tokenizers
+
+class Tokenizer:
+    """Text <-> ids for one model: shared chat, special-token and streaming logic.
+
+    Subclasses implement _encode_ordinary (no special tokens parsed), decode and token_bytes.
+    Attributes: bos_id, eos_id, pad_id, stop_ids (generation stops on any), vocab_size (V),
+    special_tokens {text: id}, add_bos (whether the model was trained with BOS first),
+    chat_format ("chatml" | "llama3" | "llama2" | None), default_system, kind.
+    """
+
+    def __init__(self, *, kind, bos_id, eos_id, pad_id, vocab_size, special_tokens,
+                 add_bos, chat_format=None, default_system=None):
+        self.kind = kind                          # spec kind it was loaded from
+        self.bos_id = bos_id                      # begin-of-sequence id (None if the vocab has none)
+        self.eos_id = eos_id                      # end-of-sequence id
+        self.pad_id = pad_id                      # id used for padding (masked, never attended)
+        self.vocab_size = vocab_size              # V: ids are in [0, V)
+        self.special_tokens = dict(special_tokens)  # control tokens {text: id}
+        self.special_ids = set(self.special_tokens.values())
+        self.add_bos = add_bos                    # the model expects bos_id first
+        self.chat_format = chat_format            # key of CHAT_RENDERERS, or None
+        self.default_system = default_system      # ChatML system turn added when none is given
+        self.stop_ids = {eos_id} | {i for t, i in self.special_tokens.items()
+                                    if t in STOP_TOKEN_NAMES}
+        self.stop_ids.discard(None)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(kind={self.kind!r}, vocab_size={self.vocab_size}, "
+                f"bos_id={self.bos_id}, eos_id={self.eos_id}, chat_format={self.chat_format!r})")
+
+    def encode(self, text, bos=False, eos=False, allow_special=False):
+        """text -> ids; special-token text is plain text unless allow_special (chat prompts)."""
+        if not isinstance(text, str):
+            raise ValueError(f"encode: expected a str, got {type(text).__name__}")
+        ids = self._encode_special(text) if allow_special else self._encode_ordinary(text)
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def _encode_special(self, text):
+        """Split on special-token strings, encode the text between them without specials."""
+        if not self.special_tokens:
+            return self._encode_ordinary(text)
+        names = sorted(self.special_tokens, key=len, reverse=True)    # longest match first
+        ids = []
+        for i, chunk in enumerate(re.split("(" + "|".join(map(re.escape, names)) + ")", text)):
+            if i % 2:
+                ids.append(self.special_tokens[chunk])
+            elif chunk:
+                ids += self._encode_ordinary(chunk)
+        return ids
+
+    def apply_chat_template(self, messages, add_generation_prompt=True):
+        """messages [{"role", "content"}, ...] -> the prompt string the model was tuned on."""
+        if self.chat_format is None:
+            raise ValueError(f"{self.kind} tokenizer has no chat template; use a chat-tuned model "
+                             "(SmolLM2-Instruct GGUF, Llama 3 Instruct) or plain --option generate")
+        render = CHAT_RENDERERS[self.chat_format]
+        if self.chat_format == "chatml":
+            return render(messages, add_generation_prompt, self.default_system)
+        return render(messages, add_generation_prompt)
+
+    def encode_chat(self, messages, add_generation_prompt=True):
+        """Chat prompt ids: template rendered, specials parsed; BOS once (the template's own)."""
+        ids = self.encode(self.apply_chat_template(messages, add_generation_prompt),
+                          allow_special=True)
+        if self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
+            ids = [self.bos_id] + ids
+        return ids
+
+    def decode(self, ids, skip_special=False):
+        raise NotImplementedError
+
+    def token_bytes(self, token_id):
+        """The bytes one token stands for in running text (b"" for control tokens)."""
+        raise NotImplementedError
+
+    def _check_ids(self, ids):
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"decode: token id {bad[0]} is outside this tokenizer's vocabulary "
+                             f"[0, {self.vocab_size}); is the tokenizer from the same model?")
+        return ids
+
+    @classmethod
+    def from_file(cls, path):
+        """Load any supported file (or a folder holding tokenizer.json / tokenizer.model)."""
+        path = resolve_tokenizer_path(path)
+        return load_tokenizer({"kind": detect_tokenizer_kind(path), "path": str(path)})
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """Llama 2 SentencePiece BPE (sentencepiece library). Llama 2 has no pad token: pad_id is 0
+    (<unk>), which byte fallback never produces, so padding can't be mistaken for text or eos."""
+
+    def __init__(self, path):
+        self.processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        sp = self.processor
+        control = {sp.id_to_piece(i): i for i in range(sp.get_piece_size()) if sp.is_control(i)}
+        super().__init__(kind="sentencepiece", bos_id=_or_none(sp.bos_id()),
+                         eos_id=_or_none(sp.eos_id()),
+                         pad_id=sp.pad_id() if sp.pad_id() >= 0 else max(sp.unk_id(), 0),
+                         vocab_size=sp.get_piece_size(), special_tokens=control, add_bos=True,
+                         chat_format="llama2")
+
+    def _encode_ordinary(self, text):
+        return self.processor.encode(text)
+
+    def decode(self, ids, skip_special=False):
+        """ids -> text (SentencePiece drops control tokens and the leading dummy-prefix space)."""
+        return self.processor.decode(self._check_ids(ids))
+
+    def token_bytes(self, token_id):
+        sp, token_id = self.processor, int(token_id)
+        if sp.is_byte(token_id):
+            return bytes([int(sp.id_to_piece(token_id)[3:5], 16)])   # "<0xE2>" -> b"\xe2"
+        if sp.is_control(token_id) or sp.is_unknown(token_id):
+            return b""
+        return sp.id_to_piece(token_id).replace("\u2581", " ").encode("utf-8")
+
+
+def _or_none(token_id):
+    return token_id if token_id is not None and token_id >= 0 else None
+
+
+class BytePairTokenizer(Tokenizer):
+    """Byte-level BPE run by tiktoken: ranks {bytes: id}, a pre-tokenizer regex, special tokens.
+
+    Ids >= drop_from are the ranks given to bytes the vocabulary lacks (see missing_byte_ranks);
+    they are removed from encodings, as Hugging Face's BPE skips symbols it has no token for.
+    """
+
+    def __init__(self, *, name, ranks, pattern, special_tokens, drop_from=None, normalize=None,
+                 **info):
+        super().__init__(special_tokens=special_tokens, **info)
+        self.pattern = pattern                    # pre-tokenizer regex (\p classes: tiktoken's)
+        self.drop_from = drop_from                # ids >= this stand for missing bytes
+        self.normalize = normalize                # None or a Unicode form ("NFC") applied first
+        self.encoding = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks,
+                                          special_tokens=self.special_tokens)
+
+    def _prepare(self, text, ids_of):
+        text = unicodedata.normalize(self.normalize, text) if self.normalize else text
+        ids = ids_of(text)
+        if self.drop_from is not None:
+            ids = [i for i in ids if i < self.drop_from]
+        return ids
+
+    def _encode_ordinary(self, text):
+        return self._prepare(text, self.encoding.encode_ordinary)
+
+    def _encode_special(self, text):
+        return self._prepare(text, lambda t: self.encoding.encode(t, allowed_special="all"))
+
+    def decode(self, ids, skip_special=False):
+        """ids -> text; bytes that are not valid UTF-8 become U+FFFD."""
+        ids = self._check_ids(ids)
+        if skip_special:
+            ids = [i for i in ids if i not in self.special_ids]
+        return self.encoding.decode(ids, errors="replace")
+
+    def token_bytes(self, token_id):
+        token_id = int(token_id)
+        if token_id in self.special_ids:
+            return b""
+        return self.encoding.decode_single_token_bytes(token_id)
+
+
+# ----------------------------------------------------------------------------
+# streaming
+
+class StreamDecoder:
+    """Incremental detokenizer: push(id) returns the text that became printable.
+
+    A character split over byte tokens (Persian, emoji through byte fallback or byte-level BPE)
+    is held back until its last byte arrives; control tokens print nothing. Concatenating every
+    push and the final flush() gives the decoded text (SentencePiece: with its leading space).
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id):
+        return self._utf8.decode(self.tokenizer.token_bytes(int(token_id)))
+
+    def flush(self):
+        """Text still held back (an unfinished UTF-8 sequence prints as U+FFFD)."""
+        return self._utf8.decode(b"", final=True)
+
+
+# ----------------------------------------------------------------------------
+# loaders
+
+def load_llama3_tiktoken(path):
+    """Meta's Llama 3 tokenizer.model: lines `<base64 bytes> <rank>`, plus 256 specials in code."""
+    ranks = {}
+    for n, line in enumerate(Path(path).read_bytes().splitlines(), 1):
+        if line.strip():
+            try:
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+            except ValueError as err:
+                raise ValueError(f"{path}: line {n} is not `<base64> <rank>` ({err}); "
+                                 "pass Meta's Llama 3 tokenizer.model") from None
+    specials = llama3_special_tokens(len(ranks))
+    return BytePairTokenizer(name=Path(path).name, ranks=ranks, pattern=LLAMA3_PATTERN,
+                             special_tokens=specials, kind="tiktoken_llama3",
+                             bos_id=specials["<|begin_of_text|>"],
+                             eos_id=specials["<|end_of_text|>"],
+                             pad_id=specials["<|finetune_right_pad_id|>"],
+                             vocab_size=len(ranks) + len(specials), add_bos=True,
+                             chat_format="llama3")
+
+
+def load_gguf_tokenizer(metadata, source="GGUF metadata"):
+    """Byte-level BPE from GGUF keys tokenizer.ggml.{tokens, token_type, merges, pre, *_token_id}.
+
+    token_type 1 (normal) and 6 (byte) tokens are BPE ranks (id == rank); the others (3 control,
+    4 user-defined, ...) are special tokens.
+    """
+    model = metadata.get("tokenizer.ggml.model")
+    if model != "gpt2":
+        raise ValueError(f"{source}: tokenizer.ggml.model is {model!r}; only byte-level BPE "
+                         "('gpt2') GGUF vocabularies are supported (for Llama 2 pass tokenizer.model)")
+    pre = metadata.get("tokenizer.ggml.pre", "default")
+    if pre not in GGUF_PRE_PATTERNS:
+        raise ValueError(f"{source}: unknown pre-tokenizer tokenizer.ggml.pre={pre!r}; "
+                         f"known: {sorted(GGUF_PRE_PATTERNS)}")
+    tokens = [t.decode("utf-8") if isinstance(t, bytes) else t
+              for t in metadata["tokenizer.ggml.tokens"]]
+    types = list(metadata.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    specials = {t: i for i, (t, kind) in enumerate(zip(tokens, types)) if kind not in (1, 6)}
+    ranks = byte_level_ranks({t: i for i, t in enumerate(tokens)},
+                             metadata.get("tokenizer.ggml.merges", []), specials, source)
+    extra = missing_byte_ranks(ranks, len(tokens))
+    chat_format, default_system = chat_format_from_template(metadata.get("tokenizer.chat_template"))
+    eos = metadata.get("tokenizer.ggml.eos_token_id")
+    return BytePairTokenizer(name=str(source), ranks={**ranks, **extra},
+                             pattern=GGUF_PRE_PATTERNS[pre], special_tokens=specials,
+                             drop_from=len(tokens) if extra else None, kind="gguf",
+                             bos_id=metadata.get("tokenizer.ggml.bos_token_id"), eos_id=eos,
+                             pad_id=metadata.get("tokenizer.ggml.padding_token_id", eos),
+                             vocab_size=len(tokens),
+                             add_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", False)),
+                             chat_format=chat_format, default_system=default_system)
+
+
+def hf_pretokenizer_pattern(pre, source):
+    """The regex a tokenizer.json pre_tokenizer amounts to (Split / ByteLevel / Digits+ByteLevel)."""
+    steps = (pre or {}).get("pretokenizers", [pre]) if (pre or {}).get("type") == "Sequence" \
+        else [pre or {}]
+    types = [s.get("type") for s in steps]
+    byte_level = [s for s in steps if s.get("type") == "ByteLevel"]
+    if byte_level and byte_level[0].get("add_prefix_space"):
+        raise ValueError(f"{source}: ByteLevel add_prefix_space=true is not supported")
+    split = [s for s in steps if s.get("type") == "Split"]
+    if split and byte_level and not byte_level[0].get("use_regex", True) \
+            and "Regex" in split[0].get("pattern", {}):
+        return split[0]["pattern"]["Regex"]
+    if byte_level and byte_level[0].get("use_regex", True):
+        digits = [s for s in steps if s.get("type") == "Digits"]
+        if types == ["ByteLevel"]:
+            return GPT2_PATTERN
+        if types == ["Digits", "ByteLevel"] and digits[0].get("individual_digits"):
+            return SMOLLM_PATTERN
+    raise ValueError(f"{source}: unsupported pre_tokenizer {types}; supported: Split(Regex) + "
+                     "ByteLevel(use_regex=false), ByteLevel, Digits(individual) + ByteLevel")
+
+
+def _hf_sidecar(path, name):
+    sidecar = Path(path).with_name(name)
+    return json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+
+
+def _hf_special_id(config, key, names, ids):
+    """Id of tokenizer_config.json's `key` token (str or {"content"}), else the first of names."""
+    value = config.get(key)
+    value = value.get("content") if isinstance(value, dict) else value
+    for name in ([value] if value else []) + list(names):
+        if name in ids:
+            return ids[name]
+    return None
+
+
+def load_hf_json(path):
+    """Hugging Face byte-level BPE tokenizer.json (+ tokenizer_config.json beside it, if any)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        raise ValueError(f"{path}: model type {model.get('type')!r} (byte_fallback="
+                         f"{model.get('byte_fallback')}) is not byte-level BPE; for Llama 2 pass "
+                         "its tokenizer.model")
+    normalizer = (data.get("normalizer") or {}).get("type")
+    if normalizer not in (None, "NFC", "NFKC"):
+        raise ValueError(f"{path}: normalizer {normalizer!r} is not supported (None, NFC, NFKC)")
+    specials = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+    vocab = {**model["vocab"], **specials}
+    ranks = byte_level_ranks(vocab, model.get("merges", []), specials, path)
+    vocab_size = max(vocab.values()) + 1
+    extra = missing_byte_ranks(ranks, vocab_size)
+    config = _hf_sidecar(path, "tokenizer_config.json")
+    chat_format, default_system = chat_format_from_template(config.get("chat_template"))
+    bos = _hf_special_id(config, "bos_token", ["<|begin_of_text|>", "<s>", "<|endoftext|>"],
+                         specials)
+    eos = _hf_special_id(config, "eos_token", ["<|end_of_text|>", "</s>", "<|endoftext|>"],
+                         specials)
+    pad = _hf_special_id(config, "pad_token", [], specials)
+    return BytePairTokenizer(name=Path(path).name, ranks={**ranks, **extra},
+                             pattern=hf_pretokenizer_pattern(data.get("pre_tokenizer"), path),
+                             special_tokens=specials, drop_from=vocab_size if extra else None,
+                             normalize=normalizer, kind="hf_json", bos_id=bos, eos_id=eos,
+                             pad_id=eos if pad is None else pad, vocab_size=vocab_size,
+                             add_bos=bool(config.get("add_bos_token", False)),
+                             chat_format=chat_format, default_system=default_system)
+
+
+# GGUF value types (llama.cpp gguf.h): struct formats of the scalars; 8 string, 9 array
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
+                 11: "q", 12: "d"}
+
+
+def _gguf_value(buf, offset, vtype):
+    """(value, next offset) of one little-endian GGUF value at offset."""
+    if vtype == 8:
+        (n,) = struct.unpack_from("<Q", buf, offset)
+        return buf[offset + 8:offset + 8 + n].decode("utf-8", errors="replace"), offset + 8 + n
+    if vtype == 9:
+        item_type, n = struct.unpack_from("<IQ", buf, offset)
+        offset += 12
+        if item_type in _GGUF_SCALARS:                  # numbers: one struct call for all
+            fmt = f"<{n}{_GGUF_SCALARS[item_type]}"
+            return list(struct.unpack_from(fmt, buf, offset)), offset + struct.calcsize(fmt)
+        values = []
+        for _ in range(n):
+            value, offset = _gguf_value(buf, offset, item_type)
+            values.append(value)
+        return values, offset
+    if vtype not in _GGUF_SCALARS:
+        raise ValueError(f"GGUF metadata: unknown value type {vtype}; is the file corrupt?")
+    fmt = "<" + _GGUF_SCALARS[vtype]
+    return struct.unpack_from(fmt, buf, offset)[0], offset + struct.calcsize(fmt)
+
+
+def read_gguf_metadata(path):
+    """The key/value header of a GGUF v2/v3 file as {key: value} (tensors are not read)."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        magic, version, _, n_kv = struct.unpack_from("<4sIQQ", buf, 0)
+        if magic != b"GGUF" or version < 2:
+            raise ValueError(f"{path}: not a GGUF v2/v3 file (magic {magic!r}, version {version})")
+        metadata, offset = {}, 24
+        for _ in range(n_kv):
+            key, offset = _gguf_value(buf, offset, 8)
+            (vtype,) = struct.unpack_from("<I", buf, offset)
+            metadata[key], offset = _gguf_value(buf, offset + 4, vtype)
+    return metadata
+
+
+def _gguf_metadata_of(path):
+    """weights.py's GGUF reader when it has one (one reader for the project), else ours."""
+    try:
+        import weights
+        reader = getattr(weights, "read_gguf_metadata", None)
+    except ImportError:
+        reader = None
+    return (reader or read_gguf_metadata)(path)
+
+
+def resolve_tokenizer_path(path):
+    """A tokenizer file, or the tokenizer.json / tokenizer.model inside a model folder."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("tokenizer.json", "tokenizer.model"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path}: folder has no tokenizer.json or tokenizer.model; "
+                                "pass the tokenizer file itself")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: tokenizer file not found; check the path")
+    return path
+
+
+def detect_tokenizer_kind(path):
+    """The spec kind of a tokenizer file, from its first bytes (not its name)."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if head.startswith(b"GGUF"):
+        return "gguf"
+    if head.lstrip().startswith(b"{"):
+        return "hf_json"
+    if re.match(rb"[A-Za-z0-9+/]+=* \d+\r?\n", head):
+        return "tiktoken_llama3"
+    if head[:1] == b"\x0a":              # protobuf field 1 (pieces), length-delimited
+        return "sentencepiece"
+    raise ValueError(f"{path}: not a known tokenizer file (SentencePiece model, Llama 3 "
+                     "tiktoken ranks, tokenizer.json or GGUF)")
+
+
+def load_tokenizer(spec):
+    """Tokenizer from a spec: {"kind": "gguf", "metadata": {...}} (or "path") |
+    {"kind": "sentencepiece" | "tiktoken_llama3" | "hf_json", "path": ...}."""
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind == "gguf" and "metadata" in spec:
+        return load_gguf_tokenizer(spec["metadata"], spec.get("path", "GGUF metadata"))
+    loaders = {"gguf": lambda p: load_gguf_tokenizer(_gguf_metadata_of(p), p),
+               "sentencepiece": SentencePieceTokenizer, "tiktoken_llama3": load_llama3_tiktoken,
+               "hf_json": load_hf_json}
+    if kind not in loaders:
+        raise ValueError(f"tokenizer spec {spec!r}: kind must be one of {sorted(loaders)}")
+    if "path" not in spec:
+        raise ValueError(f"tokenizer spec of kind {kind!r} needs a 'path'")
+    return loaders[kind](resolve_tokenizer_path(spec["path"]))
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) < 2:
+        sys.exit("usage: python tokenizer.py TOKENIZER_FILE [TEXT]")
+    tok = Tokenizer.from_file(sys.argv[1])
+    ids = tok.encode(sys.argv[2] if len(sys.argv) > 2 else "Hello world")
+    print(tok, ids, [tok.decode([i]) for i in ids], sep="\n")
