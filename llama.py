@@ -9,8 +9,8 @@ Norms, statistics in fp32 then cast back (llama2.c RMSNorm):
     RMSNorm(x)   = x / sqrt(mean(x^2) + eps) * g                (Zhang & Sennrich 2019, arXiv
                                                                  1910.07467, equation 4)
     LayerNorm(x) = (x - mean(x)) / sqrt(var(x) + eps) * g + b   (Ba et al. 2016, arXiv 1607.06450)
-Attention (Vaswani et al. 2017, arXiv 1706.03762, equation 1), per head, with RoPE (rope.py) on q, k:
-    Attention(q, k, v) = softmax(q k^T / sqrt(head_dim) + M) v,   M = 0 where allowed, -inf elsewhere
+Attention (Vaswani et al. 2017, arXiv 1706.03762, equation 1), per head, RoPE (rope.py) on q, k:
+    Attention(q, k, v) = softmax(q k^T / sqrt(head_dim) + M) v,  M = 0 where allowed, else -inf;
     M is causal (key slot <= query slot) and hides padding. Grouped-query attention (Ainslie et al.
     2023, arXiv 2305.13245): g = n_heads / n_kv_heads, kv head j serves query heads j*g .. j*g+g-1.
 FFN, SwiGLU (Shazeer 2020, arXiv 2002.05202, equation 6):
@@ -63,7 +63,7 @@ class LlamaConfig:
     tie_embeddings: bool = False         # output.weight is tok_embeddings.weight
     norm: str = "rmsnorm"                # "rmsnorm" (Llama) or "layernorm" (seed 001's variant)
     dropout: float = 0.0                 # dropout on embeddings, attention probs, residual branches
-    attn_backend: str = "sdpa"           # "sdpa": fused kernel; "math": compute_query_key_value_scores
+    attn_backend: str = "sdpa"           # "sdpa" fused kernel, "math" compute_query_key_value_scores
 
     def __post_init__(self):
         self.n_kv_heads = self.n_kv_heads or self.n_heads
@@ -82,9 +82,11 @@ class LlamaConfig:
         if self.norm not in ("rmsnorm", "layernorm"):
             raise ValueError(f"LlamaConfig: norm={self.norm!r}; use 'rmsnorm' or 'layernorm'")
         if self.attn_backend not in ("math", "sdpa"):
-            raise ValueError(f"LlamaConfig: attn_backend={self.attn_backend!r}; use 'math' or 'sdpa'")
+            raise ValueError(f"LlamaConfig: attn_backend={self.attn_backend!r}; use 'math' or "
+                             "'sdpa'")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LlamaConfig: dropout={self.dropout} outside [0, 1); use e.g. 0.0 or 0.1")
+            raise ValueError(f"LlamaConfig: dropout={self.dropout} outside [0, 1); use e.g. 0.0 "
+                             "or 0.1")
         self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.rope_theta)
 
     @classmethod
@@ -235,7 +237,8 @@ class Attention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
+        self.head_dim = config.head_dim
         self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
         self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
@@ -243,7 +246,8 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.attend = ATTENTION_BACKENDS[config.attn_backend]
-        self.register_buffer("cache_k", None, persistent=False)    # (max_batch, n_kv_heads, S_max, D)
+        # KV cache, allocated by Llama.setup_cache: (max_batch, n_kv_heads, S_max, D), not saved
+        self.register_buffer("cache_k", None, persistent=False)
         self.register_buffer("cache_v", None, persistent=False)
 
     def forward(self, x, cos_sin, mask=None, cache_slots=None, num_keys=None):
@@ -260,7 +264,8 @@ class Attention(nn.Module):
             self.cache_v[:B].index_copy_(2, cache_slots, v.to(self.cache_v.dtype))
             k = self.cache_k[:B, :, :num_keys].to(q.dtype)                 # (B, n_kv_heads, S, D)
             v = self.cache_v[:B, :, :num_keys].to(q.dtype)                 # (B, n_kv_heads, S, D)
-        out = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, n_heads, T, D)
+        dropout_p = self.dropout if self.training else 0.0
+        out = self.attend(q, k, v, mask, dropout_p)                        # (B, n_heads, T, D)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads*D)
         return self.resid_dropout(self.wo(out))                           # (B, T, dim)
 
@@ -311,7 +316,7 @@ class Llama(nn.Module):
         for name, p in self.named_parameters():   # llama2.c: scaled init of residual projections
             if name.endswith(("w3.weight", "wo.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
-        self.register_load_state_dict_pre_hook(self._fill_tied_output)
+        self.register_load_state_dict_pre_hook(self._fill_implied_tensors)
         self.register_load_state_dict_post_hook(self._retie_output)
 
     def _rope_freqs(self, device=None):
@@ -330,10 +335,19 @@ class Llama(nn.Module):
         self.rope_freqs = self._rope_freqs(self.rope_freqs.device)
         return self
 
-    def _fill_tied_output(self, module, state_dict, prefix, *args):
-        """Checkpoints with tied embeddings may omit output.weight: it is tok_embeddings.weight."""
-        if self.config.tie_embeddings and prefix + "output.weight" not in state_dict:
-            state_dict[prefix + "output.weight"] = state_dict.get(prefix + "tok_embeddings.weight")
+    def _fill_implied_tensors(self, module, state_dict, prefix, *args):
+        """Two tensors a checkpoint may leave out: output.weight when tied (it is
+        tok_embeddings.weight), and LayerNorm biases when the checkpoint was trained with
+        RMSNorm (seed 001 runs stories42M.pt with LayerNorm; biases start at zero, as nn.LayerNorm's
+        do)."""
+        embedding, output = prefix + "tok_embeddings.weight", prefix + "output.weight"
+        if self.config.tie_embeddings and output not in state_dict and embedding in state_dict:
+            state_dict[output] = state_dict[embedding]
+        for name, value in self.state_dict().items():
+            name = prefix + name
+            if (self.config.norm == "layernorm" and name.endswith("norm.bias")
+                    and name not in state_dict and name[:-4] + "weight" in state_dict):
+                state_dict[name] = torch.zeros_like(value)
 
     def _retie_output(self, module, incompatible_keys):
         """load_state_dict(assign=True) replaces Parameters: tie them again."""
@@ -376,8 +390,8 @@ class Llama(nn.Module):
         arange = torch.arange(T, device=device)                             # (T,)
         if start_pos is None:
             if T > self.config.max_seq_len:
-                raise ValueError(f"Llama.forward: {T} tokens > max_seq_len={self.config.max_seq_len}; "
-                                 "truncate the input")
+                raise ValueError(f"Llama.forward: {T} tokens > max_seq_len="
+                                 f"{self.config.max_seq_len}; truncate the input")
             if attention_mask is None:
                 return arange[None], None, None, T
             real = attention_mask.bool()                                    # (B, T)
@@ -421,15 +435,17 @@ class Llama(nn.Module):
         return logits, h
 
     def generate(self, prompt_tokens, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
-                 epsilon=None, min_p=None, stop_tokens=(), generator=None, on_token=None):
+                 epsilon=None, min_p=None, stop_tokens=(), generator=None, on_token=None,
+                 decode_fn=None):
         """Continue one prompt (list of ids or (1, T)) with the KV cache: prefill, then one token
         per step. Returns the new ids, without the stop token that ended it (if any);
-        on_token(id) is called for each as soon as it is chosen (streaming)."""
+        on_token(id) is called for each as soon as it is chosen (streaming). decode_fn: see
+        generate_batch."""
         if torch.is_tensor(prompt_tokens):
             prompt_tokens = prompt_tokens.reshape(-1).tolist()
         stream = None if on_token is None else (lambda row, token: on_token(token))
         return generate_batch(self, [prompt_tokens], 0, max_new_tokens, temperature, top_k, top_p,
-                              epsilon, min_p, stop_tokens, generator, stream)[0]
+                              epsilon, min_p, stop_tokens, generator, stream, decode_fn)[0]
 
 
 # ----------------------------------------------------------------------------
@@ -447,9 +463,15 @@ def left_pad(prompts, pad_id, device="cpu"):
 
 @torch.no_grad()
 def generate_batch(model, prompts, pad_id, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
-                   epsilon=None, min_p=None, stop_tokens=(), generator=None, on_token=None):
+                   epsilon=None, min_p=None, stop_tokens=(), generator=None, on_token=None,
+                   decode_fn=None):
     """Continue B prompts at once, left-padded (pad_id), with the KV cache. Returns B lists of new
-    ids; a row stops at its first stop token (not included). on_token(row, id) streams."""
+    ids; a row stops at its first stop token (not included). on_token(row, id) streams.
+
+    decode_fn: optional stand-in for model in the one-token steps, e.g. torch.compile(model,
+    mode="reduce-overhead", fullgraph=True); it gets start_pos as a 0-d long tensor, so one
+    captured graph (fixed shapes, attention over the whole cache) serves every step.
+    """
     device = model.output.weight.device
     tokens, mask = left_pad(prompts, pad_id, device)                       # (B, T), (B, T)
     B, T = tokens.shape
@@ -475,7 +497,11 @@ def generate_batch(model, prompts, pad_id, max_new_tokens, temperature=0.0, top_
                 on_token(row, token)
         if all(done) or step == max_new_tokens - 1:
             break
-        logits, _ = model(next_tokens[:, None], start_pos=T + step, last_only=True)  # (B, 1, V)
+        if decode_fn is None:
+            logits, _ = model(next_tokens[:, None], start_pos=T + step, last_only=True)  # (B, 1, V)
+        else:
+            start = torch.tensor(T + step, device=device)
+            logits, _ = decode_fn(next_tokens[:, None], start_pos=start, last_only=True)
     return outputs
 
 

@@ -1,4 +1,4 @@
-"""Rotary position embeddings (RoPE), in Meta's interleaved-pairs and Hugging Face's half-split layouts.
+"""Rotary position embeddings (RoPE) in Meta's interleaved-pairs and Hugging Face's half-split layouts.
 
 RoPE rotates each 2-D pair of a query/key head vector by an angle proportional to its position, so
 the dot product q_m . k_n depends only on the offset m - n (Su et al. 2021, "RoFormer", arXiv
@@ -57,7 +57,8 @@ def apply_llama3_scaling(freqs, factor, low_freq_factor, high_freq_factor, origi
     wavelen = 2 * math.pi / freqs                                                 # (D/2,)
     low_freq_wavelen = original_max_seq_len / low_freq_factor
     high_freq_wavelen = original_max_seq_len / high_freq_factor
-    smooth = (original_max_seq_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smooth = ((original_max_seq_len / wavelen - low_freq_factor)
+              / (high_freq_factor - low_freq_factor))                             # (D/2,)
     smoothed = (1 - smooth) * freqs / factor + smooth * freqs
     scaled = torch.where(wavelen > low_freq_wavelen, freqs / factor, smoothed)
     return torch.where(wavelen < high_freq_wavelen, freqs, scaled)               # (D/2,)
@@ -143,7 +144,7 @@ def apply_rotary_emb_half(q, k, freqs_cis):
 
 def permute_interleaved_to_half(w, n_heads, head_dim=None):
     """Rows of a q/k projection (n_heads*D, ...) from interleaved pairs to half-split: inside each
-    head, row 2i -> i and row 2i+1 -> i + D/2 (transformers' convert_llama_weights_to_hf `permute`)."""
+    head, row 2i -> i and row 2i+1 -> i + D/2 (the `permute` of convert_llama_weights_to_hf.py)."""
     head_dim = head_dim or w.shape[0] // n_heads
     rest = w.shape[1:]
     return w.reshape(n_heads, head_dim // 2, 2, *rest).transpose(1, 2).reshape(w.shape)

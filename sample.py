@@ -1,13 +1,13 @@
 """Choosing the next token from logits: greedy, temperature, and truncation rules, one per function.
 
 With logits z over V tokens and p = softmax(z / tau) (temperature tau; tau = 0 means argmax):
-    top-k      keep the k most likely tokens                          (Fan et al. 2018, arXiv 1805.04833)
+    top-k      keep the k most likely tokens                     (Fan et al. 2018, arXiv 1805.04833)
     top-p      keep the smallest set of most likely tokens whose mass is >= p, i.e. sorted
                p_(1) >= p_(2) >= ..., the smallest k with p_(1) + ... + p_(k) >= p
                ("nucleus sampling", Holtzman et al. 2020, arXiv 1904.09751; seed 003)
     epsilon    keep tokens with p_i >= epsilon                        (Hewitt et al. 2022,
                "Truncation Sampling as Language Model Desmoothing", arXiv 2210.15191)
-    min-p      keep tokens with p_i >= min_p * max_j p_j              (Nguyen et al. 2024, arXiv 2407.01082)
+    min-p      keep tokens with p_i >= min_p * max_j p_j         (Nguyen et al. 2024, arXiv 2407.01082)
 Each filter sets the removed logits to -inf and always keeps the most likely token; the survivors
 are renormalised by the softmax and one token is drawn with torch.multinomial. Randomness comes only
 from the torch.Generator passed in, so a fixed seed reproduces a sample.

@@ -22,7 +22,8 @@ def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def llama31_apply_scaling_oracle(freqs, factor, low_freq_factor, high_freq_factor, original_max_seq_len):
+def llama31_apply_scaling_oracle(freqs, factor, low_freq_factor, high_freq_factor,
+                                 original_max_seq_len):
     """Llama 3.1's reference `apply_scaling` (meta-llama/llama-models), one frequency at a time."""
     low_freq_wavelen = original_max_seq_len / low_freq_factor
     high_freq_wavelen = original_max_seq_len / high_freq_factor
@@ -34,7 +35,8 @@ def llama31_apply_scaling_oracle(freqs, factor, low_freq_factor, high_freq_facto
         elif wavelen > low_freq_wavelen:
             new_freqs.append(freq / factor)
         else:
-            smooth = (original_max_seq_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            smooth = ((original_max_seq_len / wavelen - low_freq_factor)
+                      / (high_freq_factor - low_freq_factor))
             new_freqs.append((1 - smooth) * freq / factor + smooth * freq)
     return new_freqs
 
