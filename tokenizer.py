@@ -6,33 +6,31 @@ Four file formats, two algorithms:
     gguf             byte-level BPE in GGUF metadata `tokenizer.ggml.*` (SmolLM2), via tiktoken
     hf_json          Hugging Face byte-level BPE `tokenizer.json` (vocab + merges), via tiktoken
 
-Byte-pair encoding (Sennrich, Haddow & Birch 2016, arXiv:1508.07909, Algorithm 1 learns the merges;
-encoding replays them). Byte-level BPE (GPT-2: Radford et al. 2019, Section 2.2) works on UTF-8
-bytes, so no text is out of vocabulary. Encoding one text:
+Byte-pair encoding (Sennrich, Haddow & Birch 2016, arXiv:1508.07909, Algorithm 1 learns merges;
+encoding replays them) on UTF-8 bytes (GPT-2: Radford et al. 2019, Section 2.2), so no text is
+out of vocabulary:
     pieces = regex.findall(pattern, text)              pre-tokenization: merges never cross pieces
-    for each piece p, parts = [p[0], p[1], ..., p[n-1]]   single bytes
+    for each piece: parts = its single bytes
         repeat: (a, b) = argmin over adjacent pairs of rank(a + b)    (lowest rank = learnt first)
                 replace a, b by a + b                  until no adjacent pair is in the vocabulary
         ids += [rank(part) for part in parts]          rank == token id in every file read here
-`bpe_merge_reference` is this loop in Python; tiktoken runs the same rule in Rust (the fast path,
-~50x faster, with the regex split in Rust too). Hugging Face files list merges (a, b) in learnt
-order instead of ranks: when the token made by merge k has an id growing with k (GPT-2, Llama 3,
-SmolLM2) "lowest merge index" and "lowest id of a + b" pick the same pair; `byte_level_ranks`
-checks this. Vocabulary files store bytes as printable characters: GPT-2's `bytes_to_unicode`
-maps the 188 printable Latin-1 bytes to themselves and the other 68 to chr(256 + n).
+`bpe_merge_reference` is this loop in Python; tiktoken runs it in Rust (the fast path: ~15x
+faster on the samples, regex included). Hugging Face files list merges in learnt order instead
+of ranks; when merge k makes a token whose id grows with k (GPT-2, Llama 3, SmolLM2) both rules
+pick the same pair, which `byte_level_ranks` checks. Vocab files spell bytes as printable
+characters: GPT-2's `bytes_to_unicode` keeps 188 printable Latin-1 bytes, maps 68 to chr(256 + n).
+Patterns: GPT-2's; Llama 3's (digit runs of at most 3; vocabulary = tiktoken's 100K + 28K tokens,
+Grattafiori et al. 2024, arXiv:2407.21783, Section 3.2); SmolLM2's `smollm` (Allal et al. 2025,
+arXiv:2502.02737) = HF `Digits(individual_digits)` then GPT-2's regex, as one regex whose
+`\\s+(?=\\p{N})` branch keeps a space run before a digit whole.
 
-Pre-tokenizer patterns: GPT-2's; Llama 3's (numbers in runs of at most 3 digits, Grattafiori et
-al. 2024, "The Llama 3 Herd of Models", arXiv:2407.21783, Section 3.1.1); SmolLM2's `smollm`
-(Allal et al. 2025, arXiv:2502.02737) = Hugging Face `Digits(individual_digits)` then GPT-2's
-regex, written as one regex whose `\\s+(?=\\p{N})` branch keeps a space run before a digit whole.
-
-SentencePiece (Kudo & Richardson 2018, arXiv:1808.06226) replaces spaces by U+2581 ("▁"), adds a
-dummy prefix "▁" and runs BPE over characters; unknown characters fall back to byte tokens <0xNN>
-(Llama 2: Touvron et al. 2023, arXiv:2307.09288, Section 2.1: 32k tokens, digits split).
+SentencePiece (Kudo & Richardson 2018, arXiv:1808.06226) writes spaces as U+2581 "▁", adds a dummy
+prefix "▁", runs BPE over characters and falls back to byte tokens <0xNN> (Llama 2: Touvron et
+al. 2023, arXiv:2307.09288, Section 2.2: 32k tokens, digits split).
 
 Chat templates (strings; `encode_chat` tokenizes them with special tokens parsed):
-    chatml  <|im_start|>{role}\\n{content}<|im_end|>\\n ... <|im_start|>assistant\\n   (SmolLM2 adds a
-            default system turn when the first message is not one, read from the GGUF template)
+    chatml  <|im_start|>{role}\\n{content}<|im_end|>\\n ... <|im_start|>assistant\\n
+            (SmolLM2 adds a default system turn when the first is not one: the GGUF template's)
     llama3  <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>...
     llama2  <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {answer} </s><s>[INST] ...
 Plain `encode(text)` never turns "<|im_end|>" typed by a user into a control token (prompt
@@ -43,7 +41,7 @@ Tests: tests/test_tokenizer.py compares every format with an independent impleme
 English and Persian samples and on digits, whitespace runs, newlines and emoji: sentencepiece ids
 with transformers' LlamaTokenizer (tokenizers BPE + byte fallback), Llama 3 with transformers'
 TikTokenConverter, GGUF and tokenizer.json with a `tokenizers` BPE from the same vocab and merges;
-`bpe_merge_reference` against tiktoken; chat strings with the jinja2 templates; streaming with decode.
+`bpe_merge_reference` vs tiktoken; chat strings vs jinja2 templates; streaming vs decode.
 """
 import codecs
 import base64
@@ -92,16 +90,10 @@ def llama3_special_tokens(num_base_tokens=128000):
 
 def bytes_to_unicode():
     """GPT-2's table byte -> printable character (printable Latin-1 bytes map to themselves)."""
-    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-            + list(range(ord("®"), ord("ÿ") + 1)))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)     # control bytes, space, 0x7f-0xa0, 0xad shift up
-            extra += 1
-    return table
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in keep]      # controls, space, 0x7f-0xa0, 0xad
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(shifted)}}
 
 
 def bpe_merge_reference(piece, ranks):
@@ -197,11 +189,10 @@ def render_llama2(messages, add_generation_prompt=True):
     """Llama 2 chat as Meta's chat_completion builds it; always ends open after [/INST]."""
     _check_messages(messages)
     messages = list(messages)
-    if messages[0]["role"] == "system" and len(messages) > 1:
-        system = messages[0]["content"]
-        first = messages[1]["content"]
-        messages = [{"role": messages[1]["role"],
-                     "content": f"<<SYS>>\n{system}\n<</SYS>>\n\n{first}"}] + messages[2:]
+    if messages[0]["role"] == "system" and len(messages) > 1:    # system folded into turn 1
+        system, first = messages[0]["content"], messages[1]
+        messages = [{**first, "content": f"<<SYS>>\n{system}\n<</SYS>>\n\n{first['content']}"},
+                    *messages[2:]]
     roles = [m["role"] for m in messages]
     if roles[::2] != ["user"] * len(roles[::2]) or roles[1::2] != ["assistant"] * len(roles[1::2]):
         raise ValueError("chat messages: Llama 2 chat needs (system), user, assistant, user, ... "
@@ -245,7 +236,7 @@ class Tokenizer:
     def __init__(self, *, kind, bos_id, eos_id, pad_id, vocab_size, special_tokens,
                  add_bos, chat_format=None, default_system=None):
         self.kind = kind                          # spec kind it was loaded from
-        self.bos_id = bos_id                      # begin-of-sequence id (None if the vocab has none)
+        self.bos_id = bos_id                      # begin-of-sequence id (None: the vocab has none)
         self.eos_id = eos_id                      # end-of-sequence id
         self.pad_id = pad_id                      # id used for padding (masked, never attended)
         self.vocab_size = vocab_size              # V: ids are in [0, V)
@@ -266,6 +257,9 @@ class Tokenizer:
         """text -> ids; special-token text is plain text unless allow_special (chat prompts)."""
         if not isinstance(text, str):
             raise ValueError(f"encode: expected a str, got {type(text).__name__}")
+        if (bos and self.bos_id is None) or (eos and self.eos_id is None):
+            raise ValueError(f"encode: this {self.kind} tokenizer has no bos/eos token; "
+                             "call encode with bos=False, eos=False")
         ids = self._encode_special(text) if allow_special else self._encode_ordinary(text)
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
@@ -327,11 +321,13 @@ class SentencePieceTokenizer(Tokenizer):
     (<unk>), which byte fallback never produces, so padding can't be mistaken for text or eos."""
 
     def __init__(self, path):
-        self.processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
-        sp = self.processor
+        try:
+            self.processor = sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        except (RuntimeError, OSError) as err:
+            raise ValueError(f"{path}: not a SentencePiece model ({err})") from None
         control = {sp.id_to_piece(i): i for i in range(sp.get_piece_size()) if sp.is_control(i)}
-        super().__init__(kind="sentencepiece", bos_id=_or_none(sp.bos_id()),
-                         eos_id=_or_none(sp.eos_id()),
+        super().__init__(kind="sentencepiece", bos_id=sp.bos_id() if sp.bos_id() >= 0 else None,
+                         eos_id=sp.eos_id() if sp.eos_id() >= 0 else None,
                          pad_id=sp.pad_id() if sp.pad_id() >= 0 else max(sp.unk_id(), 0),
                          vocab_size=sp.get_piece_size(), special_tokens=control, add_bos=True,
                          chat_format="llama2")
@@ -350,10 +346,6 @@ class SentencePieceTokenizer(Tokenizer):
         if sp.is_control(token_id) or sp.is_unknown(token_id):
             return b""
         return sp.id_to_piece(token_id).replace("\u2581", " ").encode("utf-8")
-
-
-def _or_none(token_id):
-    return token_id if token_id is not None and token_id >= 0 else None
 
 
 class BytePairTokenizer(Tokenizer):
@@ -455,7 +447,7 @@ def load_gguf_tokenizer(metadata, source="GGUF metadata"):
     model = metadata.get("tokenizer.ggml.model")
     if model != "gpt2":
         raise ValueError(f"{source}: tokenizer.ggml.model is {model!r}; only byte-level BPE "
-                         "('gpt2') GGUF vocabularies are supported (for Llama 2 pass tokenizer.model)")
+                         "('gpt2') GGUF vocabularies work; for Llama 2 pass its tokenizer.model")
     pre = metadata.get("tokenizer.ggml.pre", "default")
     if pre not in GGUF_PRE_PATTERNS:
         raise ValueError(f"{source}: unknown pre-tokenizer tokenizer.ggml.pre={pre!r}; "
@@ -480,30 +472,31 @@ def load_gguf_tokenizer(metadata, source="GGUF metadata"):
 
 
 def hf_pretokenizer_pattern(pre, source):
-    """The regex a tokenizer.json pre_tokenizer amounts to (Split / ByteLevel / Digits+ByteLevel)."""
-    steps = (pre or {}).get("pretokenizers", [pre]) if (pre or {}).get("type") == "Sequence" \
-        else [pre or {}]
-    types = [s.get("type") for s in steps]
-    byte_level = [s for s in steps if s.get("type") == "ByteLevel"]
-    if byte_level and byte_level[0].get("add_prefix_space"):
+    """The regex a tokenizer.json pre_tokenizer amounts to (Split, ByteLevel, Digits+ByteLevel)."""
+    pre = pre or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = {s.get("type"): s for s in steps}
+    names, byte_level = [s.get("type") for s in steps], kinds.get("ByteLevel", {})
+    if byte_level.get("add_prefix_space"):
         raise ValueError(f"{source}: ByteLevel add_prefix_space=true is not supported")
-    split = [s for s in steps if s.get("type") == "Split"]
-    if split and byte_level and not byte_level[0].get("use_regex", True) \
-            and "Regex" in split[0].get("pattern", {}):
-        return split[0]["pattern"]["Regex"]
-    if byte_level and byte_level[0].get("use_regex", True):
-        digits = [s for s in steps if s.get("type") == "Digits"]
-        if types == ["ByteLevel"]:
-            return GPT2_PATTERN
-        if types == ["Digits", "ByteLevel"] and digits[0].get("individual_digits"):
-            return SMOLLM_PATTERN
-    raise ValueError(f"{source}: unsupported pre_tokenizer {types}; supported: Split(Regex) + "
+    if names == ["Split", "ByteLevel"] and not byte_level.get("use_regex", True) \
+            and "Regex" in kinds["Split"].get("pattern", {}):
+        return kinds["Split"]["pattern"]["Regex"]              # Llama 3 style
+    if names == ["ByteLevel"] and byte_level.get("use_regex", True):
+        return GPT2_PATTERN
+    if names == ["Digits", "ByteLevel"] and kinds["Digits"].get("individual_digits") \
+            and byte_level.get("use_regex", True):
+        return SMOLLM_PATTERN                                  # SmolLM2's tokenizer.json
+    raise ValueError(f"{source}: unsupported pre_tokenizer {names}; supported: Split(Regex) + "
                      "ByteLevel(use_regex=false), ByteLevel, Digits(individual) + ByteLevel")
 
 
 def _hf_sidecar(path, name):
     sidecar = Path(path).with_name(name)
     return json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+
+
+END = "<|endoftext|>"        # GPT-2 / SmolLM2 base: bos = eos = end of document
 
 
 def _hf_special_id(config, key, names, ids):
@@ -534,11 +527,9 @@ def load_hf_json(path):
     extra = missing_byte_ranks(ranks, vocab_size)
     config = _hf_sidecar(path, "tokenizer_config.json")
     chat_format, default_system = chat_format_from_template(config.get("chat_template"))
-    bos = _hf_special_id(config, "bos_token", ["<|begin_of_text|>", "<s>", "<|endoftext|>"],
-                         specials)
-    eos = _hf_special_id(config, "eos_token", ["<|end_of_text|>", "</s>", "<|endoftext|>"],
-                         specials)
-    pad = _hf_special_id(config, "pad_token", [], specials)
+    bos = _hf_special_id(config, "bos_token", ("<|begin_of_text|>", "<s>", END), specials)
+    eos = _hf_special_id(config, "eos_token", ("<|end_of_text|>", "</s>", END), specials)
+    pad = _hf_special_id(config, "pad_token", (), specials)
     return BytePairTokenizer(name=Path(path).name, ranks={**ranks, **extra},
                              pattern=hf_pretokenizer_pattern(data.get("pre_tokenizer"), path),
                              special_tokens=specials, drop_from=vocab_size if extra else None,
@@ -589,16 +580,6 @@ def read_gguf_metadata(path):
     return metadata
 
 
-def _gguf_metadata_of(path):
-    """weights.py's GGUF reader when it has one (one reader for the project), else ours."""
-    try:
-        import weights
-        reader = getattr(weights, "read_gguf_metadata", None)
-    except ImportError:
-        reader = None
-    return (reader or read_gguf_metadata)(path)
-
-
 def resolve_tokenizer_path(path):
     """A tokenizer file, or the tokenizer.json / tokenizer.model inside a model folder."""
     path = Path(path)
@@ -635,7 +616,7 @@ def load_tokenizer(spec):
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind == "gguf" and "metadata" in spec:
         return load_gguf_tokenizer(spec["metadata"], spec.get("path", "GGUF metadata"))
-    loaders = {"gguf": lambda p: load_gguf_tokenizer(_gguf_metadata_of(p), p),
+    loaders = {"gguf": lambda p: load_gguf_tokenizer(read_gguf_metadata(p), p),
                "sentencepiece": SentencePieceTokenizer, "tiktoken_llama3": load_llama3_tiktoken,
                "hf_json": load_hf_json}
     if kind not in loaders:
@@ -645,10 +626,8 @@ def load_tokenizer(spec):
     return loaders[kind](resolve_tokenizer_path(spec["path"]))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":        # python tokenizer.py TOKENIZER_FILE [TEXT]: show the pieces
     import sys
-    if len(sys.argv) < 2:
-        sys.exit("usage: python tokenizer.py TOKENIZER_FILE [TEXT]")
     tok = Tokenizer.from_file(sys.argv[1])
     ids = tok.encode(sys.argv[2] if len(sys.argv) > 2 else "Hello world")
     print(tok, ids, [tok.decode([i]) for i in ids], sep="\n")

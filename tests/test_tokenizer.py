@@ -21,7 +21,8 @@ from conftest import need_data
 
 EXTRA = ["Hello world", "The year 2024 had 366 days; 1234567 is big, 3.14 too.",
          "  leading and   multiple   spaces  ", "tabs\tand\nnewlines\n\n\nend\n",
-         "emoji 😀🎉👩‍👩‍👧 ok", "digits  12 34\n56 \n 7", "mixed: ۱۲۳ و 123 و٤٥",
+         "emoji 😀🎉👩‍👩‍👧 ok", "digits  12 34\n56 \n 7",
+         "mixed: ۱۲۳ و 123 و٤٥",
          "don't you'll I'M HE'S", "\r\n windows\r\n", "zero\u200cwidth", "x" * 40 + "!!!???"]
 DIALOGS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -150,10 +151,11 @@ def test_llama3_matches_tiktoken_converter(llama3):
     assert llama3.encode("Hello world") == [9906, 1917]
     specials = llama3.special_tokens
     assert len(specials) == 256 and llama3.vocab_size == 128256
-    assert [specials[n] for n in ("<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>",
-                                  "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
-                                  "<|eot_id|>", "<|python_tag|>", "<|reserved_special_token_247|>")] \
-        == [128000, 128001, 128004, 128006, 128007, 128008, 128009, 128010, 128255]
+    names = ("<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>",
+             "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>",
+             "<|python_tag|>", "<|reserved_special_token_247|>")
+    assert [specials[n] for n in names] == [128000, 128001, 128004, 128006, 128007, 128008,
+                                            128009, 128010, 128255]
     assert llama3.stop_ids == {128001, 128008, 128009}
 
 
@@ -225,10 +227,11 @@ def test_chatml_equals_gguf_jinja_template(smol, gguf_metadata):
         for gen in (True, False):
             expected = template.render(messages=messages, add_generation_prompt=gen)
             assert smol.apply_chat_template(messages, add_generation_prompt=gen) == expected
-    assert smol.default_system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-    ids = smol.encode_chat(DIALOGS[0])
-    assert ids[0] == 1 and ids.count(1) == 3 and ids[-3:] == smol.encode("assistant\n", bos=True)[-3:]
-    assert ids.count(2) == 2                                 # two <|im_end|> (system, user)
+    assert smol.default_system == ("You are a helpful AI assistant named SmolLM, "
+                                   "trained by Hugging Face")
+    ids = smol.encode_chat(DIALOGS[0])                        # no BOS added: add_bos is false
+    assert ids[0] == 1 and ids.count(1) == 3                  # three <|im_start|>
+    assert ids[-4:] == [2, 198, 1] + smol.encode("assistant") and ids.count(2) == 2
 
 
 # The Llama 3 Instruct template from Meta's Hugging Face release (tokenizer_config.json).
