@@ -231,7 +231,7 @@ def test_chatml_equals_gguf_jinja_template(smol, gguf_metadata):
                                    "trained by Hugging Face")
     ids = smol.encode_chat(DIALOGS[0])                        # no BOS added: add_bos is false
     assert ids[0] == 1 and ids.count(1) == 3                  # three <|im_start|>
-    assert ids[-4:] == [2, 198, 1] + smol.encode("assistant") and ids.count(2) == 2
+    assert ids[-6:] == [2, 198, 1] + smol.encode("assistant\n") and ids.count(2) == 2
 
 
 # The Llama 3 Instruct template from Meta's Hugging Face release (tokenizer_config.json).
