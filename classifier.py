@@ -60,13 +60,30 @@ def pool_last_token(hidden, attention_mask):
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]         # (B, dim)
 
 
+def uses_bos(tokenizer):
+    """Prepend BOS only if the model was trained with it (Llama 2/3 yes; SmolLM2 no)."""
+    return getattr(tokenizer, "add_bos", True)
+
+
 def lm_head_weight(model):
     """The (V, dim) output projection (tied to tok_embeddings when config.tie_embeddings)."""
     return model.output.weight
 
 
+def is_right_padded(attention_mask):
+    """True when every row is 1..1 0..0 (real tokens first, pads after)."""
+    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+
+
 def hidden_states(model, tokens, attention_mask):
-    """Final-norm hidden states (B, T, dim); last_only skips the full (B, T, V) logits."""
+    """Final-norm hidden states (B, T, dim); last_only skips the full (B, T, V) logits.
+
+    With right padding the plain causal mask is exact for every real position (a real token only
+    sees earlier, real tokens; positions are 0..n_b-1 either way), so the mask is dropped: the
+    model then takes its is_causal SDPA path, faster than an explicit (B, 1, T, T) mask.
+    """
+    if attention_mask is not None and is_right_padded(attention_mask):
+        attention_mask = None
     _, hidden = model(tokens, attention_mask=attention_mask, last_only=True)
     return hidden
 
@@ -135,7 +152,7 @@ class LlamaZeroShotClassifier(nn.Module):
             if len(ids) > self.max_len:
                 text = self.tokenizer.decode(ids[:self.max_len])
         prompt = self.template.format(text=text, labels=join_label_names(self.label_names))
-        return self.tokenizer.encode(prompt, bos=True, eos=False)
+        return self.tokenizer.encode(prompt, bos=uses_bos(self.tokenizer), eos=False)
 
     @torch.no_grad()
     def forward(self, prompts):
@@ -322,8 +339,9 @@ def run_prompt(args, llama, tokenizer, names, splits):
 
 
 def encode_split(examples, tokenizer, max_len):
-    """bos + text + eos, as minllama's create_data: the head reads the hidden state at eos."""
-    return [data.encode_text(tokenizer, e.text, max_len, bos=True, eos=True) for e in examples]
+    """[bos] + text + eos, as minllama's create_data: the head reads the hidden state at eos."""
+    bos = uses_bos(tokenizer)
+    return [data.encode_text(tokenizer, e.text, max_len, bos=bos, eos=True) for e in examples]
 
 
 def run_train(args, llama, tokenizer, names, splits):

@@ -178,7 +178,7 @@ def make_optimizer(model, config):
         raise ValueError("the model has no trainable parameters (all requires_grad=False); "
                          "unfreeze something before calling fit")
     return optim_lib.AdamW(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
-                           weight_decay=config.weight_decay)
+                           weight_decay=config.weight_decay, foreach=True)  # fast path, tested equal
 
 
 def trainable_state(model):

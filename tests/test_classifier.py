@@ -64,6 +64,13 @@ def test_head_reads_last_non_pad_token():
         alone = torch.cat([model(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))
                            for s in seqs])
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+    # Left padding keeps the explicit mask (the right-padding shortcut drops it): same logits.
+    longest = max(len(s) for s in seqs)
+    left = torch.tensor([[2] * (longest - len(s)) + s for s in seqs])
+    left_mask = torch.tensor([[0] * (longest - len(s)) + [1] * len(s) for s in seqs])
+    assert classifier.is_right_padded(mask) and not classifier.is_right_padded(left_mask)
+    with torch.no_grad():
+        torch.testing.assert_close(model(left, left_mask), alone, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("label_names", [["bad", "good", "fine"], ["very bad", "good", "so so so"]])
@@ -132,7 +139,7 @@ def cli(tmp_path, option, *extra):
 
 @pytest.mark.parametrize("option, extra", [
     ("prompt", []),
-    ("finetune", ["--epochs", "2", "--lr", "1e-3"]),
+    ("finetune", ["--epochs", "1", "--lr", "1e-3"]),
     ("lora", ["--epochs", "1", "--lr", "1e-3", "--lora_rank", "2", "--lora_alpha", "1.0"]),
 ])
 def test_cli_end_to_end(tmp_path, monkeypatch, capsys, option, extra):
