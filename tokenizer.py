@@ -530,13 +530,15 @@ def load_hf_json(path):
     bos = _hf_special_id(config, "bos_token", ("<|begin_of_text|>", "<s>", END), specials)
     eos = _hf_special_id(config, "eos_token", ("<|end_of_text|>", "</s>", END), specials)
     pad = _hf_special_id(config, "pad_token", (), specials)
+    post = json.dumps(data.get("post_processor"))     # a TemplateProcessing that inserts bos
+    add_bos = config.get("add_bos_token", any(i == bos and t in post for t, i in specials.items()))
     return BytePairTokenizer(name=Path(path).name, ranks={**ranks, **extra},
                              pattern=hf_pretokenizer_pattern(data.get("pre_tokenizer"), path),
                              special_tokens=specials, drop_from=vocab_size if extra else None,
                              normalize=normalizer, kind="hf_json", bos_id=bos, eos_id=eos,
                              pad_id=eos if pad is None else pad, vocab_size=vocab_size,
-                             add_bos=bool(config.get("add_bos_token", False)),
-                             chat_format=chat_format, default_system=default_system)
+                             add_bos=bool(add_bos), chat_format=chat_format,
+                             default_system=default_system)
 
 
 # GGUF value types (llama.cpp gguf.h): struct formats of the scalars; 8 string, 9 array
