@@ -43,8 +43,8 @@ with transformers' LlamaTokenizer (tokenizers BPE + byte fallback), Llama 3 with
 TikTokenConverter, GGUF and tokenizer.json with a `tokenizers` BPE from the same vocab and merges;
 `bpe_merge_reference` vs tiktoken; chat strings vs jinja2 templates; streaming vs decode.
 """
-import codecs
 import base64
+import codecs
 import json
 import mmap
 import re
@@ -226,12 +226,7 @@ def chat_format_from_template(template):
 
 class Tokenizer:
     """Text <-> ids for one model: shared chat, special-token and streaming logic.
-
-    Subclasses implement _encode_ordinary (no special tokens parsed), decode and token_bytes.
-    Attributes: bos_id, eos_id, pad_id, stop_ids (generation stops on any), vocab_size (V),
-    special_tokens {text: id}, add_bos (whether the model was trained with BOS first),
-    chat_format ("chatml" | "llama3" | "llama2" | None), default_system, kind.
-    """
+    Subclasses implement _encode_ordinary (no special tokens parsed), decode and token_bytes."""
 
     def __init__(self, *, kind, bos_id, eos_id, pad_id, vocab_size, special_tokens,
                  add_bos, chat_format=None, default_system=None):
@@ -245,9 +240,8 @@ class Tokenizer:
         self.add_bos = add_bos                    # the model expects bos_id first
         self.chat_format = chat_format            # key of CHAT_RENDERERS, or None
         self.default_system = default_system      # ChatML system turn added when none is given
-        self.stop_ids = {eos_id} | {i for t, i in self.special_tokens.items()
-                                    if t in STOP_TOKEN_NAMES}
-        self.stop_ids.discard(None)
+        self.stop_ids = ({eos_id} | {i for t, i in self.special_tokens.items()   # generation
+                                     if t in STOP_TOKEN_NAMES}) - {None}         # stops on any
 
     def __repr__(self):
         return (f"{type(self).__name__}(kind={self.kind!r}, vocab_size={self.vocab_size}, "
