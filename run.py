@@ -140,30 +140,36 @@ def _load(args):
 
 
 def _stream(model, tokenizer, prompt_ids, temperature, args):
-    """Generate from prompt_ids, printing text as it arrives; returns the new token ids."""
+    """Generate from prompt_ids, printing text as it arrives; returns the generated text."""
     import torch
     from tokenizer import StreamDecoder
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
-    stream = StreamDecoder(tokenizer)
-    new_ids = model.generate(prompt_ids, args.max_new_tokens, temperature=temperature, top_k=args.top_k,
-                             top_p=args.top_p, epsilon=args.epsilon, min_p=args.min_p,
-                             stop_tokens=tokenizer.stop_ids, generator=generator,
-                             on_token=lambda t: print(stream.push(t), end="", flush=True))
-    print(stream.flush(), flush=True)
-    return new_ids
+    stream, pieces = StreamDecoder(tokenizer), []
+
+    def show(piece):
+        pieces.append(piece)
+        print(piece, end="", flush=True)
+
+    model.generate(prompt_ids, args.max_new_tokens, temperature=temperature, top_k=args.top_k,
+                   top_p=args.top_p, epsilon=args.epsilon, min_p=args.min_p,
+                   stop_tokens=tokenizer.stop_ids, generator=generator,
+                   on_token=lambda t: show(stream.push(t)))
+    show(stream.flush())
+    print(flush=True)
+    return "".join(pieces)  # streamed pieces keep SentencePiece's leading spaces, decode() drops them
 
 
 def run_generate(args):
     """Seed 001's text continuation: temperature 0.0 and 1.0, each written to its file."""
     import train
     model, tokenizer = _load(args)
-    prompt_ids = tokenizer.encode(args.prompt, bos=True)
+    prompt_ids = tokenizer.encode(args.prompt, bos=tokenizer.add_bos)  # SmolLM2 has no BOS
     for temperature, path in [(0.0, args.generated_sentence_low_temp_out),
                               (1.0, args.generated_sentence_high_temp_out)]:
         print(f"Temperature is {temperature}")
         print(args.prompt, end="", flush=True)
-        new_ids = _stream(model, tokenizer, prompt_ids, temperature, args)
-        train.write_text_atomic(path, args.prompt + tokenizer.decode(new_ids))
+        text = _stream(model, tokenizer, prompt_ids, temperature, args)
+        train.write_text_atomic(path, args.prompt + text)
         print("---------------")
         print(f"Wrote generated sentence to {path}.")
 
