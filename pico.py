@@ -18,7 +18,7 @@ Every model maps tokens (B, T) to next-token logits (B, T, V); position t sees t
       t * theta_i (rope.py); NoPE (Kazemnejad et al. 2023, arXiv 2305.19466): no positional signal
       but the causal mask.
   Linear attention (Katharopoulos et al. 2020, arXiv 2006.16236, Eq. 4-6, 12), phi(x) = elu(x) + 1:
-    S_t = S_{t-1} + phi(k_t) v_t^T, z_t = z_{t-1} + phi(k_t), o_t = S_t^T phi(q_t) / (z_t . phi(q_t))
+    S_t = S_{t-1} + phi(k_t) v_t^T, z_t = z_{t-1} + phi(k_t), o_t = S_t^T phi(q_t) / z_t.phi(q_t)
     recurrent form: the loop over t; cumsum form: every S_t at once as cumsum_t(phi(k) v^T);
     chunked form (the model's): masked phi(q) phi(k)^T inside chunks of C tokens, plus the states
     of earlier chunks as an exclusive cumsum over chunks.
@@ -66,6 +66,7 @@ import torch.nn.functional as F
 import rope
 import sample
 import train
+import weights
 
 ROOT = Path(__file__).resolve().parent
 TINYSTORIES = Path(os.environ.get("LLMLAB_DATA", ROOT.parent / "shared" / "data")) / "tinystories"
@@ -189,7 +190,7 @@ def gla_recurrent(q, k, v, log_alpha):
     return torch.stack(outs, dim=2)                                     # (B, H, T, D)
 
 
-def attention_chunked(q, k, v, log_alpha, chunk):
+def gla_chunked(q, k, v, log_alpha, chunk):
     """Fast path: parallel inside chunks of length C (Yang et al. Sec. 4.2: P = (Q * B)(K / B)^T),
     recurrent across the T / C chunks only. Needs C * min(log_alpha) > -88 so exp(-log b) stays
     finite in fp32; Attention clamps log_alpha to guarantee it."""
@@ -241,6 +242,7 @@ class Attention(nn.Module):
             self.gate_up = nn.Linear(cfg.gla_gate_rank, cfg.dim)                 # W_a2, b
             self.wr = nn.Linear(cfg.dim, cfg.dim, bias=False)                    # output gate W_r
             self.head_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, freqs_cis=None, need_weights=False):
         """x (B, T, dim) -> (out (B, T, dim), weights (B, H, T, T) or None)."""
@@ -252,21 +254,22 @@ class Attention(nn.Module):
         weights = None
         if cfg.attention == "softmax" and need_weights:
             out, weights = softmax_attention_reference(q, k, v)
-        elif cfg.attention == "softmax":            # fused kernel: no T x T tensor kept for backward
+        elif cfg.attention == "softmax":                    # fused kernel, no T x T weights kept
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif cfg.attention == "linear":
-            out = linear_attention_chunked(elu_feature_map(q), elu_feature_map(k), v, cfg.attention_chunk)
+            q, k = elu_feature_map(q), elu_feature_map(k)
+            out = linear_attention_chunked(q, k, v, cfg.attention_chunk)
         else:
             log_alpha = F.logsigmoid(self.gate_up(self.gate_down(x))) / cfg.gla_tau  # (B, T, dim)
             # keeps C * log_alpha > -88 (fp32 exp range); a no-op for gate logits > -80 tau / C
             log_alpha = log_alpha.clamp(min=-80.0 / cfg.attention_chunk)
             log_alpha = log_alpha.view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
-            out = attention_chunked(q / math.sqrt(cfg.head_dim), k, v, log_alpha, cfg.attention_chunk)
+            out = gla_chunked(q / math.sqrt(cfg.head_dim), k, v, log_alpha, cfg.attention_chunk)
             out = self.head_norm(out)                                   # per-head RMSNorm
         out = out.transpose(1, 2).reshape(B, T, cfg.dim)                # (B, T, dim)
         if cfg.attention == "gla":
             out = out * F.silu(self.wr(x))
-        return self.wo(out), weights
+        return self.dropout(self.wo(out)), weights
 
 
 class FeedForward(nn.Module):
@@ -674,7 +677,6 @@ CHECKPOINT_FORMAT = "llmlab-pico-1"
 
 def save_pico_checkpoint(directory, model, tokenizer, optimizer=None, extra=None):
     """Write a resumable checkpoint; pico.json goes last, so a folder with it is complete."""
-    import weights
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -700,7 +702,6 @@ def save_pico_checkpoint(directory, model, tokenizer, optimizer=None, extra=None
 
 def load_pico_checkpoint(directory, expected_model=None):
     """-> (model, tokenizer, meta); one-line errors for a missing, foreign or other-kind folder."""
-    import weights
     directory = Path(directory)
     meta_path = directory / "pico.json"
     if not meta_path.is_file():
@@ -724,7 +725,6 @@ def load_pico_checkpoint(directory, expected_model=None):
 
 def load_optimizer_state(directory, optimizer, meta):
     """Restore AdamW moments and step counts saved by save_pico_checkpoint."""
-    import weights
     state = {}
     tensors = weights.read_safetensors(Path(directory) / "optimizer.safetensors")
     for name, value in [*tensors.items(), *meta["optimizer"]["scalars"].items()]:
@@ -874,6 +874,9 @@ def add_arguments(parser, option):
         type=int)
     add("time_budget_s", None, "stop training a model after this many seconds", type=float)
     add("eval_every_steps", 100, "evaluate train and test loss every this many steps")
+    add("select_metric", "loss", "state kept at the end: lowest test loss (early stopping) or "
+        "lowest train loss (~ the last state, for the overfitting study)",
+        choices=["loss", "train_loss"])
     add("eval_batches", 8, "batches per periodic evaluation (compare: final = whole test split)")
     add("prompt", "Once upon a", "text to continue")
     add("max_new_tokens", 60, "tokens to generate")
@@ -895,7 +898,8 @@ def config_from_args(args, vocab_size, **overrides):
         n_layers=args.n_layers, n_heads=args.n_heads, hidden_dim=args.hidden_dim,
         kgram_k=args.kgram_k,
         mlp_layers=args.num_inner_mlp_layers, positional=args.positional,
-        norm_placement=args.norm_placement, attention=args.attention, attention_chunk=args.attention_chunk,
+        norm_placement=args.norm_placement, attention=args.attention,
+        attention_chunk=args.attention_chunk,
         dropout=args.dropout)
     return PicoConfig(**{**fields_from_args, **overrides})
 
@@ -915,13 +919,13 @@ def evaluate_lm(model, batches):
 def train_model(model, batches, args, name, device, resume_meta=None):
     """train.fit with our loss and evaluation; returns (history, optimizer)."""
     model.to(device)
-    batches["train"].epoch = 0                                  # the same stream for every model
+    batches["train"].epoch = (resume_meta or {}).get("epochs", 0)  # resume: the next shuffle
     total = args.max_steps_per_epoch * args.epochs if args.max_steps_per_epoch else None
     config = train.TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_steps=0 if resume_meta else args.warmup_steps, total_steps=total,
         max_steps_per_epoch=args.max_steps_per_epoch, time_budget_s=args.time_budget_s,
-        eval_every_steps=args.eval_every_steps, select_metric="loss", select_mode="min",
+        eval_every_steps=args.eval_every_steps, select_metric=args.select_metric, select_mode="min",
         out_dir=args.out_dir, name=name, count_unit="tok", progress=sys.stderr.isatty())
     optimizer = train.make_optimizer(model, config)
     if resume_meta and resume_meta.get("optimizer"):
@@ -981,9 +985,10 @@ def main(args):
     print(f"tokenizer {tokenizer.kind} (V={tokenizer.vocab_size}); {model.cfg}", flush=True)
     name = args.name or f"pico-{model.cfg.model}"
     history, optimizer = train_model(model, batches, args, name, device, meta)
-    steps = (meta or {}).get("steps", 0) + history["total_steps"]
-    save_pico_checkpoint(Path(args.out_dir) / name, model, tokenizer, optimizer, {"steps": steps})
-    print(f"checkpoint: {Path(args.out_dir) / name} ({steps} steps in all)", flush=True)
+    done = {"steps": (meta or {}).get("steps", 0) + history["total_steps"],
+            "epochs": (meta or {}).get("epochs", 0) + len(history["epochs"])}
+    save_pico_checkpoint(Path(args.out_dir) / name, model, tokenizer, optimizer, done)
+    print(f"checkpoint: {Path(args.out_dir) / name} ({done['steps']} steps in all)", flush=True)
     report(model, tokenizer, history, args, name)
 
 

@@ -1,4 +1,4 @@
-"""Tests for pico.py: each fast path against its reference, causality, streaming, errors, checkpoints.
+"""Tests for pico.py: fast paths against references, causality, streaming, errors, checkpoints.
 
 Run: .venv/bin/pytest tests/test_pico.py -q   (tiny configs, CPU, well under a minute)
 
@@ -57,12 +57,12 @@ def test_linear_attention_cumsum_and_chunked_equal_recurrent():
 
 
 @pytest.mark.parametrize("T, chunk", [(16, 4), (19, 4), (7, 16), (20, 1)])
-def test_attention_chunked_equals_recurrent(T, chunk):
+def test_gla_chunked_equals_recurrent(T, chunk):
     q, k, v = torch.randn(3, 2, 3, T, 8, dtype=torch.float64).unbind(0)
     log_alpha = F.logsigmoid(3 * torch.randn(2, 3, T, 8, dtype=torch.float64))  # strong decays too
     log_alpha = log_alpha.clamp(min=-80.0 / chunk)                      # the model's clamp
     args = [t.requires_grad_() for t in (q, k, v, log_alpha)]
-    fast, ref = pico.attention_chunked(*args, chunk), pico.gla_recurrent(*args)
+    fast, ref = pico.gla_chunked(*args, chunk), pico.gla_recurrent(*args)
     torch.testing.assert_close(fast, ref)
     grads_fast = torch.autograd.grad(fast.square().sum(), args)
     grads_ref = torch.autograd.grad(ref.square().sum(), args)
@@ -223,7 +223,8 @@ def test_checkpoint_resume_matches_uninterrupted_training(tmp_path):
     model = tiny_model(attention="gla")
     optimizer = train.make_optimizer(model, config)
     steps(model, optimizer, batches[:2])
-    pico.save_pico_checkpoint(tmp_path / "ckpt", model, pico.ByteTokenizer(), optimizer, {"steps": 2})
+    pico.save_pico_checkpoint(tmp_path / "ckpt", model, pico.ByteTokenizer(), optimizer,
+                              {"steps": 2})
     steps(model, optimizer, batches[2:])                                # uninterrupted run
 
     resumed, tokenizer, meta = pico.load_pico_checkpoint(tmp_path / "ckpt", "transformer")
@@ -240,7 +241,8 @@ def test_cli_trains_saves_resumes_and_plots(tmp_path):
     data.write_text("".join(" ".join(str(i + j) for j in range(12)) + "\n" for i in range(300)))
     common = ["--option", "pico", "--tokenizer", "byte", "--input_files", str(data),
               "--tinystories_weight", "0", "--block_size", "16", "--embed_size", "16",
-              "--hidden_dim", "32", "--n_heads", "2", "--batch_size", "4", "--max_steps_per_epoch", "3",
+              "--hidden_dim", "32", "--n_heads", "2", "--batch_size", "4",
+              "--max_steps_per_epoch", "3",
               "--eval_every_steps", "2", "--eval_batches", "2", "--max_new_tokens", "5",
               "--sweep_ps", "0.5", "1.0", "--sweep_samples", "2", "--prompt", "0 1 2",
               "--out_dir", str(tmp_path / "out")]
