@@ -357,7 +357,7 @@ class Llama(nn.Module):
     # -- KV cache ---------------------------------------------------------------------------
     def setup_cache(self, max_batch_size, max_seq_len=None):
         """Allocate zeroed KV buffers (max_batch, n_kv_heads, max_seq_len, head_dim) per layer."""
-        c, weight = self.config, self.output.weight
+        c, weight = self.config, self.norm.weight          # the model's dtype and device
         max_seq_len = max_seq_len or c.max_seq_len
         if max_seq_len > c.max_seq_len:
             raise ValueError(f"setup_cache: max_seq_len={max_seq_len} > config.max_seq_len="
@@ -472,7 +472,7 @@ def generate_batch(model, prompts, pad_id, max_new_tokens, temperature=0.0, top_
     mode="reduce-overhead", fullgraph=True); it gets start_pos as a 0-d long tensor, so one
     captured graph (fixed shapes, attention over the whole cache) serves every step.
     """
-    device = model.output.weight.device
+    device = model.norm.weight.device
     tokens, mask = left_pad(prompts, pad_id, device)                       # (B, T), (B, T)
     B, T = tokens.shape
     if T + max_new_tokens > model.config.max_seq_len:
@@ -509,7 +509,7 @@ def generate_batch(model, prompts, pad_id, max_new_tokens, temperature=0.0, top_
 def generate_no_cache(model, prompt_tokens, max_new_tokens, temperature=0.0, top_k=None,
                       top_p=None, epsilon=None, min_p=None, stop_tokens=(), generator=None):
     """Reference for generate: recompute the whole prefix every step (O(T^2) per token)."""
-    device = model.output.weight.device
+    device = model.norm.weight.device
     tokens = list(prompt_tokens.reshape(-1).tolist() if torch.is_tensor(prompt_tokens)
                   else prompt_tokens)
     new = []
