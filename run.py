@@ -2,7 +2,7 @@
 
 Each option is a (module, add-arguments, main) triple in OPTIONS; its flags are only those of
 that option, so `python run.py --option pico --help` lists pico's flags alone. Common flags:
---seed, --use_gpu. The resolved arguments are printed at start.
+--seed, --use_gpu, --threads. The resolved arguments are printed at start.
 
 Options, with an example each (data paths as in ../shared/data, see README):
   generate     python run.py --option generate
@@ -60,6 +60,8 @@ def build_parser(option):
     parser.add_argument("--seed", type=int, default=1337, help="random seed (Python, numpy, torch)")
     parser.add_argument("--use_gpu", "--use-gpu", action="store_true",
                         help="run on CUDA (error if no GPU is visible)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice, one per core)")
     module_name, add_name, _ = OPTIONS[option]
     getattr(importlib.import_module(module_name), add_name)(parser, option)
     return parser
@@ -78,6 +80,9 @@ def main(argv=None):
             parser.error("--use_gpu was given but no CUDA GPU is visible; drop --use_gpu to run on CPU")
     print("args:", " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())), flush=True)
     seed_everything(args.seed)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     module_name, _, main_name = OPTIONS[args.option]
     try:
         getattr(importlib.import_module(module_name), main_name)(args)
