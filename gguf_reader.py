@@ -131,7 +131,7 @@ def dequantize_q6_k(blocks):
     """210 bytes: ql[128] low nibbles, qh[64] 2-bit pairs, int8 scales[16], f16 d (256 weights).
     Per 128-weight half h and l < 32: y[32k + l] uses nibble k // 2 of ql[64h + 32(k % 2) + l]
     and bits 2k..2k+1 of qh[32h + l]; scale 16-weight group (8h + 2k + l // 16)."""
-    low = _nibbles(blocks[:, :128].reshape(-1, 2, 2, 32)).reshape(-1, 2, 4, 32)     # (n, h, k, l)
+    low = _nibbles(blocks[:, :128].reshape(-1, 2, 64)).reshape(-1, 2, 4, 32)        # (n, h, k, l)
     shifts = np.array([0, 2, 4, 6], dtype=np.uint8)[:, None]
     high = (blocks[:, 128:192].reshape(-1, 2, 1, 32) >> shifts) & 3                 # (n, h, k, l)
     q = (low | (high << 4)).astype(np.float32) - 32
