@@ -36,10 +36,19 @@ import train
 PROMPT_TEMPLATE = ("Review: {text}\n"
                    "Is the sentiment of this movie review {labels}? Answer in one word.\n"
                    "Answer:")
+# Content-free inputs for calibration, as Zhao et al. 2021 use ("N/A", "", "[MASK]").
+CONTENT_FREE = ("N/A", "", "[MASK]")
 
 
 # ----------------------------------------------------------------------------
 # pure functions: prompt text, pooling, label log-likelihoods
+
+def calibrate(scores, log_p_cf):
+    """Contextual calibration (Zhao et al. 2021, arXiv:2102.09690, Sec. 5): with p the label
+    distribution softmax_K(scores) and p_cf the same for content-free inputs ("N/A"), predict
+    argmax_k p_k / p_cf_k, i.e. log_softmax(scores) - log p_cf.   scores (B, K), log_p_cf (K,)."""
+    return F.log_softmax(scores.float(), dim=-1) - log_p_cf                          # (B, K)
+
 
 def join_label_names(names):
     """["bad", "good"] -> "bad or good"; ["a", "b", "c"] -> "a, b, or c" (as minllama writes it)."""
@@ -135,15 +144,23 @@ def label_scores(model, prompts, label_ids, pad_id):
 # modules
 
 class LlamaZeroShotClassifier(nn.Module):
-    """Frozen Llama scoring each label name as the continuation of a prompt."""
+    """Frozen Llama scoring each label name as the continuation of a prompt.
 
-    def __init__(self, llama, tokenizer, label_names, template=PROMPT_TEMPLATE, max_len=None):
+    style "plain": the prompt is running text and a label follows it after a space (" good").
+    style "chat": the prompt is the user turn of the tokenizer's chat template and a label is
+    the first word of the assistant's reply ("good").
+    """
+
+    def __init__(self, llama, tokenizer, label_names, template=PROMPT_TEMPLATE, max_len=None,
+                 style="plain"):
         super().__init__()
+        if style not in ("plain", "chat"):
+            raise ValueError(f"--prompt_style {style!r}: use plain or chat")
         self.llama = llama.requires_grad_(False)
         self.tokenizer, self.template, self.max_len = tokenizer, template, max_len
-        self.label_names = list(label_names)
-        # " good": the label follows "Answer:" after a space, as one word of running text.
-        self.label_ids = [tokenizer.encode(" " + name, bos=False, eos=False) for name in label_names]
+        self.label_names, self.style = list(label_names), style
+        prefix = " " if style == "plain" else ""
+        self.label_ids = [tokenizer.encode(prefix + name, bos=False, eos=False) for name in label_names]
 
     def prompt_ids(self, text):
         """Token ids of the prompt for text; the text alone is cut to max_len tokens."""
@@ -152,12 +169,20 @@ class LlamaZeroShotClassifier(nn.Module):
             if len(ids) > self.max_len:
                 text = self.tokenizer.decode(ids[:self.max_len])
         prompt = self.template.format(text=text, labels=join_label_names(self.label_names))
+        if self.style == "chat":
+            return self.tokenizer.encode_chat([{"role": "user", "content": prompt}])
         return self.tokenizer.encode(prompt, bos=uses_bos(self.tokenizer), eos=False)
 
     @torch.no_grad()
     def forward(self, prompts):
         """prompts: B token lists -> (B, K) label log-likelihoods."""
         return label_scores(self.llama, prompts, self.label_ids, self.tokenizer.pad_id)
+
+    @torch.no_grad()
+    def content_free_log_probs(self, texts=CONTENT_FREE):
+        """log p_cf (K,): label probabilities for content-free inputs, averaged (Zhao et al. 2021)."""
+        scores = self([self.prompt_ids(t) for t in texts])                          # (n, K)
+        return torch.log(torch.softmax(scores, dim=-1).mean(0))                      # (K,)
 
 
 class LlamaEmbeddingClassifier(nn.Module):
@@ -222,14 +247,16 @@ def predict_head(model, batches):
 
 
 @torch.no_grad()
-def predict_prompting(classifier, prompts, batch_size, desc="prompt"):
-    """argmax label per prompt, batching prompts of similar length together."""
+def predict_prompting(classifier, prompts, batch_size, log_p_cf=None, desc="prompt"):
+    """argmax label per prompt (calibrated when log_p_cf is given), similar lengths batched."""
     from tqdm import tqdm
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     preds = [0] * len(prompts)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, dynamic_ncols=True):
         index = order[start:start + batch_size]
         scores = classifier([prompts[i] for i in index])                             # (B, K)
+        if log_p_cf is not None:
+            scores = calibrate(scores, log_p_cf)
         for i, p in zip(index, scores.argmax(-1).tolist()):
             preds[i] = p
     return preds
@@ -272,6 +299,10 @@ def add_arguments(parser, option):
     if option == "prompt":
         parser.add_argument("--prompt_template", "--prompt-template", default=PROMPT_TEMPLATE,
                             help="prompt with {text} and {labels} placeholders")
+        parser.add_argument("--prompt_style", "--prompt-style", choices=["plain", "chat"],
+                            default="plain", help="plain text, or the user turn of the chat template")
+        parser.add_argument("--calibrate", action="store_true",
+                            help="contextual calibration against content-free inputs (Zhao et al. 2021)")
         return
     parser.add_argument("--epochs", type=int, default=5, help="passes over the training data")
     parser.add_argument("--lr", type=float, default=2e-5, help="AdamW learning rate")
@@ -328,12 +359,17 @@ def run_prompt(args, llama, tokenizer, names, splits):
     if "{text}" not in args.prompt_template:
         raise ValueError("--prompt_template must contain {text} (and may contain {labels})")
     classifier = LlamaZeroShotClassifier(llama, tokenizer, names, args.prompt_template,
-                                         args.max_sentence_len).eval()
-    print(f"prompt example: {classifier.template.format(text='<text>', labels=join_label_names(names))!r}")
+                                         args.max_sentence_len, args.prompt_style).eval()
+    example = classifier.template.format(text="<text>", labels=join_label_names(names))
+    print(f"prompt ({args.prompt_style}): {example!r}; labels {classifier.label_ids}", flush=True)
+    log_p_cf = None
+    if args.calibrate:
+        log_p_cf = classifier.content_free_log_probs()
+        print(f"calibration p_cf: {[round(p, 3) for p in log_p_cf.exp().tolist()]}", flush=True)
     preds = {}
     for split in ("dev", "test"):
         prompts = [classifier.prompt_ids(e.text) for e in splits[split]]
-        preds[split] = predict_prompting(classifier, prompts, args.batch_size, desc=split)
+        preds[split] = predict_prompting(classifier, prompts, args.batch_size, log_p_cf, desc=split)
     total = sum(p.numel() for p in llama.parameters())
     return preds, {"trainable_parameters": 0, "total_parameters": total}
 

@@ -90,6 +90,16 @@ def test_prompt_scores_match_unpadded_reference(label_names):
     assert preds == oracle.argmax(-1).tolist()
 
 
+def test_calibrate_divides_by_content_free_probabilities():
+    """Zhao et al. 2021: argmax_k p_k / p_cf_k, the oracle written with probabilities."""
+    scores = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.5, 0.2, 0.3]]))
+    p_cf = torch.tensor([0.7, 0.2, 0.1])
+    calibrated = classifier.calibrate(scores, torch.log(p_cf))
+    oracle = torch.log(scores.softmax(-1) / p_cf)
+    torch.testing.assert_close(calibrated, oracle, atol=1e-6, rtol=1e-6)
+    assert calibrated.argmax(-1).tolist() == [1, 2]  # raw argmax would say [0, 0]
+
+
 def test_prompt_max_len_cuts_the_text_only():
     model = tiny_llama()
     clf = classifier.LlamaZeroShotClassifier(model, tokenizer_for(model), ["bad", "good"], max_len=2)
@@ -139,6 +149,7 @@ def cli(tmp_path, option, *extra):
 
 @pytest.mark.parametrize("option, extra", [
     ("prompt", []),
+    ("prompt", ["--calibrate"]),
     ("finetune", ["--epochs", "1", "--lr", "1e-3"]),
     ("lora", ["--epochs", "1", "--lr", "1e-3", "--lora_rank", "2", "--lora_alpha", "1.0"]),
 ])
