@@ -34,7 +34,6 @@ import math
 import os
 import pickle
 import re
-import shutil
 import struct
 import time
 from pathlib import Path
@@ -88,6 +87,7 @@ _CANONICAL_PARAMETERS = _rules(CANONICAL_MODULES, CANONICAL_MODULES, r"(\.weight
 
 
 def _rename(name, rules, what):
+    """Translate one name with the first matching rule; ValueError when none matches."""
     for pattern, target in rules:
         match = pattern.match(name)
         if match:
@@ -120,6 +120,8 @@ def gguf_to_canonical_name(name):
     return _rename(name, _GGUF_TO_CANONICAL, "GGUF")
 
 
+# ----------------------------------------------------------------------------
+# GGUF files (parsing and dequantization in gguf_reader.py)
 
 def _gguf_config(gguf, state_dict, rope_factors):
     """LlamaConfig from the llama.* metadata keys (and the tensors: vocab, tying)."""
@@ -203,7 +205,7 @@ def _safetensors_tensor(path, buffer, data_start, name, entry):
     """One tensor as a view of the memory-mapped buffer, after checking it lies inside it."""
     try:
         dtype = SAFETENSORS_DTYPES[entry["dtype"]]
-        shape, (begin, end) = [int(s) for s in entry["shape"]], entry["data_offsets"]
+        shape, (begin, end) = [int(s) for s in entry["shape"]], map(int, entry["data_offsets"])
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"{path}: tensor {name}: bad header entry {entry} (dtype must be one of "
                          f"{list(SAFETENSORS_DTYPES)}, shape a list, data_offsets [begin, end])"
@@ -276,34 +278,36 @@ def write_safetensors(path, tensors, metadata=None):
 # ----------------------------------------------------------------------------
 # Hugging Face Llama folders and our own checkpoint folders
 
+def _hf_rope_scaling(cfg, path):
+    """Llama 3 scaling dict or None, from transformers 4.x rope_scaling or 5.x rope_parameters."""
+    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default":
+        return None
+    if rope_type != "llama3":
+        raise ValueError(f"{path}: rope type {rope_type!r} is not supported (default or llama3)")
+    return {"factor": scaling["factor"], "low_freq_factor": scaling["low_freq_factor"],
+            "high_freq_factor": scaling["high_freq_factor"],
+            "original_max_seq_len": scaling["original_max_position_embeddings"]}
+
+
 def _hf_config(cfg, path):
-    """LlamaConfig from a transformers LlamaConfig's config.json (4.x rope_scaling or 5.x
-    rope_parameters)."""
+    """LlamaConfig from a transformers LlamaConfig's config.json."""
     if cfg.get("model_type", "llama") != "llama" or cfg.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{path}: model_type {cfg.get('model_type')!r} / hidden_act "
                          f"{cfg.get('hidden_act')!r}; weights.py loads Llama (silu) models only")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise ValueError(f"{path}: attention_bias / mlp_bias are not supported by llama.Llama")
-    rope_params = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or rope_params
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type == "llama3":
-        scaling = {"factor": scaling["factor"], "low_freq_factor": scaling["low_freq_factor"],
-                   "high_freq_factor": scaling["high_freq_factor"],
-                   "original_max_seq_len": scaling["original_max_position_embeddings"]}
-    elif rope_type == "default":
-        scaling = None
-    else:
-        raise ValueError(f"{path}: rope type {rope_type!r} is not supported (default or llama3)")
+    rope_theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta"))
     try:
         return llama.LlamaConfig(
             dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
             n_heads=cfg["num_attention_heads"], n_kv_heads=cfg.get("num_key_value_heads"),
             head_dim=cfg.get("head_dim"), hidden_dim=cfg["intermediate_size"],
             vocab_size=cfg["vocab_size"], max_seq_len=cfg.get("max_position_embeddings", 2048),
-            norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0)),
-            rope_scaling=scaling, tie_embeddings=cfg.get("tie_word_embeddings", False))
+            norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=rope_theta or 10000.0,
+            rope_scaling=_hf_rope_scaling(cfg, path),
+            tie_embeddings=cfg.get("tie_word_embeddings", False))
     except KeyError as err:
         raise ValueError(f"{path}: config.json has no {err}; is it a Llama config?") from None
 
@@ -434,7 +438,7 @@ def save_checkpoint(directory, config, state_dict, tokenizer_spec=None):
         target = folder / ("tokenizer.json" if tokenizer_spec["kind"] == "hf_json"
                            else "tokenizer.model")
         if source.resolve() != target.resolve():
-            _atomic_write(target, lambda f: shutil.copyfileobj(open(source, "rb"), f))
+            _atomic_write(target, lambda f: f.write(source.read_bytes()))
     text = json.dumps({"format": "llmlab", "llama_config": fields}, indent=2)
     _atomic_write(folder / "config.json", lambda f: f.write(text.encode("utf-8")))
 
