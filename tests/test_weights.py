@@ -13,11 +13,15 @@ Tolerances: same weights, fp32, different summation order: logits agree to ~1e-6
 model (atol 1e-5). On the 30-layer default model notes/default-model.md measured 2e-4 between the
 two implementations (atol 5e-4 on logits of size ~20); a wrong q/k permutation gives O(1).
 """
+import dataclasses
 import importlib.metadata
 import json
+import math
 import os
 import pickle
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -140,6 +144,14 @@ def test_hf_folder_logits_equal_transformers(tmp_path, tie, shard):
     assert_same_tensors(exported, {k: v for k, v in hf.state_dict().items() if k in exported})
 
 
+def test_lone_hf_safetensors_file_uses_its_folder(tmp_path):
+    tiny_hf_model(True).save_pretrained(tmp_path)
+    config, state_dict, _ = weights.load_checkpoint(tmp_path / "model.safetensors")
+    folder_config, folder_state_dict, _ = weights.load_checkpoint(tmp_path)
+    assert config == folder_config
+    assert_same_tensors(state_dict, folder_state_dict)
+
+
 def test_hf_config_rope_scaling_4x_spelling(tmp_path):
     """transformers 4.x writes rope_theta and rope_scaling at the top level."""
     cfg = dict(model_type="llama", hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
@@ -252,6 +264,80 @@ def test_config_and_checkpoint_mismatch_is_named():
     del state_dict["layers.0.attention.wq.weight"]
     with pytest.raises(ValueError, match=r"missing \['layers\.0\.attention\.wq\.weight'\]"):
         weights.build_model(model.config, state_dict)
+
+
+def llama3_rope_divisors(head_dim, theta, factor, low=1.0, high=4.0, original=8192):
+    """What llama.cpp's convert_hf_to_gguf.py stores as rope_freqs.weight, as a plain loop."""
+    divisors = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * theta ** (i / head_dim)
+        if wavelen < original / high:
+            divisors.append(1.0)
+        elif wavelen > original / low:
+            divisors.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            divisors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(divisors, dtype=np.float32)
+
+
+# llama.cpp's tensor names (gguf-py constants.py TENSOR_NAMES), written out as substitutions
+GGUF_RENAMES = [(r"^tok_embeddings", "token_embd"), (r"^norm\.", "output_norm."),
+                (r"^layers\.", "blk."), (r"attention_norm", "attn_norm"),
+                (r"attention\.wq", "attn_q"), (r"attention\.wk", "attn_k"),
+                (r"attention\.wv", "attn_v"), (r"attention\.wo", "attn_output"),
+                (r"feed_forward\.w1", "ffn_gate"), (r"feed_forward\.w2", "ffn_down"),
+                (r"feed_forward\.w3", "ffn_up")]
+
+
+def write_tiny_gguf(path, model, rope_divisors):
+    """The model's tensors under GGUF names: wq as Q8_0, w2 as F16, the rest F32.
+    -> the values a reader must return (dequantized / upcast), by canonical name."""
+    gguf = pytest.importorskip("gguf")
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    c, writer, expected = model.config, gguf.GGUFWriter(str(path), "llama"), {}
+    for key, value in [("block_count", c.n_layers), ("context_length", c.max_seq_len),
+                       ("embedding_length", c.dim), ("feed_forward_length", c.hidden_dim),
+                       ("attention.head_count", c.n_heads),
+                       ("attention.head_count_kv", c.n_kv_heads),
+                       ("attention.key_length", c.head_dim)]:
+        writer.add_uint32("llama." + key, value)
+    writer.add_float32("llama.attention.layer_norm_rms_epsilon", c.norm_eps)
+    writer.add_float32("llama.rope.freq_base", c.rope_theta)
+    writer.add_tensor("rope_freqs.weight", rope_divisors)
+    for name, tensor in model.state_dict().items():
+        gguf_name = name
+        for pattern, replacement in GGUF_RENAMES:
+            gguf_name = re.sub(pattern, replacement, gguf_name)
+        array = tensor.numpy()
+        if "wq" in name:
+            writer.add_tensor(gguf_name, gguf.quants.quantize(array, q8), raw_dtype=q8)
+            array = gguf.quants.dequantize(gguf.quants.quantize(array, q8), q8)
+        else:
+            array = array.astype(np.float16) if "w2" in name else array
+            writer.add_tensor(gguf_name, array)
+        expected[name] = torch.tensor(array, dtype=torch.float32)
+    for step in (writer.write_header_to_file, writer.write_kv_data_to_file,
+                 writer.write_tensors_to_file, writer.close):
+        step()
+    return expected
+
+
+def test_llama3_style_gguf_untied_with_rope_freqs(tmp_path):
+    """Untied output.weight, Llama 3 scaling stored as rope_freqs.weight (as llama.cpp does)."""
+    model = tiny_model(tie_embeddings=False, head_dim=32, n_heads=2, n_kv_heads=1,
+                       rope_theta=500000.0)
+    divisors = llama3_rope_divisors(32, 500000.0, factor=32.0)
+    assert 1.0 < divisors.max() and divisors.min() == 1.0    # the scaling does something here
+    expected = write_tiny_gguf(tmp_path / "tiny.gguf", model, divisors)
+    config, state_dict, spec = weights.load_checkpoint(tmp_path / "tiny.gguf")
+    assert config == dataclasses.replace(model.config, rope_scaling=dict(
+        factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=8192))
+    assert spec == {"kind": "gguf", "path": str(tmp_path / "tiny.gguf"), "metadata": {}}
+    assert_same_tensors(state_dict, expected)
+    with pytest.raises(ValueError, match="rope_freqs.weight is not Llama 3 scaling"):
+        write_tiny_gguf(tmp_path / "odd.gguf", model, divisors[::-1].copy())
+        weights.load_checkpoint(tmp_path / "odd.gguf")
 
 
 # ----------------------------------------------------------------------------
