@@ -280,6 +280,6 @@ def _gguf_tensor_info(path, file_size, data_start, name, dims, type_id, offset):
                          f"{type_name} block ({block}); corrupt file")
     start, nbytes = data_start + offset, count // block * block_bytes
     if start + nbytes > file_size:
-        raise ValueError(f"{path}: GGUF tensor {name} data [{start}, {start + nbytes}) lies outside "
-                         f"the file ({file_size} bytes); the file is truncated or corrupt")
+        raise ValueError(f"{path}: GGUF tensor {name} data [{start}, {start + nbytes}) lies "
+                         f"outside the file ({file_size} bytes); the file is truncated or corrupt")
     return GGUFTensor(type_id, tuple(reversed(dims)), start, nbytes)

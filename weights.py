@@ -3,9 +3,10 @@
 format, plus a hand-written safetensors reader/writer.
 
 Formats are detected by their first bytes, never by the file name:
-    GGUF        b"GGUF" ...                          gguf_reader.py (header, metadata, dequantization)
+    GGUF        b"GGUF" ...: parsed and dequantized by gguf_reader.py
     safetensors u64 N, N bytes of JSON header, data  (huggingface/safetensors README, "Format"):
-                header = {name: {dtype, shape, data_offsets [begin, end)}, "__metadata__": {str: str}},
+                header = {name: {dtype, shape, data_offsets [begin, end)},
+                          "__metadata__": {str: str}},
                 offsets relative to the data buffer at byte 8 + N; the writer pads the header with
                 spaces to a multiple of 8 so every tensor starts 8-byte aligned.
     torch       b"PK\x03\x04" (zip) or 0x80 (legacy pickle): llama2.c's {"model": state_dict,
@@ -24,7 +25,8 @@ Shapes: nn.Linear weights (out, in); tok_embeddings (V, dim); wq (n_heads*head_d
 Tested in tests/test_weights.py: read_safetensors/write_safetensors vs the safetensors library
 (single and sharded); a tiny random Llama-3-style LlamaForCausalLM (GQA, tied, llama3 RoPE
 scaling) and the default GGUF model give the same logits as transformers; bad files raise one-line
-ValueErrors; save_checkpoint and llama2.c .pt round trips.
+ValueErrors; save_checkpoint and llama2.c .pt round trips; a Llama-3-style GGUF written by
+gguf.GGUFWriter (untied, rope_freqs.weight). GGUF parsing: tests/test_gguf_reader.py.
 """
 import contextlib
 import dataclasses
@@ -58,7 +60,8 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 
 # The one name table per format: module paths, {i} = layer index; .weight/.bias pass through.
 CANONICAL_MODULES = ["tok_embeddings", "layers.{i}.attention_norm", "layers.{i}.attention.wq",
-                     "layers.{i}.attention.wk", "layers.{i}.attention.wv", "layers.{i}.attention.wo",
+                     "layers.{i}.attention.wk", "layers.{i}.attention.wv",
+                     "layers.{i}.attention.wo",
                      "layers.{i}.ffn_norm", "layers.{i}.feed_forward.w1",
                      "layers.{i}.feed_forward.w2", "layers.{i}.feed_forward.w3", "norm", "output"]
 HF_MODULES = ["model.embed_tokens", "model.layers.{i}.input_layernorm",
@@ -71,7 +74,8 @@ GGUF_MODULES = ["token_embd", "blk.{i}.attn_norm", "blk.{i}.attn_q", "blk.{i}.at
                 "blk.{i}.attn_v", "blk.{i}.attn_output", "blk.{i}.ffn_norm", "blk.{i}.ffn_gate",
                 "blk.{i}.ffn_down", "blk.{i}.ffn_up", "output_norm", "output"]
 # buffers some checkpoints carry that are not parameters (recomputed from the config)
-_IGNORED = re.compile(r"(.*rotary_emb\.inv_freq|rope\.freqs|freqs_cos|freqs_sin|rope_freqs\.weight)$")
+_IGNORED = re.compile(r"(.*rotary_emb\.inv_freq|rope\.freqs|freqs_cos|freqs_sin"
+                      r"|rope_freqs\.weight)$")
 
 
 def _rules(sources, targets, suffix=r"(\..+)?"):
@@ -160,7 +164,8 @@ def _llama3_scaling_from_factors(factors, head_dim, theta, path):
         return None
     guess = dict(factor=float(factors.max()), low_freq_factor=1.0, high_freq_factor=4.0,
                  original_max_seq_len=8192)
-    expected = rope.rope_frequencies(head_dim, theta) / rope.rope_frequencies(head_dim, theta, guess)
+    scaled = rope.rope_frequencies(head_dim, theta, guess)                      # (D/2,)
+    expected = rope.rope_frequencies(head_dim, theta) / scaled
     if expected.shape != factors.shape or not torch.allclose(factors, expected, rtol=1e-3):
         raise ValueError(f"{path}: rope_freqs.weight is not Llama 3 scaling with low/high freq "
                          f"factors 1/4 and original length 8192; this file is not supported")
@@ -556,8 +561,8 @@ def load_checkpoint(path):
     dequantized to fp32; others keep their stored dtype and stay memory-mapped where possible."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder; give a .gguf, .safetensors or .pt "
-                                f"file or a model folder")
+        raise FileNotFoundError(f"{path}: no such file or folder; give a .gguf, .safetensors or "
+                                f".pt file or a model folder")
     loaders = {"folder": _load_folder, "gguf": _load_gguf, "torch": _load_torch,
                "safetensors": _load_safetensors_file}
     return loaders[detect_format(path)](path)
@@ -583,8 +588,9 @@ def _skip_random_init():
 
 def build_model(config, state_dict, device="cpu", dtype=torch.float32):
     """llama.Llama(config) holding the canonical state_dict's tensors (strict), in eval mode.
-    Built without random init and filled with load_state_dict(assign=True): weights that are
-    already fp32 on the CPU are used as they are, not copied."""
+    Built without random init and filled with load_state_dict(assign=True): tensors already of
+    `dtype` on `device` become the parameters themselves (no copy), so the model owns them; pass
+    a cloned state_dict to build two independent models from one checkpoint."""
     with _skip_random_init():
         model = llama.Llama(config)
     expected = model.state_dict()
@@ -615,6 +621,7 @@ if __name__ == "__main__":
     start = time.perf_counter()
     cfg, weights, tok_spec = load_checkpoint(target)
     count = sum(t.numel() for t in weights.values())
-    print(f"{target}: {detect_format(target)}, {len(weights)} tensors, {count / 1e6:.1f}M parameters,"
-          f" tokenizer {tok_spec and tok_spec['kind']}, read in {time.perf_counter() - start:.2f} s")
+    print(f"{target}: {detect_format(target)}, {len(weights)} tensors, {count / 1e6:.1f}M "
+          f"parameters, tokenizer {tok_spec and tok_spec['kind']}, "
+          f"read in {time.perf_counter() - start:.2f} s")
     print(cfg)
