@@ -890,6 +890,8 @@ def add_arguments(parser, option):
     if option == "pico_compare":
         add("compare_models", list(COMPARE_VARIANTS), "variants trained under the same budget",
             nargs="+", choices=sorted(COMPARE_VARIANTS))
+        add("compare_lr", ["lstm=0.03", "kgram=0.01"], "model=lr pairs overriding --lr in the "
+            "comparison (defaults: best of 3e-3/1e-2/3e-2 after 150 steps)", nargs="*")
 
 
 def config_from_args(args, vocab_size, **overrides):
@@ -916,13 +918,14 @@ def evaluate_lm(model, batches):
             "train_loss": mean_loss(model, batches["train_eval"])}
 
 
-def train_model(model, batches, args, name, device, resume_meta=None):
-    """train.fit with our loss and evaluation; returns (history, optimizer)."""
+def train_model(model, batches, args, name, device, resume_meta=None, lr=None):
+    """train.fit with our loss and evaluation (lr defaults to --lr); returns (history, optimizer)."""
+    lr = args.lr if lr is None else lr
     model.to(device)
     batches["train"].epoch = (resume_meta or {}).get("epochs", 0)  # resume: the next shuffle
     total = args.max_steps_per_epoch * args.epochs if args.max_steps_per_epoch else None
     config = train.TrainConfig(
-        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+        epochs=args.epochs, lr=lr, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_steps=0 if resume_meta else args.warmup_steps, total_steps=total,
         max_steps_per_epoch=args.max_steps_per_epoch, time_budget_s=args.time_budget_s,
         eval_every_steps=args.eval_every_steps, select_metric=args.select_metric, select_mode="min",
@@ -931,7 +934,7 @@ def train_model(model, batches, args, name, device, resume_meta=None):
     if resume_meta and resume_meta.get("optimizer"):
         load_optimizer_state(args.resume, optimizer, resume_meta)
         for group in optimizer.param_groups:
-            group["initial_lr"] = args.lr
+            group["initial_lr"] = lr
     history = train.fit(model, batches["train"], lm_loss, config, lambda m: evaluate_lm(m, batches),
                         optimizer)
     return history, optimizer
@@ -998,17 +1001,22 @@ def run_compare(args, files, device):
     batches = build_batches(args, files, tokenizer, args.block_size)
     full_test = LMBatches(batches["test"].sources, args.batch_size)
     ids, out, results = encode_prompt(tokenizer, args.prompt), Path(args.out_dir), []
+    try:
+        lrs = {kind: float(lr) for kind, lr in (pair.split("=") for pair in args.compare_lr)}
+    except ValueError:
+        raise ValueError(f"--compare_lr {args.compare_lr}: write pairs like lstm=0.03") from None
     for variant in args.compare_models:
         torch.manual_seed(args.seed)
         cfg = config_from_args(args, tokenizer.vocab_size, **COMPARE_VARIANTS[variant])
         model = build_model(cfg)
-        history, _ = train_model(model, batches, args, f"pico-{variant}", device)
+        lr = lrs.get(cfg.model, args.lr)
+        history, _ = train_model(model, batches, args, f"pico-{variant}", device, lr=lr)
         val = mean_loss(model, full_test)
         generator = torch.Generator(device=device).manual_seed(args.seed)
         new_ids = generate(model, ids, args.max_new_tokens, args.top_p, generator)
         best = history["best"]["metrics"] if history["best"] else {}
         results.append({
-            "variant": variant, "params": sum(p.numel() for p in model.parameters()),
+            "variant": variant, "lr": lr, "params": sum(p.numel() for p in model.parameters()),
             "steps": history["total_steps"], "tokens": sum(e["count"] for e in history["epochs"]),
             "tokens_per_s": tokens_per_second(history), "train_loss": best.get("train_loss"),
             "val_loss": val, "val_ppl": math.exp(val), "history": history,
@@ -1025,11 +1033,11 @@ def compare_table(results, tokenizer, args):
               f"{args.max_steps_per_epoch} steps x {args.epochs} epochs")
     lines = [f"Budget per model: {budget}; batch {args.batch_size} x block {args.block_size}; "
              f"tokenizer {tokenizer.kind} (V={tokenizer.vocab_size}); val = whole test split.", "",
-             "| variant | params | steps | tokens | tokens/s | train loss | val loss | val ppl |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| variant | lr | params | steps | tokens | tokens/s | train loss | val loss | val ppl |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         train_loss = "n/a" if r["train_loss"] is None else f"{r['train_loss']:.3f}"
-        lines.append(f"| {r['variant']} | {r['params']:,} | {r['steps']} | {r['tokens']:,.0f} | "
+        lines.append(f"| {r['variant']} | {r['lr']:g} | {r['params']:,} | {r['steps']} | {r['tokens']:,.0f} | "
                      f"{r['tokens_per_s']:,.0f} | {train_loss} | {r['val_loss']:.3f} | "
                      f"{r['val_ppl']:.1f} |")
     lines += ["", f"Samples (top_p={args.top_p}):", ""]
