@@ -32,10 +32,9 @@ import torch.nn.functional as F
 import data
 import train
 
-# A plain-text prompt; {text} is the example, {labels} the label names ("bad or good").
-PROMPT_TEMPLATE = ("Review: {text}\n"
-                   "Is the sentiment of this movie review {labels}? Answer in one word.\n"
-                   "Answer:")
+# minllama's prompt (run_llama.py's prompt_suffix); {labels} is e.g. "bad or good". On SmolLM2 it
+# beat a "Review: ... Answer:" question and the chat template on dev subsets (benchmarks/issue3_results.md).
+PROMPT_TEMPLATE = "{text} Is this movie {labels}? This movie is"
 # Content-free inputs for calibration, as Zhao et al. 2021 use ("N/A", "", "[MASK]").
 CONTENT_FREE = ("N/A", "", "[MASK]")
 
