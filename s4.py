@@ -27,6 +27,7 @@ Tests: tests/test_s4.py (FFT conv == ssm.scan for ZOH and bilinear; Vandermonde 
 powers C A_bar^k B_bar; HiPPO-LegS == closed form and == its NPLR form; Cauchy kernel == dense powers;
 step mode == convolution mode; gradients; no NaN at L = 8192; CLI end to end).
 """
+import argparse
 import csv
 import io
 import json
@@ -232,7 +233,8 @@ def load_data(args):
         tokenizer = ssm.ByteTokenizer()
     else:
         tokenizer = ssm.SentencePieceTokenizer.train([e["text"] for e in train_ex], args.vocab_size,
-                                                     cache_dir=args.out_dir)
+                                                     cache_dir=args.out_dir,
+                                                     case_fold=args.case_fold)
     encoded = {name: ssm.encode_all(tokenizer, [e["text"] for e in ex], args.max_len)
                for name, ex in (("train", train_ex), ("val", val_ex), ("test", test_ex))}
     return {"examples": {"train": train_ex, "val": val_ex, "test": test_ex}, "ids": encoded,
@@ -521,6 +523,8 @@ def add_arguments(parser, option):
     add("--tokenizer", choices=["sentencepiece", "bytes"], default="sentencepiece",
         help="SentencePiece unigram trained on --train, or raw UTF-8 bytes")
     add("--vocab_size", "--vocab-size", type=int, default=8000, help="SentencePiece vocabulary size")
+    add("--case_fold", "--case-fold", action=argparse.BooleanOptionalAction, default=True,
+        help="lower-case (NFKC case folding) inside the SentencePiece model")
     add("--max_len", "--max-len", type=int, default=128, help="tokens kept per text (bos included)")
     add("--d_model", "--d-model", type=int, default=128, help="H: channels")
     add("--n_layers", "--n-layers", type=int, default=4, help="stacked SSM blocks")

@@ -338,10 +338,13 @@ class SentencePieceTokenizer:
         self.vocab_size = self.processor.get_piece_size()
 
     @classmethod
-    def train(cls, texts, vocab_size, cache_dir=None):
-        """Train on texts (or load the cached model keyed by a hash of texts and vocab_size)."""
+    def train(cls, texts, vocab_size, cache_dir=None, case_fold=False):
+        """Train on texts (or load the cached model keyed by a hash of texts and settings).
+
+        case_fold: NFKC + lower-casing inside the model (SentencePiece's nmt_nfkc_cf rule)."""
         import sentencepiece as spm
-        key = hashlib.sha1(("\n".join(texts) + f"|{vocab_size}").encode("utf-8")).hexdigest()[:12]
+        settings = f"|{vocab_size}|{case_fold}"
+        key = hashlib.sha1(("\n".join(texts) + settings).encode("utf-8")).hexdigest()[:12]
         cached = Path(cache_dir) / f"spm-{vocab_size}-{key}.model" if cache_dir else None
         if cached is not None and cached.is_file():
             return cls(cached.read_bytes())
@@ -349,7 +352,8 @@ class SentencePieceTokenizer:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
             model_type="unigram", pad_id=0, unk_id=1, bos_id=2, eos_id=-1, byte_fallback=True,
-            hard_vocab_limit=False, num_threads=2, minloglevel=2)
+            hard_vocab_limit=False, num_threads=2, minloglevel=2,
+            normalization_rule_name="nmt_nfkc_cf" if case_fold else "nmt_nfkc")
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
