@@ -1,0 +1,51 @@
+"""Tests of run.py's own options (generate, chat) and its error handling.
+
+    .venv/bin/python -m pytest tests/test_run.py -q
+
+Oracle: the default model's greedy continuation through Llama.generate directly (the CLI must
+write exactly the prompt plus that text), and the one-line error contract of DEVELOPERS' guide.
+"""
+import pytest
+import torch
+
+import run
+import weights
+
+
+def test_generate_writes_both_files(tmp_path, default_model_path, capsys):
+    low, high = tmp_path / "t0.txt", tmp_path / "t1.txt"
+    run.main(["--option", "generate", "--max_new_tokens", "6", "--prompt", "Once upon a time",
+              "--generated_sentence_low_temp_out", str(low),
+              "--generated_sentence_high_temp_out", str(high)])
+    model, tok = weights.load_pretrained(default_model_path)
+    with torch.no_grad():
+        greedy = model.generate(tok.encode("Once upon a time", bos=tok.add_bos), 6,
+                                stop_tokens=tok.stop_ids)
+    assert low.read_text() == "Once upon a time" + tok.decode(greedy)
+    assert high.read_text().startswith("Once upon a time")
+    out = capsys.readouterr().out
+    assert "Temperature is 0.0" in out and "Temperature is 1.0" in out
+
+
+def test_chat_answers_with_the_template(default_model_path, capsys):
+    run.main(["--option", "chat", "--max_new_tokens", "12"])
+    assert "Paris" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path, words", [("/no/such/model.gguf", "no such file"),
+                                         ("BAD", "unknown checkpoint format")])
+def test_bad_model_path_is_one_clear_line(tmp_path, capsys, path, words):
+    if path == "BAD":
+        path = tmp_path / "model.gguf"
+        path.write_bytes(b"not a model at all")
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--option", "generate", "--pretrained-model-path", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and words in err[0]
+
+
+def test_unknown_option_value_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--option", "nope"])
+    assert "invalid choice" in capsys.readouterr().err
