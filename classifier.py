@@ -338,7 +338,11 @@ def check_arguments(args):
 def load_model(path, device):
     """(Llama in fp32, Tokenizer); the one place the CLI loads weights (tests replace it)."""
     import weights
-    return weights.load_pretrained(path, device=device, dtype=torch.float32)
+    model, tokenizer = weights.load_pretrained(path, device=device, dtype=torch.float32)
+    if tokenizer is None:
+        raise ValueError(f"--pretrained-model-path {path}: the checkpoint has no tokenizer; put its "
+                         "tokenizer.model / tokenizer.json beside it (or use a .gguf)")
+    return model, tokenizer
 
 
 def load_splits(args):

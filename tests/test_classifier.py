@@ -16,6 +16,7 @@ import classifier
 import data
 import run
 import train
+from conftest import need_data
 
 llama = pytest.importorskip("llama")
 
@@ -196,3 +197,21 @@ def test_cli_missing_file_and_unknown_label(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run.main(cli(task, "prompt"))
     assert "train.txt:1: label 7 is not in the label mapping" in capsys.readouterr().err
+
+
+def test_cli_with_a_saved_checkpoint(tmp_path, capsys):
+    """No monkeypatching: a tiny Llama saved by weights.save_checkpoint with the Llama 2
+    SentencePiece tokenizer, loaded by --pretrained-model-path, fine-tuned and LoRA-tuned."""
+    weights = pytest.importorskip("weights")
+    sp_model = need_data("tokenizers", "llama2-tokenizer.model")
+    torch.manual_seed(0)
+    config = llama.LlamaConfig.tiny(vocab_size=32000, dim=32, hidden_dim=64)
+    model = llama.Llama(config)
+    weights.save_checkpoint(tmp_path / "ckpt", config, model.state_dict(),
+                            {"kind": "sentencepiece", "path": str(sp_model)})
+    task = write_task(tmp_path)
+    for option, extra in [("finetune", []), ("lora", ["--lora_rank", "2"])]:
+        run.main(cli(task, option, "--epochs", "1", "--pretrained-model-path",
+                     str(tmp_path / "ckpt"), *extra))
+        assert "Dev Accuracy: " in capsys.readouterr().out
+        assert len((task / f"{option}-test-output.txt").read_text().splitlines()) == 12
