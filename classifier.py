@@ -286,9 +286,9 @@ def add_arguments(parser, option):
     parser.add_argument("--batch_size", "--batch-size", type=int, default=8, help="examples per batch")
     parser.add_argument("--pretrained-model-path", "--pretrained_model_path", dest="pretrained_model_path",
                         default=None, help="a .gguf, llama2.c .pt, or Hugging Face / llmlab folder "
-                        "(default: SmolLM2-135M-Instruct installed by setup.sh)")
+                        "(None: SmolLM2-135M-Instruct installed by setup.sh)")
     parser.add_argument("--max_sentence_len", "--max-sentence-len", type=int, default=None,
-                        help="cut each text to this many tokens (default: no cut)")
+                        help="cut each text to this many tokens (None: no cut)")
     parser.add_argument("--max_train_examples", "--max-train-examples", type=int, default=None,
                         help="use a seeded random subset of this many training examples")
     parser.add_argument("--max_eval_examples", "--max-eval-examples", type=int, default=None,
