@@ -8,6 +8,8 @@ continuation, and the prediction is the best-scoring label:
     yhat = argmax_k score_k(x)
 where h_t is the final-norm hidden state at position t of prompt + label. Single-token labels
 need one forward pass of the prompt alone (m = 1: h_{n-1} is the prompt's last token).
+Optional contextual calibration (--calibrate; Zhao et al. 2021, arXiv:2102.09690):
+    yhat = argmax_k p_k(x) / p_k(content-free), p = softmax over the K label scores.
 
 Classification head (`--option finetune` / `lora`; minllama's LlamaEmbeddingClassifier):
     h = hidden state of the LAST NON-PAD token, index n_b - 1 of row b   (B, dim)
