@@ -49,3 +49,15 @@ def test_unknown_option_value_is_rejected(capsys):
     with pytest.raises(SystemExit):
         run.main(["--option", "nope"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_sanity_check_passes_every_component():
+    """sanity_check.py (without the slow default-model chat) exits 0 with no FAIL line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "sanity_check.py"), "--skip_model"],
+                          capture_output=True, text=True, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "FAIL" not in done.stdout and " 0 failed" in done.stdout
