@@ -287,6 +287,7 @@ def model_config(args, layer, dataset):
     return ssm.SSMConfig(vocab_size=dataset["tokenizer"].vocab_size,
                          num_classes=dataset["num_classes"], d_model=args.d_model,
                          n_layers=args.n_layers, d_state=args.d_state, dropout=args.dropout,
+                         token_dropout=args.token_dropout,
                          layer=layer, init=args.ssm_init if layer == "ssm" else args.init,
                          discretization=args.discretization, mixing=args.mixing,
                          bidirectional=args.bidirectional, pad_id=dataset["tokenizer"].pad_id)
@@ -530,6 +531,8 @@ def add_arguments(parser, option):
     add("--n_layers", "--n-layers", type=int, default=4, help="stacked SSM blocks")
     add("--d_state", "--d-state", type=int, default=64, help="N: complex state size per channel")
     add("--dropout", type=float, default=0.1, help="dropout probability")
+    add("--token_dropout", "--token-dropout", type=float, default=0.0,
+        help="training-time word dropout: fraction of tokens replaced by pad")
     add("--layer", choices=["s4d", "s4"], default="s4d",
         help="S4 variant: s4d (diagonal, Vandermonde kernel) or s4 (DPLR, Cauchy kernel)")
     add("--init", choices=["s4d-legs", "s4d-lin", "s4d-inv"], default="s4d-legs", help="S4D A init")

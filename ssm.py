@@ -51,6 +51,7 @@ class SSMConfig:
     n_layers: int = 4              # stacked SSM blocks
     d_state: int = 64              # N: complex state size per channel (a real state of size 2N)
     dropout: float = 0.1           # dropout inside blocks and on the embedding
+    token_dropout: float = 0.0     # training only: drop this fraction of tokens (pad + unmasked)
     layer: str = "ssm"             # "ssm" loop scan | "s4d" diagonal + FFT | "s4" DPLR + Cauchy + FFT
     init: str = "random"           # A init: "random" | "s4d-lin" | "s4d-inv" | "s4d-legs" | "legs"
     discretization: str = "zoh"    # "zoh" (zero-order hold) | "bilinear" (Tustin)
@@ -73,8 +74,9 @@ class SSMConfig:
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"SSMConfig dt_min={self.dt_min}, dt_max={self.dt_max}: "
                              "need 0 < dt_min <= dt_max")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"SSMConfig.dropout={self.dropout}: must be in [0, 1)")
+        for field in ("dropout", "token_dropout"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                raise ValueError(f"SSMConfig.{field}={getattr(self, field)}: must be in [0, 1)")
 
     @classmethod
     def tiny(cls, **overrides):
@@ -238,12 +240,20 @@ class SSMClassifier(nn.Module):
         """tokens (B, L) long; attention_mask (B, L) 1 real / 0 pad (default: tokens != pad_id)."""
         if attention_mask is None:
             attention_mask = (tokens != self.config.pad_id).long()    # (B, L)
+        if self.training and self.config.token_dropout > 0:
+            tokens, attention_mask = self.drop_tokens(tokens, attention_mask)
         mask = attention_mask.float()                                 # (B, L)
         x = self.dropout(self.embedding(tokens))                      # (B, L, H)
         for block in self.blocks:
             x = block(x, mask if self.config.bidirectional else None)  # (B, L, H)
         pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, H)
         return self.head(self.norm(pooled))                           # (B, num_classes)
+
+    def drop_tokens(self, tokens, attention_mask):
+        """Word dropout (Iyyer et al. 2015, ACL, Sec. 3.2): random tokens -> pad, out of the mean."""
+        drop = torch.rand(tokens.shape, device=tokens.device) < self.config.token_dropout  # (B, L)
+        drop[:, 0] = False                                    # keep bos: no row is emptied
+        return tokens.masked_fill(drop, self.config.pad_id), attention_mask * (~drop).long()
 
 
 # ----------------------------------------------------------------------------

@@ -109,6 +109,19 @@ def test_classifier_ignores_right_padding(bidirectional):
     assert model(padded).shape == (1, 3)
 
 
+def test_token_dropout_only_in_training_and_keeps_bos():
+    torch.manual_seed(0)
+    model = ssm.SSMClassifier(ssm.SSMConfig.tiny(token_dropout=0.5))
+    tokens = torch.randint(1, 20, (64, 10))
+    dropped, mask = model.drop_tokens(tokens, torch.ones_like(tokens))
+    assert (dropped[:, 0] == tokens[:, 0]).all() and (mask[:, 0] == 1).all()
+    assert ((dropped == 0) == (mask == 0)).all() and 0.4 < (mask[:, 1:] == 0).float().mean() < 0.6
+    model.eval()   # evaluation sees every token: same output as without token dropout
+    plain = ssm.SSMClassifier(ssm.SSMConfig.tiny()).eval()
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(tokens), plain(tokens))
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="SSMConfig.layer"):
         ssm.SSMConfig(layer="mamba")
