@@ -831,12 +831,30 @@ COMPARE_VARIANTS = {  # name -> PicoConfig overrides; "transformer" = RoPE, pre-
 def add_arguments(parser, option):
     """pico's flags; the course's spellings kept (--input_files, --tinystories_weight, --block_size,
     --embed_size, --kgram_k, --num_inner_mlp_layers, --max_steps_per_epoch, --prompt)."""
+    add = _flag_adder(parser)
+    _add_data_arguments(add)
+    _add_model_arguments(add)
+    _add_run_arguments(add)
+    if option == "pico_compare":
+        add("compare_models", list(COMPARE_VARIANTS), "variants trained under the same budget",
+            nargs="+", choices=sorted(COMPARE_VARIANTS))
+        add("compare_lr", ["lstm=0.01", "kgram=0.01"], "model=lr pairs overriding --lr in the "
+            "comparison (defaults: best of 1e-3/3e-3/1e-2/3e-2 after 150 steps, two seeds)",
+            nargs="*")
+
+
+def _flag_adder(parser):
+    """add(name, default, help, **kw): --name plus its dashed alias; type taken from the default."""
     def add(name, default, help, **kw):
         dashed = "--" + name.replace("_", "-")
         aliases = [dashed] if dashed != f"--{name}" else []
         if "type" not in kw and "choices" not in kw and default is not None and "nargs" not in kw:
             kw["type"] = type(default)
         parser.add_argument(f"--{name}", *aliases, default=default, help=help, **kw)
+    return add
+
+
+def _add_data_arguments(add):
     tiny_train = [str(TINYSTORIES / "train.txt"), str(TINYSTORIES / "train-split-head.txt")]
     add("input_files", None, "custom text files mixed in, e.g. ../shared/data/pico/3seqs.txt",
         nargs="*")
@@ -848,9 +866,14 @@ def add_arguments(parser, option):
     add("tokenizer", "bpe", "bpe: SentencePiece BPE trained on the training text; byte: UTF-8",
         choices=["bpe", "byte"])
     add("vocab_size", 2048, "BPE vocabulary size (byte: always 256)")
+    add("block_size", 128, "tokens per training window (the course's 1024 is slow on a CPU)")
+    add("batch_size", 16, "blocks per batch")
+    add("shuffle_buffer", 256, "blocks held by the streaming shuffle buffer")
+
+
+def _add_model_arguments(add):
     add("model", None, "model kind (default transformer, or the --resume checkpoint's kind)",
         choices=sorted(MODELS))
-    add("block_size", 128, "tokens per training window (the course's 1024 is slow on a CPU)")
     add("embed_size", 128, "embedding and model width")
     add("n_layers", 2, "LSTM layers or transformer blocks")
     add("n_heads", 4, "attention heads")
@@ -862,8 +885,9 @@ def add_arguments(parser, option):
     add("attention", "softmax", "attention kind", choices=["softmax", "linear", "gla"])
     add("attention_chunk", 16, "chunk length of chunked linear and gated linear attention")
     add("dropout", 0.0, "dropout on attention and MLP outputs")
-    add("batch_size", 16, "blocks per batch")
-    add("shuffle_buffer", 256, "blocks held by the streaming shuffle buffer")
+
+
+def _add_run_arguments(add):
     add("epochs", 1, "passes over the training stream")
     add("lr", 3e-3, "peak learning rate (AdamW)")
     add("weight_decay", 0.0, "AdamW weight decay")
@@ -888,12 +912,6 @@ def add_arguments(parser, option):
     add("out_dir", "runs/pico", "folder for checkpoints, histories, tables and figures")
     add("name", None, "run name (default pico-<model>)")
     add("resume", None, "checkpoint folder to continue training from")
-    if option == "pico_compare":
-        add("compare_models", list(COMPARE_VARIANTS), "variants trained under the same budget",
-            nargs="+", choices=sorted(COMPARE_VARIANTS))
-        add("compare_lr", ["lstm=0.01", "kgram=0.01"], "model=lr pairs overriding --lr in the "
-            "comparison (defaults: best of 1e-3/3e-3/1e-2/3e-2 after 150 steps, two seeds)",
-            nargs="*")
 
 
 def config_from_args(args, vocab_size, **overrides):
