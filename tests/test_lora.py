@@ -264,15 +264,21 @@ def test_saved_adapter_loads_in_peft(tmp_path):
     torch.testing.assert_close(hf_logits(theirs, ids), hf_logits(ours, ids), rtol=0, atol=1e-6)
 
 
-def test_peft_saved_adapter_loads_in_ours(tmp_path):
-    base = tiny_hf_llama()
-    theirs = peft_twin(base, lora.MEDIUM, r=4, alpha=16.0)
-    gen = torch.Generator().manual_seed(5)
+def saved_random_peft_adapter(base, targets, r, alpha, seed, path):
+    """A peft LoRA twin of base with random A and B (B != 0), saved by peft into path."""
+    theirs = peft_twin(base, targets, r=r, alpha=alpha)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in theirs.named_parameters():
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    theirs.save_pretrained(str(tmp_path))
+    theirs.save_pretrained(str(path))
+    return theirs
+
+
+def test_peft_saved_adapter_loads_in_ours(tmp_path):
+    base = tiny_hf_llama()
+    theirs = saved_random_peft_adapter(base, lora.MEDIUM, 4, 16.0, seed=5, path=tmp_path)
     ours = copy.deepcopy(base)
     config = lora.load_adapter(tmp_path, ours)
     assert (config.r, config.alpha, sorted(config.target_modules)) == (4, 16.0, sorted(lora.MEDIUM))
@@ -356,13 +362,7 @@ def test_canonical_adapter_loads_in_peft(tmp_path):
 
 def test_peft_adapter_loads_in_canonical(tmp_path):
     hf = tiny_hf_llama()
-    theirs = peft_twin(hf, lora.HEAVY, r=4, alpha=8.0)
-    gen = torch.Generator().manual_seed(6)
-    with torch.no_grad():
-        for name, p in theirs.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    theirs.save_pretrained(str(tmp_path))
+    theirs = saved_random_peft_adapter(hf, lora.HEAVY, 4, 8.0, seed=6, path=tmp_path)
     ours = canonical_twin(hf)
     lora.load_adapter(tmp_path, ours)
     ids = tokens()
