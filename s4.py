@@ -287,10 +287,11 @@ def model_config(args, layer, dataset):
     return ssm.SSMConfig(vocab_size=dataset["tokenizer"].vocab_size,
                          num_classes=dataset["num_classes"], d_model=args.d_model,
                          n_layers=args.n_layers, d_state=args.d_state, dropout=args.dropout,
-                         token_dropout=args.token_dropout,
+                         token_dropout=args.token_dropout, zero_init_branch=args.zero_init_branch,
                          layer=layer, init=args.ssm_init if layer == "ssm" else args.init,
                          discretization=args.discretization, mixing=args.mixing,
-                         bidirectional=args.bidirectional, pad_id=dataset["tokenizer"].pad_id)
+                         bidirectional=args.bidirectional, pooling=args.pooling,
+                         pad_id=dataset["tokenizer"].pad_id)
 
 
 def train_one(args, layer, name, dataset):
@@ -533,6 +534,8 @@ def add_arguments(parser, option):
     add("--dropout", type=float, default=0.1, help="dropout probability")
     add("--token_dropout", "--token-dropout", type=float, default=0.0,
         help="training-time word dropout: fraction of tokens replaced by pad")
+    add("--zero_init_branch", "--zero-init-branch", action="store_true",
+        help="zero-init each block's mixing layer, so the model starts as a bag of embeddings")
     add("--layer", choices=["s4d", "s4"], default="s4d",
         help="S4 variant: s4d (diagonal, Vandermonde kernel) or s4 (DPLR, Cauchy kernel)")
     add("--init", choices=["s4d-legs", "s4d-lin", "s4d-inv"], default="s4d-legs", help="S4D A init")
@@ -542,6 +545,8 @@ def add_arguments(parser, option):
         help="diagonal models' discretization (the DPLR S4 always uses bilinear)")
     add("--mixing", choices=["glu", "gelu"], default="glu", help="channel mixing after the SSM")
     add("--bidirectional", action="store_true", help="also run each SSM right to left")
+    add("--pooling", choices=["mean", "max", "meanmax"], default="mean",
+        help="how token states become one vector: masked mean, max, or both concatenated")
     add("--epochs", type=int, default=10, help="passes over the training set")
     add("--lr", type=float, default=4e-3, help="peak learning rate (cosine decay)")
     add("--ssm_lr", "--ssm-lr", type=float, default=1e-3, help="lr cap for A, B, dt (no weight decay)")

@@ -19,8 +19,11 @@ Classifier (shared with s4.py; the S4 repository's example.py layout, pre-norm):
     x = Embedding(tokens)                                   (B, L, H)
     per block: x = x + Dropout(Mix(Dropout(GELU(SSM(Norm(x))))))   Mix = GLU(Linear(H, 2H)) or GELU(Linear)
     pooled = sum_t mask_t x_t / sum_t mask_t                (B, H) masked mean over real tokens
+             (or max_t over real tokens, or both concatenated: (B, 2H); config.pooling)
     logits = Linear(Norm(pooled))                           (B, num_classes)
 The SSM is causal and batches are right-padded, so real positions never see a pad token.
+Options: bidirectional (a second SSM on the reversed sequence, pads zeroed), word dropout
+(training only), zero-initialised mixing layers (each block starts as the identity).
 
 Shapes: B batch, L sequence length (tokens), H channels (d_model), N complex state size per channel.
 Tests: tests/test_ssm.py (ZOH/bilinear against closed forms and torch.matrix_exp, scan against an
@@ -59,11 +62,13 @@ class SSMConfig:
     dt_max: float = 1e-1           # upper end of the dt init range
     mixing: str = "glu"            # channel mixing after the SSM: "glu" | "gelu"
     bidirectional: bool = False    # also run the SSM right-to-left (non-causal; sums both outputs)
+    zero_init_branch: bool = False  # zero-init each block's mixing layer: blocks start as identity
+    pooling: str = "mean"          # over real tokens: "mean" | "max" | "meanmax" (both, concatenated)
     pad_id: int = 0                # token id of padding (masked out of the pooling)
 
     def __post_init__(self):
         choices = {"layer": ("ssm", "s4d", "s4"), "discretization": ("zoh", "bilinear"),
-                   "mixing": ("glu", "gelu"),
+                   "mixing": ("glu", "gelu"), "pooling": ("mean", "max", "meanmax"),
                    "init": ("random", "s4d-lin", "s4d-inv", "s4d-legs", "legs")}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
@@ -204,6 +209,9 @@ class SSMBlock(nn.Module):
         self.layer_reverse = self.make_layer(config) if config.bidirectional else None
         self.mixing = config.mixing
         self.mix = nn.Linear(H, 2 * H if config.mixing == "glu" else H)
+        if config.zero_init_branch:   # block starts as identity (Fixup, arXiv:1901.09321, Sec. 3)
+            nn.init.zeros_(self.mix.weight)
+            nn.init.zeros_(self.mix.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def make_layer(self, config):
@@ -232,8 +240,9 @@ class SSMClassifier(nn.Module):
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList([block_cls(config) for _ in range(config.n_layers)])
-        self.norm = nn.LayerNorm(config.d_model)
-        self.head = nn.Linear(config.d_model, config.num_classes)
+        pooled_dim = 2 * config.d_model if config.pooling == "meanmax" else config.d_model
+        self.norm = nn.LayerNorm(pooled_dim)
+        self.head = nn.Linear(pooled_dim, config.num_classes)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, tokens, attention_mask=None):
@@ -246,8 +255,16 @@ class SSMClassifier(nn.Module):
         x = self.dropout(self.embedding(tokens))                      # (B, L, H)
         for block in self.blocks:
             x = block(x, mask if self.config.bidirectional else None)  # (B, L, H)
-        pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, H)
-        return self.head(self.norm(pooled))                           # (B, num_classes)
+        return self.head(self.norm(self.pool(x, mask)))               # (B, num_classes)
+
+    def pool(self, x, mask):
+        """x (B, L, H), mask (B, L) 1 real / 0 pad -> (B, H), or (B, 2H) for "meanmax"."""
+        mean = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, H)
+        if self.config.pooling == "mean":
+            return mean
+        top = x.masked_fill(mask[..., None] == 0, float("-inf")).amax(1)            # (B, H)
+        top = torch.where(torch.isinf(top), torch.zeros_like(top), top)  # an all-pad row -> 0
+        return top if self.config.pooling == "max" else torch.cat([mean, top], dim=-1)
 
     def drop_tokens(self, tokens, attention_mask):
         """Word dropout (Iyyer et al. 2015, ACL, Sec. 3.2): random tokens -> pad, out of the mean."""

@@ -98,15 +98,35 @@ def test_stability_guards_keep_long_scan_finite():
     assert torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_classifier_ignores_right_padding(bidirectional):
+@pytest.mark.parametrize("bidirectional,pooling", [(False, "mean"), (True, "mean"),
+                                                   (False, "max"), (True, "meanmax")])
+def test_classifier_ignores_right_padding(bidirectional, pooling):
     torch.manual_seed(0)
-    model = ssm.SSMClassifier(ssm.SSMConfig.tiny(bidirectional=bidirectional)).eval()
+    config = ssm.SSMConfig.tiny(bidirectional=bidirectional, pooling=pooling)
+    model = ssm.SSMClassifier(config).eval()
     tokens = torch.tensor([[5, 6, 7, 8, 9]])
     padded = torch.tensor([[5, 6, 7, 8, 9, 0, 0, 0]])
     mask = (padded != 0).long()
     torch.testing.assert_close(model(padded, mask), model(tokens), rtol=1e-5, atol=1e-6)
     assert model(padded).shape == (1, 3)
+
+
+def test_pooling_mean_and_max_against_explicit_loops():
+    model = ssm.SSMClassifier(ssm.SSMConfig.tiny(pooling="meanmax"))
+    x = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).float()
+    pooled = model.pool(x, mask)
+    for b, n in enumerate([3, 5]):
+        torch.testing.assert_close(pooled[b, :8], x[b, :n].mean(0))
+        torch.testing.assert_close(pooled[b, 8:], x[b, :n].max(0).values)
+
+
+def test_zero_init_branch_starts_as_bag_of_embeddings():
+    torch.manual_seed(0)
+    model = ssm.SSMClassifier(ssm.SSMConfig.tiny(zero_init_branch=True)).eval()
+    tokens = torch.tensor([[3, 4, 5, 6]])
+    mean = model.embedding(tokens).mean(1)
+    torch.testing.assert_close(model(tokens), model.head(model.norm(mean)))
 
 
 def test_token_dropout_only_in_training_and_keeps_bos():
