@@ -62,6 +62,18 @@ def test_vandermonde_kernel_equals_explicit_powers(discretize):
     torch.testing.assert_close(K, powers, rtol=1e-10, atol=1e-10)   # fp64: exp(k log a) vs a^k
 
 
+@pytest.mark.parametrize("L", [1, 2, 7, 49, 50, 1000])
+def test_blocked_kernel_equals_vandermonde_kernel(L):
+    torch.manual_seed(0)
+    A, B = s4.s4d_init("s4d-legs", 8)
+    A_bar, B_bar = ssm.discretize_zoh(A.expand(4, 8), B.expand(4, 8),
+                                      torch.tensor([0.001, 0.01, 0.1, 0.5]))
+    C = torch.randn(4, 8, dtype=torch.cfloat)
+    fast, plain = s4.ssm_kernel_blocked(A_bar, B_bar, C, L), s4.ssm_kernel(A_bar, B_bar, C, L)
+    assert fast.shape == (4, L)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+
+
 def test_causal_fft_conv_equals_conv1d():
     u, K = torch.randn(2, 3, 40), torch.randn(3, 40)
     # conv1d is a cross-correlation: flip K and left-pad by L - 1 for a causal convolution
