@@ -1,4 +1,5 @@
-"""Data for seed 001's sentiment tasks: minllama's file formats, tokenising, padding, batching.
+"""Data readers: seed 001's sentiment tasks (minllama's file formats, tokenising, padding,
+batching) and seed 003's streaming language-model text (files -> token blocks -> mixed batches).
 
 Formats (as in neubig/minllama-assignment, data/sst-*.txt and data/cfimdb-*.txt):
     data file       one example a line: `LABEL ||| TEXT`, LABEL an integer class id 0..K-1
@@ -9,15 +10,24 @@ with attention_mask[b, t] = 1 for t < n_b. Under causal attention a real token n
 a later pad, so right padding leaves every real position's output unchanged; the mask (not
 token == pad_id) marks the pads, because SmolLM2's pad id equals its eos id.
 
-Shapes: B batch, T longest sequence in the batch.
+Streaming text: a file is read in pieces of chunk_bytes ending after a newline, tokenized, and cut
+into blocks of block_size + 1 tokens (input block[:-1], target block[1:]); memory is O(chunk), so
+a multi-GB file streams. Every test_every-th block of a file is test data (test_every = 0: the
+file is a split already). Sources are mixed per block with probability weight / sum(weights)
+(pico's --tinystories_weight), and a buffer of blocks shuffles them locally.
+
+Shapes: B batch, T longest sequence in the batch (streaming text: T = block_size).
 Tests: tests/test_data.py (round trips on temp files, one-line errors naming file and line,
-padding and batching against hand-built tensors).
+padding and batching against hand-built tensors); tests/test_pico.py (streaming text: tracemalloc
+memory, blocks == the file's bytes, UTF-8 cut inside characters, split ratio, mixing weights).
 """
+import codecs
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import train
@@ -169,3 +179,87 @@ class Batches:
             tokens, mask = pad_batch([self.sequences[i] for i in index], self.pad_id)
             labels = torch.tensor([self.labels[i] for i in index], dtype=torch.long)   # (B,)
             yield {"tokens": tokens, "attention_mask": mask, "labels": labels, "index": index}
+
+
+# ----------------------------------------------------------------------------
+# streaming language-model text
+
+def iter_text_chunks(path, chunk_bytes=1 << 20):
+    """Yield the text of a file in pieces of about chunk_bytes, each ending after a newline (a line
+    longer than a chunk is cut anyway); only one piece is in memory at a time."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    carry = ""
+    with open(path, "rb") as f:
+        while data := f.read(chunk_bytes):
+            text = carry + decoder.decode(data)
+            cut = text.rfind("\n") + 1 or len(text)
+            carry = text[cut:]
+            yield text[:cut]
+    text = carry + decoder.decode(b"", final=True)
+    if text:
+        yield text
+
+
+def iter_blocks(path, tokenizer, block_size, chunk_bytes=1 << 20):
+    """Yield (block_size + 1,) long tensors of consecutive tokens; block i starts at token
+    i * block_size, so the last target of one block is the first input of the next."""
+    buffer = np.zeros(0, dtype=np.int64)
+    for text in iter_text_chunks(path, chunk_bytes):
+        buffer = np.concatenate([buffer, np.asarray(tokenizer.encode(text), dtype=np.int64)])
+        n = (len(buffer) - 1) // block_size
+        for i in range(n):
+            yield torch.from_numpy(buffer[i * block_size:(i + 1) * block_size + 1].copy())
+        buffer = buffer[n * block_size:]
+
+
+def iter_split(path, tokenizer, block_size, split, test_every, chunk_bytes=1 << 20):
+    """Blocks of one split: block i is a test block iff i % test_every == test_every - 1
+    (test_every = 0: every block belongs to `split`, for files that are a split already)."""
+    for i, block in enumerate(iter_blocks(path, tokenizer, block_size, chunk_bytes)):
+        if not test_every or (i % test_every == test_every - 1) == (split == "test"):
+            yield block
+
+
+class LMBatches:
+    """Re-iterable stream of (B, block_size + 1) batches, one pass over the sources per epoch.
+
+    sources: list of (weight, make_iter) with make_iter() -> iterator of blocks. Each block is drawn
+    from source s with probability weight_s / sum(weights) (the course's --tinystories_weight); the
+    pass ends when a drawn source runs dry. A buffer of `shuffle_buffer` blocks shuffles locally,
+    as streaming loaders do, without reading a whole file; with shuffle_buffer=0 every pass yields
+    the same batches (test and train-eval streams)."""
+
+    def __init__(self, sources, batch_size, shuffle_buffer=0, seed=0, max_batches=None):
+        self.sources = [(w, make) for w, make in sources if w > 0]
+        self.batch_size, self.shuffle_buffer = batch_size, shuffle_buffer
+        self.seed, self.epoch, self.max_batches = seed, 0, max_batches
+
+    def _blocks(self, generator):
+        iters = [make() for _, make in self.sources]
+        weights = torch.tensor([w for w, _ in self.sources], dtype=torch.float)
+        buffer = []
+        while True:
+            s = int(torch.multinomial(weights, 1, generator=generator)) if len(iters) > 1 else 0
+            block = next(iters[s], None)
+            if block is None:
+                break
+            buffer.append(block)
+            if len(buffer) > self.shuffle_buffer:
+                j = int(torch.randint(len(buffer), (1,), generator=generator))
+                buffer[j], buffer[-1] = buffer[-1], buffer[j]
+                yield buffer.pop()
+        yield from (buffer[j] for j in torch.randperm(len(buffer), generator=generator))
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1 if self.shuffle_buffer else 0   # no shuffling: the same stream every pass
+        batch, produced = [], 0
+        for block in self._blocks(generator):
+            batch.append(block)
+            if len(batch) == self.batch_size:
+                yield torch.stack(batch)                                # (B, T + 1)
+                batch, produced = [], produced + 1
+                if self.max_batches is not None and produced >= self.max_batches:
+                    return
+        if batch:
+            yield torch.stack(batch)

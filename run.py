@@ -37,8 +37,8 @@ OPTIONS = {
     "ssm": ("s4", "add_arguments", "main"),
     "s4": ("s4", "add_arguments", "main"),
     "ssm_compare": ("s4", "add_arguments", "main"),
-    "pico": ("pico", "add_arguments", "main"),
-    "pico_compare": ("pico", "add_arguments", "main"),
+    "pico": ("pico_train", "add_arguments", "main"),
+    "pico_compare": ("pico_train", "add_arguments", "main"),
 }
 
 

@@ -1,7 +1,7 @@
 """Benchmark: pico's streaming reader on a generated multi-GB text file (memory stays flat).
 
 Writes a file of --size_gb GB made of TinyStories paragraphs repeated (default 2 GB, the size of
-the full TinyStories train split), then streams it through pico.iter_blocks with the byte or BPE
+the full TinyStories train split), then streams it through data.iter_blocks with the byte or BPE
 tokenizer and reports: bytes read, blocks produced, MB/s, and the process's peak RSS before and
 after (resource.getrusage ru_maxrss). A reader that loaded the file would add ~size_gb to the RSS
 (and ~8x that as int64 tokens).
@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
 import pico  # noqa: E402
+import pico_train  # noqa: E402
 
 
 def rss_mb():
@@ -27,7 +29,7 @@ def rss_mb():
 
 
 def write_big_file(path, size_bytes):
-    seed_text = (pico.TINYSTORIES / "valid.txt").read_text(encoding="utf-8").encode("utf-8")
+    seed_text = (pico_train.TINYSTORIES / "valid.txt").read_text(encoding="utf-8").encode("utf-8")
     with open(path, "wb") as f:
         written = 0
         while written < size_bytes:
@@ -51,9 +53,9 @@ def main():
     print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB) in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
     tokenizer = (pico.ByteTokenizer() if args.tokenizer == "byte" else
-                 pico.BPETokenizer.train([pico.TINYSTORIES / "train.txt"], 2048))
+                 pico.BPETokenizer.train([pico_train.TINYSTORIES / "train.txt"], 2048))
     rss_before, blocks, start = rss_mb(), 0, time.perf_counter()
-    for _ in pico.iter_blocks(path, tokenizer, args.block_size, args.chunk_bytes):
+    for _ in data.iter_blocks(path, tokenizer, args.block_size, args.chunk_bytes):
         blocks += 1
     seconds = time.perf_counter() - start
     size_mb = path.stat().st_size / 2**20

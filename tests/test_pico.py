@@ -1,4 +1,5 @@
-"""Tests for pico.py: fast paths against references, causality, streaming, errors, checkpoints.
+"""Tests for pico.py, pico_train.py and data.py's streaming text: fast paths against references,
+causality, streaming, errors, checkpoints, the CLI.
 
 Run: .venv/bin/pytest tests/test_pico.py -q   (tiny configs, CPU, well under a minute)
 
@@ -14,7 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import data
 import pico
+import pico_train
 import run
 import train
 
@@ -130,26 +133,26 @@ def test_streaming_reader_keeps_memory_flat(tmp_path):
     with open(path, "w") as f:
         for i in range(60_000):                                         # ~4 MB
             f.write(f"{i} {line}")
-    data = path.read_bytes()
+    content = path.read_bytes()
     block = 64
     tracemalloc.start()
     count, first, last = 0, None, None
-    for b in pico.iter_blocks(path, pico.ByteTokenizer(), block, chunk_bytes=32 * 1024):
+    for b in data.iter_blocks(path, pico.ByteTokenizer(), block, chunk_bytes=32 * 1024):
         first = b if first is None else first
         last, count = b, count + 1
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak < 1_000_000 < len(data)                                 # a few chunks, not the file
-    assert count == (len(data) - 1) // block
-    assert bytes(first.tolist()) == data[:block + 1]
-    assert bytes(last.tolist()) == data[(count - 1) * block:count * block + 1]
+    assert peak < 1_000_000 < len(content)                              # a few chunks, not the file
+    assert count == (len(content) - 1) // block
+    assert bytes(first.tolist()) == content[:block + 1]
+    assert bytes(last.tolist()) == content[(count - 1) * block:count * block + 1]
 
 
 def test_chunks_keep_utf8_and_text(tmp_path):
     text = "é漢 ünïcode line\n" * 50 + "no newline at the end é"
     path = tmp_path / "u.txt"
     path.write_text(text, encoding="utf-8")
-    chunks = list(pico.iter_text_chunks(path, chunk_bytes=7))            # cuts inside characters
+    chunks = list(data.iter_text_chunks(path, chunk_bytes=7))            # cuts inside characters
     assert "".join(chunks) == text and len(chunks) > 10
 
 
@@ -161,15 +164,15 @@ def test_bpe_round_trip_and_split():
     text = "0 1 2 3 4\n\n5 8 13  é\n"
     assert tokenizer.decode(tokenizer.encode(text)) == text
     assert tokenizer.encode(text) == tokenizer.sp.encode(text)          # line by line == one call
-    train_blocks = sum(1 for _ in pico.iter_split(path, tokenizer, 64, "train", 10, 1 << 16))
-    test_blocks = sum(1 for _ in pico.iter_split(path, tokenizer, 64, "test", 10, 1 << 16))
+    train_blocks = sum(1 for _ in data.iter_split(path, tokenizer, 64, "train", 10, 1 << 16))
+    test_blocks = sum(1 for _ in data.iter_split(path, tokenizer, 64, "test", 10, 1 << 16))
     assert test_blocks == (train_blocks + test_blocks) // 10
 
 
 def test_mixing_follows_the_weights():
     ones = lambda: iter([torch.ones(5, dtype=torch.long)] * 10_000)     # noqa: E731
     zeros = lambda: iter([torch.zeros(5, dtype=torch.long)] * 10_000)   # noqa: E731
-    batches = pico.LMBatches([(0.8, ones), (0.2, zeros)], batch_size=100, shuffle_buffer=50,
+    batches = data.LMBatches([(0.8, ones), (0.2, zeros)], batch_size=100, shuffle_buffer=50,
                              seed=0, max_batches=20)
     share = torch.cat(list(batches)).float().mean()
     assert abs(share - 0.8) < 0.03                                      # 2000 draws: sd ~ 0.009
@@ -215,7 +218,7 @@ def test_checkpoint_resume_matches_uninterrupted_training(tmp_path):
     def steps(model, optimizer, some):
         for batch in some:
             optimizer.zero_grad()
-            loss, n = pico.lm_loss(model, batch)
+            loss, n = pico_train.lm_loss(model, batch)
             (loss / n).backward()
             optimizer.step()
 

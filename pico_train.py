@@ -1,0 +1,435 @@
+"""pico-LLM (seed 003) driver behind `run.py --option pico | pico_compare`: training runs with
+checkpoints and resume, the studies (train/test gap, attention heatmaps, nucleus p-sweep, the
+same-budget comparison of model variants), their figures and tables, and the command-line flags.
+The models, tokenizers, checkpoints and generation are in pico.py; the streaming reader in data.py.
+
+Tests: tests/test_pico.py (bad-input errors, train/save/resume/plot through run.py, compare table).
+"""
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import train
+from data import LMBatches, iter_split, iter_text_chunks
+from pico import (MODELS, BPETokenizer, ByteTokenizer, PicoConfig, build_model, encode_prompt,
+                  generate, load_optimizer_state, load_pico_checkpoint, p_sweep,
+                  save_pico_checkpoint)
+
+ROOT = Path(__file__).resolve().parent
+TINYSTORIES = Path(os.environ.get("LLMLAB_DATA", ROOT.parent / "shared" / "data")) / "tinystories"
+
+
+# ----------------------------------------------------------------------------
+# Data wiring: --input_files and TinyStories -> train, test and train-eval batch streams
+
+def _check_file(path, flag):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such file; give an existing text file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{flag} {path} is empty; give a file with text in it")
+
+
+def _chain(paths, tokenizer, block_size, split, test_every, chunk_bytes):
+    def make():
+        for path in paths:
+            yield from iter_split(path, tokenizer, block_size, split, test_every, chunk_bytes)
+    return make
+
+
+def data_files(args):
+    """Check the files and return {"tiny": (weight, train paths, test paths), "custom": (...)}."""
+    weight = args.tinystories_weight if args.input_files else 1.0
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"--tinystories_weight {weight}: must be a probability in [0, 1]")
+    files = {}
+    if weight > 0:
+        for path in [*args.tinystories_train, args.tinystories_valid]:
+            _check_file(path, "--tinystories_train/--tinystories_valid")
+        files["tiny"] = (weight, list(args.tinystories_train), [args.tinystories_valid])
+    if weight < 1:
+        for path in args.input_files:
+            _check_file(path, "--input_files")
+        files["custom"] = (1.0 - weight, list(args.input_files), list(args.input_files))
+    return files
+
+
+def build_batches(args, files, tokenizer, block_size):
+    """Train, test and train-eval (a fixed slice of the training blocks) batch streams."""
+    train, test = [], []
+    for source, (weight, train_paths, test_paths) in files.items():
+        every = args.test_every if source == "custom" else 0
+        for split, paths, out in [("train", train_paths, train), ("test", test_paths, test)]:
+            make = _chain(paths, tokenizer, block_size, split, every, args.chunk_bytes)
+            if next(make(), None) is None:
+                raise ValueError(_too_short(paths, tokenizer, block_size, split, every))
+            out.append((weight, make))
+    batch = args.batch_size
+    return {"train": LMBatches(train, batch, args.shuffle_buffer, args.seed),
+            "test": LMBatches(test, batch, 0, args.seed, max_batches=args.eval_batches),
+            "train_eval": LMBatches(train, batch, 0, args.seed, max_batches=args.eval_batches)}
+
+
+def _too_short(paths, tokenizer, block_size, split, every):
+    tokens = sum(len(tokenizer.encode(t)) for p in paths for t in iter_text_chunks(p))
+    need = f" (the {split} split needs {every} blocks with --test_every {every})" if every else ""
+    return (f"--block_size {block_size} leaves no {split} block in {', '.join(map(str, paths))}: "
+            f"{tokens} tokens in all{need}; lower --block_size or give more text")
+
+
+# ----------------------------------------------------------------------------
+# Loss: next-token cross-entropy, nats per token
+
+def lm_loss(model, batch):
+    """train.fit's loss_fn: summed next-token cross-entropy of a (B, T + 1) batch, token count."""
+    batch = batch.to(next(model.parameters()).device)
+    logits = model(batch[:, :-1])                                       # (B, T, V)
+    targets = batch[:, 1:]                                              # (B, T)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+    return loss, targets.numel()
+
+
+@torch.no_grad()
+def mean_loss(model, batches):
+    """Mean next-token loss (nats per token) over every batch of a stream."""
+    total, count = 0.0, 0
+    for batch in batches:
+        loss, n = lm_loss(model, batch)
+        total, count = total + float(loss), count + n
+    return total / max(count, 1)
+
+
+# ----------------------------------------------------------------------------
+# Figures (matplotlib, written atomically)
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_figure(fig, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=90)
+    _pyplot().close(fig)
+    os.replace(tmp, path)
+
+
+def plot_gap(history, path):
+    """Overfitting study: train loss (eval mode, a fixed training slice), test loss, their gap."""
+    evals = [e for e in history["evals"] if "train_loss" in e]
+    steps = [e["step"] for e in evals]
+    fig, (ax, gap_ax) = _pyplot().subplots(1, 2, figsize=(10, 3.5))
+    ax.plot(steps, [e["train_loss"] for e in evals], "o-", label="train (eval mode)")
+    ax.plot(steps, [e["loss"] for e in evals], "s-", label="test")
+    ax.set(xlabel="optimizer step", ylabel="loss (nats / token)")
+    ax.legend()
+    gap_ax.plot(steps, [e["loss"] - e["train_loss"] for e in evals], "o-")
+    gap_ax.axhline(0.0, color="grey", lw=0.5)
+    gap_ax.set(xlabel="optimizer step", ylabel="test loss - train loss")
+    fig.suptitle(f"{history['name']}: train/test gap")
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_attention(maps, labels, path, title):
+    """One heatmap per (layer, head): row = query position, column = key position."""
+    n_layers, n_heads = len(maps), maps[0].shape[1]
+    fig, axes = _pyplot().subplots(n_layers, n_heads, figsize=(2.8 * n_heads, 2.8 * n_layers),
+                                   squeeze=False)
+    for layer, weights in enumerate(maps):
+        for head in range(n_heads):
+            ax = axes[layer][head]
+            ax.imshow(weights[0, head].float().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+            ax.set_title(f"layer {layer} head {head}", fontsize=8)
+            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_p_sweep(rows, path, title):
+    fig, ax = _pyplot().subplots(figsize=(5, 3.5))
+    for key in ("distinct_1", "distinct_2", "rep_4"):
+        ax.plot([r["p"] for r in rows], [r[key] for r in rows], "o-", label=key)
+    ax.set(xlabel="nucleus mass p", ylabel="fraction", title=title)
+    ax.legend()
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_compare(results, path):
+    """Test loss against training seconds per model, and the final validation perplexity."""
+    fig, (ax, bar_ax) = _pyplot().subplots(1, 2, figsize=(12, 4))
+    for r in results:
+        seconds = {s["step"]: s["time_s"] for s in r["history"]["steps"]}
+        evals = [e for e in r["history"]["evals"] if e["step"] in seconds]
+        ax.plot([seconds[e["step"]] for e in evals], [e["loss"] for e in evals], "o-", ms=3,
+                label=r["variant"])
+    ax.set(xlabel="training seconds (wall clock)", ylabel="test loss (nats / token)")
+    ax.legend(fontsize=7)
+    bar_ax.bar([r["variant"] for r in results], [r["val_ppl"] for r in results])
+    bar_ax.set(ylabel="validation perplexity")
+    bar_ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------
+# Command line: run.py --option pico | pico_compare
+
+COMPARE_VARIANTS = {  # name -> PicoConfig overrides; "transformer" = RoPE, pre-norm, softmax
+    "lstm": dict(model="lstm"),
+    "kgram": dict(model="kgram"),
+    "transformer": dict(model="transformer"),
+    "nope": dict(model="transformer", positional="nope"),
+    "learned": dict(model="transformer", positional="learned"),
+    "postnorm": dict(model="transformer", norm_placement="post"),
+    "linear": dict(model="transformer", attention="linear"),
+    "gla": dict(model="transformer", attention="gla"),
+}
+
+
+def add_arguments(parser, option):
+    """pico's flags; the course's spellings kept (--input_files, --tinystories_weight, --block_size,
+    --embed_size, --kgram_k, --num_inner_mlp_layers, --max_steps_per_epoch, --prompt)."""
+    add = _flag_adder(parser)
+    _add_data_arguments(add)
+    _add_model_arguments(add)
+    _add_run_arguments(add)
+    if option == "pico_compare":
+        add("compare_models", list(COMPARE_VARIANTS), "variants trained under the same budget",
+            nargs="+", choices=sorted(COMPARE_VARIANTS))
+        add("compare_lr", ["lstm=0.01", "kgram=0.01"], "model=lr pairs overriding --lr in the "
+            "comparison (defaults: best of 1e-3/3e-3/1e-2/3e-2 after 150 steps, two seeds)",
+            nargs="*")
+
+
+def _flag_adder(parser):
+    """add(name, default, help, **kw): --name plus its dashed alias; type taken from the default."""
+    def add(name, default, help, **kw):
+        dashed = "--" + name.replace("_", "-")
+        aliases = [dashed] if dashed != f"--{name}" else []
+        if "type" not in kw and "choices" not in kw and default is not None and "nargs" not in kw:
+            kw["type"] = type(default)
+        parser.add_argument(f"--{name}", *aliases, default=default, help=help, **kw)
+    return add
+
+
+def _add_data_arguments(add):
+    tiny_train = [str(TINYSTORIES / "train.txt"), str(TINYSTORIES / "train-split-head.txt")]
+    add("input_files", None, "custom text files mixed in, e.g. ../shared/data/pico/3seqs.txt",
+        nargs="*")
+    add("tinystories_weight", 0.5, "probability a block is TinyStories (1 without --input_files)")
+    add("tinystories_train", tiny_train, "TinyStories training text files", nargs="+")
+    add("tinystories_valid", str(TINYSTORIES / "valid.txt"), "TinyStories validation (test) file")
+    add("test_every", 10, "every n-th block of --input_files is held out as test data")
+    add("chunk_bytes", 1 << 20, "bytes per piece read by the streaming reader")
+    add("tokenizer", "bpe", "bpe: SentencePiece BPE trained on the training text; byte: UTF-8",
+        choices=["bpe", "byte"])
+    add("vocab_size", 2048, "BPE vocabulary size (byte: always 256)")
+    add("block_size", 128, "tokens per training window (the course's 1024 is slow on a CPU)")
+    add("batch_size", 16, "blocks per batch")
+    add("shuffle_buffer", 256, "blocks held by the streaming shuffle buffer")
+
+
+def _add_model_arguments(add):
+    add("model", None, "model kind (default transformer, or the --resume checkpoint's kind)",
+        choices=sorted(MODELS))
+    add("embed_size", 128, "embedding and model width")
+    add("n_layers", 2, "LSTM layers or transformer blocks")
+    add("n_heads", 4, "attention heads")
+    add("hidden_dim", 512, "MLP hidden width (transformer and k-gram MLP)")
+    add("kgram_k", 3, "tokens the k-gram MLP reads")
+    add("num_inner_mlp_layers", 1, "hidden layers of the k-gram MLP")
+    add("positional", "rope", "transformer positions", choices=["learned", "rope", "nope"])
+    add("norm_placement", "pre", "RMSNorm before or after each residual", choices=["pre", "post"])
+    add("attention", "softmax", "attention kind", choices=["softmax", "linear", "gla"])
+    add("attention_chunk", 16, "chunk length of chunked linear and gated linear attention")
+    add("dropout", 0.0, "dropout on attention and MLP outputs")
+
+
+def _add_run_arguments(add):
+    add("epochs", 1, "passes over the training stream")
+    add("lr", 3e-3, "peak learning rate (AdamW)")
+    add("weight_decay", 0.0, "AdamW weight decay")
+    add("warmup_steps", 0, "linear warmup steps (20 kept the LSTM on its unigram plateau, loss ~6 "
+        "after 150 steps vs 4.2 without; no effect on the others)")
+    add("schedule", "constant", "lr after warmup (decays need --max_steps_per_epoch)",
+        choices=["constant", "cosine", "linear"])
+    add("max_steps_per_epoch", None, "steps per epoch (token budget = steps x batch x block)",
+        type=int)
+    add("time_budget_s", None, "stop training a model after this many seconds", type=float)
+    add("eval_every_steps", 100, "evaluate train and test loss every this many steps")
+    add("select_metric", "loss", "state kept at the end: lowest test loss (early stopping) or "
+        "lowest train loss (~ the last state, for the overfitting study)",
+        choices=["loss", "train_loss"])
+    add("eval_batches", 8, "batches per periodic evaluation (compare: final = whole test split)")
+    add("prompt", "Once upon a", "text to continue")
+    add("max_new_tokens", 60, "tokens to generate")
+    add("top_p", 0.95, "nucleus mass p of the sampled continuation")
+    add("sweep_ps", [0.05, 0.3, 0.5, 0.7, 0.9, 0.95, 1.0], "p values of the p-sweep", nargs="+",
+        type=float)
+    add("sweep_samples", 4, "samples per p in the p-sweep")
+    add("out_dir", "runs/pico", "folder for checkpoints, histories, tables and figures")
+    add("name", None, "run name (default pico-<model>)")
+    add("resume", None, "checkpoint folder to continue training from")
+
+
+def config_from_args(args, vocab_size, **overrides):
+    fields_from_args = dict(
+        model="transformer", vocab_size=vocab_size, block_size=args.block_size, dim=args.embed_size,
+        n_layers=args.n_layers, n_heads=args.n_heads, hidden_dim=args.hidden_dim,
+        kgram_k=args.kgram_k,
+        mlp_layers=args.num_inner_mlp_layers, positional=args.positional,
+        norm_placement=args.norm_placement, attention=args.attention,
+        attention_chunk=args.attention_chunk,
+        dropout=args.dropout)
+    return PicoConfig(**{**fields_from_args, **overrides})
+
+
+def make_tokenizer(args, files):
+    if args.tokenizer == "byte":
+        return ByteTokenizer()
+    return BPETokenizer.train([p for _, paths, _ in files.values() for p in paths], args.vocab_size)
+
+
+def evaluate_lm(model, batches):
+    test = mean_loss(model, batches["test"])
+    return {"loss": test, "perplexity": math.exp(min(test, 50.0)),
+            "train_loss": mean_loss(model, batches["train_eval"])}
+
+
+def train_model(model, batches, args, name, device, resume_meta=None, lr=None):
+    """train.fit with our loss and evaluation (lr defaults to --lr); returns (history, optimizer)."""
+    lr = args.lr if lr is None else lr
+    model.to(device)
+    batches["train"].epoch = (resume_meta or {}).get("epochs", 0)  # resume: the next shuffle
+    total = args.max_steps_per_epoch * args.epochs if args.max_steps_per_epoch else None
+    config = train.TrainConfig(
+        epochs=args.epochs, lr=lr, weight_decay=args.weight_decay, schedule=args.schedule,
+        warmup_steps=0 if resume_meta else args.warmup_steps, total_steps=total,
+        max_steps_per_epoch=args.max_steps_per_epoch, time_budget_s=args.time_budget_s,
+        eval_every_steps=args.eval_every_steps, select_metric=args.select_metric, select_mode="min",
+        out_dir=args.out_dir, name=name, count_unit="tok", progress=sys.stderr.isatty())
+    optimizer = train.make_optimizer(model, config)
+    if resume_meta and resume_meta.get("optimizer"):
+        load_optimizer_state(args.resume, optimizer, resume_meta)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = lr
+    history = train.fit(model, batches["train"], lm_loss, config, lambda m: evaluate_lm(m, batches),
+                        optimizer)
+    return history, optimizer
+
+
+def tokens_per_second(history):
+    epochs = history["epochs"]
+    return sum(e["count"] for e in epochs) / max(sum(e["train_time_s"] for e in epochs), 1e-9)
+
+
+def report(model, tokenizer, history, args, name):
+    """Samples, the gap figure, attention heatmaps (softmax transformer) and the p-sweep."""
+    out, cfg = Path(args.out_dir), model.cfg
+    ids = encode_prompt(tokenizer, args.prompt)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
+    greedy = generate(model, ids, args.max_new_tokens)
+    print(f"[greedy] {args.prompt}{tokenizer.decode(greedy)}", flush=True)
+    sampled = generate(model, ids, args.max_new_tokens, args.top_p, generator)
+    print(f"[top_p={args.top_p}] {args.prompt}{tokenizer.decode(sampled)}", flush=True)
+    plot_gap(history, out / f"{name}-gap.png")
+    if cfg.model == "transformer" and cfg.attention == "softmax":          # prompt + greedy text
+        tokens = torch.tensor([(ids + greedy)[:24]], device=next(model.parameters()).device)
+        with torch.no_grad():
+            _, maps = model(tokens, return_attention=True)
+        labels = [tokenizer.decode([i]).replace("\n", "\\n") for i in tokens[0].tolist()]
+        plot_attention(maps, labels, out / f"{name}-attention.png", f"{name}: attention, prompt")
+    rows = p_sweep(model, tokenizer, args.prompt, args.sweep_ps, args.sweep_samples,
+                   args.max_new_tokens, args.seed)
+    for r in rows:
+        print(f"p={r['p']:.2f} distinct-1 {r['distinct_1']:.3f} distinct-2 {r['distinct_2']:.3f} "
+              f"rep-4 {r['rep_4']:.3f} | {r['sample'][:80]!r}", flush=True)
+    train.save_json_atomic(out / f"{name}-psweep.json", rows)
+    plot_p_sweep(rows, out / f"{name}-psweep.png", f"{name}: diversity against p")
+
+
+def main(args):
+    device = "cuda" if args.use_gpu else "cpu"
+    files = data_files(args)
+    if args.option == "pico_compare":
+        return run_compare(args, files, device)
+    model, meta = None, None
+    if args.resume:
+        model, tokenizer, meta = load_pico_checkpoint(args.resume, args.model)
+    else:
+        tokenizer = make_tokenizer(args, files)
+    block_size = model.cfg.block_size if model else args.block_size
+    batches = build_batches(args, files, tokenizer, block_size)
+    if model is None:
+        kind = args.model or "transformer"
+        model = build_model(config_from_args(args, tokenizer.vocab_size, model=kind))
+    print(f"tokenizer {tokenizer.kind} (V={tokenizer.vocab_size}); {model.cfg}", flush=True)
+    name = args.name or f"pico-{model.cfg.model}"
+    history, optimizer = train_model(model, batches, args, name, device, meta)
+    done = {"steps": (meta or {}).get("steps", 0) + history["total_steps"],
+            "epochs": (meta or {}).get("epochs", 0) + len(history["epochs"])}
+    save_pico_checkpoint(Path(args.out_dir) / name, model, tokenizer, optimizer, done)
+    print(f"checkpoint: {Path(args.out_dir) / name} ({done['steps']} steps in all)", flush=True)
+    report(model, tokenizer, history, args, name)
+
+
+def run_compare(args, files, device):
+    """Train each variant under the same budget; write <out>/pico-compare.{md,json,png}."""
+    tokenizer = make_tokenizer(args, files)
+    batches = build_batches(args, files, tokenizer, args.block_size)
+    full_test = LMBatches(batches["test"].sources, args.batch_size)
+    ids, out, results = encode_prompt(tokenizer, args.prompt), Path(args.out_dir), []
+    try:
+        lrs = {kind: float(lr) for kind, lr in (pair.split("=") for pair in args.compare_lr)}
+    except ValueError:
+        raise ValueError(f"--compare_lr {args.compare_lr}: write pairs like lstm=0.03") from None
+    for variant in args.compare_models:
+        torch.manual_seed(args.seed)
+        cfg = config_from_args(args, tokenizer.vocab_size, **COMPARE_VARIANTS[variant])
+        model = build_model(cfg)
+        lr = lrs.get(cfg.model, args.lr)
+        history, _ = train_model(model, batches, args, f"pico-{variant}", device, lr=lr)
+        val = mean_loss(model, full_test)
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        new_ids = generate(model, ids, args.max_new_tokens, args.top_p, generator)
+        best = history["best"]["metrics"] if history["best"] else {}
+        results.append({
+            "variant": variant, "lr": lr, "params": sum(p.numel() for p in model.parameters()),
+            "steps": history["total_steps"], "tokens": sum(e["count"] for e in history["epochs"]),
+            "tokens_per_s": tokens_per_second(history), "train_loss": best.get("train_loss"),
+            "val_loss": val, "val_ppl": math.exp(val), "history": history,
+            "sample": args.prompt + tokenizer.decode(new_ids)})
+        train.write_text_atomic(out / "pico-compare.md", compare_table(results, tokenizer, args))
+        train.save_json_atomic(out / "pico-compare.json",
+                               [{k: v for k, v in r.items() if k != "history"} for r in results])
+    plot_compare(results, out / "pico-compare.png")
+    print(compare_table(results, tokenizer, args), flush=True)
+
+
+def compare_table(results, tokenizer, args):
+    budget = (f"{args.time_budget_s:g} s" if args.time_budget_s else
+              f"{args.max_steps_per_epoch} steps x {args.epochs} epochs")
+    lines = [f"Budget per model: {budget}; batch {args.batch_size} x block {args.block_size}; "
+             f"tokenizer {tokenizer.kind} (V={tokenizer.vocab_size}); val = whole test split.", "",
+             "| variant | lr | params | steps | tokens | tokens/s | train loss | val loss | val ppl |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        train_loss = "n/a" if r["train_loss"] is None else f"{r['train_loss']:.3f}"
+        lines.append(f"| {r['variant']} | {r['lr']:g} | {r['params']:,} | {r['steps']} | {r['tokens']:,.0f} | "
+                     f"{r['tokens_per_s']:,.0f} | {train_loss} | {r['val_loss']:.3f} | "
+                     f"{r['val_ppl']:.1f} |")
+    lines += ["", f"Samples (top_p={args.top_p}):", ""]
+    lines += [f"- **{r['variant']}**: {r['sample']!r}" for r in results]
+    return "\n".join(lines) + "\n"
