@@ -12,7 +12,7 @@ The loop model is timed over fewer steps (--loop_steps) because each takes secon
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ssm.py [--length 1024] [--batch 8] \
         [--lengths 256,512,1024,2048,4096,8192] [--out benchmarks/figures]
 
-Prints markdown tables (and writes time-vs-length.png + bench_ssm.json under --out).
+Prints markdown tables (and writes ssm-time-vs-length.png + bench_ssm.json under --out).
 """
 import argparse
 import json
@@ -86,7 +86,7 @@ def main():
         rows = s4.time_vs_length([int(x) for x in args.lengths.split(",")],
                                  loop_budget_s=args.loop_budget, device=device)
         slopes = {k: s4.loglog_slope(rows, k) for k in ("loop_s", "fft_s")}
-        s4.plot_time_vs_length(rows, out / "time-vs-length.png")
+        s4.plot_time_vs_length(rows, out / "ssm-time-vs-length.png")
         results.update(time_vs_length=rows, slopes=slopes)
         print("\n| L | loop scan fwd+bwd (s) | FFT fwd+bwd (s) | ratio |\n|---|---|---|---|")
         for r in rows:
