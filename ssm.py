@@ -340,10 +340,11 @@ def read_examples(path, num_classes=None, require_label=True, flag="--train"):
 def _check_label(path, row, label, num_classes):
     if isinstance(label, bool) or not isinstance(label, int):
         raise _row_error(path, row, f"label {label!r} is not an integer class id")
-    top = "" if num_classes is None else f"..{num_classes - 1}"
-    if label < 0 or (num_classes is not None and label >= num_classes):
-        raise _row_error(path, row, f"label {label} is outside 0{top} (classes come from the "
-                         "training file's labels)")
+    if label < 0:
+        raise _row_error(path, row, f"label {label} is negative: class ids are 0, 1, 2, ...")
+    if num_classes is not None and label >= num_classes:
+        raise _row_error(path, row, f"label {label} is outside 0..{num_classes - 1} (classes come "
+                         "from the training file's labels)")
 
 
 class ByteTokenizer:

@@ -171,7 +171,7 @@ def test_read_examples_list_and_json_lines(tmp_path):
     ([{"id": 1, "text": "a", "label": 0}, {"id": 2, "text": "b"}], "row 2: missing field 'label'"),
     ([{"id": 1, "label": 0}], "row 1: missing field 'text'"),
     ([{"id": 1, "text": "a", "label": 14}], "row 1: label 14 is outside 0..13"),
-    ([{"id": 1, "text": "a", "label": -1}], "row 1: label -1 is outside"),
+    ([{"id": 1, "text": "a", "label": -1}], "row 1: label -1 is negative"),
     ([{"id": 1, "text": "a", "label": "3"}], "row 1: label '3' is not an integer"),
     ([{"id": 1, "text": "a", "label": True}], "row 1: label True is not an integer"),
     ([{"id": 1, "text": 5, "label": 0}], "row 1: text is int"),
