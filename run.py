@@ -103,8 +103,9 @@ def _add_model_arguments(parser):
     parser.add_argument("--pretrained-model-path", "--pretrained_model_path", dest="pretrained_model_path",
                         default=None, help="a .gguf file, a llama2.c .pt, or a Hugging Face / llmlab folder "
                         "(default: SmolLM2-135M-Instruct installed by setup.sh)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                        help="weights and activations dtype (bfloat16 is for GPUs)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "int4"], default="float32",
+                        help="weights and activations dtype (bfloat16 is for GPUs; int4: 4-bit "
+                        "weights in groups of 32, the fast CPU decoding path, see quantize.py)")
     parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=75,
                         help="tokens to generate (seed 001 uses 75)")
     parser.add_argument("--top_k", "--top-k", type=int, default=None, help="keep the k most likely tokens")
@@ -137,8 +138,11 @@ def _load(args):
     import weights
     device = "cuda" if args.use_gpu else "cpu"
     start = time.perf_counter()
-    model, tokenizer = weights.load_pretrained(args.pretrained_model_path, device=device,
-                                               dtype=getattr(torch, args.dtype))
+    dtype = torch.float32 if args.dtype == "int4" else getattr(torch, args.dtype)
+    model, tokenizer = weights.load_pretrained(args.pretrained_model_path, device=device, dtype=dtype)
+    if args.dtype == "int4":
+        import quantize
+        quantize.quantize_model_int4(model)
     print(f"loaded {args.pretrained_model_path or weights.default_model_path()} "
           f"in {time.perf_counter() - start:.1f} s", flush=True)
     return model, tokenizer

@@ -21,6 +21,7 @@ import llama
 import lora
 import optimizer
 import pico
+import quantize
 import rope
 import s4
 import sample
@@ -57,6 +58,13 @@ def check_norms():
     report("LayerNorm", "torch.nn.LayerNorm", maxdiff(ours(x), ref(x)), 1e-5)
     rms = llama.RMSNorm(32)
     report("RMSNorm", "F.rms_norm", maxdiff(rms(x), F.rms_norm(x, (32,), rms.weight, rms.eps)), 1e-5)
+
+
+def check_int4():
+    layer = quantize.Int4Linear(torch.nn.Linear(128, 64, bias=False))
+    x = torch.randn(3, 128)
+    ref = F.linear(x.bfloat16().float(), layer.dequantize())   # the kernel runs in bf16
+    report("int4 linear (quantize.py)", "F.linear, dequantized weight", maxdiff(layer(x), ref), 5e-2)
 
 
 def check_attention():
@@ -247,7 +255,7 @@ def main():
     parser.add_argument("--model", default=None, help="model for the chat check (default: SmolLM2 GGUF)")
     parser.add_argument("--skip_model", action="store_true", help="skip the default-model chat check")
     args = parser.parse_args()
-    checks = [check_norms, check_attention, check_rope, check_kv_cache, check_sampling, check_adamw,
+    checks = [check_norms, check_attention, check_int4, check_rope, check_kv_cache, check_sampling, check_adamw,
               check_lora, check_safetensors_and_pt, lambda: check_tokenizers(Path(args.data)),
               check_ssm, check_pico, lambda: check_minllama(Path.cwd())]
     if not args.skip_model:

@@ -5,6 +5,8 @@ Measures, for the default model (SmolLM2-135M-Instruct GGUF) or --model:
   first      seconds from the prompt to the first new token (prefill + one step)
   decode     tokens/s of the following greedy steps (KV cache on for both)
 transformers loads the same GGUF (dequantized to fp32) and decodes the same prompt ids greedily.
+Ours runs twice: fp32 (the same arithmetic as transformers) and `--dtype int4` (quantize.py: the
+weights as 4-bit groups of 32, which is what the Q4_1 GGUF file stores; load includes quantizing).
 
     .venv/bin/python benchmarks/bench_generate.py [--new_tokens 128] [--threads N]
 
@@ -20,15 +22,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import quantize  # noqa: E402
 import weights  # noqa: E402
 
 PROMPT = ("Victor Frankenstein, a young scientist obsessed with uncovering the secrets of life, "
           "succeeds in animating a creature assembled from")
 
 
-def time_ours(path, prompt, new_tokens):
+def time_ours(path, prompt, new_tokens, int4=False):
     start = time.perf_counter()
     model, tokenizer = weights.load_pretrained(path)
+    if int4:
+        quantize.quantize_model_int4(model)
     load_s = time.perf_counter() - start
     ids = tokenizer.encode(prompt, bos=True)
     stamps = []
@@ -82,17 +87,21 @@ def main():
         torch.set_num_threads(args.threads)
     path = args.model or str(weights.default_model_path())
     load_s, first_s, decode, ids, text = time_ours(path, PROMPT, args.new_tokens)
+    q_load, q_first, q_decode, _, q_text = time_ours(path, PROMPT, args.new_tokens, int4=True)
     hf_load, hf_first, hf_decode, hf_ids = time_transformers(path, ids, args.new_tokens)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, "
           f"prompt {len(ids)} tokens, {args.new_tokens} new tokens")
     print("| implementation | load s | first token s | decode tok/s |")
     print("|---|---|---|---|")
-    print(f"| llmlab (KV cache) | {load_s:.2f} | {first_s:.3f} | {decode:.1f} |")
+    print(f"| llmlab (KV cache, fp32) | {load_s:.2f} | {first_s:.3f} | {decode:.1f} |")
+    print(f"| llmlab (KV cache, --dtype int4) | {q_load:.2f} | {q_first:.3f} | {q_decode:.1f} |")
     print(f"| transformers {__import__('transformers').__version__} | {hf_load:.2f} | {hf_first:.3f} "
           f"| {hf_decode:.1f} |")
-    print(f"speedup decode: {decode / hf_decode:.2f}x; load to first token (ours): {load_s + first_s:.2f} s")
-    print("ours:", repr(text[:200]))
+    print(f"speedup decode: fp32 {decode / hf_decode:.2f}x, int4 {q_decode / hf_decode:.2f}x; "
+          f"load to first token (ours): fp32 {load_s + first_s:.2f} s, int4 {q_load + q_first:.2f} s")
+    print("ours fp32:", repr(text[:200]))
+    print("ours int4:", repr(q_text[:200]))
 
 
 if __name__ == "__main__":
