@@ -17,6 +17,14 @@ Classification head (`--option finetune` / `lora`; minllama's LlamaEmbeddingClas
     loss = cross-entropy(logits, y), summed and divided by the examples in the optimizer step.
 finetune trains every parameter; lora freezes the Llama and trains the head plus LoRA adapters
 W = W0 + (alpha / r) B A on wq and wv (Hu et al. 2021, arXiv:2106.09685, Sec. 4.1-4.2).
+What the head reads (--head_input):
+    text    [bos] text [eos], head randomly initialised (minllama's create_data)
+    prompt  (default) the zero-shot prompt of --option prompt; the head starts as the zero-shot
+            classifier: W_c[k] = W_out[first token of " " + label k], b_c = 0, so training starts
+            from the prompting accuracy instead of chance (the "verbalizer" init of prompt-based
+            fine-tuning, Gao et al. 2021, arXiv:2012.15723, Sec. 4). On frozen SmolLM2 features a
+            linear probe reached ~0.55 dev on CFIMDB at eos and ~0.82 at the prompt's end
+            (benchmarks/issue3_results.md).
 
 Shapes: B batch, T tokens, dim model width, V vocabulary, K labels, m label tokens.
 Tests: tests/test_classifier.py (batched padded label scores == one unpadded forward per example
@@ -78,6 +86,18 @@ def uses_bos(tokenizer):
 def lm_head_weight(model):
     """The (V, dim) output projection (tied to tok_embeddings when config.tie_embeddings)."""
     return model.output.weight
+
+
+def prompt_ids(tokenizer, text, template, label_names, max_len=None, style="plain"):
+    """Token ids of the prompt for text; the text alone is cut to max_len tokens."""
+    if max_len is not None:
+        ids = tokenizer.encode(text, bos=False, eos=False)
+        if len(ids) > max_len:
+            text = tokenizer.decode(ids[:max_len])
+    prompt = template.format(text=text, labels=join_label_names(label_names))
+    if style == "chat":
+        return tokenizer.encode_chat([{"role": "user", "content": prompt}])
+    return tokenizer.encode(prompt, bos=uses_bos(tokenizer), eos=False)
 
 
 def is_right_padded(attention_mask):
@@ -164,15 +184,8 @@ class LlamaZeroShotClassifier(nn.Module):
         self.label_ids = [tokenizer.encode(prefix + name, bos=False, eos=False) for name in label_names]
 
     def prompt_ids(self, text):
-        """Token ids of the prompt for text; the text alone is cut to max_len tokens."""
-        if self.max_len is not None:
-            ids = self.tokenizer.encode(text, bos=False, eos=False)
-            if len(ids) > self.max_len:
-                text = self.tokenizer.decode(ids[:self.max_len])
-        prompt = self.template.format(text=text, labels=join_label_names(self.label_names))
-        if self.style == "chat":
-            return self.tokenizer.encode_chat([{"role": "user", "content": prompt}])
-        return self.tokenizer.encode(prompt, bos=uses_bos(self.tokenizer), eos=False)
+        return prompt_ids(self.tokenizer, text, self.template, self.label_names, self.max_len,
+                          self.style)
 
     @torch.no_grad()
     def forward(self, prompts):
@@ -297,9 +310,9 @@ def add_arguments(parser, option):
                         help="use seeded random subsets of this many dev and test examples")
     parser.add_argument("--out_dir", "--out-dir", default="runs",
                         help="folder for the history JSON, learning curves and summary JSON")
+    parser.add_argument("--prompt_template", "--prompt-template", default=PROMPT_TEMPLATE,
+                        help="prompt with {text} and {labels} placeholders")
     if option == "prompt":
-        parser.add_argument("--prompt_template", "--prompt-template", default=PROMPT_TEMPLATE,
-                            help="prompt with {text} and {labels} placeholders")
         parser.add_argument("--prompt_style", "--prompt-style", choices=["plain", "chat"],
                             default="plain", help="plain text, or the user turn of the chat template")
         parser.add_argument("--calibrate", action="store_true",
@@ -307,6 +320,9 @@ def add_arguments(parser, option):
         return
     parser.add_argument("--epochs", type=int, default=5, help="passes over the training data")
     parser.add_argument("--lr", type=float, default=2e-5, help="AdamW learning rate")
+    parser.add_argument("--head_input", "--head-input", choices=["prompt", "text"], default="prompt",
+                        help="prompt: the head reads the end of the zero-shot prompt and starts as "
+                        "the zero-shot classifier; text: [bos] text [eos] and a random head (minllama)")
     parser.add_argument("--hidden_dropout_prob", "--hidden-dropout-prob", type=float, default=0.3,
                         help="dropout on the pooled hidden state before the head")
     parser.add_argument("--max_steps_per_epoch", "--max-steps-per-epoch", type=int, default=None,
@@ -333,6 +349,8 @@ def check_arguments(args):
         raise ValueError(f"--lr {args.lr}: the learning rate must be > 0")
     if not 0 <= getattr(args, "hidden_dropout_prob", 0.0) < 1:
         raise ValueError(f"--hidden_dropout_prob {args.hidden_dropout_prob}: must be in [0, 1)")
+    if "{text}" not in getattr(args, "prompt_template", "{text}"):
+        raise ValueError("--prompt_template must contain {text} (and may contain {labels})")
     if getattr(args, "lora_alpha", 1.0) <= 0:
         raise ValueError(f"--lora_alpha {args.lora_alpha}: must be > 0")
 
@@ -361,8 +379,6 @@ def load_splits(args):
 
 def run_prompt(args, llama, tokenizer, names, splits):
     """Zero-shot predictions for dev and test; returns {split: predictions}, parameter counts."""
-    if "{text}" not in args.prompt_template:
-        raise ValueError("--prompt_template must contain {text} (and may contain {labels})")
     classifier = LlamaZeroShotClassifier(llama, tokenizer, names, args.prompt_template,
                                          args.max_sentence_len, args.prompt_style).eval()
     example = classifier.template.format(text="<text>", labels=join_label_names(names))
@@ -379,10 +395,21 @@ def run_prompt(args, llama, tokenizer, names, splits):
     return preds, {"trainable_parameters": 0, "total_parameters": total}
 
 
-def encode_split(examples, tokenizer, max_len):
-    """[bos] + text + eos, as minllama's create_data: the head reads the hidden state at eos."""
+def encode_split(examples, tokenizer, max_len, template=None, label_names=None):
+    """[bos] + text + eos, as minllama's create_data (the head reads the hidden state at eos);
+    with a template, the zero-shot prompt of each text instead (the head reads its last token)."""
+    if template is not None:
+        return [prompt_ids(tokenizer, e.text, template, label_names, max_len) for e in examples]
     bos = uses_bos(tokenizer)
     return [data.encode_text(tokenizer, e.text, max_len, bos=bos, eos=True) for e in examples]
+
+
+@torch.no_grad()
+def init_head_from_labels(model, label_ids):
+    """Head row k = the output-embedding row of label k's first token; bias 0 (zero-shot start)."""
+    weight = lm_head_weight(model.llama)
+    model.classifier_head.weight.copy_(torch.stack([weight[ids[0]] for ids in label_ids]).float())
+    model.classifier_head.bias.zero_()
 
 
 def run_train(args, llama, tokenizer, names, splits):
@@ -397,7 +424,13 @@ def run_train(args, llama, tokenizer, names, splits):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)", flush=True)
-    seqs = {s: encode_split(splits[s], tokenizer, args.max_sentence_len) for s in splits}
+    template = args.prompt_template if args.head_input == "prompt" else None
+    if template is not None:
+        label_ids = [tokenizer.encode(" " + name, bos=False, eos=False) for name in names]
+        init_head_from_labels(model, label_ids)
+        print(f"head reads the prompt's last token, starts from labels {label_ids}", flush=True)
+    seqs = {s: encode_split(splits[s], tokenizer, args.max_sentence_len, template, names)
+            for s in splits}
     make = lambda s, **kw: data.Batches(seqs[s], [e.label for e in splits[s]], args.batch_size,
                                         tokenizer.pad_id, seed=args.seed, **kw)
 

@@ -101,6 +101,26 @@ def test_calibrate_divides_by_content_free_probabilities():
     assert calibrated.argmax(-1).tolist() == [1, 2]  # raw argmax would say [0, 0]
 
 
+def test_head_input_prompt_starts_as_the_zero_shot_classifier():
+    """With the head initialised from the label rows of the output matrix, the untrained head's
+    logits are the zero-shot label logits, so both predict the same labels."""
+    model = tiny_llama()
+    tok = tokenizer_for(model)
+    names = ["bad", "good", "fine"]
+    zero_shot = classifier.LlamaZeroShotClassifier(model, tok, names)
+    head = classifier.LlamaEmbeddingClassifier(model, len(names), hidden_dropout_prob=0.0).eval()
+    classifier.init_head_from_labels(head, zero_shot.label_ids)
+    examples = [data.Example(label=0, text=t, line=1) for t in ["a fine film", "dull", "one two three"]]
+    seqs = classifier.encode_split(examples, tok, None, classifier.PROMPT_TEMPLATE, names)
+    assert seqs == [zero_shot.prompt_ids(e.text) for e in examples]
+    tokens, mask = data.pad_batch(seqs, pad_id=tok.pad_id)
+    with torch.no_grad():
+        logits = head(tokens, mask)                                                 # (3, K)
+    scores = zero_shot(seqs)                                                        # (3, K)
+    # log-softmax over the vocabulary only subtracts one number per row
+    torch.testing.assert_close(logits - logits[:, :1], scores - scores[:, :1], atol=1e-4, rtol=1e-4)
+
+
 def test_prompt_max_len_cuts_the_text_only():
     model = tiny_llama()
     clf = classifier.LlamaZeroShotClassifier(model, tokenizer_for(model), ["bad", "good"], max_len=2)
@@ -152,6 +172,7 @@ def cli(tmp_path, option, *extra):
     ("prompt", []),
     ("prompt", ["--calibrate"]),
     ("finetune", ["--epochs", "1", "--lr", "1e-3"]),
+    ("finetune", ["--epochs", "1", "--lr", "1e-3", "--head_input", "text"]),
     ("lora", ["--epochs", "1", "--lr", "1e-3", "--lora_rank", "2", "--lora_alpha", "1.0"]),
 ])
 def test_cli_end_to_end(tmp_path, monkeypatch, capsys, option, extra):
