@@ -23,8 +23,8 @@ What the head reads (--head_input):
             classifier: W_c[k] = W_out[first token of " " + label k], b_c = 0, so training starts
             from the prompting accuracy instead of chance (the "verbalizer" init of prompt-based
             fine-tuning, Gao et al. 2021, arXiv:2012.15723, Sec. 4). On frozen SmolLM2 features a
-            linear probe reached ~0.55 dev on CFIMDB at eos and ~0.82 at the prompt's end
-            (benchmarks/issue3_results.md).
+            linear probe reached 0.542 dev on CFIMDB at eos and 0.817 at the prompt's end
+            (benchmarks/probe_head_input.py).
 
 Shapes: B batch, T tokens, dim model width, V vocabulary, K labels, m label tokens.
 Tests: tests/test_classifier.py (batched padded label scores == one unpadded forward per example

@@ -26,6 +26,10 @@ run() {  # name, command...
     grep -E "Accuracy|trainable|Maximum resident" "$name.log"
 }
 
+# The finetune/lora rows above were recorded with --head_input text (the default then); the
+# "cfimdb400" runs compare both head inputs on a larger CFIMDB subset (400 train, 3 epochs).
+R_CF_400="--max_train_examples 400 --max_eval_examples 120 --max_sentence_len 128 --epochs 3"
+
 [ $# -eq 0 ] && set -- prompt finetune lora
 for what in "$@"; do case $what in
 prompt)
@@ -39,5 +43,11 @@ run cfimdb-finetune $PY --option finetune --epochs 5 --lr 2e-5 --batch_size 10 $
 lora)
 run sst-lora $PY --option lora --epochs 5 --lr 2e-5 --batch_size 80 $SST --dev_out sst-dev-lora-output.txt --test_out sst-test-lora-output.txt --lora_rank 4 --lora_alpha 1.0 $R_SST_TRAIN --epochs 1
 run cfimdb-lora $PY --option lora --epochs 5 --lr 2e-5 --batch_size 10 $CF --dev_out cfimdb-dev-lora-output.txt --test_out cfimdb-test-lora-output.txt --lora_rank 4 --lora_alpha 1.0 $R_CF_TRAIN --epochs 1
+;;
+cfimdb400)
+for head in text prompt; do
+run cfimdb400-finetune-$head $PY --option finetune --epochs 5 --lr 2e-5 --batch_size 10 $CF --dev_out cfimdb400-dev-finetuning-$head.txt --test_out cfimdb400-test-finetuning-$head.txt $R_CF_400 --head_input $head
+run cfimdb400-lora-$head $PY --option lora --epochs 5 --lr 2e-5 --batch_size 10 $CF --dev_out cfimdb400-dev-lora-$head.txt --test_out cfimdb400-test-lora-$head.txt --lora_rank 4 --lora_alpha 1.0 $R_CF_400 --head_input $head
+done
 ;;
 esac; done
