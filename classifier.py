@@ -88,6 +88,12 @@ def lm_head_weight(model):
     return model.output.weight
 
 
+def label_token_ids(tokenizer, label_names, style="plain"):
+    """Token ids of each label as it follows the prompt: " good" in running text, "good" in chat."""
+    prefix = " " if style == "plain" else ""
+    return [tokenizer.encode(prefix + name, bos=False, eos=False) for name in label_names]
+
+
 def prompt_ids(tokenizer, text, template, label_names, max_len=None, style="plain"):
     """Token ids of the prompt for text; the text alone is cut to max_len tokens."""
     if max_len is not None:
@@ -180,8 +186,7 @@ class LlamaZeroShotClassifier(nn.Module):
         self.llama = llama.requires_grad_(False)
         self.tokenizer, self.template, self.max_len = tokenizer, template, max_len
         self.label_names, self.style = list(label_names), style
-        prefix = " " if style == "plain" else ""
-        self.label_ids = [tokenizer.encode(prefix + name, bos=False, eos=False) for name in label_names]
+        self.label_ids = label_token_ids(tokenizer, label_names, style)
 
     def prompt_ids(self, text):
         return prompt_ids(self.tokenizer, text, self.template, self.label_names, self.max_len,
@@ -426,7 +431,7 @@ def run_train(args, llama, tokenizer, names, splits):
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)", flush=True)
     template = args.prompt_template if args.head_input == "prompt" else None
     if template is not None:
-        label_ids = [tokenizer.encode(" " + name, bos=False, eos=False) for name in names]
+        label_ids = label_token_ids(tokenizer, names)
         init_head_from_labels(model, label_ids)
         print(f"head reads the prompt's last token, starts from labels {label_ids}", flush=True)
     seqs = {s: encode_split(splits[s], tokenizer, args.max_sentence_len, template, names)

@@ -255,8 +255,8 @@ def main():
     parser.add_argument("--model", default=None, help="model for the chat check (default: SmolLM2 GGUF)")
     parser.add_argument("--skip_model", action="store_true", help="skip the default-model chat check")
     args = parser.parse_args()
-    checks = [check_norms, check_attention, check_int4, check_rope, check_kv_cache, check_sampling, check_adamw,
-              check_lora, check_safetensors_and_pt, lambda: check_tokenizers(Path(args.data)),
+    checks = [check_norms, check_attention, check_int4, check_rope, check_kv_cache, check_sampling,
+              check_adamw, check_lora, check_safetensors_and_pt, lambda: check_tokenizers(Path(args.data)),
               check_ssm, check_pico, lambda: check_minllama(Path.cwd())]
     if not args.skip_model:
         checks.append(lambda: check_default_model(args.model))

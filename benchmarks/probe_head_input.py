@@ -33,13 +33,9 @@ def features(model, seqs):
     return torch.stack(rows)
 
 
-def train_probe(X, y, num_labels, epochs, lr, init=None, batch=10, seed=0):
+def train_probe(X, y, num_labels, epochs, lr, batch=10, seed=0):
     torch.manual_seed(seed)
     head = nn.Linear(X.shape[1], num_labels)
-    if init is not None:
-        with torch.no_grad():
-            head.weight.copy_(init)
-            head.bias.zero_()
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
     for _ in range(epochs):
         order = torch.randperm(len(X))
@@ -67,7 +63,7 @@ def main():
     split = {s: data.subset(data.read_examples(folder / f"{args.task}-{s}.txt", len(names)), n, seed=1337)
              for s, n in (("train", args.train_n), ("dev", args.dev_n))}
     model, tokenizer = weights.load_pretrained(None)
-    label_ids = [tokenizer.encode(" " + n, bos=False, eos=False) for n in names]
+    label_ids = classifier.label_token_ids(tokenizer, names)
     rows = torch.stack([classifier.lm_head_weight(model)[ids[0]] for ids in label_ids]).detach()
     y = {s: torch.tensor([e.label for e in split[s]]) for s in split}
     print(f"{args.task}: {args.train_n} train / {args.dev_n} dev, {args.max_len} tokens, labels {names}")
