@@ -1,0 +1,145 @@
+"""The one atomic writer: every file llmlab writes (predictions, histories, figures, checkpoints,
+adapters, submissions, tokenizer caches) goes through `write_atomic`.
+
+Why: a reader (or a crash) must never see half a file, and an existing file must survive a failed
+write. POSIX rename(2) replaces a directory entry in one step, so
+    write everything to a temporary file in the SAME folder (rename cannot cross file systems)
+    flush + fsync it (the bytes are on disk before the name points at them)
+    os.replace(temporary, path)                      readers see the old file or the new one
+    fsync the folder                                 the rename itself survives a power cut
+and on any error the temporary file is removed and `path` is left as it was.
+Folders (checkpoints) use the same idea one level up: `replace_folder_atomic` builds the new
+folder beside the old one, then swaps names, so a complete folder is always there.
+
+Tests: tests/test_atomic.py (old content survives an exception mid-write, no temporary file is
+left, a folder given as a file path is one clear error, JSON of tensors and paths).
+"""
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+# ----------------------------------------------------------------------------
+# files
+
+
+def _check_target(path):
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give a file path to write to (e.g. {path}/out.txt)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _fsync_folder(folder):
+    """Make a rename durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path, write):
+    """Call write(f) on a binary temporary file beside `path`, fsync it, rename it over `path`.
+
+    On any exception the temporary file is deleted and an existing `path` is untouched.
+    """
+    path = _check_target(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def write_bytes_atomic(path, data):
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def write_text_atomic(path, text):
+    """UTF-8 text, atomically."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _json_default(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def save_json_atomic(path, obj):
+    """obj as indented JSON (tensors become lists, paths strings), atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def save_figure_atomic(fig, path, dpi=100):
+    """A matplotlib figure as PNG, atomically; the figure is closed afterwards."""
+    import matplotlib.pyplot as plt
+    try:
+        return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+# ----------------------------------------------------------------------------
+# folders
+
+def replace_folder_atomic(path, fill):
+    """Build a folder with fill(tmp_folder), then put it at `path` in place of the old one.
+
+    The new folder is complete before it takes the name; the old one is renamed aside first and
+    deleted only after the swap, so at every instant either the old or the new folder is at
+    `path` or at `<path>.old` (load_folder_or_backup finds it after a crash).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: is a file; give a folder path for the checkpoint")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = path.with_name(path.name + ".old")
+    try:
+        fill(tmp)
+        _fsync_folder(tmp)
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_folder(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def folder_or_backup(path):
+    """`path` if it exists, else the `<path>.old` a crash inside replace_folder_atomic left."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    return path if path.exists() or not old.exists() else old
