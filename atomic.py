@@ -80,13 +80,13 @@ def write_text_atomic(path, text):
 def _json_default(value):
     if isinstance(value, torch.Tensor):
         return value.tolist()
-    if isinstance(value, Path):
+    if isinstance(value, (Path, torch.device, torch.dtype)):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def save_json_atomic(path, obj):
-    """obj as indented JSON (tensors become lists, paths strings), atomically."""
+    """obj as indented JSON (tensors become lists; paths, devices, dtypes strings), atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 

@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import safetensors_io
+
 # ----------------------------------------------------------------------------
 # names: one alias table between HF and llama2.c spellings, and the seed-000 presets
 
@@ -468,7 +470,7 @@ def save_adapter(directory, model, config):
     if not tensors:
         raise ValueError("save_adapter: the model has no LoRA layers; call inject_lora first")
     directory.mkdir(parents=True, exist_ok=True)
-    weights.write_safetensors(directory / ADAPTER_WEIGHTS, tensors, metadata={"format": "pt"})
+    safetensors_io.write_safetensors(directory / ADAPTER_WEIGHTS, tensors, metadata={"format": "pt"})
     _write_json_atomic(directory / ADAPTER_CONFIG, peft_config_dict(config))
     return directory
 
@@ -492,7 +494,7 @@ def load_adapter(directory, model):
         inject_lora(model, config)
     if any(layer.merged for _, layer in lora_layers(model)):
         raise ValueError("load_adapter: the model's LoRA layers are merged; call unmerge_lora first")
-    tensors = weights.read_safetensors(directory / ADAPTER_WEIGHTS)
+    tensors = safetensors_io.read_safetensors(directory / ADAPTER_WEIGHTS)
     slots = _adapter_slots(model)
     missing, unexpected = sorted(slots.keys() - tensors.keys()), sorted(tensors.keys() - slots.keys())
     if missing or unexpected:

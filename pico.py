@@ -65,7 +65,7 @@ import rope
 from llama import RMSNorm  # the hand-written RMSNorm seed 003 asks for (fp32 statistics)
 import sample
 import train
-import weights
+import safetensors_io
 
 
 # ----------------------------------------------------------------------------
@@ -504,7 +504,7 @@ def save_pico_checkpoint(directory, model, tokenizer, optimizer=None, extra=None
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    weights.write_safetensors(directory / "model.safetensors", tensors)
+    safetensors_io.write_safetensors(directory / "model.safetensors", tensors)
     meta = {"format": CHECKPOINT_FORMAT, "config": asdict(model.cfg), "tokenizer": tokenizer.kind,
             "optimizer": None, **(extra or {})}
     if optimizer is not None:
@@ -516,7 +516,7 @@ def save_pico_checkpoint(directory, model, tokenizer, optimizer=None, extra=None
                     tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
                 else:
                     scalars[f"{index}.{key}"] = value
-        weights.write_safetensors(directory / "optimizer.safetensors", tensors)
+        safetensors_io.write_safetensors(directory / "optimizer.safetensors", tensors)
     if tokenizer.kind == "bpe":
         tmp = directory / f".tokenizer.model.tmp{os.getpid()}"
         tmp.write_bytes(tokenizer.model_proto)
@@ -541,7 +541,7 @@ def load_pico_checkpoint(directory, expected_model=None):
                          f"{expected_model!r}; pass --model {cfg.model} or a "
                          f"{expected_model} checkpoint")
     model = build_model(cfg)
-    model.load_state_dict(weights.read_safetensors(directory / "model.safetensors"), strict=True)
+    model.load_state_dict(safetensors_io.read_safetensors(directory / "model.safetensors"), strict=True)
     tokenizer = (BPETokenizer((directory / "tokenizer.model").read_bytes())
                  if meta["tokenizer"] == "bpe" else ByteTokenizer())
     return model, tokenizer, meta
@@ -550,7 +550,7 @@ def load_pico_checkpoint(directory, expected_model=None):
 def load_optimizer_state(directory, optimizer, meta):
     """Restore AdamW moments and step counts saved by save_pico_checkpoint."""
     state = {}
-    tensors = weights.read_safetensors(Path(directory) / "optimizer.safetensors")
+    tensors = safetensors_io.read_safetensors(Path(directory) / "optimizer.safetensors")
     for name, value in [*tensors.items(), *meta["optimizer"]["scalars"].items()]:
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value

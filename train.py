@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import atomic
 import optimizer as optim_lib
 
 
@@ -81,28 +82,11 @@ class TrainConfig:
 # ----------------------------------------------------------------------------
 # atomic output helpers
 
-def write_text_atomic(path, text):
-    """Write text to path via a temporary file and os.replace, so readers never see half a file."""
-    path = Path(path)
-    if path.parent != Path(""):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+# transition aliases (removed once every caller imports atomic)
+write_text_atomic, save_json_atomic = atomic.write_text_atomic, atomic.save_json_atomic
 
 
-def save_json_atomic(path, obj):
-    """Write obj as indented JSON, atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
-
-def _json_default(value):
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def plot_curves(history, path):

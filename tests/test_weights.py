@@ -27,6 +27,7 @@ import pytest
 import torch
 
 import llama
+import safetensors_io
 import weights
 
 TINY_TOL = dict(atol=1e-5, rtol=1e-5)
@@ -58,8 +59,8 @@ def test_read_safetensors_equals_library(tmp_path):
     st = pytest.importorskip("safetensors.torch")
     tensors = mixed_tensors()
     st.save_file(tensors, tmp_path / "a.safetensors", metadata={"format": "pt", "k": "v"})
-    assert_same_tensors(weights.read_safetensors(tmp_path / "a.safetensors"), tensors)
-    metadata = weights.read_safetensors_metadata(tmp_path / "a.safetensors")
+    assert_same_tensors(safetensors_io.read_safetensors(tmp_path / "a.safetensors"), tensors)
+    metadata = safetensors_io.read_safetensors_metadata(tmp_path / "a.safetensors")
     assert metadata == {"format": "pt", "k": "v"}
 
 
@@ -68,7 +69,7 @@ def test_write_safetensors_read_by_library(tmp_path):
     safetensors = pytest.importorskip("safetensors")
     tensors = mixed_tensors()
     path = tmp_path / "b.safetensors"
-    weights.write_safetensors(path, tensors, metadata={"note": "hi"})
+    safetensors_io.write_safetensors(path, tensors, metadata={"note": "hi"})
     assert_same_tensors(st.load_file(path), tensors)
     with safetensors.safe_open(path, "pt") as f:
         assert f.metadata() == {"note": "hi"}
@@ -79,7 +80,7 @@ def test_write_safetensors_read_by_library(tmp_path):
 
 def test_bad_safetensors_raise_one_line_value_errors(tmp_path):
     path = tmp_path / "c.safetensors"
-    weights.write_safetensors(path, {"w": randn(4, 4)})
+    safetensors_io.write_safetensors(path, {"w": randn(4, 4)})
     data = path.read_bytes()
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8: 8 + n])
@@ -94,7 +95,7 @@ def test_bad_safetensors_raise_one_line_value_errors(tmp_path):
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=message) as err:
-            weights.read_safetensors(tmp_path / name)
+            safetensors_io.read_safetensors(tmp_path / name)
         assert "\n" not in str(err.value) and name in str(err.value)
 
 
