@@ -160,10 +160,32 @@ def test_bad_inputs_raise_one_line_errors():
         fit(model, [(x, y)], ce_sum, base_config())
 
 
-def test_write_text_atomic_replaces_whole_file(tmp_path):
-    path = tmp_path / "sub" / "out.txt"
-    train.write_text_atomic(path, "first\n")
-    train.write_text_atomic(path, "second\n")
-    assert path.read_text() == "second\n"
-    train.save_json_atomic(tmp_path / "x.json", {"a": torch.tensor([1, 2]), "p": tmp_path})
-    assert json.loads((tmp_path / "x.json").read_text())["a"] == [1, 2]
+def test_token_runs_get_perplexity_of_their_eval_loss():
+    """count_unit "tok": the evaluation hook adds perplexity = exp(loss) (oracle: math.exp)."""
+    import math
+    x, y = make_data(8)
+    history = fit(make_model(), [(x, y)], ce_sum,
+                  base_config(epochs=2, count_unit="tok", select_metric="loss", select_mode="min"),
+                  evaluate=lambda m: {"loss": 0.25})
+    assert [e["perplexity"] for e in history["evals"]] == [math.exp(0.25)] * 2
+
+
+def test_one_host_sync_per_logged_step(monkeypatch):
+    """Loss sums stay on the device: 6 steps logged every 3 read the host 2 times, plus once at the
+    epoch end (oracle: counting every Tensor -> Python conversion while fit runs)."""
+    x, y = make_data(12)
+    batches = list(zip(torch.split(x, 2), torch.split(y, 2)))
+
+    def loss_fn(model, batch):
+        xb, yb = batch
+        return F.cross_entropy(model(xb), yb, reduction="sum"), torch.tensor(float(len(yb)))
+
+    calls = []
+    for name in ("item", "tolist", "__float__", "__bool__", "__int__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name:
+                            (calls.append(_n), _o(self, *a))[1])
+    history = fit(make_model(), batches, loss_fn, base_config(log_every_steps=3, max_grad_norm=1.0))
+    monkeypatch.undo()
+    assert [s["step"] for s in history["steps"]] == [3, 6]
+    assert calls == ["tolist"] * 3, calls
