@@ -6,7 +6,8 @@ Section 4.1, eq. 3). For a frozen pretrained weight W0 (out, in) the update is c
     h = W0 x + (alpha / r) * B A x          A (r, in), B (out, r), r << min(in, out)
 
 A starts random (Kaiming-uniform with a = sqrt(5), as peft and nn.Linear do), B starts at zero, so
-the adapted model equals the base at step 0; only A and B are trained. Dropout (probability
+the adapted model equals the base at step 0; only A and B are trained. The factor alpha / r is one
+rule, `lora_scale`, used by LoraConfig.scale and LoRALayer.scale alike. Dropout (probability
 `dropout`) is applied to the input of the LoRA branch only, as peft does. Because the update is
 linear it can be folded into the weight for inference and taken out again exactly:
 
@@ -16,6 +17,8 @@ Target modules use one alias table between HF and llama2.c / Meta spellings:
     q_proj <-> wq, k_proj <-> wk, v_proj <-> wv, o_proj <-> wo        (attention)
     gate_proj <-> w1, down_proj <-> w2, up_proj <-> w3                 (SwiGLU FFN)
 Presets (course seed 000, part 2): light = q, v; medium = q, k, v, up, down; heavy = all seven.
+`resolve_targets` turns a preset name or a comma list ("heavy", "q_proj,v_proj", "wq,wv") into
+target names; every command line flag (--lora_targets) goes through it.
 Trainable parameters per adapted layer: r * (in + out).
 
 Adapters are saved as peft does (adapter_model.safetensors + adapter_config.json, keys like
@@ -24,22 +27,19 @@ loads them into transformers' LlamaForCausalLM. Our Llama keeps Q/K rows in Meta
 layout while HF uses the half-split layout: W_hf = P W_ours for a row permutation P, hence
 B_hf A = P (B_ours A) means permuting the rows of B for wq / wk (A is unchanged).
 
-Two other PEFT methods share the wrapping machinery (course seed 004 Q2.7-2.8):
-    IA3 (Liu et al. 2022, arXiv:2205.05638, Sec. 3.3): k' = l_k * k, v' = l_v * v,
-        FFN(x) = W2 (l_ff * gamma(W1 x)); vectors l start at ones.
-    Prompt tuning (Lester et al. 2021, arXiv:2104.08691): the frozen model reads [P; E(x)] with a
-        learned P (n, dim); token ids -1..-n select the rows of P.
+The wrapping machinery here (with_aliases, wrap_linears, set_submodule, count_parameters) is
+shared by the other PEFT methods in adapters.py (IA3, prompt tuning).
 
 Shape legend: `in` / `out` features of the wrapped Linear, `r` rank, `...` any leading dims (B, T).
 
 Tests: tests/test_lora.py checks our layer against peft on a tiny LlamaForCausalLM (same A, B ->
-same logits), adapters we save load in peft with the same logits, B = 0 equals the base, merged ==
-unmerged logits, parameter counts equal peft's, dropout is off in eval; IA3 and prompt tuning
-against peft's IA3 / PromptTuning, IA3 with ones and a zero-length prompt against the base.
+same logits), adapters we save load in peft with the same logits (and peft's in ours, also on our
+canonical Llama with permuted Q/K rows), B = 0 equals the base, merged == unmerged logits,
+parameter counts equal peft's for the three presets, dropout is off in eval, resolve_targets and
+the scale rule; tests/test_classifier.py runs `--lora_targets heavy` / `q_proj,v_proj` end to end.
 """
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import atomic
+import rope
 import safetensors_io
+import weights
 
 # ----------------------------------------------------------------------------
 # names: one alias table between HF and llama2.c spellings, and the seed-000 presets
@@ -59,6 +62,7 @@ LLAMA2C_TO_HF = {v: k for k, v in HF_TO_LLAMA2C.items()}
 LIGHT = ["q_proj", "v_proj"]                                             # attention only
 MEDIUM = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]          # attention + FFN
 HEAVY = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
+PRESETS = {"light": LIGHT, "medium": MEDIUM, "heavy": HEAVY}             # seed 000 part 2
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -74,33 +78,51 @@ def with_aliases(names):
     return out
 
 
+def resolve_targets(spec):
+    """Target names from a preset name, a comma list, or a list of names.
+
+    "heavy" -> HEAVY (also "light", "medium"; any case); "wq, wv" -> ["wq", "wv"];
+    ["q_proj"] -> ["q_proj"]. Names keep the spelling given (either matches, see with_aliases).
+    ValueError when nothing is named.
+    """
+    if isinstance(spec, str):
+        preset = PRESETS.get(spec.strip().lower())
+        names = list(preset) if preset else [t.strip() for t in spec.split(",") if t.strip()]
+    else:
+        names = list(spec)
+    if not names:
+        raise ValueError(f"--lora_targets {spec!r}: target_modules is empty; give a preset (light, "
+                         "medium, heavy) or Linear names, e.g. q_proj,v_proj (or wq,wv)")
+    return names
+
+
 # ----------------------------------------------------------------------------
 # config
+
+def lora_scale(alpha, r):
+    """alpha / r, the factor on B A (Hu et al. 2021, Sec. 4.1): the one place this rule lives."""
+    return alpha / r
+
 
 @dataclass
 class LoraConfig:
     r: int = 8                                  # rank of the update B A (--lora_rank)
     alpha: float = 8.0                          # scale numerator: the update is (alpha / r) B A
     dropout: float = 0.0                        # dropout probability on the LoRA branch input
-    target_modules: list = field(default_factory=lambda: list(LIGHT))  # Linear names, either spelling
+    target_modules: list = field(default_factory=lambda: list(LIGHT))  # preset or Linear names
 
     def __post_init__(self):
-        if isinstance(self.target_modules, str):
-            self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
-        self.target_modules = list(self.target_modules)
         if not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"--lora_rank {self.r}: the LoRA rank must be a positive integer "
                              "(e.g. 4, 8 or 16)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--lora_dropout {self.dropout}: must be in [0, 1)")
-        if not self.target_modules:
-            raise ValueError("LoraConfig.target_modules is empty: name at least one Linear, "
-                             "e.g. q_proj,v_proj (or wq,wv)")
+        self.target_modules = resolve_targets(self.target_modules)
 
     @property
     def scale(self):
         """alpha / r, the factor on B A."""
-        return self.alpha / self.r
+        return lora_scale(self.alpha, self.r)
 
     # Presets: the three target settings of course seed 000 part 2 (Llama 3.2 1B comparison).
     @classmethod
@@ -158,7 +180,7 @@ class LoRALayer(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight.requires_grad_(False)                  # (out, in), frozen W0
         self.bias = None if base.bias is None else base.bias.requires_grad_(False)
-        self.r, self.alpha, self.scale = r, alpha, alpha / r
+        self.r, self.alpha = r, alpha                                    # scale is derived
         dtype = base.weight.dtype
         dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         device = base.weight.device
@@ -167,6 +189,11 @@ class LoRALayer(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.reset_lora_parameters()
+
+    @property
+    def scale(self):
+        """alpha / r, derived on each use: setting alpha (load_adapter) cannot leave it stale."""
+        return lora_scale(self.alpha, self.r)
 
     def reset_lora_parameters(self):
         """A ~ Kaiming-uniform(a=sqrt(5)) i.e. U(-1/sqrt(in), 1/sqrt(in)); B = 0 (Hu et al. 4.1)."""
@@ -212,7 +239,8 @@ class LoRALayer(nn.Module):
 # ----------------------------------------------------------------------------
 # whole-model operations
 
-def _set_submodule(model, name, module):
+def set_submodule(model, name, module):
+    """model.<name> = module for a dotted name (layers.0.attention.wq)."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
@@ -222,22 +250,23 @@ def lora_layers(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALayer)]
 
 
-def _wrap_linears(model, target_modules, wrap):
-    """Replace each nn.Linear whose last name part is a target by wrap(name, linear); freeze the rest.
+def wrap_linears(model, target_modules, wrap, option="target_modules"):
+    """Replace each target nn.Linear (by last name part) with wrap(name, linear); freeze the rest.
 
-    Targets match in either spelling (q_proj or wq). ValueError listing the Linear names when none
-    matches. Returns the wrapped names.
+    Targets match in either spelling (q_proj or wq). When none matches: ValueError naming `option`
+    (the flag or config field the targets came from) and listing the model's Linear names.
+    Returns the wrapped names. Shared by inject_lora and adapters.inject_ia3.
     """
     targets = with_aliases(target_modules)
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     chosen = [n for n in linears if n.rpartition(".")[2] in targets]
     if not chosen:
         available = sorted({n.rpartition(".")[2] for n in linears})
-        raise ValueError(f"target_modules {list(target_modules)} match no nn.Linear in the model; "
+        raise ValueError(f"{option} {list(target_modules)} match no nn.Linear in the model; "
                          f"available names: {', '.join(available)} (pass some of these)")
     model.requires_grad_(False)
     for name in chosen:
-        _set_submodule(model, name, wrap(name, model.get_submodule(name)))
+        set_submodule(model, name, wrap(name, model.get_submodule(name)))
     return chosen
 
 
@@ -248,9 +277,9 @@ def inject_lora(model, config):
     whichever spelling config.target_modules uses. Every existing parameter is frozen (as peft's
     bias="none"); only lora_A / lora_B train. Returns the names of the wrapped modules.
     """
-    return _wrap_linears(model, config.target_modules,
-                         lambda name, linear: LoRALayer(linear, config.r, config.alpha,
-                                                        config.dropout))
+    return wrap_linears(model, config.target_modules,
+                        lambda name, linear: LoRALayer(linear, config.r, config.alpha,
+                                                       config.dropout), option="--lora_targets")
 
 
 def count_parameters(model):
@@ -280,107 +309,8 @@ def unload_lora(model, merge_first=True):
     for name, layer in lora_layers(model):
         if merge_first:
             layer.merge_()
-        _set_submodule(model, name, layer.to_linear())
+        set_submodule(model, name, layer.to_linear())
     return model
-
-
-# ----------------------------------------------------------------------------
-# two other PEFT methods (course seed 004 Q2.7-2.8, seed 000 bonus): IA3 and prompt tuning
-
-@dataclass
-class IA3Config:
-    target_modules: list = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])  # Linears
-    feedforward_modules: list = field(default_factory=lambda: ["down_proj"])  # scale their input
-
-
-class IA3Layer(nn.Module):
-    """A frozen nn.Linear whose output (k, v) or input (FFN intermediate) is rescaled by l.
-
-    (IA)^3, Liu et al. 2022, arXiv:2205.05638, Section 3.3: k' = l_k * k, v' = l_v * v and
-    FFN(x) = W2 (l_ff * gamma(W1 x)); l starts at ones (the base model). feedforward=True scales
-    the input of the wrapped Linear (W2 = down_proj / w2), otherwise its output.
-    """
-
-    def __init__(self, base, feedforward):
-        super().__init__()
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight.requires_grad_(False)                  # (out, in), frozen
-        self.bias = None if base.bias is None else base.bias.requires_grad_(False)
-        self.feedforward = feedforward
-        size = self.in_features if feedforward else self.out_features
-        self.ia3_l = nn.Parameter(torch.ones(size, device=base.weight.device))  # (in,) or (out,)
-
-    def forward(self, x):
-        """x (..., in) -> (..., out) with the input or the output scaled channel-wise by l."""
-        scale = self.ia3_l.to(x.dtype)
-        if self.feedforward:
-            return F.linear(x * scale, self.weight, self.bias)              # (..., out)
-        return F.linear(x, self.weight, self.bias) * scale                  # (..., out)
-
-
-def inject_ia3(model, config):
-    """Wrap the target Linears in IA3Layers (ones: the base model); freeze the rest; names."""
-    feedforward = with_aliases(config.feedforward_modules)
-    return _wrap_linears(model, config.target_modules, lambda name, linear: IA3Layer(
-        linear, feedforward=name.rpartition(".")[2] in feedforward))
-
-
-@dataclass
-class PromptTuningConfig:
-    num_virtual_tokens: int = 20                # n, soft-prompt length in embedding vectors
-
-    def __post_init__(self):
-        if self.num_virtual_tokens < 0:
-            raise ValueError(f"--num_virtual_tokens {self.num_virtual_tokens}: must be >= 0")
-
-
-class SoftPromptEmbedding(nn.Module):
-    """Token embedding where ids -1 .. -n select n learned soft-prompt vectors.
-
-    Prompt tuning (Lester et al. 2021, arXiv:2104.08691, Section 2): a frozen model reads
-    [P; E(x)] with P (n, dim) trained. Negative ids mark the soft slots, so any model that only
-    embeds its tokens (our Llama, HF's LlamaModel) runs unchanged: prepend_soft_prompt puts the
-    ids -1..-n in front. P starts as the embeddings of n random vocabulary tokens (Section 3.2).
-    The frozen table is registered as `weight`, so tied output heads still share it.
-    """
-
-    def __init__(self, embedding, num_virtual_tokens):
-        super().__init__()
-        self.weight = embedding.weight.requires_grad_(False)              # (V, dim), frozen
-        ids = torch.randint(0, self.weight.shape[0], (num_virtual_tokens,))
-        self.prompt = nn.Parameter(self.weight.detach()[ids.to(self.weight.device)].float())
-
-    def forward(self, tokens):
-        """tokens (B, T), ids >= 0 real and -1..-n soft -> embeddings (B, T, dim)."""
-        real = F.embedding(tokens.clamp(min=0), self.weight)              # (B, T, dim)
-        if self.prompt.shape[0] == 0:
-            return real
-        slot = (-tokens - 1).clamp(0, self.prompt.shape[0] - 1)           # (B, T)
-        soft = F.embedding(slot, self.prompt).to(real.dtype)              # (B, T, dim)
-        return torch.where((tokens < 0).unsqueeze(-1), soft, real)
-
-
-def prepend_soft_prompt(tokens, attention_mask=None, num_virtual_tokens=0):
-    """Prefix ids -1..-n (and ones in the mask): tokens (B, T) -> (B, n + T)."""
-    soft = -torch.arange(1, num_virtual_tokens + 1, device=tokens.device)
-    tokens = torch.cat([soft.expand(tokens.shape[0], -1), tokens], dim=1)  # (B, n + T)
-    if attention_mask is not None:
-        ones = attention_mask.new_ones(attention_mask.shape[0], num_virtual_tokens)
-        attention_mask = torch.cat([ones, attention_mask], dim=1)        # (B, n + T)
-    return tokens, attention_mask
-
-
-def inject_prompt_tuning(model, config):
-    """Replace the token embedding (tok_embeddings or embed_tokens) by a SoftPromptEmbedding."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)
-             and n.rpartition(".")[2] in ("tok_embeddings", "embed_tokens")]
-    if len(names) != 1:
-        raise ValueError(f"prompt tuning needs exactly one tok_embeddings/embed_tokens module, "
-                         f"found {names}; pass the language model itself")
-    model.requires_grad_(False)
-    _set_submodule(model, names[0], SoftPromptEmbedding(model.get_submodule(names[0]),
-                                                        config.num_virtual_tokens))
-    return names[0]
 
 
 # ----------------------------------------------------------------------------
@@ -395,7 +325,6 @@ def _peft_module_name(name, model):
     last = name.rpartition(".")[2]
     if last not in LLAMA2C_TO_HF:
         return name, None
-    import weights
     hf_name = weights.canonical_to_hf_name(name + ".weight").removesuffix(".weight")
     if last not in ("wq", "wk"):
         return hf_name, None
@@ -442,20 +371,12 @@ def config_from_peft_dict(data, path):
                       dropout=float(data.get("lora_dropout", 0.0)), target_modules=targets)
 
 
-def _write_json_atomic(path, obj):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def save_adapter(directory, model, config):
     """Write <directory>/adapter_model.safetensors and adapter_config.json in peft's layout.
 
     Q/K lora_B rows of a canonical (interleaved-RoPE) Llama are permuted to HF's half-split
     layout, so the file means the same update for transformers' LlamaForCausalLM.
     """
-    import rope
-    import weights
     directory = Path(directory)
     for name, layer in lora_layers(model):
         if (layer.r, layer.alpha) != (config.r, config.alpha):
@@ -471,7 +392,7 @@ def save_adapter(directory, model, config):
         raise ValueError("save_adapter: the model has no LoRA layers; call inject_lora first")
     directory.mkdir(parents=True, exist_ok=True)
     safetensors_io.write_safetensors(directory / ADAPTER_WEIGHTS, tensors, metadata={"format": "pt"})
-    _write_json_atomic(directory / ADAPTER_CONFIG, peft_config_dict(config))
+    atomic.save_json_atomic(directory / ADAPTER_CONFIG, peft_config_dict(config))
     return directory
 
 
@@ -481,8 +402,6 @@ def load_adapter(directory, model):
 
     Every adapter tensor must land in one LoRA layer and every LoRA layer must be filled (strict).
     """
-    import rope
-    import weights
     directory = Path(directory)
     for fname in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (directory / fname).exists():
@@ -510,5 +429,5 @@ def load_adapter(directory, model):
                              f"{tuple(param.shape)}; the adapter's rank or base model differs")
         param.copy_(value)
     for _, layer in lora_layers(model):
-        layer.alpha, layer.scale = config.alpha, config.alpha / config.r
+        layer.alpha = config.alpha                                       # scale follows
     return config

@@ -1,10 +1,12 @@
-"""Tests for lora.py: LoRALayer, inject/merge/unmerge, parameter counts, peft-format adapters.
+"""Tests for lora.py: LoRALayer, inject/merge/unmerge, parameter counts, peft-format adapters,
+target presets and the alpha / r rule. IA3 and prompt tuning are in tests/test_adapters.py, which
+reuses this file's tiny_hf_llama / tokens / hf_logits.
 
-Run: .venv/bin/pytest tests/test_lora.py -q
+Run: .venv/bin/python -m pytest tests/test_lora.py -q
 
 Oracles: peft (get_peft_model / PeftModel.from_pretrained / print_trainable_parameters numbers) on a
-tiny transformers LlamaForCausalLM; the base model itself (B = 0, IA3 with ones); merged vs
-unmerged logits; our canonical Llama against the HF model it was converted from.
+tiny transformers LlamaForCausalLM; the base model itself (B = 0); merged vs unmerged logits; our
+canonical Llama against the HF model it was converted from; the seed-000 preset lists written out.
 """
 import copy
 
@@ -95,6 +97,29 @@ def test_merge_unmerge_functions_invert():
     torch.testing.assert_close(lora.unmerge(lora.merge(w, a, b, 0.5), a, b, 0.5), w)
     x = torch.randn(3, 6, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(x @ lora.merge(w, a, b, 0.5).T, x @ w.T + lora.lora_delta(x, a, b, 0.5))
+
+
+def test_scale_is_derived_from_alpha_and_r():
+    """One rule, alpha / r: the config, a fresh layer, and a layer whose alpha was set later."""
+    assert lora.LoraConfig(r=4, alpha=2.0).scale == 0.5 == lora.lora_scale(2.0, 4)
+    layer = lora.LoRALayer(nn.Linear(6, 5), r=4, alpha=2.0)
+    assert layer.scale == 0.5
+    layer.alpha = 8.0                                   # what load_adapter does
+    assert layer.scale == 2.0
+
+
+def test_resolve_targets_presets_and_lists():
+    """Seed 000 part 2's three settings by name; comma lists in either spelling; list as given."""
+    assert lora.resolve_targets("light") == ["q_proj", "v_proj"]
+    assert lora.resolve_targets("medium") == ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+    assert lora.resolve_targets(" Heavy ") == ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
+                                               "down_proj", "gate_proj"]
+    assert lora.resolve_targets("wq, wv,") == ["wq", "wv"]
+    assert lora.resolve_targets(("q_proj", "w2")) == ["q_proj", "w2"]
+    assert lora.LoraConfig(target_modules="heavy").target_modules == lora.HEAVY
+    for empty in ("", " , ", []):
+        with pytest.raises(ValueError, match="--lora_targets .*preset \\(light, medium, heavy\\)"):
+            lora.resolve_targets(empty)
 
 
 def test_config_errors_and_aliases():
@@ -192,64 +217,6 @@ def test_only_lora_trains():
 
 
 # ----------------------------------------------------------------------------
-# IA3 and prompt tuning
-
-def test_ia3_ones_equals_base_and_matches_peft():
-    base = tiny_hf_llama()
-    ours = copy.deepcopy(base)
-    names = lora.inject_ia3(ours, lora.IA3Config())
-    assert len(names) == 2 * 3
-    ids = tokens()
-    torch.testing.assert_close(hf_logits(ours, ids), hf_logits(base, ids), rtol=0, atol=0)
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.IA3Config(
-        target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"])).eval()
-    assert lora.count_parameters(ours) == theirs.get_nb_trainable_parameters()
-    gen = torch.Generator().manual_seed(3)
-    modules = dict(theirs.base_model.model.named_modules())
-    with torch.no_grad():
-        for name in names:
-            layer = ours.get_submodule(name)
-            layer.ia3_l.copy_(1 + 0.5 * torch.randn(layer.ia3_l.shape, generator=gen))
-            target = modules[name].ia3_l["default"]             # (out, 1) or (1, in) in peft
-            target.copy_(layer.ia3_l.reshape(target.shape))
-    want = hf_logits(theirs, ids)
-    assert (want - hf_logits(base, ids)).abs().max() > 1e-2
-    torch.testing.assert_close(hf_logits(ours, ids), want, rtol=0, atol=1e-6)
-
-
-def test_prompt_tuning_zero_length_equals_base():
-    base = tiny_hf_llama()
-    ours = copy.deepcopy(base)
-    lora.inject_prompt_tuning(ours, lora.PromptTuningConfig(num_virtual_tokens=0))
-    ids = tokens()
-    padded, _ = lora.prepend_soft_prompt(ids, None, 0)
-    torch.testing.assert_close(hf_logits(ours, padded), hf_logits(base, ids), rtol=0, atol=0)
-    assert lora.count_parameters(ours)[0] == 0
-    with pytest.raises(ValueError, match="--num_virtual_tokens"):
-        lora.PromptTuningConfig(num_virtual_tokens=-1)
-
-
-def test_prompt_tuning_matches_peft():
-    """Same soft prompt P: logits over [P; x] equal peft's PromptTuning (which concatenates)."""
-    base = tiny_hf_llama()
-    ours = copy.deepcopy(base)
-    lora.inject_prompt_tuning(ours, lora.PromptTuningConfig(num_virtual_tokens=3))
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.PromptTuningConfig(
-        task_type="CAUSAL_LM", num_virtual_tokens=3)).eval()
-    assert lora.count_parameters(ours) == theirs.get_nb_trainable_parameters()
-    with torch.no_grad():
-        ours.model.embed_tokens.prompt.copy_(theirs.prompt_encoder["default"].embedding.weight)
-    ids = tokens()
-    mask = torch.ones_like(ids)
-    mask[1, -3:] = 0                                              # right padding on one row
-    ours_ids, ours_mask = lora.prepend_soft_prompt(ids, mask, 3)
-    with torch.no_grad():
-        got = ours(input_ids=ours_ids, attention_mask=ours_mask).logits
-        want = theirs(input_ids=ids, attention_mask=mask).logits
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-
-
-# ----------------------------------------------------------------------------
 # adapters on disk (peft layout)
 
 def test_saved_adapter_loads_in_peft(tmp_path):
@@ -284,6 +251,12 @@ def test_peft_saved_adapter_loads_in_ours(tmp_path):
     assert (config.r, config.alpha, sorted(config.target_modules)) == (4, 16.0, sorted(lora.MEDIUM))
     ids = tokens()
     torch.testing.assert_close(hf_logits(ours, ids), hf_logits(theirs, ids), rtol=0, atol=1e-6)
+    # Injected first with another alpha: loading sets alpha, and the scale follows it.
+    other = copy.deepcopy(base)
+    lora.inject_lora(other, lora.LoraConfig(r=4, alpha=1.0, target_modules=lora.MEDIUM))
+    lora.load_adapter(tmp_path, other)
+    assert {layer.scale for _, layer in lora.lora_layers(other)} == {4.0}
+    torch.testing.assert_close(hf_logits(other, ids), hf_logits(theirs, ids), rtol=0, atol=1e-6)
 
 
 def test_load_adapter_errors(tmp_path):
