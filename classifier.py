@@ -16,7 +16,9 @@ Classification head (`--option finetune` / `lora`; minllama's LlamaEmbeddingClas
     logits = W_c dropout(h) + b_c                                        (B, K)
     loss = cross-entropy(logits, y), summed and divided by the examples in the optimizer step.
 finetune trains every parameter; lora freezes the Llama and trains the head plus LoRA adapters
-W = W0 + (alpha / r) B A on wq and wv (Hu et al. 2021, arXiv:2106.09685, Sec. 4.1-4.2).
+W = W0 + (alpha / r) B A (Hu et al. 2021, arXiv:2106.09685, Sec. 4.1-4.2) on --lora_targets:
+wq,wv by default, a seed-000 preset (light, medium, heavy) or Linear names in either spelling,
+read by lora.resolve_targets.
 What the head reads (--head_input):
     text    [bos] text [eos], head randomly initialised (minllama's create_data)
     prompt  (default) the zero-shot prompt of --option prompt; the head starts as the zero-shot
@@ -26,21 +28,28 @@ What the head reads (--head_input):
             linear probe reached 0.542 dev on CFIMDB at eos and 0.817 at the prompt's end
             (benchmarks/probe_head_input.py).
 
+Accuracy on a split whose gold labels are all one value (CFIMDB's test file: placeholder 0s)
+is printed with a warning, since it only counts how often that label is predicted.
+
 Shapes: B batch, T tokens, dim model width, V vocabulary, K labels, m label tokens.
 Tests: tests/test_classifier.py (batched padded label scores == one unpadded forward per example
-and label; head on the last non-pad token == an unpadded single-example run; LoRA trains only head
-and adapters; the CLI end to end through run.main on temp files).
+and label; head on the last non-pad token == an unpadded single-example run; the label-row head
+== zero-shot scores; LoRA trains only head and adapters; the CLI end to end through run.main on
+temp files, --lora_targets presets and names, the placeholder-label warning).
 """
-import json
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
+import atomic
 import data
+import lora
 import train
+import weights
 
 # minllama's prompt (run_llama.py's prompt_suffix); {labels} is e.g. "bad or good". On SmolLM2 it
 # beat a "Review: ... Answer:" question and the chat template on dev subsets (benchmarks/issue3_results.md).
@@ -222,15 +231,16 @@ class LlamaEmbeddingClassifier(nn.Module):
         return self.classifier_head(self.dropout(pooled.float()))                    # (B, K)
 
 
-def add_lora(classifier, rank, alpha, targets=("wq", "wv"), dropout=0.0):
-    """Freeze the Llama, inject LoRA adapters into `targets`; the head stays trainable."""
-    import lora
+def add_lora(classifier, rank, alpha, targets="wq,wv", dropout=0.0):
+    """Freeze the Llama, inject LoRA adapters into `targets`; the head stays trainable.
+
+    targets: a preset ("light", "medium", "heavy"), a comma list or a list of names in either
+    spelling (lora.resolve_targets). Returns the wrapped module names; ValueError (listing the
+    model's Linear names) when none matches.
+    """
     classifier.llama.requires_grad_(False)
-    config = lora.LoraConfig(r=rank, alpha=alpha, dropout=dropout, target_modules=list(targets))
+    config = lora.LoraConfig(r=rank, alpha=alpha, dropout=dropout, target_modules=targets)
     names = lora.inject_lora(classifier.llama, config)
-    if not names:
-        raise ValueError(f"--lora_targets {','.join(targets)}: no such linear layers in the model; "
-                         "use names like wq,wk,wv,wo,w1,w2,w3")
     classifier.classifier_head.requires_grad_(True)
     return names
 
@@ -268,7 +278,6 @@ def predict_head(model, batches):
 @torch.no_grad()
 def predict_prompting(classifier, prompts, batch_size, log_p_cf=None, desc="prompt"):
     """argmax label per prompt (calibrated when log_p_cf is given), similar lengths batched."""
-    from tqdm import tqdm
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     preds = [0] * len(prompts)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, dynamic_ncols=True):
@@ -283,6 +292,16 @@ def predict_prompting(classifier, prompts, batch_size, log_p_cf=None, desc="prom
 
 def accuracy(preds, examples):
     return sum(int(p == e.label) for p, e in zip(preds, examples, strict=True)) / len(examples)
+
+
+def placeholder_labels_warning(examples, path):
+    """A warning when every gold label is one value (CFIMDB's test file: all 0, placeholders);
+    accuracy then only counts how often that label is predicted. None for a real split."""
+    labels = {e.label for e in examples}
+    if len(labels) != 1:
+        return None
+    return (f"warning: every gold label in {Path(path).name} is {labels.pop()}, so this accuracy "
+            "measures nothing")
 
 
 # ----------------------------------------------------------------------------
@@ -339,7 +358,9 @@ def add_arguments(parser, option):
         parser.add_argument("--lora_alpha", "--lora-alpha", type=float, default=1.0,
                             help="LoRA alpha; the update is scaled by alpha / r")
         parser.add_argument("--lora_targets", "--lora-targets", default="wq,wv",
-                            help="comma-separated linear layers that get adapters")
+                            help="linear layers that get adapters: a preset (light: q,v; medium: "
+                            "q,k,v,up,down; heavy: all seven) or comma-separated names in either "
+                            "spelling (q_proj,v_proj or wq,wv)")
 
 
 def check_arguments(args):
@@ -358,11 +379,12 @@ def check_arguments(args):
         raise ValueError("--prompt_template must contain {text} (and may contain {labels})")
     if getattr(args, "lora_alpha", 1.0) <= 0:
         raise ValueError(f"--lora_alpha {args.lora_alpha}: must be > 0")
+    if getattr(args, "lora_targets", None) is not None:
+        lora.resolve_targets(args.lora_targets)                  # an empty list fails before loading
 
 
 def load_model(path, device):
     """(Llama in fp32, Tokenizer); the one place the CLI loads weights (tests replace it)."""
-    import weights
     model, tokenizer = weights.load_pretrained(path, device=device, dtype=torch.float32)
     if tokenizer is None:
         raise ValueError(f"--pretrained-model-path {path}: the checkpoint has no tokenizer; put its "
@@ -417,37 +439,50 @@ def init_head_from_labels(model, label_ids):
     model.classifier_head.bias.zero_()
 
 
-def run_train(args, llama, tokenizer, names, splits):
-    """Fine-tune (all weights) or LoRA (adapters + head); best-on-dev; predictions for dev/test."""
+def build_head_classifier(args, llama, tokenizer, names):
+    """The head classifier of --option finetune (every weight trains) or lora (head + adapters);
+    with --head_input prompt its head starts from the label rows. Prints what trains."""
     model = LlamaEmbeddingClassifier(llama, len(names), args.hidden_dropout_prob)
     if args.option == "lora":
-        targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
-        injected = add_lora(model, args.lora_rank, args.lora_alpha, targets)
-        print(f"LoRA r={args.lora_rank} alpha={args.lora_alpha} on {len(injected)} layers", flush=True)
+        injected = add_lora(model, args.lora_rank, args.lora_alpha, args.lora_targets)
+        targets = ",".join(lora.resolve_targets(args.lora_targets))
+        print(f"LoRA r={args.lora_rank} alpha={args.lora_alpha} on {len(injected)} layers "
+              f"({targets})", flush=True)
     else:
         model.requires_grad_(True)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)", flush=True)
-    template = args.prompt_template if args.head_input == "prompt" else None
-    if template is not None:
+    trainable, total = lora.count_parameters(model)
+    print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)",
+          flush=True)
+    if args.head_input == "prompt":
         label_ids = label_token_ids(tokenizer, names)
         init_head_from_labels(model, label_ids)
         print(f"head reads the prompt's last token, starts from labels {label_ids}", flush=True)
+    return model
+
+
+def run_train(args, llama, tokenizer, names, splits):
+    """Fine-tune (all weights) or LoRA (adapters + head); best-on-dev; predictions for dev/test."""
+    model = build_head_classifier(args, llama, tokenizer, names)
+    template = args.prompt_template if args.head_input == "prompt" else None
     seqs = {s: encode_split(splits[s], tokenizer, args.max_sentence_len, template, names)
             for s in splits}
-    make = lambda s, **kw: data.Batches(seqs[s], [e.label for e in splits[s]], args.batch_size,
-                                        tokenizer.pad_id, seed=args.seed, **kw)
+
+    def batches(split, **options):
+        return data.Batches(seqs[split], [e.label for e in splits[split]], args.batch_size,
+                            tokenizer.pad_id, seed=args.seed, **options)
 
     def evaluate(m):
-        preds, loss = predict_head(m, make("dev", sort_by_length=True))
+        preds, loss = predict_head(m, batches("dev", sort_by_length=True))
         return {"loss": loss, "accuracy": accuracy(preds, splits["dev"])}
 
-    config = train.TrainConfig(epochs=args.epochs, lr=args.lr, max_steps_per_epoch=args.max_steps_per_epoch,
+    config = train.TrainConfig(epochs=args.epochs, lr=args.lr,
+                               max_steps_per_epoch=args.max_steps_per_epoch,
                                time_budget_s=args.time_budget_s, out_dir=args.out_dir,
                                name=run_name(args))
-    history = train.fit(model, make("train", shuffle=True), classification_loss, config, evaluate=evaluate)
-    preds = {s: predict_head(model, make(s, sort_by_length=True))[0] for s in ("dev", "test")}
+    history = train.fit(model, batches("train", shuffle=True), classification_loss, config,
+                        evaluate=evaluate)
+    preds = {s: predict_head(model, batches(s, sort_by_length=True))[0] for s in ("dev", "test")}
+    trainable, total = lora.count_parameters(model)
     info = {"trainable_parameters": trainable, "total_parameters": total,
             "best": history["best"], "epochs": history["epochs"]}
     return preds, info
@@ -457,24 +492,32 @@ def run_name(args):
     return f"{args.option}-{Path(args.train).stem}"
 
 
+def report_accuracy(summary, split, preds, examples, path):
+    """Print `Dev Accuracy: 0.490` (seed 001's line), with a warning when the gold labels are
+    placeholders; store <split>_accuracy and <split>_accuracy_warning (None or the text)."""
+    acc = accuracy(preds, examples)
+    warning = placeholder_labels_warning(examples, path)
+    summary[f"{split}_accuracy"], summary[f"{split}_accuracy_warning"] = acc, warning
+    note = f" ({warning})" if warning else ""
+    print(f"{split.capitalize()} Accuracy: {acc:.3f}{note}", flush=True)
+
+
 def main(args):
     """Read data, load the model, run the option, write dev/test outputs, print accuracies."""
     start = time.perf_counter()
     check_arguments(args)
     names, splits = load_splits(args)
-    device = "cuda" if args.use_gpu else "cpu"
-    llama, tokenizer = load_model(args.pretrained_model_path, device)
+    llama, tokenizer = load_model(args.pretrained_model_path, args.device)
     runner = run_prompt if args.option == "prompt" else run_train
     preds, info = runner(args, llama, tokenizer, names, splits)
     summary = {"option": args.option, "seed": args.seed, "label_names": names,
                "examples": {s: len(splits[s]) for s in splits}, **info}
     for split, out in [("dev", args.dev_out), ("test", args.test_out)]:
         data.write_predictions(out, preds[split], [e.text for e in splits[split]])
-        summary[f"{split}_accuracy"] = accuracy(preds[split], splits[split])
-        print(f"{split.capitalize()} Accuracy: {summary[f'{split}_accuracy']:.3f}", flush=True)
-    summary["peak_memory_mb"] = train.peak_memory_mb("cuda" if args.use_gpu else "cpu")
+        report_accuracy(summary, split, preds[split], splits[split], getattr(args, split))
+    summary["peak_memory_mb"] = train.peak_memory_mb(args.device.type)
     summary["wall_time_s"] = time.perf_counter() - start
     summary["args"] = vars(args)
     if args.out_dir:
-        train.save_json_atomic(Path(args.out_dir) / f"{run_name(args)}-summary.json", summary)
+        atomic.save_json_atomic(Path(args.out_dir) / f"{run_name(args)}-summary.json", summary)
     return summary

@@ -4,13 +4,15 @@ Run: .venv/bin/pytest tests/test_classifier.py -q   (CPU, tiny random Llama, ~10
 
 Oracles: label log-likelihoods from one unpadded forward per example and label through the
 model's own full logits (label_scores_reference); the head's logits for each example run alone
-without padding; parameter snapshots before/after LoRA training; files written by run.main.
+without padding; parameter snapshots before/after LoRA training; files written by run.main;
+seed 000's preset lists and r * (in + out) from the base Linears' shapes for --lora_targets.
 """
 import json
 import zlib
 
 import pytest
 import torch
+from torch import nn
 
 import classifier
 import data
@@ -195,9 +197,71 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys, option, extra):
         assert (tmp_path / "runs" / f"{option}-train-curves.png").exists()
 
 
+# Seed 000 part 2's target settings, written out in llama2.c spelling (q_proj = wq, ...).
+PRESET_LINEARS = {"light": ["wq", "wv"], "medium": ["wq", "wk", "wv", "w3", "w2"],
+                  "heavy": ["wq", "wk", "wv", "wo", "w3", "w2", "w1"]}
+
+
+@pytest.mark.parametrize("spec, preset", [
+    ("heavy", "heavy"), ("medium", "medium"), ("light", "light"),
+    ("q_proj,k_proj,v_proj,o_proj,up_proj,down_proj,gate_proj", "heavy"),
+    ("wq,wk,wv,wo,w1,w2,w3", "heavy"), ("q_proj,v_proj", "light"), (None, "light"),
+])
+def test_cli_lora_targets_presets_and_names(tmp_path, monkeypatch, capsys, spec, preset):
+    """--lora_targets as a preset or a comma list in either spelling (None: the default wq,wv)
+    adapts exactly the preset's Linears: layer count and trainable parameters from the shapes."""
+    model = tiny_llama()
+    rank, num_labels = 2, 2
+    adapted = [m for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) and n.rpartition(".")[2] in PRESET_LINEARS[preset]]
+    head = (model.config.dim + 1) * num_labels
+    want = head + sum(rank * (m.in_features + m.out_features) for m in adapted)
+    monkeypatch.setattr(classifier, "load_model", lambda path, device: (model, tokenizer_for(model)))
+    extra = [] if spec is None else ["--lora_targets", spec]
+    run.main(cli(write_task(tmp_path), "lora", "--epochs", "1", "--max_steps_per_epoch", "1",
+                 "--lora_rank", str(rank), *extra))
+    assert f"on {len(adapted)} layers" in capsys.readouterr().out
+    assert len(adapted) == model.config.n_layers * len(PRESET_LINEARS[preset])
+    summary = json.loads((tmp_path / "runs" / "lora-train-summary.json").read_text())
+    assert summary["trainable_parameters"] == want
+
+
+def test_cli_lora_targets_unknown_name_one_line_error(tmp_path, monkeypatch, capsys):
+    model = tiny_llama()
+    monkeypatch.setattr(classifier, "load_model", lambda path, device: (model, tokenizer_for(model)))
+    with pytest.raises(SystemExit) as err:
+        run.main(cli(write_task(tmp_path), "lora", "--lora_targets", "haevy"))
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --lora_targets ['haevy'] match no")
+    assert "available names: " in lines[0] and "wq" in lines[0]
+
+
+def test_cli_warns_when_gold_labels_are_placeholders(tmp_path, monkeypatch, capsys):
+    """A test file whose labels are all 0 (as CFIMDB's) gets the warning; a real dev file not."""
+    model = tiny_llama()
+    monkeypatch.setattr(classifier, "load_model", lambda path, device: (model, tokenizer_for(model)))
+    task = write_task(tmp_path)
+    (task / "test.txt").write_text("".join(f"0 ||| review number {i}\n" for i in range(6)))
+    run.main(cli(task, "prompt"))
+    lines = capsys.readouterr().out.splitlines()
+    test_line = [ln for ln in lines if ln.startswith("Test Accuracy: ")]
+    dev_line = [ln for ln in lines if ln.startswith("Dev Accuracy: ")]
+    assert len(test_line) == 1 and test_line[0].endswith(
+        " (warning: every gold label in test.txt is 0, so this accuracy measures nothing)")
+    assert len(dev_line) == 1 and "warning" not in dev_line[0]
+    summary = json.loads((tmp_path / "runs" / "prompt-train-summary.json").read_text())
+    assert summary["dev_accuracy_warning"] is None and "every gold label" in summary[
+        "test_accuracy_warning"]
+    assert classifier.placeholder_labels_warning(
+        [data.Example(label=1, text="x", line=1)] * 2, "a/b.txt").startswith(
+        "warning: every gold label in b.txt is 1")
+
+
 @pytest.mark.parametrize("option, extra, message", [
     ("lora", ["--lora_rank", "0"], "error: --lora_rank 0: must be >= 1"),
     ("finetune", ["--batch_size", "0"], "error: --batch_size 0: must be >= 1"),
+    ("lora", ["--lora_targets", " , "], "error: --lora_targets ' , ': target_modules is empty"),
 ])
 def test_cli_bad_flags_one_line_error(tmp_path, capsys, option, extra, message):
     with pytest.raises(SystemExit) as err:
