@@ -1,10 +1,13 @@
-"""Tokenizers for the models llmlab runs: text <-> token ids, chat templates, streaming decode.
+"""Tokenizers for the models llmlab runs and trains: text <-> token ids, streaming decode.
 
-Four file formats, two algorithms:
+Four file formats, two algorithms, plus two tokenizers made here:
     sentencepiece    Llama 2 `tokenizer.model` (SentencePiece BPE, byte fallback), via sentencepiece
     tiktoken_llama3  Llama 3 `tokenizer.model` (base64 byte strings and ranks), via tiktoken
-    gguf             byte-level BPE in GGUF metadata `tokenizer.ggml.*` (SmolLM2), via tiktoken
+    gguf             byte-level BPE in GGUF metadata `tokenizer.ggml.*` (SmolLM2), via tiktoken;
+                     the metadata is read by gguf_reader.read_gguf (tensor data stays unread)
     hf_json          Hugging Face byte-level BPE `tokenizer.json` (vocab + merges), via tiktoken
+    train_sentencepiece  a SentencePiece BPE or unigram model trained on a corpus (pico, the SSM)
+    ByteTokenizer    UTF-8 bytes after k reserved special ids: id = byte + k
 
 Byte-pair encoding (Sennrich, Haddow & Birch 2016, arXiv:1508.07909, Algorithm 1 learns merges;
 encoding replays them) on UTF-8 bytes (GPT-2: Radford et al. 2019, Section 2.2), so no text is
@@ -28,11 +31,8 @@ SentencePiece (Kudo & Richardson 2018, arXiv:1808.06226) writes spaces as U+2581
 prefix "▁", runs BPE over characters and falls back to byte tokens <0xNN> (Llama 2: Touvron et
 al. 2023, arXiv:2307.09288, Section 2.2: 32k tokens, digits split).
 
-Chat templates (strings; `encode_chat` tokenizes them with special tokens parsed):
-    chatml  <|im_start|>{role}\\n{content}<|im_end|>\\n ... <|im_start|>assistant\\n
-            (SmolLM2 adds a default system turn when the first is not one: the GGUF template's)
-    llama3  <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>...
-    llama2  <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {answer} </s><s>[INST] ...
+Chat templates (ChatML, Llama 3, Llama 2) are rendered by chat_templates.py; `encode_chat`
+tokenizes the rendered string with special tokens parsed.
 Plain `encode(text)` never turns "<|im_end|>" typed by a user into a control token (prompt
 injection); `allow_special=True` or `encode_chat` does.
 
@@ -41,19 +41,22 @@ Tests: tests/test_tokenizer.py compares every format with an independent impleme
 English and Persian samples and on digits, whitespace runs, newlines and emoji: sentencepiece ids
 with transformers' LlamaTokenizer (tokenizers BPE + byte fallback), Llama 3 with transformers'
 TikTokenConverter, GGUF and tokenizer.json with a `tokenizers` BPE from the same vocab and merges;
-`bpe_merge_reference` vs tiktoken; chat strings vs jinja2 templates; streaming vs decode.
+`bpe_merge_reference` vs tiktoken; chat strings vs jinja2 templates; streaming vs decode;
+trained SentencePiece and bytes: exact round trips, line-by-line == one-call ids, bad files.
 """
 import base64
 import codecs
+import io
 import json
-import mmap
 import re
-import struct
 import unicodedata
 from pathlib import Path
 
 import sentencepiece
 import tiktoken
+
+import chat_templates
+import gguf_reader
 
 # ----------------------------------------------------------------------------
 # constants: pre-tokenizer patterns, Llama 3 special tokens
@@ -151,77 +154,6 @@ def missing_byte_ranks(ranks, first_rank):
 
 
 # ----------------------------------------------------------------------------
-# chat templates: pure functions messages -> prompt string
-
-def _check_messages(messages):
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError("chat messages: expected a non-empty list of {'role', 'content'} dicts")
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
-                or not isinstance(m.get("content"), str):
-            raise ValueError(f"chat messages: {m!r} is not a dict with string 'role' and 'content'")
-
-
-def render_chatml(messages, add_generation_prompt=True, default_system=None):
-    """ChatML as SmolLM2's template renders it (default system turn when the first isn't one)."""
-    _check_messages(messages)
-    parts = []
-    if default_system is not None and messages[0]["role"] != "system":
-        parts.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
-    parts += [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
-    if add_generation_prompt:
-        parts.append("<|im_start|>assistant\n")
-    return "".join(parts)
-
-
-def render_llama3(messages, add_generation_prompt=True):
-    """Llama 3 headers, as Meta's ChatFormat and the Llama 3 Instruct template (content trimmed)."""
-    _check_messages(messages)
-    parts = ["<|begin_of_text|>"]
-    parts += [f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content'].strip()}<|eot_id|>"
-              for m in messages]
-    if add_generation_prompt:
-        parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
-    return "".join(parts)
-
-
-def render_llama2(messages, add_generation_prompt=True):
-    """Llama 2 chat as Meta's chat_completion builds it; always ends open after [/INST]."""
-    _check_messages(messages)
-    messages = list(messages)
-    if messages[0]["role"] == "system" and len(messages) > 1:    # system folded into turn 1
-        system, first = messages[0]["content"], messages[1]
-        messages = [{**first, "content": f"<<SYS>>\n{system}\n<</SYS>>\n\n{first['content']}"},
-                    *messages[2:]]
-    roles = [m["role"] for m in messages]
-    if roles[::2] != ["user"] * len(roles[::2]) or roles[1::2] != ["assistant"] * len(roles[1::2]):
-        raise ValueError("chat messages: Llama 2 chat needs (system), user, assistant, user, ... "
-                         f"turns; got roles {roles}")
-    parts = [f"<s>[INST] {q['content'].strip()} [/INST] {a['content'].strip()} </s>"
-             for q, a in zip(messages[::2], messages[1::2])]
-    if len(messages) % 2 == 1:
-        parts.append(f"<s>[INST] {messages[-1]['content'].strip()} [/INST]")
-    return "".join(parts)
-
-
-CHAT_RENDERERS = {"chatml": render_chatml, "llama3": render_llama3, "llama2": render_llama2}
-
-
-def chat_format_from_template(template):
-    """(format name or None, default system message or None) read from a Jinja chat template."""
-    if not template:
-        return None, None
-    if "<|im_start|>" in template:
-        match = re.search(r"<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>", template, re.DOTALL)
-        return "chatml", (match.group(1) if match else None)
-    if "<|start_header_id|>" in template:
-        return "llama3", None
-    if "[INST]" in template:
-        return "llama2", None
-    return None, None
-
-
-# ----------------------------------------------------------------------------
 # tokenizers
 
 class Tokenizer:
@@ -230,7 +162,7 @@ class Tokenizer:
 
     def __init__(self, *, kind, bos_id, eos_id, pad_id, vocab_size, special_tokens,
                  add_bos, chat_format=None, default_system=None):
-        self.kind = kind                          # spec kind it was loaded from
+        self.kind = kind                          # spec kind loaded from, or type trained as
         self.bos_id = bos_id                      # begin-of-sequence id (None: the vocab has none)
         self.eos_id = eos_id                      # end-of-sequence id
         self.pad_id = pad_id                      # id used for padding (masked, never attended)
@@ -238,7 +170,7 @@ class Tokenizer:
         self.special_tokens = dict(special_tokens)  # control tokens {text: id}
         self.special_ids = set(self.special_tokens.values())
         self.add_bos = add_bos                    # the model expects bos_id first
-        self.chat_format = chat_format            # key of CHAT_RENDERERS, or None
+        self.chat_format = chat_format            # key of chat_templates.CHAT_RENDERERS or None
         self.default_system = default_system      # ChatML system turn added when none is given
         self.stop_ids = ({eos_id} | {i for t, i in self.special_tokens.items()   # generation
                                      if t in STOP_TOKEN_NAMES}) - {None}         # stops on any
@@ -275,7 +207,7 @@ class Tokenizer:
         if self.chat_format is None:
             raise ValueError(f"{self.kind} tokenizer has no chat template; use a chat-tuned model "
                              "(SmolLM2-Instruct GGUF, Llama 3 Instruct) or plain --option generate")
-        render = CHAT_RENDERERS[self.chat_format]
+        render = chat_templates.CHAT_RENDERERS[self.chat_format]
         if self.chat_format == "chatml":
             return render(messages, add_generation_prompt, self.default_system)
         return render(messages, add_generation_prompt)
@@ -311,23 +243,36 @@ class Tokenizer:
 
 
 class SentencePieceTokenizer(Tokenizer):
-    """Llama 2 SentencePiece BPE (sentencepiece library). Llama 2 has no pad token: pad_id is 0
-    (<unk>), which byte fallback never produces, so padding can't be mistaken for text or eos."""
+    """A SentencePiece model (sentencepiece library) from its serialized bytes: Llama 2's
+    tokenizer.model (load_sentencepiece) or one trained on a corpus (train_sentencepiece).
+    With no pad piece (Llama 2) pad_id is <unk>'s id, which byte fallback never produces, so
+    padding can't be mistaken for text or eos."""
 
-    def __init__(self, path):
+    def __init__(self, model_proto, kind="sentencepiece", add_bos=False, chat_format=None,
+                 source="SentencePiece model"):
         try:
-            self.processor = sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
-        except (RuntimeError, OSError) as err:
-            raise ValueError(f"{path}: not a SentencePiece model ({err})") from None
+            self.processor = sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+        except RuntimeError as err:
+            raise ValueError(f"{source}: not a SentencePiece model ({err}); pass a "
+                             "tokenizer.model file, or delete the file to train it again") from None
+        self.model_proto = model_proto            # the serialized model, saved with checkpoints
+        newline = sp.piece_to_id("\n")            # an id of its own only if "\n" is a piece
+        self.newline_id = None if newline == sp.unk_id() else newline
         control = {sp.id_to_piece(i): i for i in range(sp.get_piece_size()) if sp.is_control(i)}
-        super().__init__(kind="sentencepiece", bos_id=sp.bos_id() if sp.bos_id() >= 0 else None,
+        super().__init__(kind=kind, bos_id=sp.bos_id() if sp.bos_id() >= 0 else None,
                          eos_id=sp.eos_id() if sp.eos_id() >= 0 else None,
                          pad_id=sp.pad_id() if sp.pad_id() >= 0 else max(sp.unk_id(), 0),
-                         vocab_size=sp.get_piece_size(), special_tokens=control, add_bos=True,
-                         chat_format="llama2")
+                         vocab_size=sp.get_piece_size(), special_tokens=control, add_bos=add_bos,
+                         chat_format=chat_format)
 
     def _encode_ordinary(self, text):
-        return self.processor.encode(text)
+        """One call, or line by line where "\\n" is a piece (the same ids, ~2x faster)."""
+        if self.newline_id is None:
+            return self.processor.encode(text)
+        ids = []
+        for i, line_ids in enumerate(self.processor.encode(text.split("\n"))):
+            ids.extend([self.newline_id, *line_ids] if i else line_ids)
+        return ids
 
     def decode(self, ids, skip_special=False):
         """ids -> text (SentencePiece drops control tokens and the leading dummy-prefix space)."""
@@ -385,6 +330,36 @@ class BytePairTokenizer(Tokenizer):
         return self.encoding.decode_single_token_bytes(token_id)
 
 
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes as tokens after k reserved special ids: id = byte + k, V = 256 + k.
+
+    ByteTokenizer() (pico): no specials, V = 256. ByteTokenizer(pad_id=0, bos_id=1) (the SSM
+    classifier): V = 258. Nothing to train; decode(encode(s)) == s for every string.
+    """
+
+    def __init__(self, pad_id=None, bos_id=None, eos_id=None):
+        named = {"<pad>": pad_id, "<s>": bos_id, "</s>": eos_id}
+        specials = {name: i for name, i in named.items() if i is not None}
+        if sorted(specials.values()) != list(range(len(specials))):
+            raise ValueError(f"ByteTokenizer special ids {specials}: use 0, 1, ... each once "
+                             "(the bytes take the ids after them)")
+        super().__init__(kind="byte", bos_id=bos_id, eos_id=eos_id, pad_id=pad_id,
+                         vocab_size=256 + len(specials), special_tokens=specials, add_bos=False)
+        self.offset = len(specials)               # id of byte 0
+
+    def _encode_ordinary(self, text):
+        return [b + self.offset for b in text.encode("utf-8")]
+
+    def decode(self, ids, skip_special=False):
+        """ids -> text; special ids print nothing, invalid UTF-8 becomes U+FFFD."""
+        return b"".join(self.token_bytes(i) for i in self._check_ids(ids)).decode(
+            "utf-8", errors="replace")
+
+    def token_bytes(self, token_id):
+        token_id = int(token_id)
+        return bytes([token_id - self.offset]) if token_id >= self.offset else b""
+
+
 # ----------------------------------------------------------------------------
 # streaming
 
@@ -409,7 +384,36 @@ class StreamDecoder:
 
 
 # ----------------------------------------------------------------------------
-# loaders
+# loaders, and SentencePiece trained on a corpus
+
+def load_sentencepiece(path):
+    """Llama 2's tokenizer.model: SentencePiece BPE with byte fallback, bos first, [INST] chat."""
+    return SentencePieceTokenizer(Path(path).read_bytes(), add_bos=True, chat_format="llama2",
+                                  source=path)
+
+
+def train_sentencepiece(sentences, vocab_size, model_type="bpe", normalization="identity",
+                        exact_whitespace=False, pad_id=-1, unk_id=0, bos_id=1, eos_id=2):
+    """A SentencePieceTokenizer trained in memory on `sentences` (an iterable of str).
+
+    model_type: "bpe" (merges, Sennrich et al. 2016) or "unigram" (a unigram language model
+    pruned by EM, Kudo 2018, arXiv:1804.10959). normalization: a SentencePiece rule, "identity",
+    "nmt_nfkc" or "nmt_nfkc_cf" (NFKC + case folding). exact_whitespace: keep every space, no
+    dummy prefix, "\\n" a piece of its own, so decode(encode(s)) == s (pico); else SentencePiece's
+    default (space runs folded, "▁" prefixed). Byte fallback: no text is unknown. Special
+    ids: -1 = none (the defaults are SentencePiece's). kind = model_type. Sentences up to 64 KiB
+    are used; two threads, so the model is the same on every machine.
+    """
+    whitespace = (dict(remove_extra_whitespaces=False, add_dummy_prefix=False,
+                       user_defined_symbols=["\n"]) if exact_whitespace else {})
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=proto, vocab_size=vocab_size,
+        model_type=model_type, normalization_rule_name=normalization, byte_fallback=True,
+        pad_id=pad_id, unk_id=unk_id, bos_id=bos_id, eos_id=eos_id, hard_vocab_limit=False,
+        max_sentence_length=1 << 16, num_threads=2, minloglevel=2, **whitespace)
+    return SentencePieceTokenizer(proto.getvalue(), kind=model_type)
+
 
 def load_llama3_tiktoken(path):
     """Meta's Llama 3 tokenizer.model: lines `<base64 bytes> <rank>`, plus 256 specials in code."""
@@ -453,7 +457,8 @@ def load_gguf_tokenizer(metadata, source="GGUF metadata"):
     ranks = byte_level_ranks({t: i for i, t in enumerate(tokens)},
                              metadata.get("tokenizer.ggml.merges", []), specials, source)
     extra = missing_byte_ranks(ranks, len(tokens))
-    chat_format, default_system = chat_format_from_template(metadata.get("tokenizer.chat_template"))
+    chat_format, default_system = chat_templates.chat_format_from_template(
+        metadata.get("tokenizer.chat_template"))
     eos = metadata.get("tokenizer.ggml.eos_token_id")
     return BytePairTokenizer(name=str(source), ranks={**ranks, **extra},
                              pattern=GGUF_PRE_PATTERNS[pre], special_tokens=specials,
@@ -520,7 +525,8 @@ def load_hf_json(path):
     vocab_size = max(vocab.values()) + 1
     extra = missing_byte_ranks(ranks, vocab_size)
     config = _hf_sidecar(path, "tokenizer_config.json")
-    chat_format, default_system = chat_format_from_template(config.get("chat_template"))
+    chat_format, default_system = chat_templates.chat_format_from_template(
+        config.get("chat_template"))
     bos = _hf_special_id(config, "bos_token", ("<|begin_of_text|>", "<s>", END), specials)
     eos = _hf_special_id(config, "eos_token", ("<|end_of_text|>", "</s>", END), specials)
     pad = _hf_special_id(config, "pad_token", (), specials)
@@ -533,47 +539,6 @@ def load_hf_json(path):
                              pad_id=eos if pad is None else pad, vocab_size=vocab_size,
                              add_bos=bool(add_bos), chat_format=chat_format,
                              default_system=default_system)
-
-
-# GGUF value types (llama.cpp gguf.h): struct formats of the scalars; 8 string, 9 array
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
-                 11: "q", 12: "d"}
-
-
-def _gguf_value(buf, offset, vtype):
-    """(value, next offset) of one little-endian GGUF value at offset."""
-    if vtype == 8:
-        (n,) = struct.unpack_from("<Q", buf, offset)
-        return buf[offset + 8:offset + 8 + n].decode("utf-8", errors="replace"), offset + 8 + n
-    if vtype == 9:
-        item_type, n = struct.unpack_from("<IQ", buf, offset)
-        offset += 12
-        if item_type in _GGUF_SCALARS:                  # numbers: one struct call for all
-            fmt = f"<{n}{_GGUF_SCALARS[item_type]}"
-            return list(struct.unpack_from(fmt, buf, offset)), offset + struct.calcsize(fmt)
-        values = []
-        for _ in range(n):
-            value, offset = _gguf_value(buf, offset, item_type)
-            values.append(value)
-        return values, offset
-    if vtype not in _GGUF_SCALARS:
-        raise ValueError(f"GGUF metadata: unknown value type {vtype}; is the file corrupt?")
-    fmt = "<" + _GGUF_SCALARS[vtype]
-    return struct.unpack_from(fmt, buf, offset)[0], offset + struct.calcsize(fmt)
-
-
-def read_gguf_metadata(path):
-    """The key/value header of a GGUF v2/v3 file as {key: value} (tensors are not read)."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        magic, version, _, n_kv = struct.unpack_from("<4sIQQ", buf, 0)
-        if magic != b"GGUF" or version < 2:
-            raise ValueError(f"{path}: not a GGUF v2/v3 file (magic {magic!r}, version {version})")
-        metadata, offset = {}, 24
-        for _ in range(n_kv):
-            key, offset = _gguf_value(buf, offset, 8)
-            (vtype,) = struct.unpack_from("<I", buf, offset)
-            metadata[key], offset = _gguf_value(buf, offset + 4, vtype)
-    return metadata
 
 
 def resolve_tokenizer_path(path):
@@ -612,8 +577,8 @@ def load_tokenizer(spec):
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind == "gguf" and "metadata" in spec:
         return load_gguf_tokenizer(spec["metadata"], spec.get("path", "GGUF metadata"))
-    loaders = {"gguf": lambda p: load_gguf_tokenizer(read_gguf_metadata(p), p),
-               "sentencepiece": SentencePieceTokenizer, "tiktoken_llama3": load_llama3_tiktoken,
+    loaders = {"gguf": lambda p: load_gguf_tokenizer(gguf_reader.read_gguf(p).metadata, p),
+               "sentencepiece": load_sentencepiece, "tiktoken_llama3": load_llama3_tiktoken,
                "hf_json": load_hf_json}
     if kind not in loaders:
         raise ValueError(f"tokenizer spec {spec!r}: kind must be one of {sorted(loaders)}")

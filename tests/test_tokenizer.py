@@ -1,4 +1,4 @@
-"""Tests for tokenizer.py against independent tokenizers on real text.
+"""Tests for tokenizer.py (and chat_templates.py) against independent tokenizers on real text.
 
 Run: .venv/bin/pytest tests/test_tokenizer.py -q      (about 20 s on 2 shared CPU cores)
 
@@ -7,8 +7,10 @@ Oracles (each named in its test): sentencepiece's known ids and transformers' Ll
 (a `tokenizers` BPE from the Llama 3 ranks); a `tokenizers` BPE built from the GGUF vocab + merges
 with SmolLM2's Hugging Face pre-tokenizer (Digits(individual) + ByteLevel); the `gguf` package's
 metadata reader; jinja2 rendering of the real chat templates; Meta's segment-by-segment chat
-encodings. Texts: ../shared/data/tokenizers/samples/{en,fa}.txt plus digits, whitespace runs,
-newlines and emoji. Reference data is skipped with a reason when absent.
+encodings; for the tokenizers trained here, the text itself (round trips), str.encode for bytes
+and sentencepiece's own one-call encode. Texts: ../shared/data/tokenizers/samples/{en,fa}.txt
+plus digits, whitespace runs, newlines and emoji. Reference data is skipped with a reason when
+absent.
 """
 import importlib.metadata
 import json
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import chat_templates
+import gguf_reader
 import tokenizer as T
 from conftest import need_data
 
@@ -171,9 +175,10 @@ def test_gguf_matches_tokenizers_bpe(smol, smol_hf):
     assert smol.stop_ids == {0, 2} and not smol.add_bos
 
 
-def test_read_gguf_metadata_matches_gguf_package(gguf_path, gguf_metadata):
-    """Oracle: the gguf package's GGUFReader, every key of the default model."""
-    ours = T.read_gguf_metadata(gguf_path)
+def test_gguf_metadata_we_read_matches_gguf_package(gguf_path, gguf_metadata):
+    """Oracle: the gguf package's GGUFReader, every key of the default model, against the
+    metadata tokenizer.py reads (gguf_reader.read_gguf)."""
+    ours = gguf_reader.read_gguf(gguf_path).metadata
     expected_keys = [k for k in gguf_metadata if not k.startswith("GGUF.")]   # reader's header
     assert list(ours) == expected_keys
     for key in expected_keys:
@@ -318,3 +323,68 @@ def test_from_file_detects_kind_and_reports_errors(gguf_path, tmp_path):
         T.Tokenizer.from_file(tmp_path)
     with pytest.raises(ValueError, match="kind must be"):
         T.load_tokenizer({"kind": "bpe", "path": str(junk)})
+
+
+def test_chat_format_from_template_reads_the_special_tokens(gguf_metadata):
+    """Oracle: the formats the templates above are known to render (and the GGUF's own one)."""
+    read = chat_templates.chat_format_from_template
+    assert read(gguf_metadata["tokenizer.chat_template"])[0] == "chatml"
+    assert read(LLAMA3_JINJA) == ("llama3", None)
+    assert read("{{ '[INST] ' + message['content'] + ' [/INST]' }}") == ("llama2", None)
+    assert read(None) == (None, None) and read("{{ messages }}") == (None, None)
+
+
+# ----------------------------------------------------------------------------
+# tokenizers made here: SentencePiece trained on a corpus, bytes
+
+CORPUS = [f"the {w} sat on  the mat {i}, Über-{w}!  " for i, w in
+          enumerate(["cat", "dog", "bird", "Fish"] * 25)] + ["tabs\tand é 😀 emoji"]
+
+
+def test_trained_sentencepiece_bpe_round_trips_exactly():
+    """Oracles: the text itself (exact_whitespace keeps every space and newline) and
+    sentencepiece's own one-call encode (our line-by-line path must give the same ids)."""
+    tok = T.train_sentencepiece(CORPUS, 300, model_type="bpe", exact_whitespace=True)
+    assert (tok.kind, tok.processor.unk_id(), tok.bos_id, tok.eos_id) == ("bpe", 0, 1, 2)
+    assert tok.newline_id is not None and tok.vocab_size <= 300
+    for text in CORPUS[:3] + EXTRA:
+        ids = tok.encode(text)
+        assert ids == tok.processor.encode(text), text[:40]
+        assert tok.decode(ids) == text, text[:40]
+    stream = T.StreamDecoder(tok)
+    text = "\n".join(CORPUS[:4])
+    assert "".join(stream.push(i) for i in tok.encode(text)) + stream.flush() == text
+
+
+def test_trained_unigram_with_case_folding_and_reserved_ids():
+    """Oracles: str.lower (nmt_nfkc_cf folds case inside the model); the ids asked for."""
+    tok = T.train_sentencepiece(CORPUS, 300, model_type="unigram", normalization="nmt_nfkc_cf",
+                                pad_id=0, unk_id=1, bos_id=2, eos_id=-1)
+    assert (tok.kind, tok.pad_id, tok.bos_id, tok.eos_id, tok.newline_id) == \
+        ("unigram", 0, 2, None, None)
+    assert tok.encode("THE CAT Sat") == tok.encode("the cat sat") == \
+        tok.processor.encode("the cat sat")
+    assert all(3 <= i < tok.vocab_size for i in tok.encode(CORPUS[-1]))   # byte fallback, no unk
+    assert tok.decode(tok.encode("the dog sat")) == "the dog sat"
+
+
+def test_byte_tokenizer_ids_after_the_reserved_specials():
+    """Oracle: Python's str.encode("utf-8"), shifted by the number of reserved ids."""
+    text = "hé 😀\n"
+    plain, ssm = T.ByteTokenizer(), T.ByteTokenizer(pad_id=0, bos_id=1)
+    assert plain.encode(text) == list(text.encode("utf-8")) and plain.vocab_size == 256
+    assert ssm.encode(text) == [b + 2 for b in text.encode("utf-8")] and ssm.vocab_size == 258
+    assert ssm.encode(text, bos=True)[0] == 1 and (ssm.pad_id, ssm.eos_id) == (0, None)
+    for tok in (plain, ssm):
+        assert tok.decode(tok.encode(text)) == text
+    assert ssm.decode([1, *ssm.encode("ok"), 0]) == "ok"                # specials print nothing
+    with pytest.raises(ValueError, match="use 0, 1"):
+        T.ByteTokenizer(bos_id=1)
+    with pytest.raises(ValueError, match="outside"):
+        plain.decode([256])
+
+
+def test_sentencepiece_bytes_that_are_not_a_model_are_one_error():
+    with pytest.raises(ValueError, match="cache.model: not a SentencePiece model") as err:
+        T.SentencePieceTokenizer(b"\x0a\x05trunc", source="cache.model")
+    assert "\n" not in str(err.value)
