@@ -11,24 +11,28 @@ Norms, statistics in fp32 then cast back (llama2.c RMSNorm):
     LayerNorm(x) = (x - mean(x)) / sqrt(var(x) + eps) * g + b   (Ba et al. 2016, arXiv 1607.06450)
 Attention (Vaswani et al. 2017, arXiv 1706.03762, equation 1), per head, RoPE (rope.py) on q, k:
     Attention(q, k, v) = softmax(q k^T / sqrt(head_dim) + M) v,  M = 0 where allowed, else -inf;
-    M is causal (key slot <= query slot) and hides padding. Grouped-query attention (Ainslie et al.
-    2023, arXiv 2305.13245): g = n_heads / n_kv_heads, kv head j serves query heads j*g .. j*g+g-1.
+    M is causal and hides padding; T queries over S >= T keys are the last T positions (query t
+    sees keys s <= t + S - T: the last query sees the last key, "bottom-right" alignment).
+    Grouped-query attention (Ainslie et al. 2023, arXiv 2305.13245): g = n_heads / n_kv_heads,
+    kv head j serves query heads j*g .. j*g+g-1.
 FFN, SwiGLU (Shazeer 2020, arXiv 2002.05202, equation 6):
     FFN(x) = W2 (silu(W1 x) * W3 x),   silu(a) = a * sigmoid(a)
 
-KV cache: fixed-size buffers (max_batch, n_kv_heads, max_seq_len, head_dim) per layer, written in
-place with index_copy_ at slots start_pos .. start_pos+T-1, plus a (max_batch, max_seq_len) flag of
-which slots hold real tokens. The decode step has no .item() and no data-dependent branch, so it can
-be wrapped in torch.compile(mode="reduce-overhead") (CUDA graphs) with start_pos a 0-d tensor.
+KV cache (KVCache, held as model.cache): fixed-size keys and values of every layer, written in
+place with index_copy_ at slots start_pos .. start_pos+T-1, and flags of which slots hold real
+tokens. The decode step has no .item() and no data-dependent branch, so it can be wrapped in
+torch.compile(mode="reduce-overhead") (CUDA graphs) with start_pos a 0-d tensor.
 Left padding: attention_mask (B, T) 1 = real, 0 = pad; a row's RoPE positions are cumsum(mask) - 1,
 and pad keys are masked out, so a left-padded row computes what it computes alone.
 
 Shapes: B batch, T new tokens, S key slots, dim, n_heads, n_kv_heads, head_dim (D), V vocab.
 Parameter names are llama2.c / Meta's (tok_embeddings, layers.{i}.attention.wq, ..., output).
 Tested in tests/test_llama.py: logits vs transformers' LlamaForCausalLM (GQA, tied, llama3 RoPE
-scaling); RMSNorm vs F.rms_norm; LayerNorm vs nn.LayerNorm; math attention vs SDPA; cached decode vs
-full forward; generate vs generate_no_cache; left-padded batch generation vs one prompt at a time.
+scaling); RMSNorm vs F.rms_norm; LayerNorm vs nn.LayerNorm; math attention vs SDPA and both
+backends vs a brute-force loop for T < S (GQA); cached decode vs full forward; generate vs
+generate_no_cache; left-padded batch generation vs one prompt at a time; KVCache reset in place.
 """
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -59,7 +63,7 @@ class LlamaConfig:
     max_seq_len: int = 2048              # longest sequence (tokens) forward and the cache accept
     norm_eps: float = 1e-5               # epsilon inside the norm's square root
     rope_theta: float = 10000.0          # RoPE base theta
-    rope_scaling: Optional[dict] = None  # Llama 3 RoPE scaling: ROPE_SCALING_KEYS, or None
+    rope_scaling: Optional[dict] = None  # Llama 3 scaling: ROPE_SCALING_KEYS (or HF's dict), None
     tie_embeddings: bool = False         # output.weight is tok_embeddings.weight
     norm: str = "rmsnorm"                # "rmsnorm" (Llama) or "layernorm" (seed 001's variant)
     dropout: float = 0.0                 # dropout on embeddings, attention probs, residual branches
@@ -108,8 +112,7 @@ class LlamaConfig:
         """Llama-3.2-1B, numbers from Meta's params.json / HF config.json (128k context)."""
         return cls(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, hidden_dim=8192,
                    vocab_size=128256, max_seq_len=131072, norm_eps=1e-5, rope_theta=500000.0,
-                   rope_scaling=dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                     original_max_seq_len=8192), tie_embeddings=True)
+                   rope_scaling=rope.meta_llama3_scaling(32.0), tie_embeddings=True)
 
     @classmethod
     def tiny(cls, **overrides):
@@ -119,25 +122,34 @@ class LlamaConfig:
         return cls(**{**fields, **overrides})
 
 
-def llama2c_hidden_dim(dim, multiple_of=256):
-    """llama2.c / Meta: hidden = 2/3 * 4 * dim, rounded up to a multiple of multiple_of."""
+def llama2c_hidden_dim(dim, multiple_of=256, ffn_dim_multiplier=None):
+    """SwiGLU width of Meta's / llama2.c's model.py: hidden = int(2/3 * 4 * dim), times
+    ffn_dim_multiplier if given (Meta's Llama 2 70B and Llama 3), rounded up to a multiple of
+    multiple_of. Keeps the parameter count of a 4*dim two-matrix FFN with three matrices."""
     hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
 def _check_rope_scaling(scaling, rope_theta):
-    """None, or a dict with exactly ROPE_SCALING_KEYS. Hugging Face's spellings are accepted:
-    rope_type 'default' (no scaling) or 'llama3', original_max_position_embeddings, rope_theta."""
+    """The one parser of RoPE scaling dicts -> None or a dict with exactly ROPE_SCALING_KEYS.
+    Accepts ours and Hugging Face's spellings (transformers 4.x rope_scaling, 5.x
+    rope_parameters): rope_type or type ('default' = no scaling, 'llama3'; absent = ours, i.e.
+    llama3), original_max_position_embeddings, and a rope_theta that must equal rope_theta."""
     scaling = dict(scaling or {})
     if scaling.pop("rope_theta", rope_theta) != rope_theta:
         raise ValueError(f"LlamaConfig: rope_scaling's rope_theta differs from rope_theta="
                          f"{rope_theta}; give rope_theta once")
-    rope_type = scaling.pop("rope_type", scaling.pop("type", "llama3"))
-    if not scaling or rope_type == "default":
+    if not scaling:
+        return None
+    legacy_type = scaling.pop("type", None)                  # transformers' older spelling
+    rope_type = scaling.pop("rope_type", legacy_type) or "llama3"
+    if rope_type == "default":
         return None
     if rope_type != "llama3":
-        raise ValueError(f"LlamaConfig: rope_scaling={scaling} is not Llama 3 scaling; use None or "
-                         f"a dict with {ROPE_SCALING_KEYS}")
+        raise ValueError(f"LlamaConfig: rope_scaling rope type {rope_type!r} is not supported; "
+                         f"use None, 'default' or 'llama3' (a dict with {ROPE_SCALING_KEYS})")
     if "original_max_position_embeddings" in scaling:
         scaling["original_max_seq_len"] = scaling.pop("original_max_position_embeddings")
     if sorted(scaling) != sorted(ROPE_SCALING_KEYS):
@@ -148,6 +160,12 @@ def _check_rope_scaling(scaling, rope_theta):
 
 # ----------------------------------------------------------------------------
 # attention maths (pure functions)
+
+def causal_mask(T, S, device=None):
+    """bool (T, S), True = may attend: the T queries are the last T of S positions, so query t
+    sees keys 0 .. t + S - T (bottom-right aligned: the last query sees the last key)."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)  # (T, S)
+
 
 def causal_padding_mask(key_real, query_slots, key_slots):
     """Allowed (query, key) pairs -> bool (B, 1, T, S): key_slot <= query_slot and the key is a real
@@ -167,15 +185,16 @@ def repeat_kv(x, n_rep):
 def compute_query_key_value_scores(q, k, v, mask=None, dropout_p=0.0):
     """Readable attention: softmax(q k^T / sqrt(D) + M) v, written out (seed 001's function).
 
-    q (B, n_heads, T, D), k and v (B, n_kv_heads, S, D); mask None = causal with the last query
-    aligned to the last key, or bool (B|1, 1, T, S), True = may attend. -> (B, n_heads, T, D).
+    q (B, n_heads, T, D), k and v (B, n_kv_heads, S, D); mask None = causal_mask(T, S) (the
+    last query aligned to the last key), or bool (B|1, 1, T, S), True = may attend.
+    -> (B, n_heads, T, D).
     """
     T, S = q.shape[-2], k.shape[-2]
     k = repeat_kv(k, q.shape[1] // k.shape[1])                            # (B, n_heads, S, D)
     v = repeat_kv(v, q.shape[1] // v.shape[1])                            # (B, n_heads, S, D)
     scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])   # (B, n_heads, T, S)
     if mask is None:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)  # (T, S)
+        mask = causal_mask(T, S, q.device)                                # (T, S)
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = F.softmax(scores, dim=-1).type_as(q)                          # softmax in fp32
     if dropout_p > 0:
@@ -186,10 +205,16 @@ def compute_query_key_value_scores(q, k, v, mask=None, dropout_p=0.0):
 def attention_sdpa(q, k, v, mask=None, dropout_p=0.0):
     """Fast path, same contract as compute_query_key_value_scores: F.scaled_dot_product_attention
     picks a fused kernel (flash / memory-efficient) that never stores the (T, S) probabilities and
-    reads k, v once per group (enable_gqa) instead of copying them n_heads/n_kv_heads times."""
+    reads k, v once per group (enable_gqa) instead of copying them n_heads/n_kv_heads times.
+    With mask None the alignment is the math path's bottom-right one: SDPA's is_causal is
+    top-left aligned (query t sees keys 0..t), so it is used only when T == S; T == 1 needs no
+    mask (its one query sees every key); other T < S get causal_mask(T, S)."""
+    T, S = q.shape[-2], k.shape[-2]
+    if mask is None and T not in (1, S):
+        mask = causal_mask(T, S, q.device)                                # (T, S)
     gqa = q.shape[1] != k.shape[1]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                          is_causal=mask is None, enable_gqa=gqa)
+                                          is_causal=mask is None and T == S, enable_gqa=gqa)
 
 
 ATTENTION_BACKENDS = {"math": compute_query_key_value_scores, "sdpa": attention_sdpa}
@@ -232,8 +257,63 @@ def make_norm(config):
     return (RMSNorm if config.norm == "rmsnorm" else LayerNorm)(config.dim, config.norm_eps)
 
 
+class KVCache(nn.Module):
+    """Keys and values of every layer, and which slots hold real tokens, in fixed-size buffers:
+        keys, values  (n_layers, max_batch, n_kv_heads, max_seq_len, head_dim)
+        real          (max_batch, max_seq_len) bool, True = a real token (not padding) was written
+    The capacity (max_batch, max_len) is read off the buffers. Written in place (index_copy_),
+    never reallocated, so a captured CUDA graph keeps pointing at the same memory; buffers of a
+    module, not function inputs, because torch.compile skips CUDA graphs for mutated inputs
+    (notes/speed-facts.md). persistent=False: never saved in a state_dict.
+    """
+
+    def __init__(self, n_layers, max_batch, n_kv_heads, max_seq_len, head_dim,
+                 dtype=torch.float32, device=None):
+        super().__init__()
+        shape = (n_layers, max_batch, n_kv_heads, max_seq_len, head_dim)
+        for name in ("keys", "values"):
+            self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device),
+                                 persistent=False)
+        self.register_buffer("real", torch.zeros(max_batch, max_seq_len, dtype=torch.bool,
+                                                 device=device), persistent=False)
+
+    @property
+    def max_batch(self):
+        return self.real.shape[0]
+
+    @property
+    def max_len(self):
+        return self.real.shape[1]
+
+    def fits(self, batch, length):
+        """Whether `batch` rows of `length` slots fit."""
+        return batch <= self.max_batch and length <= self.max_len
+
+    def reset(self):
+        """Zero every buffer in place (same storage, so captured CUDA graphs stay valid)."""
+        for buffer in (self.keys, self.values, self.real):
+            buffer.zero_()
+
+    def write_real(self, slots, new_real, num_keys):
+        """Flag slots (T,) of rows 0..B-1 with new_real (B, T) (True = real token); -> the flags
+        of key slots 0 .. num_keys-1, (B, S)."""
+        B = new_real.shape[0]
+        self.real[:B].index_copy_(1, slots, new_real)
+        return self.real[:B, :num_keys]                                   # (B, S)
+
+    def update(self, layer_index, slots, k, v, num_keys):
+        """Write one layer's k, v (B, n_kv_heads, T, D) at slots (T,); -> that layer's keys and
+        values of slots 0 .. num_keys-1, each (B, n_kv_heads, S, D) in k's dtype."""
+        B = k.shape[0]
+        keys, values = self.keys[layer_index, :B], self.values[layer_index, :B]   # views
+        keys.index_copy_(2, slots, k.to(keys.dtype))
+        values.index_copy_(2, slots, v.to(values.dtype))
+        return keys[:, :, :num_keys].to(k.dtype), values[:, :, :num_keys].to(v.dtype)
+
+
 class Attention(nn.Module):
-    """Multi-head / grouped-query causal self-attention with RoPE and an in-place KV cache."""
+    """Multi-head / grouped-query causal self-attention with RoPE; keys and values of earlier
+    tokens come from a KVCache when one is passed."""
 
     def __init__(self, config):
         super().__init__()
@@ -246,24 +326,18 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.attend = ATTENTION_BACKENDS[config.attn_backend]
-        # KV cache, allocated by Llama.setup_cache: (max_batch, n_kv_heads, S_max, D), not saved
-        self.register_buffer("cache_k", None, persistent=False)
-        self.register_buffer("cache_v", None, persistent=False)
 
-    def forward(self, x, cos_sin, mask=None, cache_slots=None, num_keys=None):
-        """x (B, T, dim) -> (B, T, dim). cache_slots (T,): write k, v there and attend to cache
-        slots 0 .. num_keys-1; None: attend to this call's keys only."""
+    def forward(self, x, cos_sin, mask=None, cache=None, layer_index=0, slots=None, num_keys=None):
+        """x (B, T, dim) -> (B, T, dim). cache (KVCache): write k, v at slots (T,) of layer
+        layer_index and attend to slots 0 .. num_keys-1; None: attend to this call's keys only."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)         # (B, T, n_heads, D)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)      # (B, T, n_kv_heads, D)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)      # (B, T, n_kv_heads, D)
         q, k = rope.apply_rotary_emb(q, k, cos_sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
-        if cache_slots is not None:
-            self.cache_k[:B].index_copy_(2, cache_slots, k.to(self.cache_k.dtype))
-            self.cache_v[:B].index_copy_(2, cache_slots, v.to(self.cache_v.dtype))
-            k = self.cache_k[:B, :, :num_keys].to(q.dtype)                 # (B, n_kv_heads, S, D)
-            v = self.cache_v[:B, :, :num_keys].to(q.dtype)                 # (B, n_kv_heads, S, D)
+        if cache is not None:
+            k, v = cache.update(layer_index, slots, k, v, num_keys)        # (B, n_kv_heads, S, D)
         dropout_p = self.dropout if self.training else 0.0
         out = self.attend(q, k, v, mask, dropout_p)                        # (B, n_heads, T, D)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads*D)
@@ -291,8 +365,10 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(config)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x, cos_sin, mask=None, cache_slots=None, num_keys=None):
-        h = x + self.attention(self.attention_norm(x), cos_sin, mask, cache_slots, num_keys)
+    def forward(self, x, cos_sin, mask=None, cache=None, layer_index=0, slots=None, num_keys=None):
+        """x (B, T, dim) -> (B, T, dim); the cache arguments pass through to Attention."""
+        h = x + self.attention(self.attention_norm(x), cos_sin, mask, cache, layer_index, slots,
+                               num_keys)
         return h + self.feed_forward(self.ffn_norm(h))                   # (B, T, dim)
 
 
@@ -311,9 +387,13 @@ class Llama(nn.Module):
             self.output.weight = self.tok_embeddings.weight                 # one Parameter
         # theta_i in fp32, never saved; _apply keeps it fp32 when the model is cast to bf16
         self.register_buffer("rope_freqs", self._rope_freqs(), persistent=False)  # (D/2,)
-        self.register_buffer("cache_real", None, persistent=False)   # (max_batch, S_max) bool
+        self.register_module("cache", None)         # a KVCache, made by setup_cache
         self.apply(self._init_weights)
-        for name, p in self.named_parameters():   # llama2.c: scaled init of residual projections
+        # Scaled init of residual-stream projections: GPT-2 (Radford et al. 2019, Sec. 2.3) scales
+        # them by 1/sqrt(N), N residual layers; llama2.c's model.py gives parameters ending in
+        # w3.weight and wo.weight std 0.02/sqrt(2 n_layers). The FFN's residual projection here is
+        # w2 (w3 is the up projection): w3 is llama2.c's choice, kept for parity with llama2.c.
+        for name, p in self.named_parameters():
             if name.endswith(("w3.weight", "wo.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
         self.register_load_state_dict_pre_hook(self._fill_implied_tensors)
@@ -356,35 +436,28 @@ class Llama(nn.Module):
 
     # -- KV cache ---------------------------------------------------------------------------
     def setup_cache(self, max_batch_size, max_seq_len=None):
-        """Allocate zeroed KV buffers (max_batch, n_kv_heads, max_seq_len, head_dim) per layer."""
+        """Allocate a zeroed KVCache as self.cache: max_batch_size rows of max_seq_len slots
+        (default config.max_seq_len), in the model's dtype and on its device."""
         c, weight = self.config, self.norm.weight          # the model's dtype and device
         max_seq_len = max_seq_len or c.max_seq_len
         if max_seq_len > c.max_seq_len:
             raise ValueError(f"setup_cache: max_seq_len={max_seq_len} > config.max_seq_len="
                              f"{c.max_seq_len}; ask for fewer tokens")
-        shape = (max_batch_size, c.n_kv_heads, max_seq_len, c.head_dim)
-        for layer in self.layers:
-            layer.attention.cache_k = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
-            layer.attention.cache_v = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
-        self.cache_real = torch.zeros(max_batch_size, max_seq_len, dtype=torch.bool,
-                                      device=weight.device)
+        self.cache = KVCache(c.n_layers, max_batch_size, c.n_kv_heads, max_seq_len, c.head_dim,
+                             weight.dtype, weight.device)
 
     def reset_cache(self):
-        """Zero the buffers in place (same storage, so captured CUDA graphs stay valid)."""
-        for buffer in [self.cache_real] + [b for l in self.layers
-                                           for b in (l.attention.cache_k, l.attention.cache_v)]:
-            if buffer is not None:
-                buffer.zero_()
-
-    def cache_shape(self):
-        """(max_batch, max_seq_len) of the allocated cache, or None."""
-        return None if self.cache_real is None else tuple(self.cache_real.shape)
+        """Zero the cache's buffers in place (same storage, so captured CUDA graphs stay valid)."""
+        if self.cache is not None:
+            self.cache.reset()
 
     # -- forward ----------------------------------------------------------------------------
     def attention_inputs(self, tokens, start_pos=None, attention_mask=None):
         """-> positions (1|B, T), mask (None = plain causal, or bool (B, 1, T, S)), cache slots
         (T,) or None, number of key slots S. With the cache, the real-token flags of the new slots
-        are written to cache_real and positions count the real tokens before each one."""
+        are written to self.cache.real and positions count the real tokens before each one.
+        start_pos int: S = start_pos + T; 0-d tensor: S = the whole cache (fixed shapes for CUDA
+        graphs; the mask hides the slots not written yet)."""
         B, T = tokens.shape
         device = tokens.device
         arange = torch.arange(T, device=device)                             # (T,)
@@ -399,24 +472,24 @@ class Llama(nn.Module):
             return positions, causal_padding_mask(real, arange, arange), None, T
         self._check_cache(B, T, start_pos)
         slots = start_pos + arange                                          # (T,)
-        num_keys = start_pos + T if isinstance(start_pos, int) else self.cache_real.shape[1]
+        num_keys = start_pos + T if isinstance(start_pos, int) else self.cache.max_len
         new_real = (torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None
                     else attention_mask.bool())                             # (B, T)
-        self.cache_real[:B].index_copy_(1, slots, new_real)
+        real = self.cache.write_real(slots, new_real, num_keys)             # (B, S)
         key_slots = torch.arange(num_keys, device=device)                   # (S,)
-        real = self.cache_real[:B, :num_keys]                               # (B, S)
         before = (real & (key_slots < start_pos)).sum(-1, keepdim=True)     # (B, 1)
         positions = (before + new_real.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
         return positions, causal_padding_mask(real, slots, key_slots), slots, num_keys
 
     def _check_cache(self, B, T, start_pos):
-        if self.cache_real is None:
+        if self.cache is None:
             raise ValueError("Llama.forward: start_pos given but no KV cache; call "
                              "model.setup_cache(max_batch_size, max_seq_len) first")
-        max_batch, max_len = self.cache_real.shape
-        if B > max_batch or (isinstance(start_pos, int) and start_pos + T > max_len):
+        length = start_pos + T if isinstance(start_pos, int) else 0   # a tensor: no .item()
+        if not self.cache.fits(B, length):
             raise ValueError(f"Llama.forward: batch {B}, slots {start_pos}..{start_pos}+{T} do not "
-                             f"fit the cache ({max_batch}, {max_len}); call setup_cache with more")
+                             f"fit the cache ({self.cache.max_batch}, {self.cache.max_len}); call "
+                             f"setup_cache with more")
 
     def forward(self, tokens, start_pos=None, attention_mask=None, last_only=False):
         """tokens (B, T) -> (logits (B, T, V), or (B, 1, V) if last_only; hidden (B, T, dim)).
@@ -426,26 +499,30 @@ class Llama(nn.Module):
         attention_mask (B, T): 1 real, 0 pad (left padding for generation, any for scoring).
         """
         positions, mask, slots, num_keys = self.attention_inputs(tokens, start_pos, attention_mask)
+        cache = None if slots is None else self.cache
         cos_sin = rope.rope_cos_sin(positions, self.rope_freqs)           # 2 x (1|B, T, D/2)
         h = self.dropout(self.tok_embeddings(tokens))                      # (B, T, dim)
-        for layer in self.layers:
-            h = layer(h, cos_sin, mask, slots, num_keys)                   # (B, T, dim)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos_sin, mask, cache, i, slots, num_keys)         # (B, T, dim)
         h = self.norm(h)                                                   # (B, T, dim)
         logits = self.output(h[:, -1:] if last_only else h)                # (B, T|1, V)
         return logits, h
 
-    def generate(self, prompt_tokens, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
-                 epsilon=None, min_p=None, stop_tokens=(), generator=None, on_token=None,
-                 decode_fn=None):
+    def generate(self, prompt_tokens, max_new_tokens, sampling=sample.GREEDY, stop_tokens=(),
+                 generator=None, on_token=None, decode_fn=None, **sampling_fields):
         """Continue one prompt (list of ids or (1, T)) with the KV cache: prefill, then one token
-        per step. Returns the new ids, without the stop token that ended it (if any);
+        per step, chosen by sampling (a sample.SamplingConfig; greedy by default) with randomness
+        from generator. Returns the new ids, without the stop token that ended it (if any);
         on_token(id) is called for each as soon as it is chosen (streaming). decode_fn: see
-        generate_batch."""
+        generate_batch. sampling_fields (temperature=..., top_k=...): the former separate
+        arguments, folded into sampling; transitional, until every caller passes a config."""
+        if sampling_fields:
+            sampling = dataclasses.replace(sampling, **sampling_fields)
         if torch.is_tensor(prompt_tokens):
             prompt_tokens = prompt_tokens.reshape(-1).tolist()
         stream = None if on_token is None else (lambda row, token: on_token(token))
-        return generate_batch(self, [prompt_tokens], 0, max_new_tokens, temperature, top_k, top_p,
-                              epsilon, min_p, stop_tokens, generator, stream, decode_fn)[0]
+        return generate_batch(self, [prompt_tokens], 0, max_new_tokens, sampling, stop_tokens,
+                              generator, stream, decode_fn)[0]
 
 
 # ----------------------------------------------------------------------------
@@ -462,11 +539,11 @@ def left_pad(prompts, pad_id, device="cpu"):
 
 
 @torch.no_grad()
-def generate_batch(model, prompts, pad_id, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
-                   epsilon=None, min_p=None, stop_tokens=(), generator=None, on_token=None,
-                   decode_fn=None):
-    """Continue B prompts at once, left-padded (pad_id), with the KV cache. Returns B lists of new
-    ids; a row stops at its first stop token (not included). on_token(row, id) streams.
+def generate_batch(model, prompts, pad_id, max_new_tokens, sampling=sample.GREEDY, stop_tokens=(),
+                   generator=None, on_token=None, decode_fn=None):
+    """Continue B prompts at once, left-padded (pad_id), with the KV cache; each next token is
+    chosen by sampling (sample.SamplingConfig) from generator's randomness. Returns B lists of
+    new ids; a row stops at its first stop token (not included). on_token(row, id) streams.
 
     decode_fn: optional stand-in for model in the one-token steps, e.g. torch.compile(model,
     mode="reduce-overhead", fullgraph=True); it gets start_pos as a 0-d long tensor, so one
@@ -478,16 +555,13 @@ def generate_batch(model, prompts, pad_id, max_new_tokens, temperature=0.0, top_
     if T + max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"generate: prompt {T} + max_new_tokens {max_new_tokens} > max_seq_len="
                          f"{model.config.max_seq_len}; shorten the prompt or max_new_tokens")
-    shape = model.cache_shape()
-    if shape is None or shape[0] < B or shape[1] < T + max_new_tokens:
+    if model.cache is None or not model.cache.fits(B, T + max_new_tokens):
         model.setup_cache(B, T + max_new_tokens)
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, epsilon=epsilon,
-                    min_p=min_p, generator=generator)
     mask = None if bool(mask.all()) else mask
     logits, _ = model(tokens, start_pos=0, attention_mask=mask, last_only=True)  # (B, 1, V)
     outputs, done = [[] for _ in range(B)], [False] * B
     for step in range(max_new_tokens):
-        next_tokens = sample.sample_next_token(logits[:, -1], **sampling)     # (B,)
+        next_tokens = sample.sample_next_token(logits[:, -1], sampling, generator)  # (B,)
         for row, token in enumerate(next_tokens.tolist()):
             if done[row] or token in stop_tokens:
                 done[row] = True
@@ -506,8 +580,8 @@ def generate_batch(model, prompts, pad_id, max_new_tokens, temperature=0.0, top_
 
 
 @torch.no_grad()
-def generate_no_cache(model, prompt_tokens, max_new_tokens, temperature=0.0, top_k=None,
-                      top_p=None, epsilon=None, min_p=None, stop_tokens=(), generator=None):
+def generate_no_cache(model, prompt_tokens, max_new_tokens, sampling=sample.GREEDY,
+                      stop_tokens=(), generator=None):
     """Reference for generate: recompute the whole prefix every step (O(T^2) per token)."""
     device = model.norm.weight.device
     tokens = list(prompt_tokens.reshape(-1).tolist() if torch.is_tensor(prompt_tokens)
@@ -515,8 +589,7 @@ def generate_no_cache(model, prompt_tokens, max_new_tokens, temperature=0.0, top
     new = []
     for _ in range(max_new_tokens):
         logits, _ = model(torch.tensor([tokens], device=device), last_only=True)  # (1, 1, V)
-        token = sample.sample_next_token(logits[:, -1], temperature, top_k, top_p, epsilon,
-                                         min_p, generator).item()
+        token = sample.sample_next_token(logits[:, -1], sampling, generator).item()
         if token in stop_tokens:
             break
         tokens.append(token)

@@ -64,6 +64,13 @@ def apply_llama3_scaling(freqs, factor, low_freq_factor, high_freq_factor, origi
     return torch.where(wavelen < high_freq_wavelen, freqs, scaled)               # (D/2,)
 
 
+def meta_llama3_scaling(factor):
+    """The constants of Meta's Llama 3.1 reference apply_scaling (low_freq_factor 1,
+    high_freq_factor 4, original_max_seq_len 8192) with `factor`: 8 in Llama 3.1, 32 in 3.2."""
+    return dict(factor=float(factor), low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_seq_len=8192)
+
+
 def rope_cos_sin(positions, freqs):
     """positions (T,) or (B, T) -> cos, sin of angle = position * theta_i, each (..., D/2) fp32."""
     angles = positions.to(torch.float32)[..., None] * freqs.to(positions.device)  # (..., T, D/2)

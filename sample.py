@@ -13,13 +13,62 @@ are renormalised by the softmax and one token is drawn with torch.multinomial. R
 from the torch.Generator passed in, so a fixed seed reproduces a sample.
 Rules compose in the order temperature, top-k, top-p, epsilon, min-p (Hugging Face's order).
 
+The settings travel together as one SamplingConfig (validated once, when it is built: run.py's
+flags fail before a model is loaded); the torch.Generator stays a separate argument.
+
 Shapes: logits (B, V) or (V,) where stated; B batch, V vocabulary.
 Tested in tests/test_sample.py: kept sets against sets computed by hand from sorted probabilities,
-p -> 0 is greedy, p = 1 keeps the full distribution, temperature 0 is argmax, the seed's minimality.
+p -> 0 is greedy, p = 1 keeps the full distribution, temperature 0 is argmax, the seed's minimality,
+SamplingConfig's one-line errors; tests/test_run.py: bad sampling flags fail before loading.
 """
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
 NEG_INF = float("-inf")
+
+
+# ----------------------------------------------------------------------------
+# configuration
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the next token is chosen; the defaults are greedy decoding. Field names are the flags
+    of run.py (--temperature, --top_k, ...), so an error names the flag to fix. A new rule (e.g.
+    a repetition penalty) is one more field, its check here and its step in sample_next_token."""
+    temperature: float = 0.0         # tau; 0 = greedy (argmax, the filters are unused)
+    top_k: Optional[int] = None      # keep the k most likely tokens, k >= 1; None = off
+    top_p: Optional[float] = None    # nucleus mass p, 0 < p <= 1 (1 keeps all); None = off
+    epsilon: Optional[float] = None  # drop tokens with probability < epsilon, [0, 1); None = off
+    min_p: Optional[float] = None    # drop tokens below min_p * max probability, [0, 1]; None = off
+
+    def __post_init__(self):
+        """One-line ValueError naming the flag, its value and the allowed range (NaN fails every
+        comparison, so it is rejected too)."""
+        rules = [("--temperature", self.temperature, "a finite number >= 0 (0 = greedy)",
+                  lambda t: math.isfinite(t) and t >= 0),
+                 ("--top_k", self.top_k, "an integer >= 1 (e.g. 50)",
+                  lambda k: isinstance(k, numbers.Integral) and k >= 1),
+                 ("--top_p", self.top_p, "in (0, 1] (e.g. 0.9)", lambda p: 0 < p <= 1),
+                 ("--epsilon", self.epsilon, "in [0, 1) (e.g. 3e-4)", lambda e: 0 <= e < 1),
+                 ("--min_p", self.min_p, "in [0, 1] (e.g. 0.05)", lambda m: 0 <= m <= 1)]
+        for flag, value, rule, allowed in rules:
+            optional = flag != "--temperature"
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not allowed(value):
+                off = "; leave it out to switch it off" if optional else ""
+                raise ValueError(f"{flag} {value}: must be {rule}{off}")
+
+    @property
+    def greedy(self):
+        return self.temperature == 0
+
+
+GREEDY = SamplingConfig()   # the default everywhere: argmax, no filters
 
 
 # ----------------------------------------------------------------------------
@@ -77,21 +126,20 @@ def sample_from_logits(logits, generator=None):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)      # (B,)
 
 
-def sample_next_token(logits, temperature=0.0, top_k=None, top_p=None, epsilon=None, min_p=None,
-                      generator=None):
-    """logits (B, V) -> next token ids (B,) long. temperature 0 is greedy (argmax; filters
-    unused); otherwise temperature, then each given filter, then a multinomial draw."""
-    if temperature is None or temperature <= 0:
+def sample_next_token(logits, sampling=GREEDY, generator=None):
+    """logits (B, V) -> next token ids (B,) long, by a SamplingConfig. Greedy (temperature 0) is
+    argmax; otherwise temperature, then each filter that is set, then a multinomial draw."""
+    if sampling.greedy:
         return logits.argmax(dim=-1)                                         # (B,)
-    logits = apply_temperature(logits.float(), temperature)                  # (B, V)
-    if top_k is not None and top_k > 0:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    if epsilon is not None and epsilon > 0:
-        logits = epsilon_filter(logits, epsilon)
-    if min_p is not None and min_p > 0:
-        logits = min_p_filter(logits, min_p)
+    logits = apply_temperature(logits.float(), sampling.temperature)         # (B, V)
+    if sampling.top_k is not None:
+        logits = top_k_filter(logits, sampling.top_k)
+    if sampling.top_p is not None:
+        logits = top_p_filter(logits, sampling.top_p)
+    if sampling.epsilon is not None:
+        logits = epsilon_filter(logits, sampling.epsilon)
+    if sampling.min_p is not None:
+        logits = min_p_filter(logits, sampling.min_p)
     return sample_from_logits(logits, generator)                             # (B,)
 
 

@@ -4,8 +4,9 @@ Run: .venv/bin/pytest tests/test_llama.py -q   (CPU, tiny configs, ~15 s)
 
 Oracles: transformers' LlamaForCausalLM with random weights on a tiny Llama 3 shape (GQA, tied
 embeddings, 'llama3' RoPE scaling), converted to our names here (q/k rows permuted with rope.py);
-F.rms_norm and nn.LayerNorm; F.scaled_dot_product_attention for the written-out attention; the
-model's own uncached full forward for the KV cache; generate_no_cache for generate; one prompt at a
+F.rms_norm and nn.LayerNorm; F.scaled_dot_product_attention for the written-out attention; a
+brute-force loop (one query, one head at a time, the causal rule written as an if) for T queries
+over S > T keys; the model's own uncached full forward for the KV cache; generate_no_cache for generate; one prompt at a
 time for left-padded batches; parameter counts of the published models (on the meta device).
 Tolerances are for fp32: logits are O(1-10) and the paths differ only in summation order (BLAS
 blocking, fused vs unfused softmax, RoPE angle products); the largest difference seen against
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 import llama
 import rope
+import sample
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -180,6 +182,39 @@ def test_math_attention_matches_sdpa_with_padding_and_cache_offset():
     torch.testing.assert_close(llama.attention_sdpa(q, k, v, mask), expected, atol=1e-5, rtol=1e-5)
 
 
+def brute_force_attention(q, k, v):
+    """Causal attention written as loops: query t of T (the last T of S positions) attends to keys
+    s with s <= t + S - T; GQA by head index; softmax by hand in float64."""
+    B, H, T, D = q.shape
+    S, group = k.shape[2], H // k.shape[1]
+    out = torch.zeros(B, H, T, D, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            for t in range(T):
+                seen = [s for s in range(S) if s <= t + S - T]
+                scores = torch.stack([q[b, h, t].double() @ k[b, h // group, s].double()
+                                      for s in seen]) / D ** 0.5
+                weights = scores.exp() / scores.exp().sum()
+                out[b, h, t] = sum(w * v[b, h // group, s].double() for w, s in zip(weights, seen))
+    return out.float()
+
+
+@pytest.mark.parametrize("T", [1, 3, 5])
+def test_both_backends_align_queries_to_the_last_keys(T):
+    """T = 1 and T = 3 queries over S = 5 keys, GQA (4 query heads, 2 kv heads), no mask: both
+    backends equal each other and the brute-force loop (the last query sees every key)."""
+    q, k, v = qkv(T=T, S=5)
+    expected = brute_force_attention(q, k, v)
+    math_out = llama.compute_query_key_value_scores(q, k, v)
+    sdpa_out = llama.attention_sdpa(q, k, v)
+    torch.testing.assert_close(math_out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sdpa_out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sdpa_out, math_out, atol=1e-5, rtol=1e-5)
+    if T < 5:                   # the test can see the bug: SDPA's is_causal is top-left aligned
+        top_left = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        assert (top_left - expected).abs().max() > 0.1
+
+
 def test_gqa_kv_head_j_serves_query_heads_jg_to_jg_plus_g():
     q, k, v = qkv(n_heads=6, n_kv=2)                                      # g = 3
     out = llama.compute_query_key_value_scores(q, k, v)
@@ -263,11 +298,14 @@ def test_generate_with_cache_equals_no_cache_greedy_and_sampled():
     greedy = model.generate(prompt, 12)
     assert greedy == llama.generate_no_cache(model, prompt, 12)
     assert len(set(greedy)) > 3                                      # not a degenerate repetition
-    kwargs = dict(temperature=0.9, top_k=50, top_p=0.95, min_p=0.01)
-    sampled = model.generate(prompt, 12, generator=torch.Generator().manual_seed(3), **kwargs)
-    assert sampled == llama.generate_no_cache(model, prompt, 12,
-                                              generator=torch.Generator().manual_seed(3), **kwargs)
+    sampling = sample.SamplingConfig(temperature=0.9, top_k=50, top_p=0.95, min_p=0.01)
+    sampled = model.generate(prompt, 12, sampling, generator=torch.Generator().manual_seed(3))
+    assert sampled == llama.generate_no_cache(model, prompt, 12, sampling,
+                                              generator=torch.Generator().manual_seed(3))
     assert sampled != greedy
+    old_style = model.generate(prompt, 12, generator=torch.Generator().manual_seed(3),
+                               temperature=0.9, top_k=50, top_p=0.95, min_p=0.01)
+    assert old_style == sampled                       # the transitional keyword arguments
 
 
 def test_decode_step_compiles_as_one_graph():
@@ -302,6 +340,20 @@ def test_batch_generation_with_left_padding_equals_one_at_a_time():
     assert stopped == [row[:row.index(stop)] if stop in row else row for row in batch]
 
 
+def test_kv_cache_buffers_capacity_and_state_dict():
+    model = tiny_model()
+    assert model.cache is None
+    model.setup_cache(3, 10)
+    cache = model.cache
+    assert isinstance(cache, llama.KVCache) and (cache.max_batch, cache.max_len) == (3, 10)
+    assert cache.keys.shape == cache.values.shape == (2, 3, 2, 10, 16)   # (L, B, n_kv, S, D)
+    assert cache.real.shape == (3, 10) and cache.real.dtype == torch.bool
+    assert cache.fits(3, 10) and not cache.fits(4, 10) and not cache.fits(3, 11)
+    assert set(dict(model.named_buffers())) >= {"cache.keys", "cache.values", "cache.real"}
+    assert not any(name.startswith("cache.") for name in model.state_dict())   # never saved
+    assert model.to(torch.bfloat16).cache.keys.dtype == torch.bfloat16
+
+
 def test_reset_cache_and_errors():
     model = tiny_model()
     with pytest.raises(ValueError, match="setup_cache"):
@@ -309,10 +361,11 @@ def test_reset_cache_and_errors():
     model.setup_cache(1, 8)
     with pytest.raises(ValueError, match="do not fit the cache"):
         model(random_tokens(1, 3), start_pos=6)
-    before = model.layers[0].attention.cache_k
+    before = model.cache.keys
     model(random_tokens(1, 3), start_pos=0)
+    assert before.any() and model.cache.real[0, :3].all()
     model.reset_cache()
-    assert model.layers[0].attention.cache_k is before and not before.any()
+    assert model.cache.keys is before and not before.any() and not model.cache.real.any()
     with pytest.raises(ValueError, match="max_seq_len=128"):
         model.generate([1, 2, 3], 200)
     with pytest.raises(ValueError, match="at least one token"):
@@ -327,7 +380,11 @@ def test_reset_cache_and_errors():
                                            (dict(norm="batchnorm"), "norm="),
                                            (dict(attn_backend="flash"), "attn_backend="),
                                            (dict(dropout=1.5), "dropout="),
-                                           (dict(rope_scaling=dict(factor=8.0)), "rope_scaling")])
+                                           (dict(rope_scaling=dict(factor=8.0)), "rope_scaling"),
+                                           (dict(rope_scaling=dict(rope_type="yarn")),
+                                            "rope type 'yarn' is not supported"),
+                                           (dict(rope_scaling=dict(rope_type="llama3")),
+                                            "rope_scaling keys")])
 def test_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         llama.LlamaConfig.tiny(**kwargs)
@@ -338,6 +395,12 @@ def test_hf_rope_parameters_are_accepted():
     assert config.rope_scaling == dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                        original_max_seq_len=64)
     assert llama.LlamaConfig.tiny(rope_scaling=dict(rope_type="default")).rope_scaling is None
+    assert llama.LlamaConfig.tiny(rope_scaling=dict(rope_type="default", rope_theta=10000.0),
+                                  ).rope_scaling is None           # transformers 5.x, no scaling
+    legacy = {k: v for k, v in HF_SCALING.items() if k != "rope_type"} | {"type": "llama3"}
+    assert llama.LlamaConfig.tiny(rope_scaling=legacy).rope_scaling == config.rope_scaling
+    with pytest.raises(ValueError, match="rope_theta differs"):
+        llama.LlamaConfig.tiny(rope_scaling=dict(HF_SCALING, rope_theta=5.0))
 
 
 # stories42M: 32000*512 + 8*(4*512^2 + 3*512*1376 + 2*512) + 512, the shapes of llama2.c's
@@ -350,6 +413,14 @@ def test_presets_have_the_published_parameter_counts(preset, params):
         model = llama.Llama(getattr(llama.LlamaConfig, preset)())
     assert sum(p.numel() for p in model.parameters()) == params           # tied: counted once
     assert llama.llama2c_hidden_dim(512, 32) == 1376
+
+
+def test_llama2c_hidden_dim_with_ffn_dim_multiplier():
+    """Meta's params.json: Llama 3 8B (dim 4096, multiple_of 1024, ffn_dim_multiplier 1.3) and
+    Llama 2 70B (8192, 4096, 1.3) have the published intermediate sizes 14336 and 28672."""
+    assert llama.llama2c_hidden_dim(4096, 1024, 1.3) == 14336
+    assert llama.llama2c_hidden_dim(8192, 4096, 1.3) == 28672
+    assert llama.llama2c_hidden_dim(4096, 256) == 11008                   # Llama 2 7B, no multiplier
 
 
 def test_canonical_names_and_tied_loading():

@@ -5,7 +5,8 @@ Run: .venv/bin/pytest tests/test_sample.py -q   (CPU, < 5 s)
 Oracles: kept sets computed here in plain Python from the sorted softmax probabilities (the rules'
 definitions); torch.argmax for greedy; for p = 1 the draws of torch.multinomial on the full softmax
 with the same generator seed; empirical frequencies vs the renormalised kept probabilities (20,000
-draws: a standard error of at most 0.0036 per token, so 0.02 is over 5 sigma).
+draws: a standard error of at most 0.0036 per token, so 0.02 is over 5 sigma); each filter applied
+by hand for sample_next_token; the bounds of the issue for SamplingConfig's errors.
 """
 import pytest
 import torch
@@ -114,7 +115,9 @@ def test_min_p_keeps_probabilities_relative_to_the_max(min_p):
 
 def test_temperature_zero_is_argmax_and_scaling_divides():
     logits = torch.randn(8, 30, generator=torch.Generator().manual_seed(4))
-    torch.testing.assert_close(sample.sample_next_token(logits, temperature=0.0), logits.argmax(-1))
+    torch.testing.assert_close(sample.sample_next_token(logits), logits.argmax(-1))
+    greedy = sample.SamplingConfig(temperature=0.0, top_k=1, top_p=0.5)      # filters unused
+    torch.testing.assert_close(sample.sample_next_token(logits, greedy), logits.argmax(-1))
     torch.testing.assert_close(sample.apply_temperature(logits, 2.0), logits / 2.0)
     with pytest.raises(ValueError, match="temperature=0"):
         sample.apply_temperature(logits, 0)
@@ -122,12 +125,45 @@ def test_temperature_zero_is_argmax_and_scaling_divides():
 
 def test_sample_next_token_is_reproducible_and_respects_filters():
     logits = torch.randn(4, 100, generator=torch.Generator().manual_seed(5))
-    kwargs = dict(temperature=0.8, top_k=20, top_p=0.9, epsilon=1e-3, min_p=0.05)
-    a = sample.sample_next_token(logits, generator=torch.Generator().manual_seed(6), **kwargs)
-    b = sample.sample_next_token(logits, generator=torch.Generator().manual_seed(6), **kwargs)
+    sampling = sample.SamplingConfig(temperature=0.8, top_k=20, top_p=0.9, epsilon=1e-3,
+                                     min_p=0.05)
+    a = sample.sample_next_token(logits, sampling, torch.Generator().manual_seed(6))
+    b = sample.sample_next_token(logits, sampling, torch.Generator().manual_seed(6))
     assert a.shape == (4,) and a.dtype == torch.long and torch.equal(a, b)
+    by_hand = sample.min_p_filter(sample.epsilon_filter(sample.top_p_filter(sample.top_k_filter(
+        logits / 0.8, 20), 0.9), 1e-3), 0.05)                  # the documented order, by hand
+    expected = sample.sample_from_logits(by_hand, torch.Generator().manual_seed(6))
+    assert torch.equal(a, expected)
     g = torch.Generator().manual_seed(7)
     top2 = logits.topk(2, dim=-1).indices
     for _ in range(30):                                                  # top_k=2: only the top two
-        draw = sample.sample_next_token(logits, temperature=1.0, top_k=2, generator=g)
+        draw = sample.sample_next_token(logits, sample.SamplingConfig(1.0, top_k=2), g)
         assert ((top2 == draw[:, None]).any(-1)).all()
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("temperature", -1.0, "--temperature -1.0: must be a finite number >= 0"),
+    ("temperature", float("nan"), "--temperature nan"), ("temperature", float("inf"), "inf"),
+    ("temperature", None, "--temperature None"),
+    ("top_k", -3, "--top_k -3: must be an integer >= 1"), ("top_k", 0, "--top_k 0"),
+    ("top_k", 2.5, "--top_k 2.5"),
+    ("top_p", 1.5, r"--top_p 1.5: must be in \(0, 1\]"), ("top_p", 0.0, "--top_p 0.0"),
+    ("top_p", float("nan"), "--top_p nan"),
+    ("epsilon", 2.0, r"--epsilon 2.0: must be in \[0, 1\)"), ("epsilon", 1.0, "--epsilon 1.0"),
+    ("epsilon", -0.1, "--epsilon -0.1"),
+    ("min_p", 5.0, r"--min_p 5.0: must be in \[0, 1\]"), ("min_p", -1e-3, "--min_p -0.001")])
+def test_sampling_config_errors_name_the_flag(field, value, words):
+    with pytest.raises(ValueError, match=words) as err:
+        sample.SamplingConfig(**{field: value})
+    assert "\n" not in str(err.value)
+
+
+def test_sampling_config_accepts_the_edges():
+    edges = sample.SamplingConfig(temperature=0.0, top_k=1, top_p=1.0, epsilon=0.0, min_p=1.0)
+    assert edges.greedy and not sample.SamplingConfig(temperature=1e-3).greedy
+    assert sample.SamplingConfig() == sample.GREEDY and sample.GREEDY.top_p is None
+    logits = torch.randn(3, 20, generator=torch.Generator().manual_seed(8))
+    keep_all = sample.SamplingConfig(temperature=1.0, top_p=1.0, epsilon=0.0, min_p=0.0)
+    a = sample.sample_next_token(logits, keep_all, torch.Generator().manual_seed(9))
+    b = sample.sample_next_token(logits, sample.SamplingConfig(1.0), torch.Generator().manual_seed(9))
+    assert torch.equal(a, b)                                   # edges that keep every token
