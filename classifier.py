@@ -48,6 +48,7 @@ from tqdm import tqdm
 import atomic
 import data
 import lora
+import metrics
 import train
 import weights
 
@@ -291,7 +292,8 @@ def predict_prompting(classifier, prompts, batch_size, log_p_cf=None, desc="prom
 
 
 def accuracy(preds, examples):
-    return sum(int(p == e.label) for p, e in zip(preds, examples, strict=True)) / len(examples)
+    """metrics.accuracy of predicted label ids against the examples' gold labels."""
+    return metrics.accuracy(preds, [e.label for e in examples])
 
 
 def placeholder_labels_warning(examples, path):
