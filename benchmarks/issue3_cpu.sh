@@ -2,7 +2,7 @@
 # Issue 3 (seed 001) reduced CPU runs: the six seed-001 commands word for word (run.py for
 # run_llama.py, data paths from ../shared/data), plus subset flags so each run takes < ~8 min on
 # a shared 2-core CPU. Outputs (predictions, logs, history/curves, summary JSON) go to runs/issue3/.
-# Usage (from the repository root): bash benchmarks/issue3_cpu.sh [prompt|finetune|lora ...]
+# Usage (from the repository root): bash benchmarks/issue3_cpu.sh [prompt|finetune|lora|cfimdb400|lora_presets ...]
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DATA=${LLMLAB_DATA:-$ROOT/../shared/data}
@@ -48,6 +48,13 @@ cfimdb400)
 for head in text prompt; do
 run cfimdb400-finetune-$head $PY --option finetune --epochs 5 --lr 2e-5 --batch_size 10 $CF --dev_out cfimdb400-dev-finetuning-$head.txt --test_out cfimdb400-test-finetuning-$head.txt $R_CF_400 --head_input $head
 run cfimdb400-lora-$head $PY --option lora --epochs 5 --lr 2e-5 --batch_size 10 $CF --dev_out cfimdb400-dev-lora-$head.txt --test_out cfimdb400-test-lora-$head.txt --lora_rank 4 --lora_alpha 1.0 $R_CF_400 --head_input $head
+done
+;;
+lora_presets)
+# seed 001's CFIMDB LoRA command with seed 000's target settings (--lora_targets light | medium |
+# heavy, read by lora.resolve_targets); same reductions as the lora rows above.
+for targets in light medium heavy; do
+run cfimdb-lora-$targets $PY --option lora --epochs 5 --lr 2e-5 --batch_size 10 $CF --dev_out cfimdb-dev-lora-$targets.txt --test_out cfimdb-test-lora-$targets.txt --lora_rank 4 --lora_alpha 1.0 $R_CF_TRAIN --epochs 1 --lora_targets $targets
 done
 ;;
 esac; done
