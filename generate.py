@@ -7,22 +7,27 @@ chat: the user's message is wrapped in the model's own chat template (chat_templ
 for SmolLM2, Llama 3 headers, Llama 2 [INST]) and the assistant's reply is generated until an
 end-of-turn token.
 Both stream: text is printed as soon as its bytes form whole characters (tokenizer.StreamDecoder).
-The model is loaded once by `load_model`, which every option that generates shares.
+The sampling flags become sample.SamplingConfig objects, checked before the model is loaded, so a
+bad flag fails in one line before any work. The model is loaded once by `load_model`, which every
+option that generates shares.
 
 Shapes: prompt ids are lists of T ints; generation is llama.generate_batch at batch 1.
 Tests: tests/test_run.py (the files hold exactly the prompt plus Llama.generate's greedy text;
-the chat answer names Paris; bad model paths are one-line errors).
+the chat answer names Paris; bad model paths and bad sampling flags are one-line errors, raised
+before any model is loaded).
 """
+import dataclasses
 import time
 
 import torch
 
 import atomic
+import sample
 import weights
 from tokenizer import StreamDecoder
 
-FRANKENSTEIN = ("Victor Frankenstein, a young scientist obsessed with uncovering the secrets of life, "
-                "succeeds in animating a creature assembled from")
+FRANKENSTEIN = ("Victor Frankenstein, a young scientist obsessed with uncovering the secrets of "
+                "life, succeeds in animating a creature assembled from")
 
 
 # ----------------------------------------------------------------------------
@@ -30,34 +35,51 @@ FRANKENSTEIN = ("Victor Frankenstein, a young scientist obsessed with uncovering
 
 def add_model_arguments(parser):
     """The model flags every generating option shares."""
-    parser.add_argument("--pretrained-model-path", "--pretrained_model_path", dest="pretrained_model_path",
-                        default=None, help="a .gguf file, a llama2.c .pt, or a Hugging Face / llmlab folder "
+    parser.add_argument("--pretrained-model-path", "--pretrained_model_path",
+                        dest="pretrained_model_path", default=None,
+                        help="a .gguf file, a llama2.c .pt, or a Hugging Face / llmlab folder "
                         "(default: SmolLM2-135M-Instruct installed by setup.sh)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "int4"], default="float32",
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "int4"],
+                        default="float32",
                         help="weights and activations dtype (bfloat16 is for GPUs; int4: 4-bit "
                         "weights in groups of 32, the fast CPU decoding path, see quantize.py)")
     parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=75,
-                        help="tokens to generate (seed 001 uses 75)")
-    parser.add_argument("--top_k", "--top-k", type=int, default=None, help="keep the k most likely tokens")
-    parser.add_argument("--top_p", "--top-p", type=float, default=None, help="nucleus sampling mass p")
+                        help="tokens to generate, >= 1 (seed 001 uses 75)")
+    parser.add_argument("--top_k", "--top-k", type=int, default=None,
+                        help="keep the k most likely tokens (k >= 1)")
+    parser.add_argument("--top_p", "--top-p", type=float, default=None,
+                        help="nucleus sampling mass p, 0 < p <= 1")
     parser.add_argument("--epsilon", type=float, default=None,
-                        help="epsilon sampling: drop tokens with probability below epsilon")
+                        help="epsilon sampling: drop tokens with probability below epsilon, [0, 1)")
     parser.add_argument("--min_p", "--min-p", type=float, default=None,
-                        help="min-p sampling: drop tokens below min_p * max probability")
+                        help="min-p sampling: drop tokens below min_p * max probability, [0, 1]")
 
 
 def add_arguments(parser, option):
     add_model_arguments(parser)
     if option == "chat":
-        parser.add_argument("--prompt", default="What is the capital of France?", help="the user's message")
+        parser.add_argument("--prompt", default="What is the capital of France?",
+                            help="the user's message")
         parser.add_argument("--system", default=None, help="optional system message")
-        parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
+        parser.add_argument("--temperature", type=float, default=0.0,
+                            help="0 means greedy; a finite number >= 0")
         return
-    parser.add_argument("--prompt", default=FRANKENSTEIN, help="text to continue (seed 001's prompt by default)")
-    parser.add_argument("--generated_sentence_low_temp_out", default="generated-sentence-temp-0.txt",
+    parser.add_argument("--prompt", default=FRANKENSTEIN,
+                        help="text to continue (seed 001's prompt by default)")
+    parser.add_argument("--generated_sentence_low_temp_out",
+                        default="generated-sentence-temp-0.txt",
                         help="where the temperature 0.0 continuation is written")
-    parser.add_argument("--generated_sentence_high_temp_out", default="generated-sentence-temp-1.txt",
+    parser.add_argument("--generated_sentence_high_temp_out",
+                        default="generated-sentence-temp-1.txt",
                         help="where the temperature 1.0 continuation is written")
+
+
+def sampling_configs(args, temperatures):
+    """One sample.SamplingConfig per temperature from the sampling flags; a bad flag raises its
+    one-line ValueError here, before the model is loaded."""
+    base = sample.SamplingConfig(top_k=args.top_k, top_p=args.top_p, epsilon=args.epsilon,
+                                 min_p=args.min_p)
+    return [dataclasses.replace(base, temperature=t) for t in temperatures]
 
 
 # ----------------------------------------------------------------------------
@@ -68,10 +90,12 @@ def load_model(args):
     import quantize
     start = time.perf_counter()
     dtype = torch.float32 if args.dtype == "int4" else getattr(torch, args.dtype)
-    model, tokenizer = weights.load_pretrained(args.pretrained_model_path, device=args.device, dtype=dtype)
+    model, tokenizer = weights.load_pretrained(args.pretrained_model_path, device=args.device,
+                                               dtype=dtype)
     if tokenizer is None:
-        raise ValueError(f"--pretrained-model-path {args.pretrained_model_path}: the checkpoint has no "
-                         "tokenizer; put its tokenizer.model / tokenizer.json beside it (or use a .gguf)")
+        raise ValueError(f"--pretrained-model-path {args.pretrained_model_path}: the checkpoint "
+                         "has no tokenizer; put its tokenizer.model / tokenizer.json beside it (or "
+                         "use a .gguf)")
     if args.dtype == "int4":
         quantize.quantize_model_int4(model)
     print(f"loaded {args.pretrained_model_path or weights.default_model_path()} "
@@ -79,8 +103,9 @@ def load_model(args):
     return model, tokenizer
 
 
-def stream(model, tokenizer, prompt_ids, temperature, args):
-    """Generate from prompt_ids, printing text as it arrives; returns the generated text."""
+def stream(model, tokenizer, prompt_ids, sampling, args):
+    """Generate from prompt_ids with a SamplingConfig, printing text as it arrives; returns the
+    generated text."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
     decoder, pieces = StreamDecoder(tokenizer), []
 
@@ -88,13 +113,11 @@ def stream(model, tokenizer, prompt_ids, temperature, args):
         pieces.append(piece)
         print(piece, end="", flush=True)
 
-    model.generate(prompt_ids, args.max_new_tokens, temperature=temperature, top_k=args.top_k,
-                   top_p=args.top_p, epsilon=args.epsilon, min_p=args.min_p,
-                   stop_tokens=tokenizer.stop_ids, generator=generator,
-                   on_token=lambda t: show(decoder.push(t)))
+    model.generate(prompt_ids, args.max_new_tokens, sampling, stop_tokens=tokenizer.stop_ids,
+                   generator=generator, on_token=lambda t: show(decoder.push(t)))
     show(decoder.flush())
     print(flush=True)
-    return "".join(pieces)  # streamed pieces keep SentencePiece's leading spaces, decode() drops them
+    return "".join(pieces)  # streamed pieces keep SentencePiece's leading spaces; decode drops them
 
 
 # ----------------------------------------------------------------------------
@@ -102,13 +125,14 @@ def stream(model, tokenizer, prompt_ids, temperature, args):
 
 def run_generate(args):
     """Seed 001's text continuation: temperature 0.0 and 1.0, each written to its file."""
+    configs = sampling_configs(args, [0.0, 1.0])
     model, tokenizer = load_model(args)
     prompt_ids = tokenizer.encode(args.prompt, bos=tokenizer.add_bos)  # SmolLM2 has no BOS
-    for temperature, path in [(0.0, args.generated_sentence_low_temp_out),
-                              (1.0, args.generated_sentence_high_temp_out)]:
-        print(f"Temperature is {temperature}")
+    for sampling, path in zip(configs, [args.generated_sentence_low_temp_out,
+                                        args.generated_sentence_high_temp_out]):
+        print(f"Temperature is {sampling.temperature}")
         print(args.prompt, end="", flush=True)
-        text = stream(model, tokenizer, prompt_ids, temperature, args)
+        text = stream(model, tokenizer, prompt_ids, sampling, args)
         atomic.write_text_atomic(path, args.prompt + text)
         print("---------------")
         print(f"Wrote generated sentence to {path}.")
@@ -116,13 +140,18 @@ def run_generate(args):
 
 def run_chat(args):
     """One chat turn with the model's chat template (ChatML for SmolLM2, headers for Llama 3)."""
+    [sampling] = sampling_configs(args, [args.temperature])
     model, tokenizer = load_model(args)
     messages = ([{"role": "system", "content": args.system}] if args.system else [])
     messages.append({"role": "user", "content": args.prompt})
     prompt_ids = tokenizer.encode_chat(messages)
     print(f"user: {args.prompt}\nassistant: ", end="", flush=True)
-    stream(model, tokenizer, prompt_ids, args.temperature, args)
+    stream(model, tokenizer, prompt_ids, sampling, args)
 
 
 def main(args):
+    """Run --option chat or generate; flags are checked before the model is loaded."""
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max_new_tokens {args.max_new_tokens}: must be >= 1 (seed 001 uses "
+                         "75)")
     (run_chat if args.option == "chat" else run_generate)(args)

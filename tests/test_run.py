@@ -3,7 +3,9 @@
     .venv/bin/python -m pytest tests/test_run.py -q
 
 Oracle: the default model's greedy continuation through Llama.generate directly (the CLI must
-write exactly the prompt plus that text), and the one-line error contract of DEVELOPERS' guide.
+write exactly the prompt plus that text, and print seed 001's lines around it), and the one-line
+error contract of DEVELOPERS' guide; bad flags must fail before weights.load_pretrained is called
+(it is replaced by a function that fails the test).
 """
 import pytest
 import torch
@@ -25,6 +27,10 @@ def test_generate_writes_both_files(tmp_path, default_model_path, capsys):
     assert high.read_text().startswith("Once upon a time")
     out = capsys.readouterr().out
     assert "Temperature is 0.0" in out and "Temperature is 1.0" in out
+    assert (f"Temperature is 0.0\n{low.read_text()}\n---------------\n"
+            f"Wrote generated sentence to {low}.\nTemperature is 1.0\n") in out
+    assert out.endswith(f"{high.read_text()}\n---------------\n"
+                        f"Wrote generated sentence to {high}.\n")
 
 
 def test_chat_answers_with_the_template(default_model_path, capsys):
@@ -43,6 +49,23 @@ def test_bad_model_path_is_one_clear_line(tmp_path, capsys, path, words):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and words in err[0]
+
+
+@pytest.mark.parametrize("option, flag, value", [
+    ("generate", "--top_p", "1.5"), ("generate", "--top_k", "-3"), ("generate", "--epsilon", "2"),
+    ("chat", "--temperature", "-1"), ("generate", "--min_p", "5"), ("chat", "--temperature", "nan"),
+    ("generate", "--max_new_tokens", "0"), ("chat", "--max_new_tokens", "0"),
+    ("chat", "--top_p", "0")])
+def test_bad_sampling_flag_fails_in_one_line_before_loading(monkeypatch, capsys, option, flag,
+                                                            value):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the flags were checked")
+    monkeypatch.setattr(weights, "load_pretrained", no_loading)
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--option", option, flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {flag} {value}"), err
 
 
 def test_unknown_option_value_is_rejected(capsys):
