@@ -36,6 +36,8 @@ import torch
 
 # ----------------------------------------------------------------------------
 # tables
+GGUF_MAGIC = b"GGUF"    # a GGUF file's first four bytes
+
 # ggml type id -> (name, weights per block, bytes per block)   (ggml.h enum ggml_type)
 GGML_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
               6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36),
@@ -243,7 +245,7 @@ def read_gguf(path):
     buffer = map_file(path)
     cur = _Cursor(memoryview(buffer), path)
     magic = cur.take(4)
-    if bytes(cur.buf[magic: magic + 4]) != b"GGUF":
+    if bytes(cur.buf[magic: magic + 4]) != GGUF_MAGIC:
         raise ValueError(f"{path}: not a GGUF file (no b'GGUF' magic)")
     version = cur.scalar("<I")
     if version not in (2, 3):

@@ -28,7 +28,6 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
-
 def _safetensors_header(path, buffer):
     """-> (tensor entries, __metadata__ dict, byte where the data buffer starts)."""
     size = len(buffer)

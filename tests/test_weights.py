@@ -167,8 +167,26 @@ def test_hf_config_rope_scaling_4x_spelling(tmp_path):
     config = weights._hf_config(cfg, tmp_path / "config.json")
     assert config.rope_theta == 500000.0 and config.rope_scaling["factor"] == 32.0
     assert config.n_kv_heads == 4 and config.head_dim == 16 and config.tie_embeddings is False
-    with pytest.raises(ValueError, match="rope type 'yarn' is not supported"):
+    with pytest.raises(ValueError, match="^config.json: .*rope type 'yarn' is not supported"):
         weights._hf_config({**cfg, "rope_scaling": {"rope_type": "yarn"}}, "config.json")
+    legacy = {**cfg, "rope_scaling": {"type": "linear", "factor": 2.0}}    # Llama 2 era spelling
+    with pytest.raises(ValueError, match="^config.json: .*rope type 'linear' is not supported"):
+        weights._hf_config(legacy, "config.json")
+    no_scaling = {**cfg, "rope_scaling": None, "rope_theta": None,
+                  "rope_parameters": {"rope_type": "default", "rope_theta": 250000.0}}
+    config = weights._hf_config(no_scaling, "config.json")               # transformers 5.x
+    assert config.rope_scaling is None and config.rope_theta == 250000.0
+
+
+def test_config_errors_name_the_file(tmp_path):
+    """A LlamaConfig ValueError from any loader is one line that starts with the file's path."""
+    cfg = dict(model_type="llama", hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+               num_key_value_heads=3, intermediate_size=96, vocab_size=10)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config\.json: LlamaConfig: n_heads=4 is not a multiple"
+                       ) as err:
+        weights.load_checkpoint(tmp_path)
+    assert str(err.value).startswith(str(tmp_path / "config.json")) and "\n" not in str(err.value)
 
 
 # ----------------------------------------------------------------------------
@@ -232,6 +250,20 @@ def test_bare_state_dict_with_params_json_and_tokenizer(tmp_path):
     config, state_dict, spec = weights.load_checkpoint(tmp_path / "consolidated.00.pth")
     assert spec == {"kind": "tiktoken_llama3", "path": str(tmp_path / "tokenizer.model")}
     assert config.vocab_size == 256 and not config.tie_embeddings and config.n_kv_heads == 2
+    torch.testing.assert_close(logits(weights.build_model(config, state_dict)), logits(model),
+                               rtol=0, atol=0)
+
+
+def test_params_json_ffn_dim_multiplier_sets_hidden_dim(tmp_path):
+    """Meta's params.json gives no hidden_dim, only ffn_dim_multiplier: hidden = 1.3 * int(2/3 *
+    4 * 64) = 1.3 * 170 -> 221, rounded up to multiple_of 32 -> 224 (llama.llama2c_hidden_dim)."""
+    model = tiny_model(hidden_dim=224)
+    torch.save(model.state_dict(), tmp_path / "consolidated.00.pth")
+    (tmp_path / "params.json").write_text(json.dumps(
+        dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=-1, multiple_of=32,
+             ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=10000.0)))
+    config, state_dict, _ = weights.load_checkpoint(tmp_path / "consolidated.00.pth")
+    assert config.hidden_dim == 224 == llama.llama2c_hidden_dim(64, 32, 1.3)
     torch.testing.assert_close(logits(weights.build_model(config, state_dict)), logits(model),
                                rtol=0, atol=0)
 
