@@ -39,7 +39,7 @@ def time_ours(path, prompt, new_tokens, int4=False):
     stamps = []
     start = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(ids, new_tokens, temperature=0.0, stop_tokens=(),
+        out = model.generate(ids, new_tokens, stop_tokens=(),    # greedy: sample.GREEDY
                              on_token=lambda t: stamps.append(time.perf_counter()))
     first_s = stamps[0] - start
     decode = (len(stamps) - 1) / (stamps[-1] - stamps[0])

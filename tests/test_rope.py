@@ -55,6 +55,14 @@ def test_llama3_scaling_matches_reference_formula(scaling):
     assert kept.any() and divided.any() and (~kept & ~divided).any()
 
 
+def test_meta_llama3_scaling_constants():
+    """Meta's Llama 3.1 reference apply_scaling: low 1, high 4, old context 8192; the factor is
+    8 (3.1) or 32 (3.2), as in the parametrised dicts above, written out by hand."""
+    assert rope.meta_llama3_scaling(8) == dict(factor=8.0, low_freq_factor=1.0,
+                                               high_freq_factor=4.0, original_max_seq_len=8192)
+    assert rope.meta_llama3_scaling(32.0)["factor"] == 32.0
+
+
 def test_frequencies_follow_roformer():
     """theta_i = theta^(-2i/D) (RoFormer equation 15)."""
     freqs = rope.rope_frequencies(8, 10000.0)
