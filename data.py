@@ -1,10 +1,14 @@
 """Data readers: seed 001's sentiment tasks (minllama's file formats, tokenising, padding,
-batching) and seed 003's streaming language-model text (files -> token blocks -> mixed batches).
+batching), JSON rows (seed 000's {id, text, label} classification files, and any JSON / JSON-lines
+rows), and seed 003's streaming language-model text (files -> token blocks -> mixed batches).
 
 Formats (as in neubig/minllama-assignment, data/sst-*.txt and data/cfimdb-*.txt):
     data file       one example a line: `LABEL ||| TEXT`, LABEL an integer class id 0..K-1
     label mapping   a JSON list of K names, index = class id, e.g. ["bad", "good"]
     predictions     one line per example, in input order: `PREDICTED_ID ||| TEXT`
+JSON rows: one JSON list of objects, or JSON lines (one object a line); read_json_rows checks the
+fields every row needs, read_json_examples the classification rows {"id", "text", "label"} (ids
+unique, labels ints 0..K-1, label optional in a test file). Rows count from 1.
 Padding is on the right: row b holds its n_b real tokens at positions 0..n_b-1 and pad_id after,
 with attention_mask[b, t] = 1 for t < n_b. Under causal attention a real token never attends to
 a later pad, so right padding leaves every real position's output unchanged; the mask (not
@@ -17,9 +21,10 @@ file is a split already). Sources are mixed per block with probability weight / 
 (pico's --tinystories_weight), and a buffer of blocks shuffles them locally.
 
 Shapes: B batch, T longest sequence in the batch (streaming text: T = block_size).
-Tests: tests/test_data.py (round trips on temp files, one-line errors naming file and line,
-padding and batching against hand-built tensors); tests/test_pico.py (streaming text: tracemalloc
-memory, blocks == the file's bytes, UTF-8 cut inside characters, split ratio, mixing weights).
+Tests: tests/test_data.py (round trips on temp files, one-line errors naming file and line or
+row, padding and batching against hand-built tensors, the seed 001 and DBpedia-14 files);
+tests/test_pico.py (streaming text: tracemalloc memory, blocks == the file's bytes, UTF-8 cut
+inside characters, split ratio, mixing weights).
 """
 import codecs
 import json
@@ -30,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import train
+import atomic
 
 
 # ----------------------------------------------------------------------------
@@ -44,7 +49,7 @@ class Example:
 
 
 # ----------------------------------------------------------------------------
-# readers
+# minllama files: `LABEL ||| TEXT` lines and the label mapping
 
 def _check_file(path, flag):
     path = Path(path)
@@ -103,6 +108,97 @@ def read_examples(path, num_labels=None, flag=None):
     return examples
 
 
+# ----------------------------------------------------------------------------
+# JSON rows: a JSON list of objects or JSON lines
+
+def _row_error(path, row, problem, fields):
+    return ValueError(f"{path}: row {row}: {problem}; fix the row (each row is an object with "
+                      f"{', '.join(repr(f) for f in fields)})")
+
+
+def _load_rows(path):
+    """A JSON list of objects, or JSON lines (one object a line): list of (row number, value)."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            return list(enumerate(json.loads(text), start=1))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column "
+                             f"{err.colno}); expected one JSON list of objects") from None
+    rows = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {line_no}: not valid JSON ({err.msg}); expected "
+                                 "one object per line (JSON lines) or one JSON list") from None
+    return rows
+
+
+def read_json_rows(path, fields, flag=None):
+    """[(row number, dict)] of a JSON list of objects or a JSON-lines file, each with `fields`.
+
+    Rows are numbered from 1 (list position, or line number for JSON lines); one-line errors
+    name the file and the row. An empty file or list is an error.
+    """
+    path = Path(path)
+    where = f" ({flag})" if flag else ""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}{where}: file not found; pass a JSON list or JSON-lines "
+                                f"file of objects with {', '.join(fields)}")
+    rows = _load_rows(path)
+    if not rows:
+        raise ValueError(f"{path}{where}: no rows; expected a non-empty list of objects with "
+                         f"{', '.join(fields)}")
+    for row, obj in rows:
+        if not isinstance(obj, dict):
+            raise _row_error(path, row, f"expected an object, got {type(obj).__name__}", fields)
+        missing = [k for k in fields if k not in obj]
+        if missing:
+            raise _row_error(path, row, f"missing field {missing[0]!r}", fields)
+    return rows
+
+
+def read_json_examples(path, num_classes=None, require_label=True, flag="--train"):
+    """Classification rows {id, text, label} of a JSON file (read_json_rows) as dicts.
+
+    Ids are unique ints or strings, texts strings, labels ints in 0..num_classes-1 (any int >= 0
+    when num_classes is None). With require_label=False (a test file) the label may be absent,
+    and is then None.
+    """
+    fields = ("id", "text", "label") if require_label else ("id", "text")
+    examples, seen = [], set()
+    for row, obj in read_json_rows(path, fields, flag):
+        ex_id, text, label = obj["id"], obj["text"], obj.get("label")
+        if isinstance(ex_id, bool) or not isinstance(ex_id, (int, str)):
+            raise _row_error(path, row, f"id {ex_id!r} is not an int or string", fields)
+        if ex_id in seen:
+            raise _row_error(path, row, f"id {ex_id!r} repeats an earlier row; ids must be unique",
+                             fields)
+        seen.add(ex_id)
+        if not isinstance(text, str):
+            raise _row_error(path, row, f"text is {type(text).__name__}, not a string", fields)
+        if label is not None or require_label:
+            _check_label(path, row, label, num_classes, fields)
+        examples.append({"id": ex_id, "text": text, "label": label})
+    return examples
+
+
+def _check_label(path, row, label, num_classes, fields):
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise _row_error(path, row, f"label {label!r} is not an integer class id", fields)
+    if label < 0:
+        raise _row_error(path, row, f"label {label} is negative: class ids are 0, 1, 2, ...",
+                         fields)
+    if num_classes is not None and label >= num_classes:
+        raise _row_error(path, row, f"label {label} is outside 0..{num_classes - 1} (classes come "
+                         "from the training file's labels)", fields)
+
+
+# ----------------------------------------------------------------------------
+# subsets and predictions
+
 def subset(examples, n, seed=0):
     """A seeded random subset of n examples, kept in file order (all of them if n is None)."""
     if n is None or n >= len(examples):
@@ -116,7 +212,7 @@ def subset(examples, n, seed=0):
 def write_predictions(path, predictions, texts):
     """minllama's output file: `PREDICTED_ID ||| TEXT` per line, written atomically."""
     lines = [f"{int(p)} ||| {t}\n" for p, t in zip(predictions, texts, strict=True)]
-    train.write_text_atomic(path, "".join(lines))
+    atomic.write_text_atomic(path, "".join(lines))
 
 
 # ----------------------------------------------------------------------------

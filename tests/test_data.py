@@ -3,7 +3,7 @@
 Run: .venv/bin/pytest tests/test_data.py -q   (CPU, about a second)
 
 Oracles: hand-written files and the tensors expected from them; Python's str.split on the real
-seed 001 files (skipped when ../shared/data is absent).
+seed 001 files and the known DBpedia-14 sizes (skipped when ../shared/data is absent).
 """
 import json
 
@@ -105,3 +105,71 @@ def test_real_seed001_dev_files(name, count, classes):
     lines = (folder / f"{name}-dev.txt").read_text(encoding="utf-8").splitlines()
     assert len(names) == classes and len(examples) == count == len(lines)
     assert [e.text for e in examples] == [ln.split(" ||| ", 1)[1].strip() for ln in lines]
+
+
+# ----------------------------------------------------------------------------
+# JSON rows
+
+def write_json(tmp_path, obj, name="d.json", raw=None):
+    return write(tmp_path, name, raw if raw is not None else json.dumps(obj))
+
+
+def test_read_json_examples_list_and_json_lines(tmp_path):
+    rows = [{"id": 7, "text": "a b", "label": 1}, {"id": "x", "text": "", "label": 0}]
+    assert data.read_json_examples(write_json(tmp_path, rows)) == rows
+    lines = "\n".join(json.dumps(r) for r in rows) + "\n"
+    assert data.read_json_examples(write_json(tmp_path, None, "d.jsonl", raw=lines)) == rows
+    no_label = data.read_json_examples(write_json(tmp_path, [{"id": 1, "text": "t"}]), 3,
+                                       require_label=False)
+    assert no_label == [{"id": 1, "text": "t", "label": None}]
+
+
+def test_read_json_rows_takes_any_fields(tmp_path):
+    """The general reader (e.g. instruction tuning): rows with the asked-for fields, numbered."""
+    rows = [{"instruction": "add", "input": "2 3", "output": "5"},
+            {"instruction": "hi", "output": "hello"}]
+    lines = "\n".join(json.dumps(r) for r in rows) + "\n\n"        # a blank line at the end
+    path = write_json(tmp_path, None, "sft.jsonl", raw=lines)
+    assert data.read_json_rows(path, ("instruction", "output")) == [(1, rows[0]), (2, rows[1])]
+    with pytest.raises(ValueError, match=r"sft.jsonl: row 2: missing field 'input'"):
+        data.read_json_rows(path, ("instruction", "input"))
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"id": 1, "text": "a", "label": 0}, {"id": 2, "text": "b"}], "row 2: missing field 'label'"),
+    ([{"id": 1, "label": 0}], "row 1: missing field 'text'"),
+    ([{"id": 1, "text": "a", "label": 14}], "row 1: label 14 is outside 0..13"),
+    ([{"id": 1, "text": "a", "label": -1}], "row 1: label -1 is negative"),
+    ([{"id": 1, "text": "a", "label": "3"}], "row 1: label '3' is not an integer"),
+    ([{"id": 1, "text": "a", "label": True}], "row 1: label True is not an integer"),
+    ([{"id": 1, "text": 5, "label": 0}], "row 1: text is int"),
+    ([{"id": 1, "text": "a", "label": 0}, {"id": 1, "text": "b", "label": 0}],
+     "row 2: id 1 repeats"),
+    ([["a", 0]], "row 1: expected an object"),
+    ([], "no rows"),
+])
+def test_bad_json_rows_give_one_line_errors_naming_file_and_row(tmp_path, rows, message):
+    path = write_json(tmp_path, rows)
+    with pytest.raises(ValueError) as err:
+        data.read_json_examples(path, num_classes=14)
+    assert message in str(err.value) and str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_malformed_json_and_missing_json_file(tmp_path):
+    with pytest.raises(ValueError, match=r"d.json: not valid JSON .* line 2"):
+        data.read_json_examples(write_json(tmp_path, None,
+                                           raw='[{"id": 1,\n "text": "a", label: 0}]'))
+    with pytest.raises(ValueError, match=r"d.jsonl: line 2: not valid JSON"):
+        data.read_json_examples(write_json(tmp_path, None, "d.jsonl",
+                                           raw='{"id": 1, "text": "a", "label": 0}\n{'))
+    with pytest.raises(FileNotFoundError, match="--val"):
+        data.read_json_examples(tmp_path / "nope.json", flag="--val")
+
+
+@pytest.mark.slow
+def test_shared_dbpedia_data_loads():
+    folder = need_data("dbpedia14")
+    train_ex = data.read_json_examples(folder / "train.json")
+    assert len(train_ex) == 3999 and 1 + max(e["label"] for e in train_ex) == 14
+    assert len(data.read_json_examples(folder / "test.json", 14)) == 2000
