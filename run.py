@@ -20,6 +20,11 @@ Options, with an example each (data paths as in ../shared/data, see README):
                  --val ../shared/data/dbpedia14/val.json --test ../shared/data/dbpedia14/test.json
   s4           python run.py --option s4 (same flags as ssm)
   ssm_compare  python run.py --option ssm_compare (same flags as ssm)
+  sft          python run.py --option sft --train ../shared/data/boolq/train.json --val_ratio 0.1 \
+                 --split_seed 0 --lora_targets heavy --lora_rank 16 --lora_alpha 32 --epochs 1 \
+                 --out_dir runs/boolq-heavy [--test test.json]
+               python run.py --option sft --adapter runs/boolq-heavy/adapter --test test.json \
+                 --submission submission.csv
   pico         python run.py --option pico --tinystories_weight 0.0 \
                  --input_files ../shared/data/pico/3seqs.txt --prompt "0 1 2 3 4"
   pico_compare python run.py --option pico_compare (same flags as pico)
@@ -35,7 +40,8 @@ import classifier
 import distributed
 import generate
 import pico_train
-import s4
+import sft_train
+import ssm_train
 
 # option -> the module that runs it: module.add_arguments(parser, option), module.main(args)
 OPTIONS = {
@@ -44,9 +50,10 @@ OPTIONS = {
     "prompt": classifier,
     "finetune": classifier,
     "lora": classifier,
-    "ssm": s4,
-    "s4": s4,
-    "ssm_compare": s4,
+    "ssm": ssm_train,
+    "s4": ssm_train,
+    "ssm_compare": ssm_train,
+    "sft": sft_train,
     "pico": pico_train,
     "pico_compare": pico_train,
 }

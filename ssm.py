@@ -26,17 +26,13 @@ Options: bidirectional (a second SSM on the reversed sequence, pads zeroed), wor
 (training only), zero-initialised mixing layers (each block starts as the identity).
 
 Shapes: B batch, L sequence length (tokens), H channels (d_model), N complex state size per channel.
+Data, tokenizers, training and the CLI (`run.py --option ssm | s4 | ssm_compare`): ssm_train.py.
 Tests: tests/test_ssm.py (ZOH/bilinear against closed forms and torch.matrix_exp, scan against an
-explicit dense recurrence, gradients reach A, B, C, dt, padding invariance, data errors);
+explicit dense recurrence, gradients reach A, B, C, dt, padding invariance, pooling, word dropout);
 tests/test_s4.py checks this scan against the FFT convolution.
 """
-import hashlib
-import io
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -271,128 +267,3 @@ class SSMClassifier(nn.Module):
         drop = torch.rand(tokens.shape, device=tokens.device) < self.config.token_dropout  # (B, L)
         drop[:, 0] = False                                    # keep bos: no row is emptied
         return tokens.masked_fill(drop, self.config.pad_id), attention_mask * (~drop).long()
-
-
-# ----------------------------------------------------------------------------
-# data: JSON rows {id, text, label} (seed 000's format) and two tokenizers
-
-def _row_error(path, row, problem):
-    return ValueError(f"{path}: row {row}: {problem}; fix the row (each row is an object "
-                      '{"id": ..., "text": "...", "label": int})')
-
-
-def _load_rows(path):
-    """A JSON list of objects, or JSON lines (one object a line): list of (row number, object)."""
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            return list(enumerate(json.loads(text), start=1))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column "
-                             f"{err.colno}); expected a list of {{id, text, label}} objects") from None
-    rows = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {line_no}: not valid JSON ({err.msg}); expected "
-                                 "one {id, text, label} object per line or one JSON list") from None
-    return rows
-
-
-def read_examples(path, num_classes=None, require_label=True, flag="--train"):
-    """Rows of a JSON data file as dicts {id, text, label}; one-line errors name file and row.
-
-    Labels must be ints in 0..num_classes-1 (any int >= 0 when num_classes is None). Rows are
-    numbered from 1 (list position, or line number for JSON lines). With require_label=False
-    (a test file) the label may be absent everywhere, and is then None.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} ({flag}): file not found; pass a JSON file of "
-                                "{id, text, label} rows (e.g. ../shared/data/dbpedia14/train.json)")
-    rows = _load_rows(path)
-    if not rows:
-        raise ValueError(f"{path} ({flag}): no rows; expected a non-empty list of {{id, text, label}}")
-    examples, seen = [], set()
-    for row, obj in rows:
-        if not isinstance(obj, dict):
-            raise _row_error(path, row, f"expected an object, got {type(obj).__name__}")
-        needed = ("id", "text", "label") if require_label else ("id", "text")
-        missing = [k for k in needed if k not in obj]
-        if missing:
-            raise _row_error(path, row, f"missing field {missing[0]!r}")
-        ex_id, text, label = obj["id"], obj["text"], obj.get("label")
-        if isinstance(ex_id, bool) or not isinstance(ex_id, (int, str)):
-            raise _row_error(path, row, f"id {ex_id!r} is not an int or string")
-        if ex_id in seen:
-            raise _row_error(path, row, f"id {ex_id!r} repeats an earlier row; ids must be unique")
-        seen.add(ex_id)
-        if not isinstance(text, str):
-            raise _row_error(path, row, f"text is {type(text).__name__}, not a string")
-        if label is not None or require_label:
-            _check_label(path, row, label, num_classes)
-        examples.append({"id": ex_id, "text": text, "label": label})
-    return examples
-
-
-def _check_label(path, row, label, num_classes):
-    if isinstance(label, bool) or not isinstance(label, int):
-        raise _row_error(path, row, f"label {label!r} is not an integer class id")
-    if label < 0:
-        raise _row_error(path, row, f"label {label} is negative: class ids are 0, 1, 2, ...")
-    if num_classes is not None and label >= num_classes:
-        raise _row_error(path, row, f"label {label} is outside 0..{num_classes - 1} (classes come "
-                         "from the training file's labels)")
-
-
-class ByteTokenizer:
-    """UTF-8 bytes: id = byte + 2; 0 is pad, 1 is bos (begins every sequence). V = 258."""
-    pad_id, bos_id, vocab_size, kind = 0, 1, 258, "bytes"
-
-    def encode(self, text):
-        return [self.bos_id] + [b + 2 for b in text.encode("utf-8")]
-
-
-class SentencePieceTokenizer:
-    """A SentencePiece unigram model (Kudo & Richardson 2018, arXiv:1808.06226) trained on the
-    training texts; pad 0, unk 1, bos 2, byte fallback so no text is unknown."""
-    pad_id, bos_id, kind = 0, 2, "sentencepiece"
-
-    def __init__(self, model_bytes):
-        import sentencepiece as spm
-        self.processor = spm.SentencePieceProcessor(model_proto=model_bytes)
-        self.vocab_size = self.processor.get_piece_size()
-
-    @classmethod
-    def train(cls, texts, vocab_size, cache_dir=None, case_fold=False):
-        """Train on texts (or load the cached model keyed by a hash of texts and settings).
-
-        case_fold: NFKC + lower-casing inside the model (SentencePiece's nmt_nfkc_cf rule)."""
-        import sentencepiece as spm
-        settings = f"|{vocab_size}|{case_fold}"
-        key = hashlib.sha1(("\n".join(texts) + settings).encode("utf-8")).hexdigest()[:12]
-        cached = Path(cache_dir) / f"spm-{vocab_size}-{key}.model" if cache_dir else None
-        if cached is not None and cached.is_file():
-            return cls(cached.read_bytes())
-        model = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
-            model_type="unigram", pad_id=0, unk_id=1, bos_id=2, eos_id=-1, byte_fallback=True,
-            hard_vocab_limit=False, num_threads=2, minloglevel=2,
-            normalization_rule_name="nmt_nfkc_cf" if case_fold else "nmt_nfkc")
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-            tmp.write_bytes(model.getvalue())
-            os.replace(tmp, cached)
-        return cls(model.getvalue())
-
-    def encode(self, text):
-        return [self.bos_id] + self.processor.encode(text)
-
-
-def encode_all(tokenizer, texts, max_len):
-    """Token lists cut to max_len tokens (bos included); never empty (bos is always there)."""
-    return [tokenizer.encode(t)[:max_len] for t in texts]

@@ -5,7 +5,7 @@ Measures, on random tokens with the classifier of BENCHMARKS.md (d_model 128, 4 
           basic SSM (layer "ssm", plain loop over time), S4D (diagonal, Vandermonde kernel + FFT)
           and S4 (DPLR, Cauchy kernel + FFT); the speedup of each FFT model over the loop
   layer   forward+backward seconds of one SSM layer (H 64, N 32, batch 2) for L in --lengths,
-          loop scan vs kernel + FFT, with the log-log slopes (s4.time_vs_length); the loop is
+          loop scan vs kernel + FFT, with the log-log slopes (ssm_train.time_vs_length); the loop is
           skipped once its predicted time exceeds --loop_budget seconds
 The loop model is timed over fewer steps (--loop_steps) because each takes seconds on a CPU.
 
@@ -15,7 +15,6 @@ The loop model is timed over fewer steps (--loop_steps) because each takes secon
 Prints markdown tables (and writes ssm-time-vs-length.png + bench_ssm.json under --out).
 """
 import argparse
-import json
 import platform
 import sys
 import time
@@ -24,9 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import atomic  # noqa: E402
+import distributed  # noqa: E402
 import optimizer  # noqa: E402
 import s4  # noqa: E402
 import ssm  # noqa: E402
+import ssm_train  # noqa: E402
 
 
 def time_training_step(layer, length, batch, steps, device):
@@ -44,7 +46,7 @@ def time_training_step(layer, length, batch, steps, device):
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(tokens), labels).backward()
         opt.step()
-        if device == "cuda":
+        if device.type == "cuda":
             torch.cuda.synchronize()
         if i > 0 or steps == 1:   # the first step is a warm-up (one loop step is already long)
             times.append(time.perf_counter() - start)
@@ -64,10 +66,10 @@ def main():
     parser.add_argument("--out", default="benchmarks/figures", help="folder for the PNG and JSON")
     parser.add_argument("--use_gpu", action="store_true", help="time on CUDA")
     args = parser.parse_args()
-    device = "cuda" if args.use_gpu else "cpu"
+    device = distributed.pick_device(args.use_gpu)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, device {device}", flush=True)
-    results = {"device": device, "threads": torch.get_num_threads(), "length": args.length,
+    results = {"device": device.type, "threads": torch.get_num_threads(), "length": args.length,
                "batch": args.batch, "step_s": {}}
     for layer in ("s4d", "s4", "ssm"):
         steps = args.loop_steps if layer == "ssm" else args.steps
@@ -82,11 +84,10 @@ def main():
         print(f"| {name} | {t:.3f} | {loop / t:.1f}x |")
     if args.lengths:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        rows = s4.time_vs_length([int(x) for x in args.lengths.split(",")],
+        rows = ssm_train.time_vs_length([int(x) for x in args.lengths.split(",")],
                                  loop_budget_s=args.loop_budget, device=device)
-        slopes = {k: s4.loglog_slope(rows, k) for k in ("loop_s", "fft_s")}
-        s4.plot_time_vs_length(rows, out / "ssm-time-vs-length.png")
+        slopes = {k: ssm_train.loglog_slope(rows, k) for k in ("loop_s", "fft_s")}
+        ssm_train.plot_time_vs_length(rows, out / "ssm-time-vs-length.png")
         results.update(time_vs_length=rows, slopes=slopes)
         print("\n| L | loop scan fwd+bwd (s) | FFT fwd+bwd (s) | ratio |\n|---|---|---|---|")
         for r in rows:
@@ -94,7 +95,7 @@ def main():
             ratio = "-" if r["loop_s"] is None else f"{r['loop_s'] / r['fft_s']:.0f}x"
             print(f"| {r['L']} | {loop_s} | {r['fft_s']:.4f} | {ratio} |")
         print(f"log-log slopes: loop {slopes['loop_s']:.2f}, FFT {slopes['fft_s']:.2f}")
-        (out / "bench_ssm.json").write_text(json.dumps(results, indent=2) + "\n")
+        atomic.save_json_atomic(out / "bench_ssm.json", results)
 
 
 if __name__ == "__main__":

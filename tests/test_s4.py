@@ -1,4 +1,4 @@
-"""Tests for s4.py: HiPPO, kernels, FFT convolution == recurrent scan, step mode, the CLI.
+"""Tests for s4.py: HiPPO, kernels, FFT convolution == recurrent scan, step mode.
 
 Run: .venv/bin/pytest tests/test_s4.py -q   (CPU, about ten seconds)
 
@@ -6,11 +6,8 @@ Oracles: the HiPPO-LegS closed form written as a double loop; the dense matrix r
 NPLR factors; explicit powers C A_bar^k B_bar (diagonal: elementwise pow; DPLR: dense
 torch.linalg.matrix_power) for the kernels; torch.nn.functional.conv1d for the FFT convolution;
 ssm.scan (the loop of ssm.py) for FFT conv == recurrence; the layer's own step loop for
-step == convolution; scikit-free hand counts for naive Bayes; files on disk for the CLI.
+step == convolution. (The CLI, naive Bayes and timing are tested in tests/test_ssm_train.py.)
 """
-import argparse
-import csv
-import json
 import math
 
 import pytest
@@ -18,7 +15,6 @@ import torch
 
 import s4
 import ssm
-from conftest import need_data
 
 
 def test_hippo_legs_equals_closed_form():
@@ -148,72 +144,3 @@ def test_models_build_and_train_a_step():
         logits = model(torch.randint(1, 20, (2, 9)))
         logits.sum().backward()
         assert logits.shape == (2, 3)
-
-
-def test_naive_bayes_on_hand_counts():
-    train_ex = [{"text": "goal match goal", "label": 0}, {"text": "vote law", "label": 1}]
-    # "goal": p(w|0) = (2+1)/(3+4), p(w|1) = 1/(2+4); priors equal -> class 0; "law" -> class 1
-    test_ex = [{"text": "goal", "label": 0}, {"text": "law unseen", "label": 1}]
-    assert s4.naive_bayes_accuracy(train_ex, test_ex) == 1.0
-
-
-def test_loglog_slope():
-    rows = [{"L": L, "t": 3.0 * L ** 1.5} for L in (256, 512, 1024)]
-    assert s4.loglog_slope(rows, "t") == pytest.approx(1.5)
-
-
-# ----------------------------------------------------------------------------
-# the CLI on tiny files
-
-def cli_args(tmp_path, option, **overrides):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--option", default=option)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--use_gpu", action="store_true")
-    s4.add_arguments(parser, option)
-    rows = [{"id": i, "text": ("sport goal " if i % 2 else "vote law ") * (1 + i % 3), "label": i % 2}
-            for i in range(24)]
-    for name in ("train", "val", "test"):
-        (tmp_path / f"{name}.json").write_text(json.dumps(rows), encoding="utf-8")
-    argv = ["--train", str(tmp_path / "train.json"), "--val", str(tmp_path / "val.json"),
-            "--test", str(tmp_path / "test.json"), "--out_dir", str(tmp_path / "out"),
-            "--tokenizer", "bytes", "--d_model", "8", "--n_layers", "1", "--d_state", "4",
-            "--epochs", "1", "--batch_size", "8", "--max_len", "16", "--no_progress"]
-    for key, value in overrides.items():
-        argv += [f"--{key}", str(value)]
-    return parser.parse_args(argv)
-
-
-def test_cli_s4_writes_submission_results_and_curves(tmp_path):
-    s4.main(cli_args(tmp_path, "s4"))
-    out = tmp_path / "out"
-    with open(out / "submission.csv") as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == ["id", "label"] and [r[0] for r in rows[1:]] == [str(i) for i in range(24)]
-    results = json.loads((out / "s4-results.json").read_text())
-    assert results["epochs_run"] == 1 and 0 <= results["test_accuracy"] <= 1
-    assert (out / "s4-curves.png").stat().st_size > 0
-
-
-def test_cli_compare_writes_table_and_plots(tmp_path):
-    s4.main(cli_args(tmp_path, "ssm_compare", bench_lengths="16,32,64"))
-    out = tmp_path / "out"
-    table = (out / "compare.md").read_text()
-    assert "naive Bayes" in table and "slope" in table
-    for name in ("compare-curves.png", "time-vs-length.png", "ssm-curves.png", "s4-curves.png"):
-        assert (out / name).stat().st_size > 0
-
-
-def test_cli_rejects_out_of_range_val_label(tmp_path):
-    args = cli_args(tmp_path, "s4")
-    (tmp_path / "val.json").write_text(json.dumps([{"id": 0, "text": "a", "label": 5}]))
-    with pytest.raises(ValueError, match=r"val.json: row 1: label 5 is outside 0..1"):
-        s4.main(args)
-
-
-@pytest.mark.slow
-def test_shared_dbpedia_data_loads():
-    folder = need_data("dbpedia14")
-    train_ex = ssm.read_examples(folder / "train.json")
-    assert len(train_ex) == 3999 and 1 + max(e["label"] for e in train_ex) == 14
-    assert len(ssm.read_examples(folder / "test.json", 14)) == 2000

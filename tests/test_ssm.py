@@ -1,14 +1,14 @@
-"""Tests for ssm.py: discretizations, the loop scan, gradients, the classifier, data errors.
+"""Tests for ssm.py: discretizations, the loop scan, gradients, the classifier.
 
 Run: .venv/bin/pytest tests/test_ssm.py -q   (CPU, a few seconds)
 
 Oracles: torch.linalg.matrix_exp of the block matrix [[A, B], [0, 0]] for zero-order hold (its top
 right block is int_0^dt e^{As} ds B = A^{-1}(e^{A dt} - I) B); dense torch.linalg.solve for bilinear;
 the unrolled sum y_t = sum_k Re(C A_bar^(t-k) B_bar) u_k in float64 for the scan; the same
-sequence with and without right padding for the mask; hand-written bad files for the errors.
+sequence with and without right padding for the mask; explicit loops for the pooling.
+(The JSON data reader is tested in tests/test_data.py, the tokenizers and the CLI in
+tests/test_ssm_train.py.)
 """
-import json
-
 import pytest
 import torch
 
@@ -147,63 +147,3 @@ def test_config_errors():
         ssm.SSMConfig(layer="mamba")
     with pytest.raises(ValueError, match="dt_min"):
         ssm.SSMConfig(dt_min=0.5, dt_max=0.1)
-
-
-# ----------------------------------------------------------------------------
-# data
-
-def write(tmp_path, obj, name="d.json", raw=None):
-    path = tmp_path / name
-    path.write_text(raw if raw is not None else json.dumps(obj), encoding="utf-8")
-    return path
-
-
-def test_read_examples_list_and_json_lines(tmp_path):
-    rows = [{"id": 7, "text": "a b", "label": 1}, {"id": "x", "text": "", "label": 0}]
-    assert ssm.read_examples(write(tmp_path, rows)) == rows
-    lines = "\n".join(json.dumps(r) for r in rows) + "\n"
-    assert ssm.read_examples(write(tmp_path, None, "d.jsonl", raw=lines)) == rows
-    no_label = ssm.read_examples(write(tmp_path, [{"id": 1, "text": "t"}]), 3, require_label=False)
-    assert no_label == [{"id": 1, "text": "t", "label": None}]
-
-
-@pytest.mark.parametrize("rows, message", [
-    ([{"id": 1, "text": "a", "label": 0}, {"id": 2, "text": "b"}], "row 2: missing field 'label'"),
-    ([{"id": 1, "label": 0}], "row 1: missing field 'text'"),
-    ([{"id": 1, "text": "a", "label": 14}], "row 1: label 14 is outside 0..13"),
-    ([{"id": 1, "text": "a", "label": -1}], "row 1: label -1 is negative"),
-    ([{"id": 1, "text": "a", "label": "3"}], "row 1: label '3' is not an integer"),
-    ([{"id": 1, "text": "a", "label": True}], "row 1: label True is not an integer"),
-    ([{"id": 1, "text": 5, "label": 0}], "row 1: text is int"),
-    ([{"id": 1, "text": "a", "label": 0}, {"id": 1, "text": "b", "label": 0}], "row 2: id 1 repeats"),
-    ([["a", 0]], "row 1: expected an object"),
-    ([], "no rows"),
-])
-def test_bad_rows_give_one_line_errors_naming_file_and_row(tmp_path, rows, message):
-    path = write(tmp_path, rows)
-    with pytest.raises(ValueError) as err:
-        ssm.read_examples(path, num_classes=14)
-    assert message in str(err.value) and str(path) in str(err.value)
-    assert "\n" not in str(err.value)
-
-
-def test_malformed_json_and_missing_file(tmp_path):
-    with pytest.raises(ValueError, match=r"d.json: not valid JSON .* line 2"):
-        ssm.read_examples(write(tmp_path, None, raw='[{"id": 1,\n "text": "a", label: 0}]'))
-    with pytest.raises(ValueError, match=r"d.jsonl: line 2: not valid JSON"):
-        ssm.read_examples(write(tmp_path, None, "d.jsonl", raw='{"id": 1, "text": "a", "label": 0}\n{'))
-    with pytest.raises(FileNotFoundError, match="--val"):
-        ssm.read_examples(tmp_path / "nope.json", flag="--val")
-
-
-def test_tokenizers(tmp_path):
-    byte = ssm.ByteTokenizer()
-    assert byte.encode("hé") == [1, ord("h") + 2, 0xC3 + 2, 0xA9 + 2]
-    assert ssm.encode_all(byte, ["abcdef", ""], max_len=3) == [[1, 99, 100], [1]]
-    texts = [f"the {w} sat on the mat number {i}" for i, w in enumerate(["cat", "dog", "bird"] * 20)]
-    sp = ssm.SentencePieceTokenizer.train(texts, vocab_size=300, cache_dir=tmp_path)
-    ids = sp.encode("the cat sat")
-    assert ids[0] == sp.bos_id and all(0 < i < sp.vocab_size for i in ids)
-    assert sp.processor.decode(ids[1:]) == "the cat sat"
-    assert len(list(tmp_path.glob("spm-300-*.model"))) == 1     # cached, and reused:
-    assert ssm.SentencePieceTokenizer.train(texts, 300, cache_dir=tmp_path).encode("dog") == sp.encode("dog")

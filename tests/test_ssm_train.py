@@ -1,0 +1,126 @@
+"""Tests for ssm_train.py: tokens, the tokenizer cache, naive Bayes, timing, the CLI.
+
+Run: .venv/bin/pytest tests/test_ssm_train.py -q   (CPU, about fifteen seconds)
+
+Oracles: hand-computed ids (bos + UTF-8 bytes + 2) and truncation; SentencePiece's own decode of
+the ids; the bytes of a freshly trained model for the cache (reused as is, rebuilt after it is
+cut short or overwritten); hand counts for naive Bayes; a power law for the log-log slope; files
+on disk (CSV rows, results JSON, figures, table) for the CLI through run.py's flags.
+"""
+import argparse
+import csv
+import json
+
+import pytest
+import torch
+
+import ssm_train
+
+TEXTS = [f"the {w} sat on the mat number {i}" for i, w in enumerate(["cat", "dog", "bird"] * 20)]
+
+
+# ----------------------------------------------------------------------------
+# tokens and the tokenizer cache
+
+def test_bytes_get_bos_and_are_cut_to_max_len():
+    tokenizer = ssm_train.make_tokenizer(argparse.Namespace(tokenizer="bytes"), [])
+    assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.vocab_size) == (0, 1, 258)
+    assert ssm_train.encode_all(tokenizer, ["hé"], 10) == [[1, ord("h") + 2, 0xC3 + 2, 0xA9 + 2]]
+    assert ssm_train.encode_all(tokenizer, ["abcdef", ""], max_len=3) == [[1, 99, 100], [1]]
+
+
+def test_sentencepiece_is_trained_cached_and_reused(tmp_path):
+    sp = ssm_train.sentencepiece_tokenizer(TEXTS, vocab_size=300, cache_dir=tmp_path)
+    [ids] = ssm_train.encode_all(sp, ["the cat sat"], 128)
+    assert ids[0] == sp.bos_id == 2 and sp.pad_id == 0 and all(0 < i < sp.vocab_size for i in ids)
+    assert sp.processor.decode(ids[1:]) == "the cat sat"
+    cached = list(tmp_path.glob("spm-300-*.model"))
+    assert len(cached) == 1 and cached[0].read_bytes() == sp.model_proto
+    again = ssm_train.sentencepiece_tokenizer(TEXTS, 300, cache_dir=tmp_path)
+    assert again.model_proto == sp.model_proto and again.encode("dog") == sp.encode("dog")
+    folded = ssm_train.sentencepiece_tokenizer(TEXTS, 300, cache_dir=tmp_path, case_fold=True)
+    assert folded.encode("THE CAT") == folded.encode("the cat")       # another cache entry
+    assert len(list(tmp_path.glob("spm-300-*.model"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite"])
+def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, damage):
+    sp = ssm_train.sentencepiece_tokenizer(TEXTS, vocab_size=300, cache_dir=tmp_path)
+    [path] = tmp_path.glob("spm-300-*.model")
+    good = path.read_bytes()
+    with open(path, "r+b") as f:            # damage it in place, as a crash or a disk would
+        if damage == "truncate":
+            f.truncate(len(good) // 2)
+        else:
+            f.write(b"\x0a\x03bad")
+    rebuilt = ssm_train.sentencepiece_tokenizer(TEXTS, 300, cache_dir=tmp_path)
+    assert rebuilt.encode("the bird sat") == sp.encode("the bird sat")
+    assert [p.read_bytes() for p in tmp_path.glob("spm-300-*.model")] == [good]
+
+
+# ----------------------------------------------------------------------------
+# naive Bayes and timing
+
+def test_naive_bayes_on_hand_counts():
+    train_ex = [{"text": "goal match goal", "label": 0}, {"text": "vote law", "label": 1}]
+    # "goal": p(w|0) = (2+1)/(3+4), p(w|1) = 1/(2+4); priors equal -> class 0; "law" -> class 1
+    test_ex = [{"text": "goal", "label": 0}, {"text": "law unseen", "label": 1}]
+    assert ssm_train.naive_bayes_accuracy(train_ex, test_ex) == 1.0
+
+
+def test_loglog_slope():
+    rows = [{"L": L, "t": 3.0 * L ** 1.5} for L in (256, 512, 1024)]
+    assert ssm_train.loglog_slope(rows, "t") == pytest.approx(1.5)
+
+
+# ----------------------------------------------------------------------------
+# the CLI on tiny files
+
+def cli_args(tmp_path, option, **overrides):
+    """The parsed flags of `run.py --option OPTION`, with the device run.py would set."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--option", default=option)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--use_gpu", action="store_true")
+    ssm_train.add_arguments(parser, option)
+    rows = [{"id": i, "text": ("sport goal " if i % 2 else "vote law ") * (1 + i % 3), "label": i % 2}
+            for i in range(24)]
+    for name in ("train", "val", "test"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(rows), encoding="utf-8")
+    argv = ["--train", str(tmp_path / "train.json"), "--val", str(tmp_path / "val.json"),
+            "--test", str(tmp_path / "test.json"), "--out_dir", str(tmp_path / "out"),
+            "--tokenizer", "bytes", "--d_model", "8", "--n_layers", "1", "--d_state", "4",
+            "--epochs", "1", "--batch_size", "8", "--max_len", "16", "--no_progress"]
+    for key, value in overrides.items():
+        argv += [f"--{key}", str(value)]
+    args = parser.parse_args(argv)
+    args.device = torch.device("cpu")
+    return args
+
+
+def test_cli_s4_writes_submission_results_and_curves(tmp_path):
+    ssm_train.main(cli_args(tmp_path, "s4"))
+    out = tmp_path / "out"
+    with open(out / "submission.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "label"] and [r[0] for r in rows[1:]] == [str(i) for i in range(24)]
+    results = json.loads((out / "s4-results.json").read_text())
+    assert results["epochs_run"] == 1 and 0 <= results["test_accuracy"] <= 1
+    assert (results["tokenizer"], results["device"]) == ("bytes", "cpu")
+    assert (out / "s4-curves.png").stat().st_size > 0
+
+
+def test_cli_compare_writes_table_and_plots(tmp_path):
+    ssm_train.main(cli_args(tmp_path, "ssm_compare", bench_lengths="16,32,64"))
+    out = tmp_path / "out"
+    table = (out / "compare.md").read_text()
+    assert "naive Bayes" in table and "slope" in table
+    for name in ("compare-curves.png", "time-vs-length.png", "ssm-curves.png", "s4-curves.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_cli_rejects_out_of_range_val_label(tmp_path):
+    args = cli_args(tmp_path, "s4")
+    (tmp_path / "val.json").write_text(json.dumps([{"id": 0, "text": "a", "label": 5}]))
+    with pytest.raises(ValueError, match=r"val.json: row 1: label 5 is outside 0..1"):
+        ssm_train.main(args)
