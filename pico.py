@@ -33,8 +33,9 @@ Every model maps tokens (B, T) to next-token logits (B, T, V); position t sees t
 Data: data.py streams a file in pieces into blocks of block_size + 1 tokens (input block[:-1],
   target block[1:]) and mixes sources per block; pico_train.py wires the flags to it.
 Tokenizer: "bpe" (default) = SentencePiece BPE trained offline on the first 4 MB of the training
-  text (byte fallback, newline kept, exact round trip), saved with each checkpoint; "byte" = UTF-8
-  bytes, V = 256. Not the starter's tiktoken gpt2 (its ranks are downloaded) nor the default
+  text (train_bpe_tokenizer -> tokenizer.train_sentencepiece: byte fallback, newline kept, exact
+  round trip), saved with each checkpoint; "byte" = tokenizer.ByteTokenizer(), UTF-8 bytes,
+  V = 256. Not the starter's tiktoken gpt2 (its ranks are downloaded) nor the default
   model's 49,152-token BPE: its embedding and unembedding alone would be 12.6 M parameters beside
   a ~1 M-parameter CPU model, and its softmax would dominate each step.
 Generation: greedy (no --top_p) or nucleus sampling from sample.py (Holtzman et al. 2020, arXiv
@@ -42,30 +43,29 @@ Generation: greedy (no --top_p) or nucleus sampling from sample.py (Holtzman et 
   1510.03055); rep-4 = 1 - distinct-4 within one sample, averaged (seq-rep-n, Welleck et al. 2019).
 Shapes: B batch, T tokens, V vocab, dim width, H = n_heads, D = head_dim, C chunk, k window,
   n chunks.
+Checkpoints: a folder written whole through atomic.replace_folder_atomic, so a kill while saving
+  leaves the previous checkpoint (loaded from `<name>.old` if the kill fell between the renames).
 Tests: tests/test_pico.py (unfold == loop; linear chunked == cumsum == recurrent; GLA chunked ==
   recurrent; SDPA == math attention; RMSNorm == F.rms_norm; causality of every model; checkpoint
-  resume == uninterrupted run; nucleus sampling taken from sample.py; and, for data.py and
+  resume == uninterrupted run; a save that fails midway keeps the old checkpoint; nucleus sampling taken from sample.py; and, for data.py and
   pico_train.py, streaming memory, bad-input errors and the CLI).
 """
-import io
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import atomic
 import data
 import rope
 from llama import RMSNorm  # the hand-written RMSNorm seed 003 asks for (fp32 statistics)
 import sample
-import train
 import safetensors_io
+from tokenizer import ByteTokenizer, SentencePieceTokenizer, train_sentencepiece
 
 
 # ----------------------------------------------------------------------------
@@ -380,58 +380,23 @@ def build_model(cfg):
 
 
 # ----------------------------------------------------------------------------
-# Tokenizers (offline)
+# Tokenizers (offline): BPE trained here; bytes are tokenizer.ByteTokenizer() (V = 256)
 
-class ByteTokenizer:
-    """UTF-8 bytes as tokens, V = 256: nothing to train, exact round trip, any input file."""
-    kind, vocab_size = "byte", 256
+def train_bpe_tokenizer(paths, vocab_size, max_bytes=4 << 20):
+    """SentencePiece BPE trained on the non-blank lines of the first max_bytes of each file
+    (tokenizer.train_sentencepiece: identity normalisation, byte fallback, exact whitespace with
+    "\\n" a piece of its own, so decode(encode(s)) == s chunk by chunk). kind "bpe"."""
 
-    def encode(self, text):
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids):
-        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
-
-
-class BPETokenizer:
-    """A SentencePiece BPE model (Sennrich et al. 2016, arXiv 1508.07909) trained on our corpus."""
-    kind = "bpe"
-
-    def __init__(self, model_proto):
-        self.model_proto = model_proto
-        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
-        self.vocab_size = self.sp.get_piece_size()
-
-    @classmethod
-    def train(cls, paths, vocab_size, max_bytes=4 << 20):
-        """Train on the lines of the first max_bytes of each file (identity normalisation, byte
-        fallback, "\\n" kept as a piece, no dummy prefix: decode(encode(s)) == s chunk by chunk)."""
-
-        def lines():
-            for path in paths:
-                seen = 0
-                for text in data.iter_text_chunks(path):
-                    yield from (line for line in text.split("\n") if line.strip())
-                    seen += len(text)
-                    if seen >= max_bytes:
-                        break
-        proto = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=lines(), model_writer=proto, vocab_size=vocab_size, model_type="bpe",
-            byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-            add_dummy_prefix=False, user_defined_symbols=["\n"], hard_vocab_limit=False,
-            max_sentence_length=1 << 16, minloglevel=2)
-        return cls(proto.getvalue())
-
-    def encode(self, text):
-        """Line by line: the same ids as one call ("\n" is a piece of its own), ~2x faster."""
-        ids, newline = [], self.sp.piece_to_id("\n")
-        for i, line_ids in enumerate(self.sp.encode(text.split("\n"))):
-            ids.extend([newline, *line_ids] if i else line_ids)
-        return ids
-
-    def decode(self, ids):
-        return self.sp.decode([int(i) for i in ids])
+    def lines():
+        for path in paths:
+            seen = 0
+            for text in data.iter_text_chunks(path):
+                yield from (line for line in text.split("\n") if line.strip())
+                seen += len(text)
+                if seen >= max_bytes:
+                    break
+    return train_sentencepiece(lines(), vocab_size, model_type="bpe", normalization="identity",
+                               exact_whitespace=True)
 
 
 # ----------------------------------------------------------------------------
@@ -494,39 +459,48 @@ def p_sweep(model, tokenizer, prompt, ps, n_samples, max_new_tokens, seed):
 
 
 # ----------------------------------------------------------------------------
-# Checkpoints: model.safetensors, optimizer.safetensors, tokenizer.model, pico.json (written last)
+# Checkpoints: one folder of model.safetensors, optimizer.safetensors, tokenizer.model, pico.json,
+# written whole by atomic.replace_folder_atomic (a kill mid-save leaves the previous checkpoint)
 
 CHECKPOINT_FORMAT = "llmlab-pico-1"
 
 
+def _optimizer_tensors(optimizer):
+    """AdamW state as ({"<param index>.<key>": tensor}, meta with param_groups and the scalars)."""
+    tensors, meta = {}, {"param_groups": optimizer.state_dict()["param_groups"], "scalars": {}}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                meta["scalars"][f"{index}.{key}"] = value
+    return tensors, meta
+
+
 def save_pico_checkpoint(directory, model, tokenizer, optimizer=None, extra=None):
-    """Write a resumable checkpoint; pico.json goes last, so a folder with it is complete."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write a resumable checkpoint folder; the old folder is replaced only once the new one is
+    complete (until then it stays at `directory`, or at `directory.old` for the final swap)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    safetensors_io.write_safetensors(directory / "model.safetensors", tensors)
     meta = {"format": CHECKPOINT_FORMAT, "config": asdict(model.cfg), "tokenizer": tokenizer.kind,
             "optimizer": None, **(extra or {})}
+    optimizer_tensors = None
     if optimizer is not None:
-        tensors, meta["optimizer"] = {}, {"param_groups": optimizer.state_dict()["param_groups"]}
-        scalars = meta["optimizer"]["scalars"] = {}
-        for index, state in optimizer.state_dict()["state"].items():
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-                else:
-                    scalars[f"{index}.{key}"] = value
-        safetensors_io.write_safetensors(directory / "optimizer.safetensors", tensors)
-    if tokenizer.kind == "bpe":
-        tmp = directory / f".tokenizer.model.tmp{os.getpid()}"
-        tmp.write_bytes(tokenizer.model_proto)
-        os.replace(tmp, directory / "tokenizer.model")
-    train.save_json_atomic(directory / "pico.json", meta)
+        optimizer_tensors, meta["optimizer"] = _optimizer_tensors(optimizer)
+
+    def fill(folder):
+        safetensors_io.write_safetensors(folder / "model.safetensors", tensors)
+        if optimizer_tensors is not None:
+            safetensors_io.write_safetensors(folder / "optimizer.safetensors", optimizer_tensors)
+        if tokenizer.kind == "bpe":
+            atomic.write_bytes_atomic(folder / "tokenizer.model", tokenizer.model_proto)
+        atomic.save_json_atomic(folder / "pico.json", meta)
+    atomic.replace_folder_atomic(directory, fill)
 
 
 def load_pico_checkpoint(directory, expected_model=None):
-    """-> (model, tokenizer, meta); one-line errors for a missing, foreign or other-kind folder."""
-    directory = Path(directory)
+    """-> (model, tokenizer, meta); one-line errors for a missing, foreign or other-kind folder.
+    A folder a crash left as `<directory>.old` (atomic.folder_or_backup) is loaded too."""
+    directory = atomic.folder_or_backup(directory)
     meta_path = directory / "pico.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"--resume {directory}: no pico.json there, so it is not a pico "
@@ -541,8 +515,10 @@ def load_pico_checkpoint(directory, expected_model=None):
                          f"{expected_model!r}; pass --model {cfg.model} or a "
                          f"{expected_model} checkpoint")
     model = build_model(cfg)
-    model.load_state_dict(safetensors_io.read_safetensors(directory / "model.safetensors"), strict=True)
-    tokenizer = (BPETokenizer((directory / "tokenizer.model").read_bytes())
+    model.load_state_dict(safetensors_io.read_safetensors(directory / "model.safetensors"),
+                          strict=True)
+    tokenizer = (SentencePieceTokenizer((directory / "tokenizer.model").read_bytes(), kind="bpe",
+                                        source=directory / "tokenizer.model")
                  if meta["tokenizer"] == "bpe" else ByteTokenizer())
     return model, tokenizer, meta
 
@@ -550,7 +526,8 @@ def load_pico_checkpoint(directory, expected_model=None):
 def load_optimizer_state(directory, optimizer, meta):
     """Restore AdamW moments and step counts saved by save_pico_checkpoint."""
     state = {}
-    tensors = safetensors_io.read_safetensors(Path(directory) / "optimizer.safetensors")
+    folder = atomic.folder_or_backup(directory)
+    tensors = safetensors_io.read_safetensors(folder / "optimizer.safetensors")
     for name, value in [*tensors.items(), *meta["optimizer"]["scalars"].items()]:
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value

@@ -1,7 +1,8 @@
 """pico-LLM (seed 003) driver behind `run.py --option pico | pico_compare`: training runs with
 checkpoints and resume, the studies (train/test gap, attention heatmaps, nucleus p-sweep, the
-same-budget comparison of model variants), their figures and tables, and the command-line flags.
-The models, tokenizers, checkpoints and generation are in pico.py; the streaming reader in data.py.
+same-budget comparison of model variants), their figures and tables (every file through
+atomic.py), and the command-line flags. The models, BPE training, checkpoints and generation are
+in pico.py, the tokenizer classes in tokenizer.py, the streaming reader in data.py.
 
 Tests: tests/test_pico.py (bad-input errors, train/save/resume/plot through run.py, compare table).
 """
@@ -13,11 +14,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import atomic
 import train
 from data import LMBatches, iter_split, iter_text_chunks
-from pico import (MODELS, BPETokenizer, ByteTokenizer, PicoConfig, build_model, encode_prompt,
-                  generate, load_optimizer_state, load_pico_checkpoint, p_sweep,
-                  save_pico_checkpoint)
+from pico import (MODELS, PicoConfig, build_model, encode_prompt, generate, load_optimizer_state,
+                  load_pico_checkpoint, p_sweep, save_pico_checkpoint, train_bpe_tokenizer)
+from tokenizer import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parent
 TINYSTORIES = Path(os.environ.get("LLMLAB_DATA", ROOT.parent / "shared" / "data")) / "tinystories"
@@ -106,27 +108,11 @@ def mean_loss(model, batches):
 # ----------------------------------------------------------------------------
 # Figures (matplotlib, written atomically)
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save_figure(fig, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=90)
-    _pyplot().close(fig)
-    os.replace(tmp, path)
-
-
 def plot_gap(history, path):
     """Overfitting study: train loss (eval mode, a fixed training slice), test loss, their gap."""
     evals = [e for e in history["evals"] if "train_loss" in e]
     steps = [e["step"] for e in evals]
-    fig, (ax, gap_ax) = _pyplot().subplots(1, 2, figsize=(10, 3.5))
+    fig, (ax, gap_ax) = atomic.pyplot().subplots(1, 2, figsize=(10, 3.5))
     ax.plot(steps, [e["train_loss"] for e in evals], "o-", label="train (eval mode)")
     ax.plot(steps, [e["loss"] for e in evals], "s-", label="test")
     ax.set(xlabel="optimizer step", ylabel="loss (nats / token)")
@@ -136,14 +122,14 @@ def plot_gap(history, path):
     gap_ax.set(xlabel="optimizer step", ylabel="test loss - train loss")
     fig.suptitle(f"{history['name']}: train/test gap")
     fig.tight_layout()
-    _save_figure(fig, path)
+    atomic.save_figure_atomic(fig, path, dpi=90)
 
 
 def plot_attention(maps, labels, path, title):
     """One heatmap per (layer, head): row = query position, column = key position."""
     n_layers, n_heads = len(maps), maps[0].shape[1]
-    fig, axes = _pyplot().subplots(n_layers, n_heads, figsize=(2.8 * n_heads, 2.8 * n_layers),
-                                   squeeze=False)
+    fig, axes = atomic.pyplot().subplots(n_layers, n_heads,
+                                         figsize=(2.8 * n_heads, 2.8 * n_layers), squeeze=False)
     for layer, weights in enumerate(maps):
         for head in range(n_heads):
             ax = axes[layer][head]
@@ -153,22 +139,22 @@ def plot_attention(maps, labels, path, title):
             ax.set_yticks(range(len(labels)), labels, fontsize=6)
     fig.suptitle(title)
     fig.tight_layout()
-    _save_figure(fig, path)
+    atomic.save_figure_atomic(fig, path, dpi=90)
 
 
 def plot_p_sweep(rows, path, title):
-    fig, ax = _pyplot().subplots(figsize=(5, 3.5))
+    fig, ax = atomic.pyplot().subplots(figsize=(5, 3.5))
     for key in ("distinct_1", "distinct_2", "rep_4"):
         ax.plot([r["p"] for r in rows], [r[key] for r in rows], "o-", label=key)
     ax.set(xlabel="nucleus mass p", ylabel="fraction", title=title)
     ax.legend()
     fig.tight_layout()
-    _save_figure(fig, path)
+    atomic.save_figure_atomic(fig, path, dpi=90)
 
 
 def plot_compare(results, path):
     """Test loss against training seconds per model, and the final validation perplexity."""
-    fig, (ax, bar_ax) = _pyplot().subplots(1, 2, figsize=(12, 4))
+    fig, (ax, bar_ax) = atomic.pyplot().subplots(1, 2, figsize=(12, 4))
     for r in results:
         seconds = {s["step"]: s["time_s"] for s in r["history"]["steps"]}
         evals = [e for e in r["history"]["evals"] if e["step"] in seconds]
@@ -180,7 +166,7 @@ def plot_compare(results, path):
     bar_ax.set(ylabel="validation perplexity")
     bar_ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
-    _save_figure(fig, path)
+    atomic.save_figure_atomic(fig, path, dpi=90)
 
 
 # ----------------------------------------------------------------------------
@@ -299,7 +285,7 @@ def config_from_args(args, vocab_size, **overrides):
 def make_tokenizer(args, files):
     if args.tokenizer == "byte":
         return ByteTokenizer()
-    return BPETokenizer.train([p for _, paths, _ in files.values() for p in paths], args.vocab_size)
+    return train_bpe_tokenizer([p for _, paths, _ in files.values() for p in paths], args.vocab_size)
 
 
 def evaluate_lm(model, batches):
@@ -356,12 +342,12 @@ def report(model, tokenizer, history, args, name):
     for r in rows:
         print(f"p={r['p']:.2f} distinct-1 {r['distinct_1']:.3f} distinct-2 {r['distinct_2']:.3f} "
               f"rep-4 {r['rep_4']:.3f} | {r['sample'][:80]!r}", flush=True)
-    train.save_json_atomic(out / f"{name}-psweep.json", rows)
+    atomic.save_json_atomic(out / f"{name}-psweep.json", rows)
     plot_p_sweep(rows, out / f"{name}-psweep.png", f"{name}: diversity against p")
 
 
 def main(args):
-    device = "cuda" if args.use_gpu else "cpu"
+    device = args.device
     files = data_files(args)
     if args.option == "pico_compare":
         return run_compare(args, files, device)
@@ -411,8 +397,8 @@ def run_compare(args, files, device):
             "tokens_per_s": tokens_per_second(history), "train_loss": best.get("train_loss"),
             "val_loss": val, "val_ppl": math.exp(val), "history": history,
             "sample": args.prompt + tokenizer.decode(new_ids)})
-        train.write_text_atomic(out / "pico-compare.md", compare_table(results, tokenizer, args))
-        train.save_json_atomic(out / "pico-compare.json",
+        atomic.write_text_atomic(out / "pico-compare.md", compare_table(results, tokenizer, args))
+        atomic.save_json_atomic(out / "pico-compare.json",
                                [{k: v for k, v in r.items() if k != "history"} for r in results])
     plot_compare(results, out / "pico-compare.png")
     print(compare_table(results, tokenizer, args), flush=True)

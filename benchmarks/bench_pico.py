@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import atomic  # noqa: E402
 import data  # noqa: E402
 import pico  # noqa: E402
 import pico_train  # noqa: E402
+from tokenizer import ByteTokenizer  # noqa: E402
 
 
 def rss_mb():
@@ -29,13 +31,16 @@ def rss_mb():
 
 
 def write_big_file(path, size_bytes):
+    """size_bytes of TinyStories validation text repeated, streamed through atomic.write_atomic."""
     seed_text = (pico_train.TINYSTORIES / "valid.txt").read_text(encoding="utf-8").encode("utf-8")
-    with open(path, "wb") as f:
+
+    def write(f):
         written = 0
         while written < size_bytes:
             piece = seed_text[:size_bytes - written]
             f.write(piece)
             written += len(piece)
+    atomic.write_atomic(path, write)
 
 
 def main():
@@ -52,8 +57,8 @@ def main():
     write_big_file(path, int(args.size_gb * 2**30))
     print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB) in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
-    tokenizer = (pico.ByteTokenizer() if args.tokenizer == "byte" else
-                 pico.BPETokenizer.train([pico_train.TINYSTORIES / "train.txt"], 2048))
+    tokenizer = (ByteTokenizer() if args.tokenizer == "byte" else
+                 pico.train_bpe_tokenizer([pico_train.TINYSTORIES / "train.txt"], 2048))
     rss_before, blocks, start = rss_mb(), 0, time.perf_counter()
     for _ in data.iter_blocks(path, tokenizer, args.block_size, args.chunk_bytes):
         blocks += 1

@@ -6,7 +6,8 @@ Run: .venv/bin/pytest tests/test_pico.py -q   (tiny configs, CPU, well under a m
 Oracles: the loop k-gram (course formulation) for the unfold path; the recurrent forms for linear
 attention (cumsum) and GLA (chunked); the explicit masked softmax for SDPA; torch's F.rms_norm for
 RMSNorm; perturbing future tokens for causality; tracemalloc for the streaming reader's memory;
-the bytes of the file for the block stream; an uninterrupted run for checkpoint resume.
+the bytes of the file for the block stream; an uninterrupted run for checkpoint resume; the
+previous checkpoint's weights for a save that fails midway.
 """
 import json
 import tracemalloc
@@ -20,6 +21,7 @@ import pico
 import pico_train
 import run
 import train
+from tokenizer import ByteTokenizer
 
 VARIANTS = [dict(model="lstm"), dict(model="kgram"), dict(model="kgram", kgram_k=5, mlp_layers=2),
             dict(positional="rope"), dict(positional="nope"), dict(positional="learned"),
@@ -137,7 +139,7 @@ def test_streaming_reader_keeps_memory_flat(tmp_path):
     block = 64
     tracemalloc.start()
     count, first, last = 0, None, None
-    for b in data.iter_blocks(path, pico.ByteTokenizer(), block, chunk_bytes=32 * 1024):
+    for b in data.iter_blocks(path, ByteTokenizer(), block, chunk_bytes=32 * 1024):
         first = b if first is None else first
         last, count = b, count + 1
     _, peak = tracemalloc.get_traced_memory()
@@ -160,10 +162,10 @@ def test_bpe_round_trip_and_split():
     pytest.importorskip("sentencepiece")
     from conftest import need_data
     path = need_data("pico", "3seqs.txt")
-    tokenizer = pico.BPETokenizer.train([path], vocab_size=300, max_bytes=100_000)
+    tokenizer = pico.train_bpe_tokenizer([path], vocab_size=300, max_bytes=100_000)
     text = "0 1 2 3 4\n\n5 8 13  é\n"
     assert tokenizer.decode(tokenizer.encode(text)) == text
-    assert tokenizer.encode(text) == tokenizer.sp.encode(text)          # line by line == one call
+    assert tokenizer.encode(text) == tokenizer.processor.encode(text)   # line by line == one call
     train_blocks = sum(1 for _ in data.iter_split(path, tokenizer, 64, "train", 10, 1 << 16))
     test_blocks = sum(1 for _ in data.iter_split(path, tokenizer, 64, "test", 10, 1 << 16))
     assert test_blocks == (train_blocks + test_blocks) // 10
@@ -203,7 +205,7 @@ def test_bad_input_gives_one_error_line(tmp_path, capsys):
 
 def test_checkpoint_of_another_kind_or_format_is_refused(tmp_path, capsys):
     model = tiny_model(model="lstm")
-    pico.save_pico_checkpoint(tmp_path / "ckpt", model, pico.ByteTokenizer())
+    pico.save_pico_checkpoint(tmp_path / "ckpt", model, ByteTokenizer())
     with pytest.raises(ValueError, match="holds a 'lstm' model but --model is 'transformer'"):
         pico.load_pico_checkpoint(tmp_path / "ckpt", "transformer")
     (tmp_path / "llama").mkdir()
@@ -226,7 +228,7 @@ def test_checkpoint_resume_matches_uninterrupted_training(tmp_path):
     model = tiny_model(attention="gla")
     optimizer = train.make_optimizer(model, config)
     steps(model, optimizer, batches[:2])
-    pico.save_pico_checkpoint(tmp_path / "ckpt", model, pico.ByteTokenizer(), optimizer,
+    pico.save_pico_checkpoint(tmp_path / "ckpt", model, ByteTokenizer(), optimizer,
                               {"steps": 2})
     steps(model, optimizer, batches[2:])                                # uninterrupted run
 
@@ -237,6 +239,32 @@ def test_checkpoint_resume_matches_uninterrupted_training(tmp_path):
     steps(resumed, resumed_optimizer, batches[2:])
     for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)                      # identical arithmetic
+
+
+def test_a_save_that_fails_midway_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Oracle: the first checkpoint's weights. A save killed before pico.json (the last file)
+    leaves the old folder; one killed between the two renames leaves it as <name>.old."""
+    import atomic
+    old_model, new_model = tiny_model(model="lstm"), tiny_model(model="lstm", dim=8)
+    ckpt = tmp_path / "ckpt"
+    pico.save_pico_checkpoint(ckpt, old_model, ByteTokenizer(), extra={"steps": 1})
+
+    def killed(path, obj):
+        raise KeyboardInterrupt("killed while writing pico.json")
+    monkeypatch.setattr(atomic, "save_json_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pico.save_pico_checkpoint(ckpt, new_model, ByteTokenizer(), extra={"steps": 2})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]     # no half-written folder
+    loaded, _, meta = pico.load_pico_checkpoint(ckpt, "lstm")
+    assert meta["steps"] == 1 and loaded.cfg == old_model.cfg
+    for name, tensor in old_model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    ckpt.rename(tmp_path / "ckpt.old")                # the instant between the two renames
+    assert pico.load_pico_checkpoint(ckpt, "lstm")[2]["steps"] == 1
+    pico.save_pico_checkpoint(ckpt, new_model, ByteTokenizer(), extra={"steps": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert pico.load_pico_checkpoint(ckpt, "lstm")[2]["steps"] == 2
 
 
 def test_cli_trains_saves_resumes_and_plots(tmp_path):
