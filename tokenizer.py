@@ -187,7 +187,9 @@ class Tokenizer:
             raise ValueError(f"encode: this {self.kind} tokenizer has no bos/eos token; "
                              "call encode with bos=False, eos=False")
         ids = self._encode_special(text) if allow_special else self._encode_ordinary(text)
-        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+        if bos or eos:              # no copy otherwise: streaming encodes megabytes at a time
+            ids = ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+        return ids
 
     def _encode_special(self, text):
         """Split on special-token strings, encode the text between them without specials."""
@@ -348,7 +350,8 @@ class ByteTokenizer(Tokenizer):
         self.offset = len(specials)               # id of byte 0
 
     def _encode_ordinary(self, text):
-        return [b + self.offset for b in text.encode("utf-8")]
+        ids = list(text.encode("utf-8"))
+        return [b + self.offset for b in ids] if self.offset else ids
 
     def decode(self, ids, skip_special=False):
         """ids -> text; special ids print nothing, invalid UTF-8 becomes U+FFFD."""
