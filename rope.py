@@ -19,8 +19,9 @@ convert_llama_weights_to_hf.py).
 
 Llama 3 frequency scaling (Llama 3.1 reference `apply_scaling`, Grattafiori et al. 2024, arXiv
 2407.21783; constants factor, low_freq_factor, high_freq_factor, original_max_seq_len; Llama 3.1
-uses 8/1/4/8192 and Llama 3.2 uses 32/1/4/8192). With wavelength w_i = 2 pi / theta_i,
-low = original_max_seq_len / low_freq_factor and high = original_max_seq_len / high_freq_factor:
+uses 8/1/4/8192 and Llama 3.2 uses 32/1/4/8192, meta_llama3_scaling(factor)). With wavelength
+w_i = 2 pi / theta_i, low = original_max_seq_len / low_freq_factor and
+high = original_max_seq_len / high_freq_factor:
     w_i < high:          theta_i                               (high frequencies kept)
     w_i > low:           theta_i / factor                      (low frequencies slowed down)
     otherwise:           (1 - s) theta_i / factor + s theta_i,
@@ -31,8 +32,9 @@ Shapes: B batch, T tokens, H heads, D head_dim; angles and cos/sin are (T, D/2) 
 by all rows, or (B, T, D/2) for per-row positions (left-padded batches).
 
 Tested in tests/test_rope.py: the two layouts agree after the row permutation, the scaling matches
-a loop written from the Llama 3.1 formula, the complex and real formulations agree, relative
-position property; tests/test_llama.py checks the whole model against transformers' Llama.
+a loop written from the Llama 3.1 formula (and Meta's constants), the complex and real
+formulations agree, relative position property; tests/test_llama.py checks the whole model against
+transformers' Llama.
 """
 import math
 

@@ -6,8 +6,9 @@ Oracles: transformers' LlamaForCausalLM with random weights on a tiny Llama 3 sh
 embeddings, 'llama3' RoPE scaling), converted to our names here (q/k rows permuted with rope.py);
 F.rms_norm and nn.LayerNorm; F.scaled_dot_product_attention for the written-out attention; a
 brute-force loop (one query, one head at a time, the causal rule written as an if) for T queries
-over S > T keys; the model's own uncached full forward for the KV cache; generate_no_cache for generate; one prompt at a
-time for left-padded batches; parameter counts of the published models (on the meta device).
+over S > T keys; the model's own uncached full forward for the KV cache; generate_no_cache for
+generate; one prompt at a time for left-padded batches; parameter counts of the published models
+(on the meta device).
 Tolerances are for fp32: logits are O(1-10) and the paths differ only in summation order (BLAS
 blocking, fused vs unfused softmax, RoPE angle products); the largest difference seen against
 transformers is 2e-5 on logits up to 9.4. atol = rtol = 1e-4 leaves headroom for other BLAS
@@ -420,7 +421,7 @@ def test_llama2c_hidden_dim_with_ffn_dim_multiplier():
     Llama 2 70B (8192, 4096, 1.3) have the published intermediate sizes 14336 and 28672."""
     assert llama.llama2c_hidden_dim(4096, 1024, 1.3) == 14336
     assert llama.llama2c_hidden_dim(8192, 4096, 1.3) == 28672
-    assert llama.llama2c_hidden_dim(4096, 256) == 11008                   # Llama 2 7B, no multiplier
+    assert llama.llama2c_hidden_dim(4096, 256) == 11008                   # Llama 2 7B
 
 
 def test_canonical_names_and_tied_loading():

@@ -165,5 +165,6 @@ def test_sampling_config_accepts_the_edges():
     logits = torch.randn(3, 20, generator=torch.Generator().manual_seed(8))
     keep_all = sample.SamplingConfig(temperature=1.0, top_p=1.0, epsilon=0.0, min_p=0.0)
     a = sample.sample_next_token(logits, keep_all, torch.Generator().manual_seed(9))
-    b = sample.sample_next_token(logits, sample.SamplingConfig(1.0), torch.Generator().manual_seed(9))
+    plain = sample.SamplingConfig(temperature=1.0)
+    b = sample.sample_next_token(logits, plain, torch.Generator().manual_seed(9))
     assert torch.equal(a, b)                                   # edges that keep every token
