@@ -255,7 +255,8 @@ def wrap_linears(model, target_modules, wrap, option="target_modules"):
 
     Targets match in either spelling (q_proj or wq). When none matches: ValueError naming `option`
     (the flag or config field the targets came from) and listing the model's Linear names.
-    Returns the wrapped names. Shared by inject_lora and adapters.inject_ia3.
+    Returns the wrapped names. Shared by inject_lora and adapters.inject_ia3. A wrapper starts in
+    the mode of the Linear it replaces, so injecting into an eval-mode model keeps dropout off.
     """
     targets = with_aliases(target_modules)
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -266,7 +267,8 @@ def wrap_linears(model, target_modules, wrap, option="target_modules"):
                          f"available names: {', '.join(available)} (pass some of these)")
     model.requires_grad_(False)
     for name in chosen:
-        set_submodule(model, name, wrap(name, model.get_submodule(name)))
+        linear = model.get_submodule(name)
+        set_submodule(model, name, wrap(name, linear).train(linear.training))
     return chosen
 
 

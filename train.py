@@ -24,8 +24,8 @@ over the N processes during the last micro-batch's backward (no_sync before), an
 summed over processes, so the update is the gradient of the global mean: g * N / sum_r n_r.
 On one process these are no-ops.
 Evaluation hook: evaluate(model) -> dict of floats, run in eval mode without gradients every
-eval_every_steps steps and at each epoch end; a "loss" of a token-counting run (count_unit "tok")
-also gets its perplexity exp(loss). select_metric picks the state restored at the end.
+eval_every_steps steps and at each epoch end; a "loss" of a token-counting run (count_unit ending
+in "tok") also gets its perplexity exp(loss). select_metric picks the state restored at the end.
 Mixed precision: bf16 autocast on CUDA only (Micikevicius et al. 2018, arXiv:1710.03740, Sec. 3
 for the idea; bf16 needs no loss scaling). On CPU everything stays fp32.
 
@@ -77,7 +77,7 @@ class TrainConfig:
     bf16: bool = True                  # bf16 autocast when the model is on CUDA (ignored on CPU)
     out_dir: str = None                # folder for <name>-history.json and <name>-curves.png
     name: str = "run"                  # file-name prefix for outputs
-    count_unit: str = "ex"             # what loss_fn's count counts, for throughput ("ex", "tok")
+    count_unit: str = "ex"             # what loss_fn's count counts ("ex", "tok", "answer tok")
     progress: bool = True              # show tqdm bars
 
     def __post_init__(self):
@@ -258,7 +258,7 @@ class Run:
         self.model.train()
         metrics = {k: (float(v) if isinstance(v, (int, float, torch.Tensor)) else v)
                    for k, v in metrics.items()}
-        if self.config.count_unit == "tok" and "loss" in metrics:
+        if self.config.count_unit.endswith("tok") and "loss" in metrics:
             metrics.setdefault("perplexity", math.exp(min(metrics["loss"], 50.0)))
         self.history["evals"].append({"step": self.step, "epoch": self.epoch, **metrics,
                                       "time_s": time.perf_counter() - start})

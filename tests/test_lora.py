@@ -209,6 +209,15 @@ def test_dropout_only_in_training():
     assert not torch.allclose(hf_logits(ours.train(), ids), hf_logits(no_drop, ids))
 
 
+def test_injected_layers_keep_the_model_mode():
+    """Injecting into an eval-mode model must not switch LoRA dropout on (peft's behaviour)."""
+    model = tiny_hf_llama()
+    lora.inject_lora(model, lora.LoraConfig(r=2, alpha=4, dropout=0.5, target_modules=["q_proj"]))
+    assert all(not layer.training for _, layer in lora.lora_layers(model))
+    ids = tokens()
+    torch.testing.assert_close(hf_logits(model, ids), hf_logits(model, ids), atol=0, rtol=0)
+
+
 def test_only_lora_trains():
     model = tiny_hf_llama()
     lora.inject_lora(model, lora.LoraConfig.medium(r=2))

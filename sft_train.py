@@ -1,0 +1,376 @@
+"""`run.py --option sft`: instruction fine-tuning of a causal Llama (LoRA or full), its evaluation,
+the saved adapter and submission.csv. The data, prompts, masking and answers are sft.py's;
+`sft_compare` / `sweep` (sft_studies.py) run this option once per setting.
+
+One run:
+    read --train (and --val, or a stratified --val_ratio split with --split_seed, written to
+    OUT_DIR/split.json); the label set from the training answers (or --labels)
+    load the model; --method lora: freeze it and add LoRA (Hu et al. 2021, arXiv:2106.09685) on
+    --lora_targets (light / medium / heavy of seed 000, or names); --method full: train everything
+    zero-shot: score the validation set before training (the base model's accuracy)
+    train.fit on the answer-token loss (sft.answer_loss) with AdamW, warmup + cosine/linear decay,
+    accumulation, early stopping on validation loss (--patience), validation loss, perplexity,
+    accuracy and macro-F1 every --eval_every_steps and every epoch
+    answer the validation set (--answer_mode score | generate): accuracy, macro-F1, confusion
+    save OUT_DIR/adapter (peft's layout + sft_config.json) or OUT_DIR/model (full), sft-history.json,
+    sft-curves.png, confusion.png, summary.json; answer --test into --submission (id,answer)
+Predict only: `--adapter DIR --test FILE --submission FILE` loads the base model named in
+DIR/sft_config.json (or --pretrained-model-path) plus the adapter, and answers the test file.
+
+Trainable parameters are counted twice: programmatically, and by LoRA's formula
+    sum over adapted Linears of r * (in + out)
+Tests: tests/test_sft_train.py (a tiny Llama: masking + training lowers the loss, the adapter
+reloads to the same logits (and in peft), predict-only writes a valid submission, bad options).
+"""
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+import atomic
+import classifier
+import llama
+import lora
+import metrics
+import sft
+import train
+import weights
+
+SFT_CONFIG = "sft_config.json"
+
+
+# ----------------------------------------------------------------------------
+# flags
+
+def add_data_arguments(add):
+    add("--train", default=None, help="training file: JSON/JSONL records or `text;label` lines")
+    add("--val", default=None, help="validation file (else a stratified split of --train)")
+    add("--val_ratio", "--val-ratio", type=float, default=0.1, help="validation fraction of --train")
+    add("--split_seed", "--split-seed", type=int, default=0, help="seed of the stratified split")
+    add("--test", default=None, help="test file (answers optional) for --submission")
+    add("--submission", default=None, help="id,answer CSV for --test (default OUT_DIR/submission.csv)")
+    add("--labels", default=None, help="comma-separated label set (default: the training answers)")
+    add("--text_field", "--text-field", default="text", help="JSON field holding the text")
+    add("--label_field", "--label-field", default="label", help="JSON field holding the label")
+    add("--label_names", "--label-names", default=None, help="JSON list naming integer labels")
+    add("--max_train_examples", "--max-train-examples", type=int, default=None,
+        help="seeded random subset of the training records (after the split)")
+    add("--max_eval_examples", "--max-eval-examples", type=int, default=None,
+        help="seeded random subset of the validation and test records")
+
+
+def add_training_arguments(add):
+    add("--method", choices=["lora", "full"], default="lora", help="what trains")
+    add("--lora_targets", "--lora-targets", default="heavy",
+        help="light | medium | heavy (seed 000) or comma-separated Linear names (q_proj or wq)")
+    add("--lora_rank", "--lora-rank", type=int, default=16, help="LoRA rank r")
+    add("--lora_alpha", "--lora-alpha", type=float, default=32.0, help="LoRA alpha (scale alpha / r)")
+    add("--lora_dropout", "--lora-dropout", type=float, default=0.05, help="dropout on LoRA's input")
+    add("--epochs", type=int, default=1, help="passes over the training records")
+    add("--lr", type=float, default=1e-4, help="peak AdamW learning rate (seed 002: 1e-4)")
+    add("--weight_decay", "--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    add("--schedule", choices=["cosine", "linear", "constant"], default="cosine", help="lr decay")
+    add("--warmup_steps", "--warmup-steps", type=int, default=0, help="linear warmup steps")
+    add("--batch_size", "--batch-size", type=int, default=8, help="sequences per micro-batch")
+    add("--grad_accum", "--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    add("--max_len", "--max-len", type=int, default=256, help="tokens per sequence (text cut first)")
+    add("--patience", type=int, default=None, help="early stop after N evaluations without a "
+        "lower validation loss")
+    add("--eval_every_steps", "--eval-every-steps", type=int, default=None,
+        help="also evaluate every N optimizer steps (validation loss, perplexity, accuracy)")
+    add("--max_steps_per_epoch", "--max-steps-per-epoch", type=int, default=None,
+        help="stop each epoch after N optimizer steps")
+    add("--time_budget_s", "--time-budget-s", type=float, default=None, help="training seconds")
+    add("--gradient_checkpointing", "--gradient-checkpointing", action="store_true",
+        help="recompute each block in backward (less activation memory, ~30%% more time)")
+
+
+def add_answer_arguments(add):
+    add("--template", choices=sft.TEMPLATES, default=None,
+        help="chat (the model's own template; default when it has one), alpaca, or boolq (seed 002)")
+    add("--answer_mode", "--answer-mode", choices=["score", "generate"], default="score",
+        help="score: compare each label's log-probability; generate: decode and parse the label")
+    add("--max_new_tokens", "--max-new-tokens", type=int, default=8, help="generate mode: tokens")
+    add("--eval_batch_size", "--eval-batch-size", type=int, default=16, help="scoring batch size")
+    add("--zero_shot", "--zero-shot", action=argparse.BooleanOptionalAction,
+        default=True, help="score the validation set before training (the base model)")
+
+
+def add_arguments(parser, option):
+    add = parser.add_argument
+    add_data_arguments(add)
+    add_training_arguments(add)
+    add_answer_arguments(add)
+    add("--pretrained-model-path", "--pretrained_model_path", dest="pretrained_model_path",
+        default=None, help="base model: .gguf, llama2.c .pt, or HF / llmlab folder (default SmolLM2)")
+    add("--adapter", default=None, help="predict only: an OUT_DIR/adapter (or OUT_DIR/model) folder")
+    add("--out_dir", "--out-dir", default="runs/sft", help="folder for every output of the run")
+
+
+def check_arguments(args):
+    """Every impossible option as one line, before any work."""
+    for name in ("lora_rank", "epochs", "batch_size", "grad_accum", "max_len", "patience",
+                 "eval_every_steps", "max_steps_per_epoch", "max_train_examples",
+                 "max_eval_examples", "max_new_tokens", "eval_batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} {value}: must be >= 1")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise ValueError(f"--lr {args.lr}: must be a positive number, e.g. 1e-4")
+    if args.lora_alpha < 0 or not 0 <= args.lora_dropout < 1 or args.warmup_steps < 0:
+        raise ValueError("--lora_alpha must be >= 0, --lora_dropout in [0, 1), --warmup_steps >= 0")
+    if args.val is None and not 0 < args.val_ratio < 1:
+        raise ValueError(f"--val_ratio {args.val_ratio}: must be between 0 and 1, e.g. 0.1")
+    if args.adapter is None and args.train is None:
+        raise ValueError("give --train FILE to fine-tune, or --adapter DIR --test FILE to predict")
+    if args.adapter is not None and args.test is None:
+        raise ValueError("--adapter predicts a test file: give --test FILE (and --submission)")
+    for flag in ("train", "val", "test", "label_names"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"--{flag} {path}: file not found")
+    if args.adapter is not None and not (Path(args.adapter) / SFT_CONFIG).is_file():
+        raise FileNotFoundError(f"--adapter {args.adapter}: no {SFT_CONFIG} there; give the "
+                                "adapter (or model) folder an --option sft run wrote")
+    lora.resolve_targets(args.lora_targets)
+
+
+# ----------------------------------------------------------------------------
+# data
+
+def subset(records, n, seed):
+    if n is None or n >= len(records):
+        return records
+    keep = sorted(random.Random(seed).sample(range(len(records)), n))
+    return [records[i] for i in keep]
+
+
+def load_data(args):
+    """{"train", "val", "test"} record lists and the label set; the split saved to out_dir."""
+    label_names = json.loads(Path(args.label_names).read_text()) if args.label_names else None
+    read = lambda path, flag: sft.read_records(path, args.text_field, args.label_field,  # noqa: E731
+                                               label_names, flag)
+    splits = {"train": read(args.train, "--train")}
+    labels = sft.label_set(splits["train"], args.labels.split(",") if args.labels else None)
+    sft.check_answers(splits["train"], labels)
+    if args.val:
+        splits["val"] = read(args.val, "--val")
+    else:
+        splits["train"], splits["val"] = sft.stratified_split(splits["train"], args.val_ratio,
+                                                              args.split_seed)
+        sft.save_split(Path(args.out_dir) / "split.json", splits["train"], splits["val"],
+                       args.val_ratio, args.split_seed)
+    sft.check_answers(splits["val"], labels)
+    splits["train"] = subset(splits["train"], args.max_train_examples, args.seed)
+    splits["val"] = subset(splits["val"], args.max_eval_examples, args.seed)
+    if args.test:
+        splits["test"] = subset(read(args.test, "--test"), args.max_eval_examples, args.seed)
+        sft.check_answers(splits["test"], labels, need=False)
+    print("data: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+          + f"; labels {labels}", flush=True)
+    return splits, labels
+
+
+# ----------------------------------------------------------------------------
+# the model: method, parameter counts
+
+def lora_formula_count(model):
+    """sum over LoRA layers of r * (in + out): the paper's count, to check the programmatic one."""
+    return sum(layer.r * (layer.in_features + layer.out_features) for _, layer in lora.lora_layers(model))
+
+
+def prepare_model(model, args):
+    """Apply --method; returns (trainable, total, formula or None) and the LoRA config."""
+    config = None
+    if args.method == "lora":
+        config = lora.LoraConfig(r=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                                 target_modules=args.lora_targets)
+        names = lora.inject_lora(model, config)
+        print(f"LoRA r={config.r} alpha={config.alpha} on {len(names)} Linears "
+              f"({', '.join(sorted({n.rpartition('.')[2] for n in names}))})", flush=True)
+    else:
+        model.requires_grad_(True)
+    model.gradient_checkpointing = args.gradient_checkpointing
+    trainable, total = lora.count_parameters(model)
+    formula = lora_formula_count(model) if config else None
+    print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"
+          + (f"; formula r*(in+out): {formula:,}" if formula is not None else ""), flush=True)
+    return {"trainable": trainable, "total": total, "formula": formula}, config
+
+
+# ----------------------------------------------------------------------------
+# evaluation
+
+class Evaluator:
+    """Validation loss (answer tokens), accuracy and macro-F1 of one record list."""
+
+    def __init__(self, tokenizer, records, labels, template, args):
+        self.records, self.labels, self.template = records, labels, template
+        self.tokenizer, self.args = tokenizer, args
+        encoded = [sft.encode(tokenizer, r, labels, template, args.max_len) for r in records]
+        self.prompts = [ids[:n_prompt] for ids, n_prompt in encoded]     # cut to fit, as trained
+        self.sequences = [e for e, r in zip(encoded, records) if r.answer is not None]
+        self.label_ids = sft.scoring_ids(tokenizer, template, labels)
+
+    @torch.no_grad()
+    def loss(self, model):
+        batches = sft.SFTBatches(self.sequences, self.args.eval_batch_size, self.tokenizer.pad_id)
+        total = count = 0.0
+        for batch in batches:
+            loss_sum, n = sft.answer_loss(model, batch)
+            total, count = total + float(loss_sum), count + float(n)
+        return total / max(count, 1.0)
+
+    @torch.no_grad()
+    def predict(self, model, mode="score"):
+        """The predicted label per record (None: generate mode could not read one)."""
+        if mode == "generate":
+            return generate_answers(model, self.tokenizer, self.prompts, self.labels, self.args)
+        scores = sft.score_answers(model, self.prompts, self.label_ids, self.tokenizer.pad_id,
+                                   self.args.eval_batch_size)
+        return [self.labels[k] for k in scores.argmax(-1).tolist()]
+
+    def __call__(self, model, mode="score"):
+        """train.fit's evaluation hook: {"loss", "accuracy", "macro_f1"}."""
+        predictions = self.predict(model, mode)
+        gold = [r.answer for r in self.records]
+        return {"loss": self.loss(model), "accuracy": metrics.accuracy(predictions, gold),
+                "macro_f1": metrics.macro_f1(predictions, gold, self.labels)}
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts, labels, args):
+    """Greedy answers, left-padded batches; each parsed to a label or None (seed 004 Q2.9)."""
+    answers = []
+    for start in range(0, len(prompts), args.eval_batch_size):
+        batch = prompts[start:start + args.eval_batch_size]
+        outputs = llama.generate_batch(model, batch, tokenizer.pad_id, args.max_new_tokens,
+                                       stop_tokens=tokenizer.stop_ids)
+        answers += [sft.parse_answer(tokenizer.decode(ids, skip_special=True), labels)
+                    for ids in outputs]
+    return answers
+
+
+# ----------------------------------------------------------------------------
+# the run
+
+def fit(model, tokenizer, splits, labels, template, args):
+    """train.fit on the answer loss; returns the history."""
+    sequences = [sft.encode(tokenizer, r, labels, template, args.max_len) for r in splits["train"]]
+    batches = sft.SFTBatches(sequences, args.batch_size, tokenizer.pad_id, shuffle=True,
+                             seed=args.seed)
+    config = train.TrainConfig(
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+        warmup_steps=args.warmup_steps, grad_accum_steps=args.grad_accum,
+        max_steps_per_epoch=args.max_steps_per_epoch, time_budget_s=args.time_budget_s,
+        eval_every_steps=args.eval_every_steps, patience=args.patience, select_metric="loss",
+        select_mode="min", out_dir=args.out_dir, name="sft", count_unit="answer tok")
+    return train.fit(model, batches, sft.answer_loss, config,
+                     evaluate=Evaluator(tokenizer, splits["val"], labels, template, args))
+
+
+def report_validation(model, evaluator, args, summary):
+    """Final validation answers in --answer_mode: metrics, confusion figure, predictions file."""
+    predictions = evaluator.predict(model, args.answer_mode)
+    gold = [r.answer for r in evaluator.records]
+    report = metrics.classification_report(predictions, gold, evaluator.labels)
+    out = Path(args.out_dir)
+    metrics.plot_confusion(report["confusion"], evaluator.labels, out / "confusion.png",
+                           f"validation, {args.answer_mode} mode")
+    atomic.write_text_atomic(out / "val-predictions.jsonl", "".join(
+        json.dumps({"id": r.id, "gold": r.answer, "predicted": p}) + "\n"
+        for r, p in zip(evaluator.records, predictions)))
+    summary["val"] = report
+    print(f"Validation accuracy: {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
+          f"({args.answer_mode} mode, {report['n']} records, {report['unparsed']} unparsed)",
+          flush=True)
+
+
+def predict_test(model, tokenizer, records, labels, template, args, summary):
+    """Answer the test file, write and validate submission.csv, print accuracy when it has answers."""
+    evaluator = Evaluator(tokenizer, records, labels, template, args)
+    predictions = evaluator.predict(model, args.answer_mode)
+    fallback = labels[0]     # a generate-mode answer the parser could not read: say so, then fill
+    unparsed = sum(p is None for p in predictions)
+    path = Path(args.submission or Path(args.out_dir) / "submission.csv")
+    sft.write_submission(path, [r.id for r in records], [p or fallback for p in predictions], labels)
+    print(f"wrote {path} ({len(records)} rows" + (f", {unparsed} unparsed answers set to "
+          f"{fallback!r}" if unparsed else "") + ")", flush=True)
+    if all(r.answer is not None for r in records):
+        summary["test_accuracy"] = metrics.accuracy(predictions, [r.answer for r in records])
+        print(f"Test accuracy: {summary['test_accuracy']:.4f}", flush=True)
+
+
+def save_trained(model, tokenizer, lora_config, labels, template, args):
+    """OUT_DIR/adapter (LoRA, peft layout) or OUT_DIR/model (full), each with sft_config.json."""
+    out = Path(args.out_dir)
+    if lora_config is not None:
+        folder = lora.save_adapter(out / "adapter", model, lora_config)
+    else:
+        folder = out / "model"
+        weights.save_checkpoint(folder, model.config, model.state_dict(), tokenizer.spec
+                                if hasattr(tokenizer, "spec") else None)
+    atomic.save_json_atomic(folder / SFT_CONFIG, {
+        "method": args.method, "labels": labels, "template": template, "max_len": args.max_len,
+        "base_model": args.pretrained_model_path, "base_config": vars(model.config)})
+    return folder
+
+
+def run_training(args):
+    start = time.perf_counter()
+    out = Path(args.out_dir)
+    splits, labels = load_data(args)
+    model, tokenizer = classifier.load_model(args.pretrained_model_path, args.device)
+    template = args.template or ("chat" if tokenizer.chat_format else "alpaca")
+    params, lora_config = prepare_model(model, args)
+    summary = {"option": "sft", "labels": labels, "template": template, "parameters": params,
+               "examples": {k: len(v) for k, v in splits.items()}}
+    if args.zero_shot:
+        evaluator = Evaluator(tokenizer, splits["val"], labels, template, args)
+        model.eval()
+        summary["zero_shot"] = evaluator(model)
+        print("zero-shot validation: " + train.format_metrics(summary["zero_shot"]), flush=True)
+    history = fit(model, tokenizer, splits, labels, template, args)
+    summary.update(best=history["best"], epochs=history["epochs"], stopped=history["stopped"],
+                   peak_memory_mb=max(e["peak_memory_mb"] for e in history["epochs"]),
+                   memory_kind=history["memory_kind"])
+    report_validation(model, Evaluator(tokenizer, splits["val"], labels, template, args), args,
+                      summary)
+    summary["saved"] = str(save_trained(model, tokenizer, lora_config, labels, template, args))
+    if "test" in splits:
+        predict_test(model, tokenizer, splits["test"], labels, template, args, summary)
+    summary.update(wall_time_s=time.perf_counter() - start, args=vars(args))
+    atomic.save_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def run_prediction(args):
+    """--adapter DIR --test FILE: the saved run answers a test file."""
+    folder = Path(args.adapter)
+    saved = json.loads((folder / SFT_CONFIG).read_text())
+    path = args.pretrained_model_path or saved["base_model"]
+    if saved["method"] == "full":
+        model, tokenizer = classifier.load_model(folder, args.device)
+    else:
+        model, tokenizer = classifier.load_model(path, args.device)
+        if vars(model.config) != saved["base_config"]:
+            raise ValueError(f"{folder / SFT_CONFIG}: the adapter was trained on another base model "
+                             f"({saved['base_model'] or 'the default model'}); pass that one with "
+                             "--pretrained-model-path")
+        lora.load_adapter(folder, model)
+    model.eval()
+    args.max_len = saved["max_len"]
+    records = sft.read_records(args.test, args.text_field, args.label_field, None, "--test")
+    sft.check_answers(records, saved["labels"], need=False)
+    summary = {}
+    predict_test(model, tokenizer, records, saved["labels"], saved["template"], args, summary)
+    return summary
+
+
+def main(args):
+    check_arguments(args)
+    return run_prediction(args) if args.adapter else run_training(args)

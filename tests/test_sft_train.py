@@ -1,0 +1,124 @@
+"""Tests for sft_train.py: `run.py --option sft` end to end on a tiny Llama with SmolLM2's tokenizer.
+
+Run: .venv/bin/python -m pytest tests/test_sft_train.py -q
+
+Oracles: peft's PeftModel.from_pretrained on transformers' LlamaForCausalLM read from the same
+folder (the saved adapter must give the same logits as ours); the zero-shot validation loss of the
+same run (training must lower it); the csv module (submission rows); the one-line error contract.
+"""
+import csv
+import json
+
+import pytest
+import torch
+
+import gguf_reader
+import lora
+import run
+import weights
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+COLOURS = {"red": "warm", "orange": "warm", "yellow": "warm", "blue": "cold", "green": "cold",
+           "purple": "cold"}
+
+
+@pytest.fixture(scope="module")
+def base_folder(tmp_path_factory, default_model_path):
+    """A tiny transformers Llama (vocab = SmolLM2's) saved as an HF folder, with SmolLM2's GGUF
+    tokenizer beside it as tokenizer_gguf.json (our folder loader reads either)."""
+    folder = tmp_path_factory.mktemp("tiny-base")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=256,
+                                      tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    metadata = {k: v for k, v in gguf_reader.read_gguf(default_model_path).metadata.items()
+                if k.startswith("tokenizer.")}
+    (folder / "tokenizer_gguf.json").write_text(json.dumps(metadata), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """`text;label` files: the temperature of a colour, 48 training and 6 test lines."""
+    folder = tmp_path_factory.mktemp("task")
+    names = list(COLOURS)
+    (folder / "train.txt").write_text("".join(f"the colour is {names[i % 6]};{COLOURS[names[i % 6]]}\n"
+                                              for i in range(48)))
+    rows = [{"id": f"t{i}", "text": f"the colour is {c}", "label": COLOURS[c]}
+            for i, c in enumerate(names)]
+    (folder / "test.json").write_text(json.dumps(rows))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(base_folder, task, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    run.main(["--option", "sft", "--train", str(task / "train.txt"), "--val_ratio", "0.25",
+              "--test", str(task / "test.json"), "--pretrained-model-path", str(base_folder),
+              "--lora_targets", "heavy", "--lora_rank", "4", "--lora_alpha", "8", "--lr", "3e-3",
+              "--epochs", "4", "--batch_size", "6", "--eval_every_steps", "3",
+              "--out_dir", str(out)])
+    return out
+
+
+def test_training_lowers_the_validation_loss_and_writes_everything(trained):
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["best"]["metrics"]["loss"] < summary["zero_shot"]["loss"]
+    assert summary["parameters"]["trainable"] == summary["parameters"]["formula"]
+    for name in ("split.json", "sft-history.json", "sft-curves.png", "confusion.png",
+                 "val-predictions.jsonl", "adapter/adapter_model.safetensors",
+                 "adapter/adapter_config.json", "adapter/sft_config.json", "submission.csv"):
+        assert (trained / name).is_file(), name
+    split = json.loads((trained / "split.json").read_text())
+    assert len(split["val"]) == 12 and not set(split["val"]) & set(split["train"])
+    history = json.loads((trained / "sft-history.json").read_text())
+    assert {"loss", "perplexity", "accuracy", "macro_f1"} <= set(history["evals"][0])
+
+
+def test_submission_rows(trained):
+    with open(trained / "submission.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "answer"] and [r[0] for r in rows[1:]] == [f"t{i}" for i in range(6)]
+    assert {r[1] for r in rows[1:]} <= {"cold", "warm"}
+
+
+def test_adapter_gives_peft_the_same_logits(trained, base_folder):
+    """Ours: base folder + lora.load_adapter; peft: the same folder in transformers + the adapter.
+    atol 1e-4: fp32, the same weights (Q/K rows permuted back to HF's layout on save)."""
+    ours, _ = weights.load_pretrained(base_folder)
+    lora.load_adapter(trained / "adapter", ours)
+    theirs = peft.PeftModel.from_pretrained(
+        transformers.LlamaForCausalLM.from_pretrained(base_folder), trained / "adapter").eval()
+    ids = torch.randint(0, 49152, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids)[0], theirs(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_predict_only_from_the_saved_adapter(trained, base_folder, task, tmp_path, capsys):
+    path = tmp_path / "sub.csv"
+    run.main(["--option", "sft", "--adapter", str(trained / "adapter"), "--test",
+              str(task / "test.json"), "--submission", str(path),
+              "--pretrained-model-path", str(base_folder)])
+    assert path.read_text() == (trained / "submission.csv").read_text()
+    assert "Test accuracy:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--lora_rank", "0"], "--lora_rank 0: must be >= 1"),
+    (["--val_ratio", "1.5"], "--val_ratio 1.5"),
+    (["--lora_targets", "haevy"], "match no nn.Linear"),
+    (["--adapter", "/no/such"], "no sft_config.json"),
+    (["--lr", "nan"], "--lr nan"),
+])
+def test_bad_options_are_one_line_errors(task, base_folder, capsys, flags, words):
+    argv = ["--option", "sft", "--train", str(task / "train.txt"), "--test", str(task / "test.json"),
+            "--pretrained-model-path", str(base_folder), *flags]
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
