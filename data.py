@@ -111,9 +111,13 @@ def read_examples(path, num_labels=None, flag=None):
 # ----------------------------------------------------------------------------
 # JSON rows: a JSON list of objects or JSON lines
 
+def _objects(fields):
+    """'objects with 'id', 'text'' for error messages ('objects' when no field is required)."""
+    return "objects" + (f" with {', '.join(repr(f) for f in fields)}" if fields else "")
+
+
 def _row_error(path, row, problem, fields):
-    return ValueError(f"{path}: row {row}: {problem}; fix the row (each row is an object with "
-                      f"{', '.join(repr(f) for f in fields)})")
+    return ValueError(f"{path}: row {row}: {problem}; fix the row (rows are {_objects(fields)})")
 
 
 def _load_rows(path):
@@ -137,7 +141,8 @@ def _load_rows(path):
 
 
 def read_json_rows(path, fields, flag=None):
-    """[(row number, dict)] of a JSON list of objects or a JSON-lines file, each with `fields`.
+    """[(row number, dict)] of a JSON list of objects or a JSON-lines file, each with `fields`
+    (fields=(): any object, for readers that tell rows apart by their keys).
 
     Rows are numbered from 1 (list position, or line number for JSON lines); one-line errors
     name the file and the row. An empty file or list is an error.
@@ -146,11 +151,10 @@ def read_json_rows(path, fields, flag=None):
     where = f" ({flag})" if flag else ""
     if not path.is_file():
         raise FileNotFoundError(f"{path}{where}: file not found; pass a JSON list or JSON-lines "
-                                f"file of objects with {', '.join(fields)}")
+                                f"file of {_objects(fields)}")
     rows = _load_rows(path)
     if not rows:
-        raise ValueError(f"{path}{where}: no rows; expected a non-empty list of objects with "
-                         f"{', '.join(fields)}")
+        raise ValueError(f"{path}{where}: no rows; expected a non-empty list of {_objects(fields)}")
     for row, obj in rows:
         if not isinstance(obj, dict):
             raise _row_error(path, row, f"expected an object, got {type(obj).__name__}", fields)

@@ -28,7 +28,7 @@ TINYSTORIES = Path(os.environ.get("LLMLAB_DATA", ROOT.parent / "shared" / "data"
 # ----------------------------------------------------------------------------
 # Data wiring: --input_files and TinyStories -> train, test and train-eval batch streams
 
-def _check_file(path, flag):
+def _check_text_file(path, flag):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{flag} {path}: no such file; give an existing text file")
@@ -51,11 +51,11 @@ def data_files(args):
     files = {}
     if weight > 0:
         for path in [*args.tinystories_train, args.tinystories_valid]:
-            _check_file(path, "--tinystories_train/--tinystories_valid")
+            _check_text_file(path, "--tinystories_train/--tinystories_valid")
         files["tiny"] = (weight, list(args.tinystories_train), [args.tinystories_valid])
     if weight < 1:
         for path in args.input_files:
-            _check_file(path, "--input_files")
+            _check_text_file(path, "--input_files")
         files["custom"] = (1.0 - weight, list(args.input_files), list(args.input_files))
     return files
 
@@ -321,7 +321,7 @@ def tokens_per_second(history):
     return sum(e["count"] for e in epochs) / max(sum(e["train_time_s"] for e in epochs), 1e-9)
 
 
-def report(model, tokenizer, history, args, name):
+def report_run(model, tokenizer, history, args, name):
     """Samples, the gap figure, attention heatmaps (softmax transformer) and the p-sweep."""
     out, cfg = Path(args.out_dir), model.cfg
     ids = encode_prompt(tokenizer, args.prompt)
@@ -368,7 +368,7 @@ def main(args):
             "epochs": (meta or {}).get("epochs", 0) + len(history["epochs"])}
     save_pico_checkpoint(Path(args.out_dir) / name, model, tokenizer, optimizer, done)
     print(f"checkpoint: {Path(args.out_dir) / name} ({done['steps']} steps in all)", flush=True)
-    report(model, tokenizer, history, args, name)
+    report_run(model, tokenizer, history, args, name)
 
 
 def run_compare(args, files, device):

@@ -79,7 +79,7 @@ def sentencepiece_tokenizer(texts, vocab_size, cache_dir=None, case_fold=False):
     return tokenizer
 
 
-def make_tokenizer(args, train_texts):
+def ssm_tokenizer(args, train_texts):
     """--tokenizer bytes: UTF-8 bytes after pad 0 and bos 1; sentencepiece: trained on --train."""
     if args.tokenizer == "bytes":
         return ByteTokenizer(pad_id=0, bos_id=1)
@@ -103,7 +103,7 @@ def load_data(args):
     num_classes = 1 + max(e["label"] for e in train_ex)
     val_ex = data.read_json_examples(args.val, num_classes, flag="--val")
     test_ex = data.read_json_examples(args.test, num_classes, require_label=False, flag="--test")
-    tokenizer = make_tokenizer(args, [e["text"] for e in train_ex])
+    tokenizer = ssm_tokenizer(args, [e["text"] for e in train_ex])
     encoded = {name: encode_all(tokenizer, [e["text"] for e in ex], args.max_len)
                for name, ex in (("train", train_ex), ("val", val_ex), ("test", test_ex))}
     return {"examples": {"train": train_ex, "val": val_ex, "test": test_ex}, "ids": encoded,
@@ -140,7 +140,7 @@ def predict(model, eval_batches):
     return [preds[i] for i in range(count)], {"loss": loss_sum / count, "accuracy": correct / count}
 
 
-def make_optimizer(model, args):
+def s4_optimizer(model, args):
     """AdamW with S4's two groups: A, B, dt at min(lr, ssm_lr) without weight decay; the rest."""
     special = [p for n, p in model.named_parameters() if any(s in n for s in SSM_PARAMS)]
     ids = {id(p) for p in special}
@@ -175,7 +175,7 @@ def train_one(args, layer, name, dataset):
         progress=not args.no_progress)
     history = train.fit(model, train_batches, loss_fn, fit_config,
                         evaluate=lambda m: predict(m, val_batches)[1],
-                        optimizer=make_optimizer(model, args))
+                        optimizer=s4_optimizer(model, args))
     _, val_metrics = predict(model, val_batches)
     test_preds, test_metrics = predict(model, batches(dataset, "test", args.eval_batch_size))
     test_ex = dataset["examples"]["test"]
@@ -301,7 +301,7 @@ def plot_time_vs_length(rows, path):
     atomic.save_figure_atomic(fig, path, dpi=80)
 
 
-def plot_compare(results, path):
+def plot_compare_curves(results, path):
     """Left: train and val loss per epoch; right: val accuracy against training time."""
     plt = atomic.pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -343,7 +343,7 @@ def compare(args, dataset):
     nb = naive_bayes_accuracy(ex["train"], ex["test"]) if ex["test"][0]["label"] is not None else None
     out = Path(args.out_dir)
     table = comparison_table(results, nb if nb is not None else float("nan"))
-    plot_compare(results, out / "compare-curves.png")
+    plot_compare_curves(results, out / "compare-curves.png")
     summary = {"models": results, "naive_bayes_test_accuracy": nb}
     if args.bench_lengths:
         lengths = [int(x) for x in args.bench_lengths.split(",")]

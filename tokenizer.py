@@ -245,10 +245,9 @@ class Tokenizer:
 
 
 class SentencePieceTokenizer(Tokenizer):
-    """A SentencePiece model (sentencepiece library) from its serialized bytes: Llama 2's
-    tokenizer.model (load_sentencepiece) or one trained on a corpus (train_sentencepiece).
-    With no pad piece (Llama 2) pad_id is <unk>'s id, which byte fallback never produces, so
-    padding can't be mistaken for text or eos."""
+    """A SentencePiece model from its bytes: Llama 2's tokenizer.model (load_sentencepiece) or one
+    trained on a corpus (train_sentencepiece). With no pad piece (Llama 2) pad_id is <unk>'s id,
+    which byte fallback never produces, so padding can't be mistaken for text or eos."""
 
     def __init__(self, model_proto, kind="sentencepiece", add_bos=False, chat_format=None,
                  source="SentencePiece model"):
@@ -333,11 +332,8 @@ class BytePairTokenizer(Tokenizer):
 
 
 class ByteTokenizer(Tokenizer):
-    """UTF-8 bytes as tokens after k reserved special ids: id = byte + k, V = 256 + k.
-
-    ByteTokenizer() (pico): no specials, V = 256. ByteTokenizer(pad_id=0, bos_id=1) (the SSM
-    classifier): V = 258. Nothing to train; decode(encode(s)) == s for every string.
-    """
+    """UTF-8 bytes after k reserved special ids: id = byte + k, V = 256 + k; exact round trip.
+    ByteTokenizer(): pico's (V = 256); ByteTokenizer(pad_id=0, bos_id=1): the SSM's (V = 258)."""
 
     def __init__(self, pad_id=None, bos_id=None, eos_id=None):
         named = {"<pad>": pad_id, "<s>": bos_id, "</s>": eos_id}
@@ -403,18 +399,22 @@ def train_sentencepiece(sentences, vocab_size, model_type="bpe", normalization="
     pruned by EM, Kudo 2018, arXiv:1804.10959). normalization: a SentencePiece rule, "identity",
     "nmt_nfkc" or "nmt_nfkc_cf" (NFKC + case folding). exact_whitespace: keep every space, no
     dummy prefix, "\\n" a piece of its own, so decode(encode(s)) == s (pico); else SentencePiece's
-    default (space runs folded, "▁" prefixed). Byte fallback: no text is unknown. Special
-    ids: -1 = none (the defaults are SentencePiece's). kind = model_type. Sentences up to 64 KiB
-    are used; two threads, so the model is the same on every machine.
+    default (space runs folded, "▁" prefixed). Byte fallback: no text is unknown. Special ids:
+    -1 = none (defaults: SentencePiece's). kind = model_type. Two threads: the same model anywhere.
     """
     whitespace = (dict(remove_extra_whitespaces=False, add_dummy_prefix=False,
                        user_defined_symbols=["\n"]) if exact_whitespace else {})
     proto = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_writer=proto, vocab_size=vocab_size,
-        model_type=model_type, normalization_rule_name=normalization, byte_fallback=True,
-        pad_id=pad_id, unk_id=unk_id, bos_id=bos_id, eos_id=eos_id, hard_vocab_limit=False,
-        max_sentence_length=1 << 16, num_threads=2, minloglevel=2, **whitespace)
+    try:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_writer=proto, vocab_size=vocab_size,
+            model_type=model_type, normalization_rule_name=normalization, byte_fallback=True,
+            pad_id=pad_id, unk_id=unk_id, bos_id=bos_id, eos_id=eos_id, hard_vocab_limit=False,
+            max_sentence_length=1 << 16, num_threads=2, minloglevel=2, **whitespace)
+    except RuntimeError as err:     # e.g. fewer ids than 256 bytes + the text's characters
+        reason = str(err).split(" Increase")[0].strip().replace("\n", " ")
+        raise ValueError(f"SentencePiece training with vocab_size {vocab_size} failed ({reason}); "
+                         "give a larger vocabulary (--vocab_size) or more text") from None
     return SentencePieceTokenizer(proto.getvalue(), kind=model_type)
 
 

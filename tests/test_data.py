@@ -133,6 +133,9 @@ def test_read_json_rows_takes_any_fields(tmp_path):
     assert data.read_json_rows(path, ("instruction", "output")) == [(1, rows[0]), (2, rows[1])]
     with pytest.raises(ValueError, match=r"sft.jsonl: row 2: missing field 'input'"):
         data.read_json_rows(path, ("instruction", "input"))
+    assert [row for row, _ in data.read_json_rows(path, ())] == [1, 2]       # any object
+    with pytest.raises(ValueError, match=r"row 2: expected an object, got list; .* are objects\)"):
+        data.read_json_rows(write_json(tmp_path, [{"a": 1}, [2]]), ())
 
 
 @pytest.mark.parametrize("rows, message", [

@@ -23,7 +23,7 @@ TEXTS = [f"the {w} sat on the mat number {i}" for i, w in enumerate(["cat", "dog
 # tokens and the tokenizer cache
 
 def test_bytes_get_bos_and_are_cut_to_max_len():
-    tokenizer = ssm_train.make_tokenizer(argparse.Namespace(tokenizer="bytes"), [])
+    tokenizer = ssm_train.ssm_tokenizer(argparse.Namespace(tokenizer="bytes"), [])
     assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.vocab_size) == (0, 1, 258)
     assert ssm_train.encode_all(tokenizer, ["hé"], 10) == [[1, ord("h") + 2, 0xC3 + 2, 0xA9 + 2]]
     assert ssm_train.encode_all(tokenizer, ["abcdef", ""], max_len=3) == [[1, 99, 100], [1]]
@@ -124,3 +124,16 @@ def test_cli_rejects_out_of_range_val_label(tmp_path):
     (tmp_path / "val.json").write_text(json.dumps([{"id": 0, "text": "a", "label": 5}]))
     with pytest.raises(ValueError, match=r"val.json: row 1: label 5 is outside 0..1"):
         ssm_train.main(args)
+
+
+def test_run_py_dispatches_ssm_to_ssm_train(tmp_path):
+    """run.py's table sends --option ssm here, with the device it picked."""
+    import run
+    args = cli_args(tmp_path, "ssm")
+    run.main(["--option", "ssm", "--train", args.train, "--val", args.val, "--test", args.test,
+              "--out_dir", args.out_dir, "--tokenizer", "bytes", "--d_model", "8",
+              "--n_layers", "1", "--d_state", "4", "--epochs", "1", "--max_len", "16",
+              "--no_progress"])
+    results = json.loads((tmp_path / "out" / "ssm-results.json").read_text())
+    assert results["layer"] == "ssm" and results["device"] == "cpu"
+    assert (tmp_path / "out" / "submission.csv").is_file()

@@ -388,3 +388,11 @@ def test_sentencepiece_bytes_that_are_not_a_model_are_one_error():
     with pytest.raises(ValueError, match="cache.model: not a SentencePiece model") as err:
         T.SentencePieceTokenizer(b"\x0a\x05trunc", source="cache.model")
     assert "\n" not in str(err.value)
+
+
+def test_sentencepiece_training_failures_are_one_line_errors():
+    """A vocabulary smaller than 256 bytes + the text's characters, and no text at all."""
+    for sentences, vocab_size in ((CORPUS, 100), ([], 300)):
+        with pytest.raises(ValueError, match=f"vocab_size {vocab_size} failed") as err:
+            T.train_sentencepiece(sentences, vocab_size)
+        assert "\n" not in str(err.value) and "--vocab_size" in str(err.value)
