@@ -11,7 +11,7 @@ The sampling flags become sample.SamplingConfig objects, checked before the mode
 bad flag fails in one line before any work. The model is loaded once by `load_model`, which every
 option that generates shares.
 
-Shapes: prompt ids are lists of T ints; generation is llama.generate_batch at batch 1.
+Shapes: prompt ids are lists of T ints; generation is sample.generate_batch at batch 1.
 Tests: tests/test_run.py (the files hold exactly the prompt plus Llama.generate's greedy text;
 the chat answer names Paris; bad model paths and bad sampling flags are one-line errors, raised
 before any model is loaded).

@@ -25,6 +25,11 @@ torch.compile(mode="reduce-overhead") (CUDA graphs) with start_pos a 0-d tensor.
 Left padding: attention_mask (B, T) 1 = real, 0 = pad; a row's RoPE positions are cumsum(mask) - 1,
 and pad keys are masked out, so a left-padded row computes what it computes alone.
 
+Gradient checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost",
+arXiv:1604.06174): with model.gradient_checkpointing = True, training keeps only each block's input
+and recomputes the block during backward (use_reentrant=False, so it works when no input requires
+grad, e.g. LoRA on a frozen base; the RNG state is replayed, so dropout masks match).
+
 Shapes: B batch, T new tokens, S key slots, dim, n_heads, n_kv_heads, head_dim (D), V vocab.
 Parameter names are llama2.c / Meta's (tok_embeddings, layers.{i}.attention.wq, ..., output).
 Tested in tests/test_llama.py: logits vs transformers' LlamaForCausalLM (GQA, tied, llama3 RoPE
@@ -32,7 +37,6 @@ scaling); RMSNorm vs F.rms_norm; LayerNorm vs nn.LayerNorm; math attention vs SD
 backends vs a brute-force loop for T < S (GQA); cached decode vs full forward; generate vs
 generate_no_cache; left-padded batch generation vs one prompt at a time; KVCache reset in place.
 """
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -40,6 +44,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 import rope
 import sample
@@ -388,6 +393,7 @@ class Llama(nn.Module):
         # theta_i in fp32, never saved; _apply keeps it fp32 when the model is cast to bf16
         self.register_buffer("rope_freqs", self._rope_freqs(), persistent=False)  # (D/2,)
         self.register_module("cache", None)         # a KVCache, made by setup_cache
+        self.gradient_checkpointing = False         # recompute blocks in backward (training only)
         self.apply(self._init_weights)
         # Scaled init of residual-stream projections: GPT-2 (Radford et al. 2019, Sec. 2.3) scales
         # them by 1/sqrt(N), N residual layers; llama2.c's model.py gives parameters ending in
@@ -502,96 +508,25 @@ class Llama(nn.Module):
         cache = None if slots is None else self.cache
         cos_sin = rope.rope_cos_sin(positions, self.rope_freqs)           # 2 x (1|B, T, D/2)
         h = self.dropout(self.tok_embeddings(tokens))                      # (B, T, dim)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos_sin, mask, cache, i, slots, num_keys)         # (B, T, dim)
+            if recompute:   # keep only h; rerun the block in backward (see docstring)
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos_sin, mask, use_reentrant=False)
+            else:
+                h = layer(h, cos_sin, mask, cache, i, slots, num_keys)     # (B, T, dim)
         h = self.norm(h)                                                   # (B, T, dim)
         logits = self.output(h[:, -1:] if last_only else h)                # (B, T|1, V)
         return logits, h
 
     def generate(self, prompt_tokens, max_new_tokens, sampling=sample.GREEDY, stop_tokens=(),
-                 generator=None, on_token=None, decode_fn=None, **sampling_fields):
+                 generator=None, on_token=None, decode_fn=None):
         """Continue one prompt (list of ids or (1, T)) with the KV cache: prefill, then one token
         per step, chosen by sampling (a sample.SamplingConfig; greedy by default) with randomness
         from generator. Returns the new ids, without the stop token that ended it (if any);
         on_token(id) is called for each as soon as it is chosen (streaming). decode_fn: see
-        generate_batch. sampling_fields (temperature=..., top_k=...): the former separate
-        arguments, folded into sampling; transitional, until every caller passes a config."""
-        if sampling_fields:
-            sampling = dataclasses.replace(sampling, **sampling_fields)
+        sample.generate_batch."""
         if torch.is_tensor(prompt_tokens):
             prompt_tokens = prompt_tokens.reshape(-1).tolist()
         stream = None if on_token is None else (lambda row, token: on_token(token))
-        return generate_batch(self, [prompt_tokens], 0, max_new_tokens, sampling, stop_tokens,
-                              generator, stream, decode_fn)[0]
-
-
-# ----------------------------------------------------------------------------
-# generation
-
-def left_pad(prompts, pad_id, device="cpu"):
-    """Lists of ids -> tokens (B, T) left-padded with pad_id, attention_mask (B, T) 1 = real."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate: every prompt needs at least one token (e.g. BOS)")
-    T = max(len(p) for p in prompts)
-    tokens = torch.tensor([[pad_id] * (T - len(p)) + list(p) for p in prompts], device=device)
-    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts], device=device)
-    return tokens, mask                                                    # (B, T), (B, T)
-
-
-@torch.no_grad()
-def generate_batch(model, prompts, pad_id, max_new_tokens, sampling=sample.GREEDY, stop_tokens=(),
-                   generator=None, on_token=None, decode_fn=None):
-    """Continue B prompts at once, left-padded (pad_id), with the KV cache; each next token is
-    chosen by sampling (sample.SamplingConfig) from generator's randomness. Returns B lists of
-    new ids; a row stops at its first stop token (not included). on_token(row, id) streams.
-
-    decode_fn: optional stand-in for model in the one-token steps, e.g. torch.compile(model,
-    mode="reduce-overhead", fullgraph=True); it gets start_pos as a 0-d long tensor, so one
-    captured graph (fixed shapes, attention over the whole cache) serves every step.
-    """
-    device = model.norm.weight.device
-    tokens, mask = left_pad(prompts, pad_id, device)                       # (B, T), (B, T)
-    B, T = tokens.shape
-    if T + max_new_tokens > model.config.max_seq_len:
-        raise ValueError(f"generate: prompt {T} + max_new_tokens {max_new_tokens} > max_seq_len="
-                         f"{model.config.max_seq_len}; shorten the prompt or max_new_tokens")
-    if model.cache is None or not model.cache.fits(B, T + max_new_tokens):
-        model.setup_cache(B, T + max_new_tokens)
-    mask = None if bool(mask.all()) else mask
-    logits, _ = model(tokens, start_pos=0, attention_mask=mask, last_only=True)  # (B, 1, V)
-    outputs, done = [[] for _ in range(B)], [False] * B
-    for step in range(max_new_tokens):
-        next_tokens = sample.sample_next_token(logits[:, -1], sampling, generator)  # (B,)
-        for row, token in enumerate(next_tokens.tolist()):
-            if done[row] or token in stop_tokens:
-                done[row] = True
-                continue
-            outputs[row].append(token)
-            if on_token is not None:
-                on_token(row, token)
-        if all(done) or step == max_new_tokens - 1:
-            break
-        if decode_fn is None:
-            logits, _ = model(next_tokens[:, None], start_pos=T + step, last_only=True)  # (B, 1, V)
-        else:
-            start = torch.tensor(T + step, device=device)
-            logits, _ = decode_fn(next_tokens[:, None], start_pos=start, last_only=True)
-    return outputs
-
-
-@torch.no_grad()
-def generate_no_cache(model, prompt_tokens, max_new_tokens, sampling=sample.GREEDY,
-                      stop_tokens=(), generator=None):
-    """Reference for generate: recompute the whole prefix every step (O(T^2) per token)."""
-    device = model.norm.weight.device
-    tokens = list(prompt_tokens.reshape(-1).tolist() if torch.is_tensor(prompt_tokens)
-                  else prompt_tokens)
-    new = []
-    for _ in range(max_new_tokens):
-        logits, _ = model(torch.tensor([tokens], device=device), last_only=True)  # (1, 1, V)
-        token = sample.sample_next_token(logits[:, -1], sampling, generator).item()
-        if token in stop_tokens:
-            break
-        tokens.append(token)
-        new.append(token)
-    return new
+        return sample.generate_batch(self, [prompt_tokens], 0, max_new_tokens, sampling,
+                                     stop_tokens, generator, stream, decode_fn)[0]

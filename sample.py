@@ -16,10 +16,15 @@ Rules compose in the order temperature, top-k, top-p, epsilon, min-p (Hugging Fa
 The settings travel together as one SamplingConfig (validated once, when it is built: run.py's
 flags fail before a model is loaded); the torch.Generator stays a separate argument.
 
-Shapes: logits (B, V) or (V,) where stated; B batch, V vocabulary.
+The generation loops use these rules: generate_batch prefills B left-padded prompts into the
+model's KV cache (llama.KVCache) and then feeds one token per step; generate_no_cache recomputes
+the whole prefix every step, the readable reference it is tested against.
+
+Shapes: logits (B, V) or (V,) where stated; B batch, V vocabulary, T prompt tokens.
 Tested in tests/test_sample.py: kept sets against sets computed by hand from sorted probabilities,
 p -> 0 is greedy, p = 1 keeps the full distribution, temperature 0 is argmax, the seed's minimality,
-SamplingConfig's one-line errors; tests/test_run.py: bad sampling flags fail before loading.
+SamplingConfig's one-line errors; tests/test_run.py: bad sampling flags fail before loading;
+tests/test_llama.py: generate_batch == generate_no_cache, left-padded rows == one prompt alone.
 """
 import math
 import numbers
@@ -152,3 +157,75 @@ def nucleus_sampling(logits, p, generator=None):
     rows = logits.reshape(-1, logits.shape[-1])                              # (B, V)
     tokens = sample_from_logits(top_p_filter(rows.float(), p), generator)    # (B,)
     return tokens.reshape(logits.shape[:-1])
+
+
+# ----------------------------------------------------------------------------
+# generation loops: prefill + one token per step (the model's KV cache), and the reference
+
+def left_pad(prompts, pad_id, device="cpu"):
+    """Lists of ids -> tokens (B, T) left-padded with pad_id, attention_mask (B, T) 1 = real."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token (e.g. BOS)")
+    T = max(len(p) for p in prompts)
+    tokens = torch.tensor([[pad_id] * (T - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return tokens, mask                                                    # (B, T), (B, T)
+
+
+@torch.no_grad()
+def generate_batch(model, prompts, pad_id, max_new_tokens, sampling=GREEDY, stop_tokens=(),
+                   generator=None, on_token=None, decode_fn=None):
+    """Continue B prompts at once, left-padded (pad_id), with the KV cache; each next token is
+    chosen by sampling (sample.SamplingConfig) from generator's randomness. Returns B lists of
+    new ids; a row stops at its first stop token (not included). on_token(row, id) streams.
+
+    decode_fn: optional stand-in for model in the one-token steps, e.g. torch.compile(model,
+    mode="reduce-overhead", fullgraph=True); it gets start_pos as a 0-d long tensor, so one
+    captured graph (fixed shapes, attention over the whole cache) serves every step.
+    """
+    device = model.norm.weight.device
+    tokens, mask = left_pad(prompts, pad_id, device)                       # (B, T), (B, T)
+    B, T = tokens.shape
+    if T + max_new_tokens > model.config.max_seq_len:
+        raise ValueError(f"generate: prompt {T} + max_new_tokens {max_new_tokens} > max_seq_len="
+                         f"{model.config.max_seq_len}; shorten the prompt or max_new_tokens")
+    if model.cache is None or not model.cache.fits(B, T + max_new_tokens):
+        model.setup_cache(B, T + max_new_tokens)
+    mask = None if bool(mask.all()) else mask
+    logits, _ = model(tokens, start_pos=0, attention_mask=mask, last_only=True)  # (B, 1, V)
+    outputs, done = [[] for _ in range(B)], [False] * B
+    for step in range(max_new_tokens):
+        next_tokens = sample_next_token(logits[:, -1], sampling, generator)  # (B,)
+        for row, token in enumerate(next_tokens.tolist()):
+            if done[row] or token in stop_tokens:
+                done[row] = True
+                continue
+            outputs[row].append(token)
+            if on_token is not None:
+                on_token(row, token)
+        if all(done) or step == max_new_tokens - 1:
+            break
+        if decode_fn is None:
+            logits, _ = model(next_tokens[:, None], start_pos=T + step, last_only=True)  # (B, 1, V)
+        else:
+            start = torch.tensor(T + step, device=device)
+            logits, _ = decode_fn(next_tokens[:, None], start_pos=start, last_only=True)
+    return outputs
+
+
+@torch.no_grad()
+def generate_no_cache(model, prompt_tokens, max_new_tokens, sampling=GREEDY,
+                      stop_tokens=(), generator=None):
+    """Reference for generate: recompute the whole prefix every step (O(T^2) per token)."""
+    device = model.norm.weight.device
+    tokens = list(prompt_tokens.reshape(-1).tolist() if torch.is_tensor(prompt_tokens)
+                  else prompt_tokens)
+    new = []
+    for _ in range(max_new_tokens):
+        logits, _ = model(torch.tensor([tokens], device=device), last_only=True)  # (1, 1, V)
+        token = sample_next_token(logits[:, -1], sampling, generator).item()
+        if token in stop_tokens:
+            break
+        tokens.append(token)
+        new.append(token)
+    return new

@@ -101,7 +101,7 @@ def check_kv_cache():
     report("KV cache decode", "full forward without cache", maxdiff(torch.cat(steps, 1), full), 1e-4)
     with torch.no_grad():
         cached = model.generate(tokens[0, :4].tolist(), 8)
-        plain = llama.generate_no_cache(model, tokens[0, :4].tolist(), 8)
+        plain = sample.generate_no_cache(model, tokens[0, :4].tolist(), 8)
     report("greedy generate with cache", "generate_no_cache", list(cached) == list(plain), 0)
 
 
@@ -185,7 +185,7 @@ def check_default_model(path):
     model, tok = weights.load_pretrained(path)
     ids = tok.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
     with torch.no_grad():
-        answer = tok.decode(model.generate(ids, 20, temperature=0.0, stop_tokens=tok.stop_ids))
+        answer = tok.decode(model.generate(ids, 20, stop_tokens=tok.stop_ids))
     report("default model (SmolLM2 GGUF) chat", f"answer contains Paris: {answer.strip()[:40]!r}",
            "Paris" in answer, 0)
     report("tokenizer (GGUF BPE) round trip", "decode(encode(text)) == text",

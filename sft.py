@@ -20,7 +20,7 @@ Llama 2 [INST]; chat_templates.py) with the task as the user turn and the label 
 so the loss is   L = -sum_{t: labels_t != -100} log p(ids_t | ids_<t)  over the answer and the
 end token only: the model learns to answer, not to copy prompts (seed 004 Q2.1). One BOS at most.
 Right padding for training (pads after the real tokens, labels -100, mask 0), left padding for
-batched generation (llama.generate_batch).
+batched generation (sample.generate_batch).
 
 Answers: score mode compares log p(answer_k | prompt) = sum_j log p(a_kj | prompt, a_k<j) over the
 K labels (classifier.label_scores; the end token is added to every answer only when one label's

@@ -33,9 +33,9 @@ import torch
 
 import atomic
 import classifier
-import llama
 import lora
 import metrics
+import sample
 import sft
 import train
 import weights
@@ -248,7 +248,7 @@ def generate_answers(model, tokenizer, prompts, labels, args):
     answers = []
     for start in range(0, len(prompts), args.eval_batch_size):
         batch = prompts[start:start + args.eval_batch_size]
-        outputs = llama.generate_batch(model, batch, tokenizer.pad_id, args.max_new_tokens,
+        outputs = sample.generate_batch(model, batch, tokenizer.pad_id, args.max_new_tokens,
                                        stop_tokens=tokenizer.stop_ids)
         answers += [sft.parse_answer(tokenizer.decode(ids, skip_special=True), labels)
                     for ids in outputs]
