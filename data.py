@@ -27,6 +27,8 @@ tests/test_pico.py (streaming text: tracemalloc memory, blocks == the file's byt
 inside characters, split ratio, mixing weights).
 """
 import codecs
+import csv
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -363,3 +365,35 @@ class LMBatches:
                     return
         if batch:
             yield torch.stack(batch)
+
+
+# ----------------------------------------------------------------------------
+# submissions: `id,<column>` CSV files, checked after writing
+
+def write_submission(path, ids, values, column="answer", allowed=None):
+    """Kaggle-style `id,<column>` rows, atomically, then read back and checked: every id once, in
+    order, every value in `allowed` (when given). Returns the path."""
+    if len(set(map(str, ids))) != len(ids):
+        raise ValueError(f"{path}: test ids repeat; each id must appear once")
+    bad = [v for v in values if allowed is not None and v not in allowed]
+    if bad:
+        raise ValueError(f"{path}: {column} {bad[0]!r} is not in the label set {list(allowed)}")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["id", column])
+    writer.writerows(zip(ids, values, strict=True))
+    atomic.write_text_atomic(path, out.getvalue())
+    check_submission(path, ids, column, allowed)
+    return path
+
+
+def check_submission(path, ids, column="answer", allowed=None):
+    """ValueError unless the file is `id,<column>` with exactly these ids and allowed values."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0] != ["id", column]:
+        raise ValueError(f"{path}: the header must be `id,{column}`")
+    allowed = None if allowed is None else {str(v) for v in allowed}
+    if [r[0] for r in rows[1:]] != [str(i) for i in ids] or any(
+            len(r) != 2 or (allowed is not None and r[1] not in allowed) for r in rows[1:]):
+        raise ValueError(f"{path}: rows do not match the test ids and label set")

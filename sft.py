@@ -31,12 +31,9 @@ class proportions are kept (seed 004 Q2.0).
 
 Shapes: B batch, T tokens (prompt + answer + end), dim, V vocab, K labels.
 Tests: tests/test_sft.py (readers per format and their one-line errors, masking, no double BOS,
-stratified proportions, answer loss == full-logit cross-entropy, scores == brute force, parsing,
-submission validation).
+stratified proportions, answer loss == full-logit cross-entropy, scores == brute force, parsing);
+the submission writer is data.write_submission (tests/test_data.py).
 """
-import csv
-import io
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -79,31 +76,8 @@ def normalise_answer(value):
     return str(value).strip().lower()
 
 
-def _json_rows(path):
-    """(row number, object) of a JSON list or of JSON lines; one-line errors name file and row."""
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            return list(enumerate(json.loads(text)))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); expected a "
-                             "list of records") from None
-    rows = []
-    for number, line in enumerate(text.splitlines()):
-        if line.strip():
-            try:
-                rows.append((number, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number + 1}: not valid JSON ({err.msg}); expected one "
-                                 "record per line or one JSON list") from None
-    return rows
-
-
 def _from_object(obj, row, where, fields):
     """One JSON object -> Record, by its keys."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}; each record "
-                         "is an object such as {\"instruction\": ..., \"answer\": ...}")
     rid = obj.get("id", row)
     if "instruction" in obj:
         answer = obj.get("answer")
@@ -150,9 +124,9 @@ def read_records(path, text_field="text", label_field="label", label_names=None,
                                 "`text;label` lines (e.g. ../shared/data/boolq/train.json)")
     head = path.read_text(encoding="utf-8")[:4096].lstrip()
     if head.startswith(("[", "{")):
-        records = [_from_object(obj, row, f"{path}:{row + 1}", (text_field, label_field,
+        records = [_from_object(obj, row - 1, f"{path}:{row}", (text_field, label_field,
                                                                 label_names))
-                   for row, obj in _json_rows(path)]
+                   for row, obj in data.read_json_rows(path, (), flag)]
     else:
         lines = path.read_text(encoding="utf-8").splitlines()
         records = [_from_line(raw, row, f"{path}:{row + 1}", label_names)
@@ -372,34 +346,3 @@ def parse_answer(text, labels):
         if match:
             found.append((match.start(), -len(label), label))
     return min(found)[2] if found else None
-
-
-# ----------------------------------------------------------------------------
-# submission.csv
-
-def write_submission(path, ids, answers, labels):
-    """`id,answer` rows, atomically, then read back and validated: every id once, in order, and
-    every answer in the label set. Returns the path."""
-    if len(set(map(str, ids))) != len(ids):
-        raise ValueError(f"{path}: test ids repeat; each id must appear once")
-    bad = [a for a in answers if a not in labels]
-    if bad:
-        raise ValueError(f"{path}: answer {bad[0]!r} is not in the label set {labels}")
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["id", "answer"])
-    writer.writerows(zip(ids, answers, strict=True))
-    atomic.write_text_atomic(path, out.getvalue())
-    check_submission(path, ids, labels)
-    return path
-
-
-def check_submission(path, ids, labels):
-    """ValueError unless the file is `id,answer` with exactly these ids and allowed answers."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    if not rows or rows[0] != ["id", "answer"]:
-        raise ValueError(f"{path}: the header must be `id,answer`")
-    got = [r[0] for r in rows[1:]]
-    if got != [str(i) for i in ids] or any(len(r) != 2 or r[1] not in labels for r in rows[1:]):
-        raise ValueError(f"{path}: rows do not match the test ids and label set {labels}")

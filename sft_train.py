@@ -25,7 +25,6 @@ reloads to the same logits (and in peft), predict-only writes a valid submission
 import argparse
 import json
 import math
-import random
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch
 
 import atomic
 import classifier
+import data
 import lora
 import metrics
 import sample
@@ -142,14 +142,7 @@ def check_arguments(args):
 # ----------------------------------------------------------------------------
 # data
 
-def subset(records, n, seed):
-    if n is None or n >= len(records):
-        return records
-    keep = sorted(random.Random(seed).sample(range(len(records)), n))
-    return [records[i] for i in keep]
-
-
-def load_data(args):
+def load_records(args):
     """{"train", "val", "test"} record lists and the label set; the split saved to out_dir."""
     label_names = json.loads(Path(args.label_names).read_text()) if args.label_names else None
     read = lambda path, flag: sft.read_records(path, args.text_field, args.label_field,  # noqa: E731
@@ -165,10 +158,10 @@ def load_data(args):
         sft.save_split(Path(args.out_dir) / "split.json", splits["train"], splits["val"],
                        args.val_ratio, args.split_seed)
     sft.check_answers(splits["val"], labels)
-    splits["train"] = subset(splits["train"], args.max_train_examples, args.seed)
-    splits["val"] = subset(splits["val"], args.max_eval_examples, args.seed)
+    splits["train"] = data.subset(splits["train"], args.max_train_examples, args.seed)
+    splits["val"] = data.subset(splits["val"], args.max_eval_examples, args.seed)
     if args.test:
-        splits["test"] = subset(read(args.test, "--test"), args.max_eval_examples, args.seed)
+        splits["test"] = data.subset(read(args.test, "--test"), args.max_eval_examples, args.seed)
         sft.check_answers(splits["test"], labels, need=False)
     print("data: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items())
           + f"; labels {labels}", flush=True)
@@ -297,7 +290,8 @@ def predict_test(model, tokenizer, records, labels, template, args, summary):
     fallback = labels[0]     # a generate-mode answer the parser could not read: say so, then fill
     unparsed = sum(p is None for p in predictions)
     path = Path(args.submission or Path(args.out_dir) / "submission.csv")
-    sft.write_submission(path, [r.id for r in records], [p or fallback for p in predictions], labels)
+    data.write_submission(path, [r.id for r in records], [p or fallback for p in predictions],
+                          allowed=labels)
     print(f"wrote {path} ({len(records)} rows" + (f", {unparsed} unparsed answers set to "
           f"{fallback!r}" if unparsed else "") + ")", flush=True)
     if all(r.answer is not None for r in records):
@@ -323,7 +317,7 @@ def save_trained(model, tokenizer, lora_config, labels, template, args):
 def run_training(args):
     start = time.perf_counter()
     out = Path(args.out_dir)
-    splits, labels = load_data(args)
+    splits, labels = load_records(args)
     model, tokenizer = classifier.load_model(args.pretrained_model_path, args.device)
     template = args.template or ("chat" if tokenizer.chat_format else "alpaca")
     params, lora_config = prepare_model(model, args)

@@ -29,9 +29,7 @@ truncation; the tokenizer cache, reused, and trained again after truncation or c
 CLI end to end on tiny files: submission, results, curves, table, plots, a bad label).
 """
 import argparse
-import csv
 import hashlib
-import io
 import re
 import time
 from pathlib import Path
@@ -181,7 +179,7 @@ def train_one(args, layer, name, dataset):
     test_ex = dataset["examples"]["test"]
     has_labels = all(e["label"] is not None for e in test_ex)
     submission = Path(args.out_dir) / f"{name}-submission.csv"
-    write_submission(submission, [e["id"] for e in test_ex], test_preds)
+    data.write_submission(submission, [e["id"] for e in test_ex], test_preds, column="label")
     epochs = history["epochs"]
     steps = sum(e["steps"] for e in epochs)
     results = {
@@ -205,15 +203,6 @@ def train_one(args, layer, name, dataset):
     print(f"{name}: val acc {results['val_accuracy']:.4f}, test acc {results['test_accuracy']}, "
           f"{results['train_time_s']:.1f} s training, {results['time_per_step_s'] * 1000:.1f} ms/step")
     return results
-
-
-def write_submission(path, ids, labels):
-    """`id,label` CSV (Kaggle style), written atomically."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["id", "label"])
-    writer.writerows(zip(ids, labels, strict=True))
-    atomic.write_text_atomic(path, out.getvalue())
 
 
 # ----------------------------------------------------------------------------

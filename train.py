@@ -434,7 +434,3 @@ def plot_curves(history, path):
     fig.suptitle(history.get("name", ""))
     fig.tight_layout()
     atomic.save_figure_atomic(fig, path, dpi=100)
-
-
-# transition aliases (removed once every caller imports atomic)
-write_text_atomic, save_json_atomic = atomic.write_text_atomic, atomic.save_json_atomic

@@ -1,9 +1,10 @@
-"""Tests for data.py: minllama formats, one-line errors, padding, batching.
+"""Tests for data.py: minllama formats, JSON rows, one-line errors, padding, batching, submissions.
 
 Run: .venv/bin/pytest tests/test_data.py -q   (CPU, about a second)
 
 Oracles: hand-written files and the tensors expected from them; Python's str.split on the real
-seed 001 files and the known DBpedia-14 sizes (skipped when ../shared/data is absent).
+seed 001 files and the known DBpedia-14 sizes (skipped when ../shared/data is absent); the csv
+module reading a written submission back.
 """
 import json
 
@@ -176,3 +177,27 @@ def test_shared_dbpedia_data_loads():
     train_ex = data.read_json_examples(folder / "train.json")
     assert len(train_ex) == 3999 and 1 + max(e["label"] for e in train_ex) == 14
     assert len(data.read_json_examples(folder / "test.json", 14)) == 2000
+
+
+# ----------------------------------------------------------------------------
+# submissions (sft's id,answer and the SSM's id,label)
+
+def test_submission_written_and_validated(tmp_path):
+    path = tmp_path / "submission.csv"
+    data.write_submission(path, [3, "b7", 5], ["true", "false", "true"], allowed=["false", "true"])
+    assert path.read_text() == "id,answer\n3,true\nb7,false\n5,true\n"
+    with pytest.raises(ValueError, match="ids repeat"):
+        data.write_submission(path, [1, 1], ["true", "true"], allowed=["false", "true"])
+    with pytest.raises(ValueError, match="answer 'maybe' is not in the label set"):
+        data.write_submission(path, [1, 2], ["true", "maybe"], allowed=["false", "true"])
+    assert path.read_text() == "id,answer\n3,true\nb7,false\n5,true\n"   # untouched
+    path.write_text("id,answer\n3,true\n")
+    with pytest.raises(ValueError, match="do not match the test ids"):
+        data.check_submission(path, [3, 4], allowed=["false", "true"])
+
+
+def test_submission_other_column_and_unchecked_values(tmp_path):
+    path = data.write_submission(tmp_path / "s.csv", ["a", "b"], [3, 0], column="label")
+    assert path.read_text() == "id,label\na,3\nb,0\n"
+    with pytest.raises(ValueError, match="header must be `id,answer`"):
+        data.check_submission(path, ["a", "b"])

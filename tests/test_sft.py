@@ -1,11 +1,10 @@
-"""Tests for sft.py: instruction-tuning data, masking, split, answer loss and scores, submission.
+"""Tests for sft.py: instruction-tuning data, masking, split, answer loss and scores.
 
 Run: .venv/bin/python -m pytest tests/test_sft.py -q
 
 Oracles: records written out by hand; the tokenizer's own decode of the unmasked positions; a
 full-logit F.cross_entropy with ignore_index (answer loss); classifier.label_scores_reference, one
-unpadded forward per (prompt, label) (scores); counts per class worked out by hand (split); the
-csv module reading the submission back.
+unpadded forward per (prompt, label) (scores); counts per class worked out by hand (split).
 """
 import collections
 import json
@@ -64,7 +63,7 @@ def test_each_record_format_by_content(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, words", [
-    ("empty.json", "[]", "has no records"),
+    ("empty.json", "[]", "no rows"),
     ("dup.json", [{"id": 1, "text": "a", "label": "x"}, {"id": 1, "text": "b", "label": "y"}],
      "dup.json:2: id 1 repeats"),
     ("keys.json", [{"foo": 1}], "keys.json:1: no 'instruction'"),
@@ -196,20 +195,3 @@ def test_scores_equal_brute_force(smol_tokenizer, tiny_model):
     ("Joyful!", None), ("it is joy", "joy"), ("", None), ("sadness and joy", "sadness")])
 def test_parse_answer(text, expected):
     assert sft.parse_answer(text, ["true", "false", "answer1", "answer12", "joy", "sadness"]) == expected
-
-
-# ----------------------------------------------------------------------------
-# submission
-
-def test_submission_written_and_validated(tmp_path):
-    path = tmp_path / "submission.csv"
-    sft.write_submission(path, [3, "b7", 5], ["true", "false", "true"], ["false", "true"])
-    assert path.read_text() == "id,answer\n3,true\nb7,false\n5,true\n"
-    with pytest.raises(ValueError, match="ids repeat"):
-        sft.write_submission(path, [1, 1], ["true", "true"], ["false", "true"])
-    with pytest.raises(ValueError, match="'maybe' is not in the label set"):
-        sft.write_submission(path, [1, 2], ["true", "maybe"], ["false", "true"])
-    assert path.read_text() == "id,answer\n3,true\nb7,false\n5,true\n"   # untouched
-    path.write_text("id,answer\n3,true\n")
-    with pytest.raises(ValueError, match="do not match the test ids"):
-        sft.check_submission(path, [3, 4], ["false", "true"])
