@@ -325,9 +325,7 @@ def add_arguments(parser, option):
     parser.add_argument("--test_out", "--test-out", default=f"cfimdb-test-{kind}-output.txt",
                         help="test predictions, `PRED ||| TEXT` per line")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=8, help="examples per batch")
-    parser.add_argument("--pretrained-model-path", "--pretrained_model_path", dest="pretrained_model_path",
-                        default=None, help="a .gguf, llama2.c .pt, or Hugging Face / llmlab folder "
-                        "(None: SmolLM2-135M-Instruct installed by setup.sh)")
+    weights.add_model_path_argument(parser)
     parser.add_argument("--max_sentence_len", "--max-sentence-len", type=int, default=None,
                         help="cut each text to this many tokens (None: no cut)")
     parser.add_argument("--max_train_examples", "--max-train-examples", type=int, default=None,
@@ -387,11 +385,7 @@ def check_arguments(args):
 
 def load_model(path, device):
     """(Llama in fp32, Tokenizer); the one place the CLI loads weights (tests replace it)."""
-    model, tokenizer = weights.load_pretrained(path, device=device, dtype=torch.float32)
-    if tokenizer is None:
-        raise ValueError(f"--pretrained-model-path {path}: the checkpoint has no tokenizer; put its "
-                         "tokenizer.model / tokenizer.json beside it (or use a .gguf)")
-    return model, tokenizer
+    return weights.load_pretrained(path, device=device, dtype=torch.float32, require_tokenizer=True)
 
 
 def load_splits(args):

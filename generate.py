@@ -33,26 +33,27 @@ FRANKENSTEIN = ("Victor Frankenstein, a young scientist obsessed with uncovering
 # ----------------------------------------------------------------------------
 # flags
 
+# the sampling flags: name, type, help (sample.SamplingConfig checks their ranges)
+SAMPLING_FLAGS = [
+    ("top_k", int, "keep the k most likely tokens (k >= 1)"),
+    ("top_p", float, "nucleus sampling mass p, 0 < p <= 1"),
+    ("epsilon", float, "epsilon sampling: drop tokens with probability below epsilon, [0, 1)"),
+    ("min_p", float, "min-p sampling: drop tokens below min_p * max probability, [0, 1]"),
+]
+
+
 def add_model_arguments(parser):
     """The model flags every generating option shares."""
-    parser.add_argument("--pretrained-model-path", "--pretrained_model_path",
-                        dest="pretrained_model_path", default=None,
-                        help="a .gguf file, a llama2.c .pt, or a Hugging Face / llmlab folder "
-                        "(default: SmolLM2-135M-Instruct installed by setup.sh)")
+    weights.add_model_path_argument(parser)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "int4"],
                         default="float32",
                         help="weights and activations dtype (bfloat16 is for GPUs; int4: 4-bit "
                         "weights in groups of 32, the fast CPU decoding path, see quantize.py)")
     parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=75,
                         help="tokens to generate, >= 1 (seed 001 uses 75)")
-    parser.add_argument("--top_k", "--top-k", type=int, default=None,
-                        help="keep the k most likely tokens (k >= 1)")
-    parser.add_argument("--top_p", "--top-p", type=float, default=None,
-                        help="nucleus sampling mass p, 0 < p <= 1")
-    parser.add_argument("--epsilon", type=float, default=None,
-                        help="epsilon sampling: drop tokens with probability below epsilon, [0, 1)")
-    parser.add_argument("--min_p", "--min-p", type=float, default=None,
-                        help="min-p sampling: drop tokens below min_p * max probability, [0, 1]")
+    for name, kind, text in SAMPLING_FLAGS:
+        aliases = [f"--{name.replace('_', '-')}"] if "_" in name else []
+        parser.add_argument(f"--{name}", *aliases, type=kind, default=None, help=text)
 
 
 def add_arguments(parser, option):
@@ -91,11 +92,7 @@ def load_model(args):
     start = time.perf_counter()
     dtype = torch.float32 if args.dtype == "int4" else getattr(torch, args.dtype)
     model, tokenizer = weights.load_pretrained(args.pretrained_model_path, device=args.device,
-                                               dtype=dtype)
-    if tokenizer is None:
-        raise ValueError(f"--pretrained-model-path {args.pretrained_model_path}: the checkpoint "
-                         "has no tokenizer; put its tokenizer.model / tokenizer.json beside it (or "
-                         "use a .gguf)")
+                                               dtype=dtype, require_tokenizer=True)
     if args.dtype == "int4":
         quantize.quantize_model_int4(model)
     print(f"loaded {args.pretrained_model_path or weights.default_model_path()} "

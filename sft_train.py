@@ -105,8 +105,7 @@ def add_arguments(parser, option):
     add_data_arguments(add)
     add_training_arguments(add)
     add_answer_arguments(add)
-    add("--pretrained-model-path", "--pretrained_model_path", dest="pretrained_model_path",
-        default=None, help="base model: .gguf, llama2.c .pt, or HF / llmlab folder (default SmolLM2)")
+    weights.add_model_path_argument(parser, "the base model")
     add("--adapter", default=None, help="predict only: an OUT_DIR/adapter (or OUT_DIR/model) folder")
     add("--out_dir", "--out-dir", default="runs/sft", help="folder for every output of the run")
 
@@ -306,8 +305,7 @@ def save_trained(model, tokenizer, lora_config, labels, template, args):
         folder = lora.save_adapter(out / "adapter", model, lora_config)
     else:
         folder = out / "model"
-        weights.save_checkpoint(folder, model.config, model.state_dict(), tokenizer.spec
-                                if hasattr(tokenizer, "spec") else None)
+        weights.save_checkpoint(folder, model.config, model.state_dict(), tokenizer.spec)
     atomic.save_json_atomic(folder / SFT_CONFIG, {
         "method": args.method, "labels": labels, "template": template, "max_len": args.max_len,
         "base_model": args.pretrained_model_path, "base_config": vars(model.config)})

@@ -576,18 +576,22 @@ def detect_tokenizer_kind(path):
 
 def load_tokenizer(spec):
     """Tokenizer from a spec: {"kind": "gguf", "metadata": {...}} (or "path") |
-    {"kind": "sentencepiece" | "tiktoken_llama3" | "hf_json", "path": ...}."""
+    {"kind": "sentencepiece" | "tiktoken_llama3" | "hf_json", "path": ...}. The spec is kept as
+    .spec (weights.save_checkpoint copies what it names beside a saved model)."""
     kind = spec.get("kind") if isinstance(spec, dict) else None
-    if kind == "gguf" and "metadata" in spec:
-        return load_gguf_tokenizer(spec["metadata"], spec.get("path", "GGUF metadata"))
     loaders = {"gguf": lambda p: load_gguf_tokenizer(gguf_reader.read_gguf(p).metadata, p),
                "sentencepiece": load_sentencepiece, "tiktoken_llama3": load_llama3_tiktoken,
                "hf_json": load_hf_json}
-    if kind not in loaders:
+    if kind == "gguf" and "metadata" in spec:
+        tok = load_gguf_tokenizer(spec["metadata"], spec.get("path", "GGUF metadata"))
+    elif kind not in loaders:
         raise ValueError(f"tokenizer spec {spec!r}: kind must be one of {sorted(loaders)}")
-    if "path" not in spec:
+    elif "path" not in spec:
         raise ValueError(f"tokenizer spec of kind {kind!r} needs a 'path'")
-    return loaders[kind](resolve_tokenizer_path(spec["path"]))
+    else:
+        tok = loaders[kind](resolve_tokenizer_path(spec["path"]))
+    tok.spec = spec
+    return tok
 
 
 if __name__ == "__main__":        # python tokenizer.py TOKENIZER_FILE [TEXT]: show the pieces

@@ -498,12 +498,24 @@ def build_model(config, state_dict, device="cpu", dtype=torch.float32):
     return model.to(device=device, dtype=dtype).eval()
 
 
-def load_pretrained(path=None, device="cpu", dtype=torch.float32):
+def load_pretrained(path=None, device="cpu", dtype=torch.float32, require_tokenizer=False):
     """-> (Llama in eval mode, Tokenizer or None when the checkpoint has none); path None = the
-    default model (default_model_path())."""
+    default model (default_model_path()). require_tokenizer: a checkpoint without one is a
+    one-line ValueError (every command-line option that reads text needs it)."""
     config, state_dict, spec = load_checkpoint(path if path is not None else default_model_path())
+    if spec is None and require_tokenizer:
+        raise ValueError(f"--pretrained-model-path {path}: the checkpoint has no tokenizer; put its "
+                         "tokenizer.model / tokenizer.json beside it (or use a .gguf)")
     model = build_model(config, state_dict, device, dtype)
     return model, (tokenizer.load_tokenizer(spec) if spec else None)
+
+
+def add_model_path_argument(parser, help_prefix="the model"):
+    """The one --pretrained-model-path flag (every option that loads a Llama uses it)."""
+    parser.add_argument("--pretrained-model-path", "--pretrained_model_path",
+                        dest="pretrained_model_path", default=None,
+                        help=f"{help_prefix}: a .gguf file, a llama2.c .pt, or a Hugging Face / "
+                        "llmlab folder (default: SmolLM2-135M-Instruct installed by setup.sh)")
 
 
 if __name__ == "__main__":
