@@ -25,6 +25,12 @@ Options, with an example each (data paths as in ../shared/data, see README):
                  --out_dir runs/boolq-heavy [--test test.json]
                python run.py --option sft --adapter runs/boolq-heavy/adapter --test test.json \
                  --submission submission.csv
+  sft_compare  python run.py --option sft_compare --train ../shared/data/boolq/train.json \
+                 --val_ratio 0.1 --split_seed 0 --epochs 1     (light / medium / heavy / full)
+  sweep        python run.py --option sweep --train ../shared/data/boolq/train.json \
+                 --ranks 1,16,128,256 --alphas 0,1,16,128,256
+  memory       python run.py --option memory --preset llama32_1b --batch_size 8 --max_len 512 \
+                 --dtype bfloat16 [--measure_steps 2] [--json memory.json]
   pico         python run.py --option pico --tinystories_weight 0.0 \
                  --input_files ../shared/data/pico/3seqs.txt --prompt "0 1 2 3 4"
   pico_compare python run.py --option pico_compare (same flags as pico)
@@ -39,7 +45,9 @@ import torch
 import classifier
 import distributed
 import generate
+import memory
 import pico_train
+import sft_studies
 import sft_train
 import ssm_train
 
@@ -54,6 +62,9 @@ OPTIONS = {
     "s4": ssm_train,
     "ssm_compare": ssm_train,
     "sft": sft_train,
+    "memory": memory,
+    "sft_compare": sft_studies,
+    "sweep": sft_studies,
     "pico": pico_train,
     "pico_compare": pico_train,
 }

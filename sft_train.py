@@ -312,12 +312,17 @@ def save_trained(model, tokenizer, lora_config, labels, template, args):
     return folder
 
 
+def default_template(args, tokenizer):
+    """--template, else the model's own chat template when it has one, else alpaca."""
+    return args.template or ("chat" if tokenizer.chat_format else "alpaca")
+
+
 def run_training(args):
     start = time.perf_counter()
     out = Path(args.out_dir)
     splits, labels = load_records(args)
     model, tokenizer = classifier.load_model(args.pretrained_model_path, args.device)
-    template = args.template or ("chat" if tokenizer.chat_format else "alpaca")
+    template = default_template(args, tokenizer)
     params, lora_config = prepare_model(model, args)
     summary = {"option": "sft", "labels": labels, "template": template, "parameters": params,
                "examples": {k: len(v) for k, v in splits.items()}}

@@ -208,8 +208,9 @@ def train_one(args, layer, name, dataset):
 # ----------------------------------------------------------------------------
 # ssm_compare: a bag-of-words naive Bayes baseline, timing against L, the comparison table
 
-def naive_bayes_accuracy(train_ex, test_ex, alpha=1.0):
-    """Multinomial naive Bayes on lower-cased word counts, Laplace smoothing alpha (numpy only).
+def naive_bayes_predict(train_ex, test_ex, alpha=1.0):
+    """Multinomial naive Bayes on lower-cased word counts, Laplace smoothing alpha (numpy only);
+    -> the predicted label of every test example. Examples are dicts with "text" and int "label".
 
     log p(c | doc) = log prior_c + sum_w n_w log theta_cw,  theta_cw = (n_cw + alpha) / (n_c + alpha V)
     """
@@ -221,12 +222,15 @@ def naive_bayes_accuracy(train_ex, test_ex, alpha=1.0):
         prior[e["label"]] += 1
         np.add.at(counts[e["label"]], [vocab[w] for w in words(e["text"])], 1)
     log_theta = np.log((counts + alpha) / (counts.sum(1, keepdims=True) + alpha * len(vocab)))
-    log_prior = np.log(prior / prior.sum())
-    correct = 0
-    for e in test_ex:
-        ids = [vocab[w] for w in words(e["text"]) if w in vocab]
-        correct += int(np.argmax(log_prior + log_theta[:, ids].sum(1)) == e["label"])
-    return correct / len(test_ex)
+    log_prior = np.log(np.maximum(prior, 1e-12) / prior.sum())
+    return [int(np.argmax(log_prior + log_theta[:, [vocab[w] for w in words(e["text"]) if w in vocab]]
+                          .sum(1))) for e in test_ex]
+
+
+def naive_bayes_accuracy(train_ex, test_ex, alpha=1.0):
+    """Accuracy of naive_bayes_predict against the test labels."""
+    predictions = naive_bayes_predict(train_ex, test_ex, alpha)
+    return sum(p == e["label"] for p, e in zip(predictions, test_ex)) / len(test_ex)
 
 
 def time_forward_backward(layer, L, batch=2, repeats=3, device="cpu"):

@@ -11,6 +11,7 @@ import argparse
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,3 +138,19 @@ def test_run_py_dispatches_ssm_to_ssm_train(tmp_path):
     results = json.loads((tmp_path / "out" / "ssm-results.json").read_text())
     assert results["layer"] == "ssm" and results["device"] == "cpu"
     assert (tmp_path / "out" / "submission.csv").is_file()
+
+
+def test_naive_bayes_matches_sklearn():
+    """Oracle: sklearn's MultinomialNB (alpha 1) on CountVectorizer counts of the same \\w+ words."""
+    sk_nb = pytest.importorskip("sklearn.naive_bayes")
+    sk_text = pytest.importorskip("sklearn.feature_extraction.text")
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(30)]
+    make = lambda n: [{"id": i, "text": " ".join(rng.choice(words, 8)), "label": int(i % 3)}  # noqa: E731
+                      for i in range(n)]
+    train_ex, test_ex = make(60), make(25)
+    ours = ssm_train.naive_bayes_predict(train_ex, test_ex)
+    vectorizer = sk_text.CountVectorizer(token_pattern=r"\w+", lowercase=True)
+    x_train = vectorizer.fit_transform([e["text"] for e in train_ex])
+    model = sk_nb.MultinomialNB(alpha=1.0).fit(x_train, [e["label"] for e in train_ex])
+    assert ours == model.predict(vectorizer.transform([e["text"] for e in test_ex])).tolist()

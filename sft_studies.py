@@ -1,0 +1,342 @@
+"""`run.py --option sft_compare | sweep`: instruction fine-tuning studies, one `--option sft` child
+process per setting on the same data, split and budget (so every run's peak memory is its own:
+a process's max RSS never goes down, and CUDA's peak is reset per process).
+
+sft_compare (seed 000 part 2; seed 002's comparison rows):
+    settings  LoRA light (q, v), medium (q, k, v, up, down), heavy (all seven), full fine-tuning
+    table     trainable parameters (counted, and by the formula r * (in + out) per adapted Linear),
+              peak memory (CUDA max allocated on a GPU, max RSS on a CPU), seconds per epoch,
+              best validation accuracy / macro-F1 and the step it was reached
+    figure    every run's training loss per step and validation loss per evaluation
+    baselines on the same split: the majority class; bag-of-words multinomial naive Bayes
+              (ssm_train.naive_bayes_predict); the frozen pretrained model with a trained linear
+              head on its last prompt token (the classifier of --option finetune with the Llama
+              frozen: the features are computed once, then only the head trains); the from-scratch
+              S4 text classifier (--option s4 on the same split)
+sweep (seed 002): LoRA rank r x alpha on a grid, validation accuracy and final validation loss as
+    a table and two heatmaps. alpha = 0 makes the update (alpha / r) B A zero: the base model.
+
+Outputs in --out_dir: one folder per run, compare.md / compare.json / compare-curves.png, or
+sweep.md / sweep.json / sweep-heatmap.png.
+Tests: tests/test_sft_studies.py (child argv round trip, the table from fixed summaries, the
+baselines on a toy split, a tiny end-to-end sweep and compare on a tiny model).
+"""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import atomic
+import classifier
+import data
+import metrics
+import sft
+import sft_train
+import ssm_train
+import train
+
+ROOT = Path(__file__).resolve().parent
+SETTINGS = ("light", "medium", "heavy", "full")
+BASELINES = ("majority", "bow", "head", "s4")
+
+
+# ----------------------------------------------------------------------------
+# flags and child processes
+
+def add_arguments(parser, option):
+    """sft's flags (same data, model and budget), plus the study's own."""
+    sft_train.add_arguments(parser, "sft")
+    parser.set_defaults(out_dir=f"runs/{option}")
+    add = parser.add_argument
+    if option == "sft_compare":
+        add("--settings", default=",".join(SETTINGS), help="comma list of light, medium, heavy, full")
+        add("--baselines", default=",".join(BASELINES), help="comma list of majority, bow, head, "
+            "s4 (or '' for none)")
+        add("--head_epochs", "--head-epochs", type=int, default=30, help="frozen-head baseline epochs")
+    else:
+        add("--ranks", default="1,16,128,256", help="comma list of LoRA ranks (seed 002)")
+        add("--alphas", default="0,1,16,128,256", help="comma list of LoRA alphas (seed 002)")
+
+
+def child_argv(args, parser_defaults, overrides):
+    """`run.py --option sft` argv repeating every sft flag that differs from its default."""
+    argv = [sys.executable, str(ROOT / "run.py"), "--option", "sft", "--seed", str(args.seed)]
+    if args.use_gpu:
+        argv.append("--use_gpu")
+    values = {**{k: getattr(args, k) for k in parser_defaults}, **overrides}
+    for name, value in values.items():
+        if value == parser_defaults[name] and name not in overrides:
+            continue
+        flag = "--" + name.replace("pretrained_model_path", "pretrained-model-path")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + name)
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def sft_defaults():
+    """{dest: default} of --option sft's own flags (not run.py's common ones)."""
+    import argparse
+    parser = argparse.ArgumentParser()
+    sft_train.add_arguments(parser, "sft")
+    return {a.dest: a.default for a in parser._actions if a.dest != "help"}
+
+
+def run_child(args, name, overrides):
+    """One sft run in its own process; -> its summary and history (dicts)."""
+    out = Path(args.out_dir) / name
+    argv = child_argv(args, sft_defaults(), {**overrides, "out_dir": str(out)})
+    print(f"\n=== {name}: {' '.join(argv[2:])}", flush=True)
+    done = subprocess.run(argv, cwd=ROOT)
+    if done.returncode != 0:
+        raise ValueError(f"the {name} run failed (exit {done.returncode}); its command is printed "
+                         "above: run it alone to see why")
+    return (json.loads((out / "summary.json").read_text()),
+            json.loads((out / "sft-history.json").read_text()))
+
+
+def check_arguments(args):
+    """The study's own flags, then sft's."""
+    if args.adapter:
+        raise ValueError(f"--adapter {args.adapter}: the studies train; use --option sft to predict")
+    if args.option == "sft_compare":
+        bad = [s for s in split_list(args.settings) if s not in SETTINGS] + \
+              [b for b in split_list(args.baselines) if b not in BASELINES]
+        if bad or not split_list(args.settings):
+            raise ValueError(f"--settings / --baselines {bad}: use {SETTINGS} and {BASELINES}")
+    else:
+        for flag in ("ranks", "alphas"):
+            try:
+                values = [float(v) for v in split_list(getattr(args, flag))]
+            except ValueError:
+                values = []
+            if not values or any(v < 0 or not math.isfinite(v) for v in values) or (
+                    flag == "ranks" and any(v < 1 or v != int(v) for v in values)):
+                raise ValueError(f"--{flag} {getattr(args, flag)!r}: give a comma list like "
+                                 f"{'1,16,128' if flag == 'ranks' else '0,1,16'}")
+    sft_train.check_arguments(args)
+
+
+def split_list(text):
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+# ----------------------------------------------------------------------------
+# baselines on the same split
+
+def as_class_examples(records, labels):
+    """sft records -> {"id", "text", "label" int} (naive Bayes and the S4 classifier)."""
+    return [{"id": r.id, "text": f"{r.text} {r.context}".strip(), "label": labels.index(r.answer)}
+            for r in records]
+
+
+def scored(predictions, records, labels):
+    gold = [r.answer for r in records]
+    return {"accuracy": metrics.accuracy(predictions, gold),
+            "macro_f1": metrics.macro_f1(predictions, gold, labels)}
+
+
+def majority_baseline(splits, labels):
+    counts = [sum(r.answer == k for r in splits["train"]) for k in labels]
+    guess = labels[counts.index(max(counts))]
+    return scored([guess] * len(splits["val"]), splits["val"], labels)
+
+
+def bow_baseline(splits, labels):
+    train_ex, val_ex = (as_class_examples(splits[s], labels) for s in ("train", "val"))
+    return scored([labels[k] for k in ssm_train.naive_bayes_predict(train_ex, val_ex)],
+                  splits["val"], labels)
+
+
+@torch.no_grad()
+def prompt_features(model, tokenizer, records, labels, template, args):
+    """(n, dim) final-norm hidden state at each record's last prompt token (frozen model)."""
+    prompts = [sft.encode(tokenizer, r, labels, template, args.max_len) for r in records]
+    prompts = [ids[:n] for ids, n in prompts]
+    features = []
+    for start in range(0, len(prompts), args.eval_batch_size):
+        tokens, mask = data.pad_batch(prompts[start:start + args.eval_batch_size], tokenizer.pad_id)
+        hidden = classifier.hidden_states(model, tokens.to(args.device), mask.to(args.device))
+        features.append(classifier.pool_last_token(hidden, mask.to(args.device)).float().cpu())
+    return torch.cat(features)
+
+
+def head_baseline(splits, labels, args):
+    """Frozen pretrained model + a trained linear head (started from the label tokens' output
+    embeddings, as --option finetune's prompt head): features once, then train.fit on the head."""
+    model, tokenizer = classifier.load_model(args.pretrained_model_path, args.device)
+    template = sft_train.default_template(args, tokenizer)
+    x = {s: prompt_features(model, tokenizer, splits[s], labels, template, args)
+         for s in ("train", "val")}
+    y = {s: torch.tensor([labels.index(r.answer) for r in splits[s]]) for s in ("train", "val")}
+    head = nn.Linear(x["train"].shape[1], len(labels))
+    first_tokens = [ids[0] for ids in sft.scoring_ids(tokenizer, template, labels)]
+    with torch.no_grad():
+        head.weight.copy_(classifier.lm_head_weight(model)[first_tokens].float().cpu())
+        head.bias.zero_()
+    batches = [(x["train"][i:i + 32], y["train"][i:i + 32]) for i in range(0, len(y["train"]), 32)]
+    loss = lambda m, b: (F.cross_entropy(m(b[0]), b[1], reduction="sum"), len(b[1]))  # noqa: E731
+    train.fit(head, batches, loss, train.TrainConfig(epochs=args.head_epochs, lr=1e-3,
+                                                     weight_decay=0.01, progress=False))
+    predictions = head(x["val"]).argmax(-1).tolist()
+    return scored([labels[k] for k in predictions], splits["val"], labels)
+
+
+def s4_baseline(splits, labels, args):
+    """The from-scratch S4 classifier (--option s4 with its defaults) trained on the same split."""
+    folder = Path(args.out_dir) / "s4"
+    for split in ("train", "val"):
+        atomic.save_json_atomic(folder / f"{split}.json", as_class_examples(splits[split], labels))
+    argv = [sys.executable, str(ROOT / "run.py"), "--option", "s4", "--seed", str(args.seed),
+            "--train", str(folder / "train.json"), "--val", str(folder / "val.json"),
+            "--test", str(folder / "val.json"), "--out_dir", str(folder), "--no_progress"]
+    if subprocess.run(argv, cwd=ROOT).returncode != 0:
+        raise ValueError(f"the S4 baseline failed; run it alone: {' '.join(argv[1:])}")
+    rows = (folder / "s4-submission.csv").read_text().splitlines()[1:]
+    return scored([labels[int(r.rsplit(",", 1)[1])] for r in rows], splits["val"], labels)
+
+
+# ----------------------------------------------------------------------------
+# sft_compare
+
+def run_row(name, summary):
+    """One table row from a run's summary.json."""
+    best, params = summary["best"] or {}, summary["parameters"]
+    epochs = summary["epochs"]
+    return {"run": name, "trainable": params["trainable"], "formula": params["formula"],
+            "total": params["total"], "peak_memory_mb": summary["peak_memory_mb"],
+            "memory_kind": summary["memory_kind"],
+            "s_per_epoch": sum(e["train_time_s"] for e in epochs) / max(len(epochs), 1),
+            "best_accuracy": best.get("metrics", {}).get("accuracy"),
+            "best_macro_f1": best.get("metrics", {}).get("macro_f1"), "best_step": best.get("step"),
+            "val_accuracy": summary["val"]["accuracy"], "val_macro_f1": summary["val"]["macro_f1"]}
+
+
+def compare_table(rows, baselines, zero_shot, setup):
+    """Markdown: the runs, then the baselines on the same split."""
+    memory = "CUDA max allocated" if rows and rows[0]["memory_kind"].startswith("cuda") else "max RSS"
+    lines = [setup, "", f"| run | trainable params (formula r(in+out)) | % of model | peak memory "
+             f"({memory}) | s / epoch | best val acc / macro-F1 (at step) | final val acc / macro-F1 |",
+             "|---|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        formula = f" ({r['formula']:,})" if r["formula"] is not None else ""
+        lines.append(f"| {r['run']} | {r['trainable']:,}{formula} | "
+                     f"{100 * r['trainable'] / r['total']:.2f} | {r['peak_memory_mb'] / 1024:.2f} GiB | "
+                     f"{r['s_per_epoch']:.0f} | {r['best_accuracy']:.4f} / {r['best_macro_f1']:.4f} "
+                     f"({r['best_step']}) | {r['val_accuracy']:.4f} / {r['val_macro_f1']:.4f} |")
+    extra = ([("zero-shot base model (scores)", zero_shot)] if zero_shot else []) + list(baselines.items())
+    for name, m in extra:
+        lines.append(f"| {name} | - | - | - | - | - | {m['accuracy']:.4f} / {m['macro_f1']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(histories, path):
+    """Training loss per step (thin) and validation loss per evaluation (markers), every run."""
+    plt = atomic.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (name, history) in enumerate(histories.items()):
+        colour = f"C{i}"
+        steps = history["steps"]
+        ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], color=colour, lw=0.7,
+                alpha=0.5, label=f"{name} train")
+        evals = [e for e in history["evals"] if "loss" in e]
+        ax.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", color=colour,
+                label=f"{name} validation")
+    ax.set(xlabel="optimizer step", ylabel="answer-token loss (nats)", yscale="log")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    atomic.save_figure_atomic(fig, path, dpi=90)
+
+
+def run_compare(args):
+    splits, labels = sft_train.load_records(args)
+    rows, histories, zero_shot = [], {}, None
+    for i, setting in enumerate(split_list(args.settings)):
+        overrides = {"method": "full"} if setting == "full" else {"method": "lora",
+                                                                  "lora_targets": setting}
+        summary, history = run_child(args, setting, {**overrides, "zero_shot": i == 0})
+        zero_shot = zero_shot or summary.get("zero_shot")
+        rows.append(run_row(setting, summary))
+        histories[setting] = history
+    makers = {"majority": lambda: majority_baseline(splits, labels),
+              "bag-of-words naive Bayes": lambda: bow_baseline(splits, labels),
+              "frozen model + trained head": lambda: head_baseline(splits, labels, args),
+              "S4 from scratch": lambda: s4_baseline(splits, labels, args)}
+    chosen = dict(zip(BASELINES, makers))
+    baselines = {chosen[b]: makers[chosen[b]]() for b in split_list(args.baselines)}
+    setup = (f"Data {args.train}: train {len(splits['train'])}, validation {len(splits['val'])}; "
+             f"labels {labels}; template {summary['template']}; {args.epochs} epoch(s), lr {args.lr}, batch "
+             f"{args.batch_size} x {args.grad_accum}, max_len {args.max_len}, LoRA r {args.lora_rank} "
+             f"alpha {args.lora_alpha}; device {args.device}.")
+    out = Path(args.out_dir)
+    table = compare_table(rows, baselines, zero_shot, setup)
+    atomic.write_text_atomic(out / "compare.md", table)
+    atomic.save_json_atomic(out / "compare.json", {"runs": rows, "baselines": baselines,
+                                                   "zero_shot": zero_shot, "labels": labels})
+    plot_curves(histories, out / "compare-curves.png")
+    print(table, flush=True)
+    return rows, baselines
+
+
+# ----------------------------------------------------------------------------
+# sweep
+
+def sweep_table(grid, ranks, alphas, key, fmt):
+    lines = ["| r \\ alpha | " + " | ".join(f"{a:g}" for a in alphas) + " |",
+             "|---|" + "---:|" * len(alphas)]
+    for r in ranks:
+        lines.append(f"| {r} | " + " | ".join(fmt.format(grid[(r, a)][key]) for a in alphas) + " |")
+    return "\n".join(lines)
+
+
+def plot_heatmaps(grid, ranks, alphas, path):
+    plt = atomic.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in zip(axes, ("accuracy", "loss"), ("validation accuracy",
+                                                           "final validation loss")):
+        cells = [[grid[(r, a)][key] for a in alphas] for r in ranks]
+        image = ax.imshow(cells, cmap="viridis" if key == "accuracy" else "viridis_r")
+        for i, row in enumerate(cells):
+            for j, value in enumerate(row):
+                ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=7, color="w")
+        ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+        ax.set_yticks(range(len(ranks)), [str(r) for r in ranks])
+        ax.set(xlabel="LoRA alpha", ylabel="LoRA rank r", title=title)
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    atomic.save_figure_atomic(fig, path, dpi=90)
+
+
+def run_sweep(args):
+    ranks = [int(float(r)) for r in split_list(args.ranks)]
+    alphas = [float(a) for a in split_list(args.alphas)]
+    grid = {}
+    for r in ranks:
+        for a in alphas:
+            summary, history = run_child(args, f"r{r}-alpha{a:g}", {
+                "method": "lora", "lora_rank": r, "lora_alpha": a, "zero_shot": False})
+            final = [e for e in history["evals"] if "loss" in e][-1]
+            grid[(r, a)] = {"accuracy": summary["val"]["accuracy"], "loss": final["loss"],
+                            "macro_f1": summary["val"]["macro_f1"],
+                            "trainable": summary["parameters"]["trainable"]}
+    out = Path(args.out_dir)
+    table = (f"LoRA targets {args.lora_targets}, {args.epochs} epoch(s), lr {args.lr}, data "
+             f"{args.train}.\n\nValidation accuracy:\n\n{sweep_table(grid, ranks, alphas, 'accuracy', '{:.4f}')}"
+             f"\n\nFinal validation loss:\n\n{sweep_table(grid, ranks, alphas, 'loss', '{:.4f}')}\n")
+    atomic.write_text_atomic(out / "sweep.md", table)
+    atomic.save_json_atomic(out / "sweep.json", [{"rank": r, "alpha": a, **v}
+                                                 for (r, a), v in grid.items()])
+    plot_heatmaps(grid, ranks, alphas, out / "sweep-heatmap.png")
+    print(table, flush=True)
+    return grid
+
+
+def main(args):
+    check_arguments(args)
+    return run_compare(args) if args.option == "sft_compare" else run_sweep(args)

@@ -1,0 +1,81 @@
+"""Tests for sft_studies.py: `--option sft_compare` and `--option sweep` on a tiny Llama.
+
+Run: .venv/bin/python -m pytest tests/test_sft_studies.py -q   (about a minute: child processes)
+
+Oracles: run.py's own parser reading a child's argv back (the flags survive the trip); counts
+worked out by hand for the majority and naive Bayes baselines on a toy split; the files each study
+must write; the children's own summary.json (the table quotes them).
+"""
+import json
+
+import pytest
+
+import run
+import sft
+import sft_studies
+from test_sft_train import base_folder, task  # noqa: F401  (shared fixtures)
+
+
+def test_child_argv_round_trips_through_the_parser(tmp_path):
+    argv = ["--option", "sweep", "--train", "t.txt", "--lora_rank", "8", "--no-zero_shot",
+            "--max_len", "64", "--seed", "7"]
+    args = run.build_parser("sweep").parse_args(argv)
+    child = sft_studies.child_argv(args, sft_studies.sft_defaults(),
+                                   {"lora_alpha": 2.0, "out_dir": str(tmp_path)})
+    back = run.build_parser("sft").parse_args(child[2:])
+    assert (back.train, back.lora_rank, back.lora_alpha, back.zero_shot, back.max_len, back.seed,
+            back.out_dir) == ("t.txt", 8, 2.0, False, 64, 7, str(tmp_path))
+
+
+def toy_split():
+    make = lambda i, text, answer: sft.Record(i, "text", text, "", answer, f"f:{i}")  # noqa: E731
+    train = [make(0, "good fine good", "pos"), make(1, "good", "pos"), make(2, "bad awful", "neg")]
+    val = [make(3, "good day", "pos"), make(4, "awful day", "neg"), make(5, "bad bad", "neg")]
+    return {"train": train, "val": val}, ["neg", "pos"]
+
+
+def test_majority_and_bag_of_words_baselines():
+    splits, labels = toy_split()
+    assert sft_studies.majority_baseline(splits, labels)["accuracy"] == pytest.approx(1 / 3)
+    bow = sft_studies.bow_baseline(splits, labels)
+    assert bow == {"accuracy": 1.0, "macro_f1": 1.0}
+
+
+def test_sweep_writes_a_grid(base_folder, task, tmp_path, capsys):  # noqa: F811
+    run.main(["--option", "sweep", "--train", str(task / "train.txt"), "--val_ratio", "0.25",
+              "--pretrained-model-path", str(base_folder), "--ranks", "2", "--alphas", "0,8",
+              "--lr", "3e-3", "--epochs", "1", "--lora_targets", "light", "--out_dir", str(tmp_path)])
+    rows = json.loads((tmp_path / "sweep.json").read_text())
+    assert [(r["rank"], r["alpha"]) for r in rows] == [(2, 0.0), (2, 8.0)]
+    for r in rows:
+        summary = json.loads((tmp_path / f"r2-alpha{r['alpha']:g}" / "summary.json").read_text())
+        assert r["accuracy"] == summary["val"]["accuracy"]
+    assert (tmp_path / "sweep-heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Validation accuracy:" in (tmp_path / "sweep.md").read_text()
+
+
+def test_compare_table_and_baselines(base_folder, task, tmp_path):  # noqa: F811
+    run.main(["--option", "sft_compare", "--train", str(task / "train.txt"), "--val_ratio", "0.25",
+              "--pretrained-model-path", str(base_folder), "--settings", "light,full",
+              "--lr", "3e-3", "--epochs", "1", "--head_epochs", "3", "--out_dir", str(tmp_path)])
+    result = json.loads((tmp_path / "compare.json").read_text())
+    assert [r["run"] for r in result["runs"]] == ["light", "full"]
+    light, full = result["runs"]
+    assert light["trainable"] == light["formula"] and full["formula"] is None
+    assert full["trainable"] == full["total"] > light["trainable"]
+    assert set(result["baselines"]) == {"majority", "bag-of-words naive Bayes",
+                                        "frozen model + trained head", "S4 from scratch"}
+    assert result["zero_shot"] is not None
+    table = (tmp_path / "compare.md").read_text()
+    assert "| light |" in table and "| S4 from scratch |" in table
+    assert (tmp_path / "compare-curves.png").is_file()
+
+
+def test_bad_study_flags(capsys):
+    for argv, words in [(["--option", "sweep", "--train", "x", "--ranks", "0"], "--ranks"),
+                        (["--option", "sft_compare", "--train", "x", "--settings", "huge"],
+                         "--settings")]:
+        with pytest.raises(SystemExit):
+            run.main(argv)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err
