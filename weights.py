@@ -25,8 +25,8 @@ Tested in tests/test_weights.py: a tiny random Llama-3-style LlamaForCausalLM (G
 RoPE scaling; single and sharded) and the default GGUF model give the same logits as transformers;
 bad files raise one-line ValueErrors; save_checkpoint, llama2.c .pt and Meta params.json (with
 ffn_dim_multiplier) round trips; a Llama-3-style GGUF written by gguf.GGUFWriter (untied,
-rope_freqs.weight). safetensors_io.py is tested there too; GGUF parsing in
-tests/test_gguf_reader.py.
+rope_freqs.weight); read_config gives load_checkpoint's config without reading a tensor.
+safetensors_io.py is tested there too; GGUF parsing in tests/test_gguf_reader.py.
 """
 import contextlib
 import dataclasses
@@ -457,6 +457,42 @@ def load_checkpoint(path):
     loaders = {"folder": _load_folder, "gguf": _load_gguf, "torch": _load_torch,
                "safetensors": _load_safetensors_file}
     return loaders[detect_format(path)](path)
+
+
+def read_config(path=None):
+    """-> the LlamaConfig of a checkpoint, without reading its weight tensors (memory.py sizes a
+    1B model from this alone). Folder: config.json (ours or Hugging Face's); safetensors: its
+    llmlab_config metadata, else its folder's config.json; GGUF: the metadata and tensor infos
+    (vocabulary from token_embd's shape, tying from whether output.weight exists; only the D/2
+    rope_freqs divisors are read, when present). A llama2.c / Meta .pt holds no separate config
+    (vocabulary, tying and norm come from the tensors), so it is loaded memory-mapped.
+    path None = the default model. Same configs as load_checkpoint (tests/test_weights.py)."""
+    path = Path(path) if path is not None else default_model_path()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder; give a .gguf, .safetensors or "
+                                f".pt file or a model folder")
+    kind = detect_format(path)
+    if kind == "gguf":
+        gguf = gguf_reader.read_gguf(path)
+        infos = {gguf_to_canonical_name(name): info for name, info in gguf.tensors.items()
+                 if name != "rope_freqs.weight"}         # GGUFTensor: .shape, no data read
+        factors = gguf.tensor("rope_freqs.weight") if "rope_freqs.weight" in gguf.tensors else None
+        return _gguf_config(gguf, infos, factors)
+    if kind == "safetensors":
+        metadata = read_safetensors_metadata(path)
+        if "llmlab_config" in metadata:
+            return _llama_config(path, **json.loads(metadata["llmlab_config"]))
+        path = path.parent                               # an HF file: its folder's config.json
+    if kind in ("folder", "safetensors"):
+        config_path = path / "config.json"
+        if not config_path.exists():
+            raise FileNotFoundError(f"{path}: no config.json; pass a Hugging Face / save_checkpoint "
+                                    f"folder, or a file that carries its config")
+        cfg = _read_json(config_path)
+        if cfg.get("format") == "llmlab":
+            return _llama_config(config_path, **cfg["llama_config"])
+        return _hf_config(cfg, config_path)
+    return _load_torch(path)[0]
 
 
 @contextlib.contextmanager

@@ -9,7 +9,8 @@ transformers' LlamaForCausalLM: a tiny random Llama-3-style model (GQA, llama3 R
 and untied) saved with save_pretrained (single file and sharded) must give the same logits through
 load_pretrained, and the default GGUF model loaded by transformers from the same file (slow test);
 round trips through save_checkpoint and llama2.c-style torch.save files must return the tensors
-and config unchanged; broken and hostile files must raise one-line ValueErrors.
+and config unchanged; read_config must return load_checkpoint's config with every tensor
+reader replaced by a failing stub; broken and hostile files must raise one-line ValueErrors.
 Tolerances: same weights, fp32, different summation order: logits agree to ~1e-6 on the tiny
 model (atol 1e-5). On the 30-layer default model notes/default-model.md measured 2e-4 between the
 two implementations (atol 5e-4 on logits of size ~20); a wrong q/k permutation gives O(1).
@@ -414,3 +415,48 @@ def test_default_model_logits_equal_transformers(default_model, default_model_pa
     tokens = torch.tensor([tok.encode_chat([{"role": "user", "content": "Name three colours."}])])
     with torch.no_grad():
         torch.testing.assert_close(model(tokens)[0], hf.eval()(tokens).logits, atol=5e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------
+# read_config: the config without the weights (memory.py)
+
+def no_tensor_reads(monkeypatch):
+    """Make every weight-reading path fail: read_config must not need one."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("read_config read tensor data")
+    monkeypatch.setattr(weights, "read_safetensors", refuse)
+    monkeypatch.setattr(weights, "_read_hf_weights", refuse)
+    monkeypatch.setattr(weights, "_load_gguf", refuse)
+
+
+@pytest.mark.parametrize("tie,shard", [(True, False), (False, True)])
+def test_read_config_of_hf_folder_reads_no_tensor(tmp_path, monkeypatch, tie, shard):
+    """Oracle: load_checkpoint's config of the same transformers-written folder."""
+    tiny_hf_model(tie).save_pretrained(tmp_path, max_shard_size="40KB" if shard else "1GB")
+    expected = weights.load_checkpoint(tmp_path)[0]
+    no_tensor_reads(monkeypatch)
+    assert weights.read_config(tmp_path) == expected
+    if not shard:
+        assert weights.read_config(tmp_path / "model.safetensors") == expected
+
+
+def test_read_config_of_llmlab_folder_and_gguf(tmp_path, monkeypatch):
+    model = tiny_model(tie_embeddings=False, head_dim=32, n_heads=2, n_kv_heads=1,
+                       rope_theta=500000.0)
+    weights.save_checkpoint(tmp_path / "ckpt", model.config, model.state_dict())
+    write_tiny_gguf(tmp_path / "tiny.gguf", model, llama3_rope_divisors(32, 500000.0, 32.0))
+    expected_gguf = weights.load_checkpoint(tmp_path / "tiny.gguf")[0]
+    no_tensor_reads(monkeypatch)
+    assert weights.read_config(tmp_path / "ckpt") == model.config
+    assert weights.read_config(tmp_path / "ckpt" / "model.safetensors") == model.config
+    assert weights.read_config(tmp_path / "tiny.gguf") == expected_gguf
+    assert expected_gguf.rope_scaling is not None and not expected_gguf.tie_embeddings
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        weights.read_config(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        weights.read_config(tmp_path)
+
+
+def test_read_config_of_default_model(default_model_path):
+    """The GGUF header alone gives the SmolLM2 preset (test_default_model_loads reads tensors)."""
+    assert weights.read_config() == llama.LlamaConfig.smollm2_135m()
