@@ -58,6 +58,8 @@ def add_arguments(parser, option):
         add("--baselines", default=",".join(BASELINES), help="comma list of majority, bow, head, "
             "s4 (or '' for none)")
         add("--head_epochs", "--head-epochs", type=int, default=30, help="frozen-head baseline epochs")
+        add("--full_lr", "--full-lr", type=float, default=2e-5,
+            help="learning rate of the full fine-tuning run (LoRA runs use --lr)")
     else:
         add("--ranks", default="1,16,128,256", help="comma list of LoRA ranks (seed 002)")
         add("--alphas", default="0,1,16,128,256", help="comma list of LoRA alphas (seed 002)")
@@ -258,8 +260,8 @@ def run_compare(args):
     splits, labels = sft_train.load_records(args)
     rows, histories, zero_shot = [], {}, None
     for i, setting in enumerate(split_list(args.settings)):
-        overrides = {"method": "full"} if setting == "full" else {"method": "lora",
-                                                                  "lora_targets": setting}
+        overrides = {"method": "full", "lr": args.full_lr} if setting == "full" else {
+            "method": "lora", "lora_targets": setting}
         summary, history = run_child(args, setting, {**overrides, "zero_shot": i == 0})
         zero_shot = zero_shot or summary.get("zero_shot")
         rows.append(run_row(setting, summary))
@@ -271,7 +273,8 @@ def run_compare(args):
     chosen = dict(zip(BASELINES, makers))
     baselines = {chosen[b]: makers[chosen[b]]() for b in split_list(args.baselines)}
     setup = (f"Data {args.train}: train {len(splits['train'])}, validation {len(splits['val'])}; "
-             f"labels {labels}; template {summary['template']}; {args.epochs} epoch(s), lr {args.lr}, batch "
+             f"labels {labels}; template {summary['template']}; {args.epochs} epoch(s), lr {args.lr} "
+             f"(full fine-tuning {args.full_lr}), batch "
              f"{args.batch_size} x {args.grad_accum}, max_len {args.max_len}, LoRA r {args.lora_rank} "
              f"alpha {args.lora_alpha}; device {args.device}.")
     out = Path(args.out_dir)

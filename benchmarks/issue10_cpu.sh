@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 10 (instruction fine-tuning) reduced CPU runs on the default model (SmolLM2-135M-Instruct).
+# Reductions are stated in each command: training/validation subsets (--max_train_examples,
+# --max_eval_examples, seeded by --seed 1337), --max_len, one epoch. Outputs under runs/issue10/.
+#   bash benchmarks/issue10_cpu.sh [emotion|boolq_compare|emotion_compare|sweep|all]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+D=../shared/data
+OUT=runs/issue10
+what=${1:-all}
+common="--epochs 1 --batch_size 8 --lr 2e-4 --lora_rank 16 --lora_alpha 32 --eval_batch_size 32"
+
+if [[ $what == emotion || $what == all ]]; then
+  # emotion, heavy LoRA on 2,000 training lines, 500 validation lines of val.txt
+  $PY run.py --option sft --train $D/emotion/train.txt --val $D/emotion/val.txt \
+    --max_train_examples 2000 --max_eval_examples 500 --max_len 128 --eval_every_steps 50 \
+    --lora_targets heavy $common --out_dir $OUT/emotion-heavy
+fi
+if [[ $what == boolq_compare || $what == all ]]; then
+  # BoolQ true/false, 90/10 stratified split (seed 0); 1,000 training / 300 validation questions
+  $PY run.py --option sft_compare --train $D/boolq/train.json --val_ratio 0.1 --split_seed 0 \
+    --max_train_examples 1000 --max_eval_examples 300 --max_len 96 --eval_every_steps 25 \
+    $common --out_dir $OUT/boolq-compare
+fi
+if [[ $what == emotion_compare || $what == all ]]; then
+  # emotion, all four settings on 1,000 training / 300 validation lines
+  $PY run.py --option sft_compare --train $D/emotion/train.txt --val $D/emotion/val.txt \
+    --max_train_examples 1000 --max_eval_examples 300 --max_len 128 --eval_every_steps 25 \
+    $common --out_dir $OUT/emotion-compare
+fi
+if [[ $what == sweep || $what == all ]]; then
+  # seed 002's grid on a BoolQ subset: 200 training / 100 validation questions, light targets
+  $PY run.py --option sweep --train $D/boolq/train.json --val_ratio 0.1 --split_seed 0 \
+    --max_train_examples 200 --max_eval_examples 100 --max_len 96 --lora_targets light \
+    --ranks 1,16,128,256 --alphas 0,1,16,128,256 --epochs 1 --batch_size 8 --lr 2e-4 \
+    --eval_batch_size 32 --out_dir $OUT/boolq-sweep
+fi
