@@ -24,7 +24,7 @@ per token, h = hidden_dim, q = n_heads * head_dim, kv = n_kv_heads * head_dim:
     SwiGLU            w1 x (silu's input), w3 x, silu(w1 x): 3 s h when the gradient flows
     Linear inputs     full: s dim (shared by wq, wk, wv), s dim (shared by w1, w3), s h (w2)
     LoRA, per adapted Linear: A x (r values, fp32, for B's gradient) and A's input for A's
-                      gradient: in fp32 without dropout that is x itself (shared, s in); else each
+                      gradient: in fp32 without dropout that is x itself (4 in, shared); else each
                       adapter keeps its own fp32 tensor (dropout output and/or the .to(fp32) copy,
                       4 in) and, when the gradient flows to x, the dropout mask (in elements of 1
                       byte on CUDA, s on the CPU, where dropout multiplies by a mask in x's dtype)
@@ -34,7 +34,8 @@ loss. sft.answer_loss projects only the n = B * answer_tokens labelled rows onto
 its log-softmax is n x V fp32, plus the rows (n x dim, s; full: the head's weight gradient), the
 keep mask B (T-1) bool and the targets 8 n. A plain LM loss labels all T-1 positions: B (T-1) V
 fp32 log-probabilities. Gradient checkpointing: each block's input (s dim per token per layer)
-plus one block's saved tensors while it is recomputed.
+plus one block's saved tensors while it is recomputed (in fp32 less its x.float(), which is the
+kept input itself).
 
 Worked example, Llama-3.2-1B (LlamaConfig.llama32_1b: P = 1,235,814,400), B = 8, T = 512, bf16,
 LoRA heavy r = 16 (L = 11,272,192, 0.904 % of P + L), dropout 0.05 with CUDA's 1-byte masks, the
@@ -49,7 +50,8 @@ Blocks, bytes per token per layer (x 4096 tokens x 16 layers), full: norms 2 (4*
 2*2048) + Linear inputs 2*2048 + 2*2048 + 2*8192 + attention 2 (2*2048 + 2*512) + 4*32 + SwiGLU
 3*2*8192 = 108,680. LoRA keeps no x / rms and no frozen Linear input, but each of its 7 adapters
 keeps A's fp32 input (4 in), its dropout mask (in) and A x (4 r): sum in = 20,480, so
-81,920 + 20,480 + 448 more, 178,760 in all (158,280 = 9.68 GiB without dropout). LoRA's saving is
+81,920 + 20,480 + 448 more, 178,760 in all (158,280 = 9.68 GiB without dropout; 199,240 = 12.13
+GiB with the CPU's 2-byte masks). LoRA's saving is
 the 6.8 GiB of gradients and AdamW states, not the activations. A plain LM loss adds
 B (T-1) V 4 bytes = 1.95 GiB to either; gradient checkpointing cuts activations to 0.73 | 0.98.
 
@@ -61,13 +63,14 @@ temporary buffers: logits before log-softmax, gradients in flight, allocator rou
 process max RSS on the CPU (for information). With gradient checkpointing the blocks save through
 torch.utils.checkpoint's own hooks: measured are the block inputs it keeps (forward pre-hooks) plus
 the largest block rerun as its backward reruns it (its per-block RNG state, ~5 KB, is not
-counted). Caveat: a CUDA build whose fused kernels reject a
-case (e.g. fp32 GQA on an older torch) falls back to math attention, which saves B n_heads T^2.
+counted). Caveat: a CUDA build whose fused kernels reject a case (e.g. fp32 GQA on an older torch)
+falls back to math attention, which also saves the B n_heads T^2 probabilities.
 
 Shapes: B batch, T tokens, dim, V vocab, n labelled positions. Tested in tests/test_memory.py:
 weights, gradients and AdamW bytes equal to the byte of a measured CPU run of a tiny GQA Llama
-(full and LoRA, fp32 and bf16, with and without dropout); activations within 1 %
-(they agree to the byte on torch 2.13's CPU kernels); Llama-3.2-1B's numbers above; the CLI.
+(full and LoRA, fp32 and bf16, with and without dropout, with and without gradient
+checkpointing); activations within 1 % (they agree to the byte on torch 2.13's CPU kernels);
+Llama-3.2-1B's numbers above; the CLI (its one-line errors, no weights read to estimate).
 """
 import dataclasses
 import weakref
@@ -426,7 +429,8 @@ def measure(config, path, setup, method, steps, device):
     rows["total"] = sum(rows.values())
     trainable, total = lora.count_parameters(model)
     return {"bytes": rows, "trainable": trainable, "parameters": total, "peak_bytes": peak,
-            "peak_kind": "CUDA max allocated" if device.type == "cuda" else "process max RSS so far"}
+            "peak_kind": "CUDA max allocated" if device.type == "cuda"
+            else "process max RSS so far"}
 
 
 # ----------------------------------------------------------------------------
@@ -487,8 +491,8 @@ def variant_activations(config, setup, methods):
 
 def add_arguments(parser, option):
     add = parser.add_argument
-    weights.add_model_path_argument(parser, "the model to size (its config is read; its weights only "
-                                    "when measuring)")
+    weights.add_model_path_argument(parser, "the model to size (only its config is read, unless "
+                                    "measuring)")
     add("--preset", choices=PRESETS, default=None,
         help="a LlamaConfig preset instead of a path (random weights when measuring)")
     add("--batch_size", "--batch-size", type=int, default=8, help="B, sequences per step")

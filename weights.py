@@ -486,8 +486,8 @@ def read_config(path=None):
     if kind in ("folder", "safetensors"):
         config_path = path / "config.json"
         if not config_path.exists():
-            raise FileNotFoundError(f"{path}: no config.json; pass a Hugging Face / save_checkpoint "
-                                    f"folder, or a file that carries its config")
+            raise FileNotFoundError(f"{path}: no config.json; pass a Hugging Face / "
+                                    f"save_checkpoint folder, or a file that carries its config")
         cfg = _read_json(config_path)
         if cfg.get("format") == "llmlab":
             return _llama_config(config_path, **cfg["llama_config"])
