@@ -261,10 +261,17 @@ class Batches:
         self.sequences, self.labels = sequences, labels
         self.batch_size, self.pad_id = batch_size, pad_id
         self.shuffle, self.sort_by_length = shuffle, sort_by_length
-        self.rng = random.Random(seed)
+        self.seed, self.rng = seed, random.Random(seed)
 
     def __len__(self):
         return (len(self.sequences) + self.batch_size - 1) // self.batch_size
+
+    def set_epoch(self, epoch):
+        """Make the next pass take the order pass `epoch` of a fresh run takes (train.fit calls
+        this, so a resumed run replays its epoch): the seeded stream replayed from the start."""
+        self.rng = random.Random(self.seed)
+        for _ in range(epoch):
+            self.order()
 
     def order(self):
         order = list(range(len(self.sequences)))
@@ -335,6 +342,12 @@ class LMBatches:
         self.sources = [(w, make) for w, make in sources if w > 0]
         self.batch_size, self.shuffle_buffer = batch_size, shuffle_buffer
         self.seed, self.epoch, self.max_batches = seed, 0, max_batches
+        self.epoch_offset = 0       # passes a continued run (pico's --resume) already made
+
+    def set_epoch(self, epoch):
+        """The next pass shuffles as pass epoch_offset + `epoch` of a fresh run does (no-op
+        without shuffling)."""
+        self.epoch = self.epoch_offset + epoch if self.shuffle_buffer else 0
 
     def _blocks(self, generator):
         iters = [make() for _, make in self.sources]

@@ -298,7 +298,7 @@ def train_model(model, batches, args, name, device, resume_meta=None, lr=None):
     """train.fit with our loss and evaluation (lr defaults to --lr); returns (history, optimizer)."""
     lr = args.lr if lr is None else lr
     model.to(device)
-    batches["train"].epoch = (resume_meta or {}).get("epochs", 0)  # resume: the next shuffle
+    batches["train"].epoch_offset = (resume_meta or {}).get("epochs", 0)  # resume: next shuffle
     total = args.max_steps_per_epoch * args.epochs if args.max_steps_per_epoch else None
     config = train.TrainConfig(
         epochs=args.epochs, lr=lr, weight_decay=args.weight_decay, schedule=args.schedule,

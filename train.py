@@ -47,6 +47,7 @@ import torch
 from tqdm import tqdm
 
 import atomic
+import checkpoint
 import distributed
 import optimizer as optim_lib
 
@@ -79,12 +80,16 @@ class TrainConfig:
     name: str = "run"                  # file-name prefix for outputs
     count_unit: str = "ex"             # what loss_fn's count counts ("ex", "tok", "answer tok")
     progress: bool = True              # show tqdm bars
+    checkpoint_dir: str = None         # folder of the resumable checkpoint (checkpoint.py)
+    checkpoint_every_steps: int = None  # write it every this many steps (and at epoch ends)
+    resume: bool = False               # continue from checkpoint_dir when a checkpoint is there
 
     def __post_init__(self):
         for field in ("epochs", "grad_accum_steps", "log_every_steps"):
             if getattr(self, field) < 1:
                 raise ValueError(f"TrainConfig.{field}={getattr(self, field)}: must be >= 1")
-        for field in ("max_steps_per_epoch", "eval_every_steps", "total_steps", "patience"):
+        for field in ("max_steps_per_epoch", "eval_every_steps", "total_steps", "patience",
+                      "checkpoint_every_steps"):
             if getattr(self, field) is not None and getattr(self, field) < 1:
                 raise ValueError(f"TrainConfig.{field}={getattr(self, field)}: must be >= 1 or None")
         if self.select_mode not in ("max", "min"):
@@ -95,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr={self.lr}: the learning rate must be > 0")
         if self.warmup_steps < 0 or (self.time_budget_s is not None and self.time_budget_s < 0):
             raise ValueError("TrainConfig: warmup_steps and time_budget_s must be >= 0")
+        if (self.checkpoint_every_steps or self.resume) and not self.checkpoint_dir:
+            raise ValueError("TrainConfig: checkpoint_every_steps / resume need a checkpoint_dir")
 
 
 # ----------------------------------------------------------------------------
@@ -144,12 +151,13 @@ def set_lr(optimizer, factor):
     return optimizer.param_groups[0]["lr"]
 
 
-def accumulation_groups(batches, config):
+def accumulation_groups(batches, config, skip=0):
     """Lists of grad_accum_steps micro-batches (the last may be shorter), at most
-    max_steps_per_epoch of them: one list per optimizer step."""
-    iterator = iter(batches)
+    max_steps_per_epoch of them: one list per optimizer step. skip: steps already done in this
+    epoch (a resumed run), whose micro-batches are passed over."""
+    iterator = itertools.islice(iter(batches), skip * config.grad_accum_steps, None)
     for _ in itertools.count() if config.max_steps_per_epoch is None \
-            else range(config.max_steps_per_epoch):
+            else range(config.max_steps_per_epoch - skip):
         group = list(itertools.islice(iterator, config.grad_accum_steps))
         if not group:
             return
@@ -168,9 +176,9 @@ def fit(model, train_batches, loss_fn, config, evaluate=None, optimizer=None):
     The best state by config.select_metric is restored at the end (when evaluate is given).
     """
     run = Run(model, train_batches, config, evaluate, optimizer)
-    for epoch in range(config.epochs):
-        run.begin_epoch(epoch)
-        for micro_batches in accumulation_groups(train_batches, config):
+    for epoch in range(run.epoch, config.epochs):
+        skip = run.begin_epoch(epoch, train_batches)            # > 0 only in a resumed epoch
+        for micro_batches in accumulation_groups(train_batches, config, skip):
             run.optimizer.zero_grad(set_to_none=True)
             loss_sum, count = accumulate_gradients(model, micro_batches, loss_fn, config, run.device)
             lr = set_lr(run.optimizer, run.lr_factor())
@@ -178,10 +186,12 @@ def fit(model, train_batches, loss_fn, config, evaluate=None, optimizer=None):
             run.step += 1
             run.epoch_loss += loss_sum
             run.epoch_count += count
-            if run.step % config.log_every_steps == 0:
+            if run.step % config.log_every_steps == 0 or run.checkpoint_due():
                 run.log_step(loss_sum, count, lr, grad_norm)     # the one host sync of a step
             if config.eval_every_steps and run.step % config.eval_every_steps == 0:
                 run.evaluate_now(announce=True)
+            if run.checkpoint_due():
+                run.save_checkpoint()
             if run.should_stop():
                 break
         run.end_epoch()
@@ -202,14 +212,16 @@ class Run:
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.steps_per_epoch = steps_per_epoch(train_batches, config)
         self.total_steps = total_steps(self.steps_per_epoch, config)
-        self.step, self.start, self.stopped = 0, time.perf_counter(), "completed"
-        self.best_value, self.best_state, self.bad_evals = None, None, 0
+        self.step, self.epoch, self.start, self.stopped = 0, 0, time.perf_counter(), "completed"
+        self.best_value, self.best_state, self.bad_evals, self.resumed = None, None, 0, None
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.history = {"name": config.name, "config": asdict(config), "steps": [], "epochs": [],
                         "evals": [], "best": None, "stopped": "completed",
                         "trainable_parameters": trainable, "device": self.device.type,
                         "memory_kind": "cuda_max_allocated" if self.device.type == "cuda"
                         else "cpu_max_rss"}
+        if config.resume and checkpoint.exists(config.checkpoint_dir):
+            self.restore()
         model.train()
 
     def lr_factor(self):
@@ -218,16 +230,63 @@ class Run:
         return optim_lib.lr_at(self.step, 1.0, c.warmup_steps, max(total, 1), schedule=c.schedule,
                                min_lr_ratio=c.min_lr_ratio)
 
-    def begin_epoch(self, epoch):
+    def begin_epoch(self, epoch, train_batches):
+        """Reset the epoch's counters (or restore a resumed epoch's); -> optimizer steps of this
+        epoch already done. Batches with set_epoch get their order for this epoch."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        self.epoch, self.epoch_start, self.epoch_start_step = epoch, time.perf_counter(), self.step
-        self.epoch_loss = torch.zeros((), device=self.device)
-        self.epoch_count = torch.zeros((), device=self.device)
-        self.metrics, self.evaluated_at = None, None
+        if hasattr(train_batches, "set_epoch"):
+            train_batches.set_epoch(epoch)
+        part = self.resumed if self.resumed and self.resumed["epoch"] == epoch else {}
+        done = part.get("steps_in_epoch", 0)
+        self.epoch, self.epoch_start_step = epoch, self.step - done
+        self.epoch_start = time.perf_counter() - part.get("epoch_elapsed_s", 0.0)
+        self.epoch_loss = torch.tensor(part.get("epoch_loss", 0.0), device=self.device)
+        self.epoch_count = torch.tensor(part.get("epoch_count", 0.0), device=self.device)
+        self.metrics, self.evaluated_at = part.get("metrics"), part.get("evaluated_at")
         c = self.config
-        self.bar = tqdm(total=self.steps_per_epoch, desc=f"{c.name} epoch {epoch + 1}/{c.epochs}",
-                        disable=not (c.progress and distributed.is_main()), dynamic_ncols=True)
+        self.bar = tqdm(total=self.steps_per_epoch, initial=done, dynamic_ncols=True,
+                        desc=f"{c.name} epoch {epoch + 1}/{c.epochs}",
+                        disable=not (c.progress and distributed.is_main()))
+        return done
+
+    # -- crash safety -------------------------------------------------------------------------
+    def checkpoint_due(self):
+        every = self.config.checkpoint_every_steps
+        return bool(every) and self.step % every == 0
+
+    def save_checkpoint(self, epoch_done=False):
+        """The resumable state after this step (rank 0 writes; see checkpoint.py)."""
+        if not distributed.is_main():
+            return
+        loss, count = torch.stack([self.epoch_loss, self.epoch_count]).tolist()
+        state = {"step": self.step, "epoch": self.epoch + epoch_done,
+                 "steps_in_epoch": 0 if epoch_done else self.step - self.epoch_start_step,
+                 "epoch_loss": 0.0 if epoch_done else loss, "epoch_count": 0.0 if epoch_done else count,
+                 "epoch_elapsed_s": time.perf_counter() - self.epoch_start,
+                 "metrics": None if epoch_done else self.metrics,
+                 "evaluated_at": None if epoch_done else self.evaluated_at,
+                 "best_value": self.best_value, "bad_evals": self.bad_evals,
+                 "elapsed_s": time.perf_counter() - self.start, "history": self.history}
+        checkpoint.save(self.config.checkpoint_dir, trainable_state(self.model), self.best_state,
+                        self.optimizer, state)
+
+    def restore(self):
+        """Continue from config.checkpoint_dir: weights, optimizer, RNG, counters, history."""
+        trainable, best, optimizer_tensors, rng, state = checkpoint.load(self.config.checkpoint_dir)
+        missing = sorted(set(trainable_state(self.model)) ^ set(trainable))
+        if missing:
+            raise ValueError(f"{self.config.checkpoint_dir}: the checkpoint holds other trainable "
+                             f"tensors than this model ({missing[:3]}); resume with the same options")
+        restore_state(self.model, trainable)
+        checkpoint.load_optimizer_state(self.optimizer, optimizer_tensors, state["optimizer"])
+        checkpoint.set_rng_states(rng, state["rng"])
+        self.best_state = {k: v.clone() for k, v in best.items()} if best is not None else None
+        self.step, self.epoch, self.history = state["step"], state["epoch"], state["history"]
+        self.best_value, self.bad_evals = state["best_value"], state["bad_evals"]
+        self.start, self.resumed = time.perf_counter() - state["elapsed_s"], state
+        print(f"{self.config.name}: resumed from {self.config.checkpoint_dir} at step {self.step} "
+              f"(epoch {self.epoch + 1})", flush=True)
 
     def log_step(self, loss_sum, count, lr, grad_norm):
         """Read this step's loss on the host, record it; a non-finite loss stops the run."""
@@ -312,6 +371,8 @@ class Run:
         self.history["epochs"].append(entry)
         if distributed.is_main():
             print(epoch_line(self.config, entry, self.metrics), flush=True)
+        if self.config.checkpoint_dir:
+            self.save_checkpoint(epoch_done=True)
 
     def finish(self):
         """Restore the best state, write history JSON and curves (rank 0), return the history."""
