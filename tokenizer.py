@@ -576,20 +576,16 @@ def detect_tokenizer_kind(path):
 
 def load_tokenizer(spec):
     """Tokenizer from a spec: {"kind": "gguf", "metadata": {...}} (or "path") |
-    {"kind": "sentencepiece" | "tiktoken_llama3" | "hf_json", "path": ...}. The spec is kept as
+    {"kind": "sentencepiece" | "tiktoken_llama3" | "hf_json", "path": ...}; the spec is kept as
     .spec (weights.save_checkpoint copies what it names beside a saved model)."""
     kind = spec.get("kind") if isinstance(spec, dict) else None
     loaders = {"gguf": lambda p: load_gguf_tokenizer(gguf_reader.read_gguf(p).metadata, p),
                "sentencepiece": load_sentencepiece, "tiktoken_llama3": load_llama3_tiktoken,
                "hf_json": load_hf_json}
-    if kind == "gguf" and "metadata" in spec:
-        tok = load_gguf_tokenizer(spec["metadata"], spec.get("path", "GGUF metadata"))
-    elif kind not in loaders:
-        raise ValueError(f"tokenizer spec {spec!r}: kind must be one of {sorted(loaders)}")
-    elif "path" not in spec:
-        raise ValueError(f"tokenizer spec of kind {kind!r} needs a 'path'")
-    else:
-        tok = loaders[kind](resolve_tokenizer_path(spec["path"]))
+    if kind not in loaders or ("path" not in spec and not (kind == "gguf" and "metadata" in spec)):
+        raise ValueError(f"tokenizer spec {spec!r}: kind must be one of {sorted(loaders)}, with a 'path'")
+    tok = (load_gguf_tokenizer(spec["metadata"], spec.get("path", "GGUF metadata"))
+           if "metadata" in spec else loaders[kind](resolve_tokenizer_path(spec["path"])))
     tok.spec = spec
     return tok
 
