@@ -34,6 +34,7 @@ Options, with an example each (data paths as in ../shared/data, see README):
   pico         python run.py --option pico --tinystories_weight 0.0 \
                  --input_files ../shared/data/pico/3seqs.txt --prompt "0 1 2 3 4"
   pico_compare python run.py --option pico_compare (same flags as pico)
+  tokenizers   python run.py --option tokenizers [--tokenizer FILE] [--text FILE]
 """
 import argparse
 import random
@@ -50,6 +51,7 @@ import pico_train
 import sft_studies
 import sft_train
 import ssm_train
+import tokenizer_lab
 
 # option -> the module that runs it: module.add_arguments(parser, option), module.main(args)
 OPTIONS = {
@@ -67,6 +69,7 @@ OPTIONS = {
     "sweep": sft_studies,
     "pico": pico_train,
     "pico_compare": pico_train,
+    "tokenizers": tokenizer_lab,
 }
 
 
