@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+import distributed
+
 # ----------------------------------------------------------------------------
 # files
 
@@ -51,8 +53,11 @@ def _fsync_folder(folder):
 def write_atomic(path, write):
     """Call write(f) on a binary temporary file beside `path`, fsync it, rename it over `path`.
 
-    On any exception the temporary file is deleted and an existing `path` is untouched.
+    On any exception the temporary file is deleted and an existing `path` is untouched. Under
+    torchrun only rank 0 writes (the other ranks hold the same results; see distributed.py).
     """
+    if not distributed.is_main():
+        return Path(path)
     path = _check_target(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -118,6 +123,8 @@ def replace_folder_atomic(path, fill):
     `path` or at `<path>.old` (load_folder_or_backup finds it after a crash).
     """
     path = Path(path)
+    if not distributed.is_main():
+        return path
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path}: is a file; give a folder path for the checkpoint")
     path.parent.mkdir(parents=True, exist_ok=True)

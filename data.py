@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 import atomic
+import distributed
 
 
 # ----------------------------------------------------------------------------
@@ -250,21 +251,24 @@ class Batches:
 
     shuffle: a new order each pass (seeded, so runs repeat). sort_by_length: batch similar lengths
     together (less padding, for evaluation); `index` maps rows back to input order either way.
+    collate(sequences, labels) -> dict replaces the padding above (instruction tuning's masked
+    labels). Under torchrun each of the N ranks takes a strided share of every global batch of
+    N * batch_size rows (distributed.py); one process takes it whole.
     """
 
     def __init__(self, sequences, labels, batch_size, pad_id, shuffle=False, seed=0,
-                 sort_by_length=False):
+                 sort_by_length=False, collate=None):
         if batch_size < 1:
             raise ValueError(f"--batch_size {batch_size}: must be >= 1")
         if len(sequences) != len(labels):
             raise ValueError(f"{len(sequences)} sequences but {len(labels)} labels")
         self.sequences, self.labels = sequences, labels
-        self.batch_size, self.pad_id = batch_size, pad_id
+        self.batch_size, self.pad_id, self.collate = batch_size, pad_id, collate or self.pad
         self.shuffle, self.sort_by_length = shuffle, sort_by_length
         self.seed, self.rng = seed, random.Random(seed)
 
     def __len__(self):
-        return (len(self.sequences) + self.batch_size - 1) // self.batch_size
+        return -(-len(self.sequences) // (self.batch_size * distributed.world_size()))
 
     def set_epoch(self, epoch):
         """Make the next pass take the order pass `epoch` of a fresh run takes (train.fit calls
@@ -281,13 +285,20 @@ class Batches:
             order.sort(key=lambda i: len(self.sequences[i]))
         return order
 
+    def pad(self, sequences, labels):
+        tokens, mask = pad_batch(sequences, self.pad_id)                                 # (B, T)
+        return {"tokens": tokens, "attention_mask": mask,
+                "labels": torch.tensor(labels, dtype=torch.long)}                         # (B,)
+
     def __iter__(self):
-        order = self.order()
-        for start in range(0, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
-            tokens, mask = pad_batch([self.sequences[i] for i in index], self.pad_id)
-            labels = torch.tensor([self.labels[i] for i in index], dtype=torch.long)   # (B,)
-            yield {"tokens": tokens, "attention_mask": mask, "labels": labels, "index": index}
+        order, rank, world = self.order(), distributed.rank(), distributed.world_size()
+        for start in range(0, len(order), self.batch_size * world):
+            group = order[start:start + self.batch_size * world]
+            if len(group) < world:          # a last global batch too small to give every rank one
+                return
+            index = group[rank::world]
+            batch = self.collate([self.sequences[i] for i in index], [self.labels[i] for i in index])
+            yield {**batch, "index": index}
 
 
 # ----------------------------------------------------------------------------
@@ -396,7 +407,8 @@ def write_submission(path, ids, values, column="answer", allowed=None):
     writer.writerow(["id", column])
     writer.writerows(zip(ids, values, strict=True))
     atomic.write_text_atomic(path, out.getvalue())
-    check_submission(path, ids, column, allowed)
+    if distributed.is_main():                        # the rank that wrote it reads it back
+        check_submission(path, ids, column, allowed)
     return path
 
 

@@ -8,14 +8,23 @@ gradients over the N processes after backward, so with per-process sums L_r over
     grad of the global mean = sum_r grad L_r / sum_r n_r = (N / sum_r n_r) * mean_r grad L_r
 which is why train.py all-reduces the count and scales by world_size / count.
 
+Data: every rank draws the same seeded order and takes a strided share of each global batch
+(data.Batches), so N ranks of batch B see exactly the examples one process of batch N * B sees.
+Only rank 0 prints and writes (atomic.py skips writes elsewhere); every rank evaluates.
+FSDP (Zhao et al. 2023, "PyTorch FSDP", arXiv:2304.11277) instead of DDP (--fsdp) shards the
+parameters, gradients and optimizer states over the ranks, for a model that does not fit one GPU.
+
 Every helper here is a no-op on one process, so the training loop reads the same either way.
-Tests: tests/test_distributed.py (device choice; the helpers on one process).
+Tests: tests/test_distributed.py (device choice; 2 gloo processes on the CPU train to the same
+loss and weights as one process with the same global batch).
 """
 import contextlib
 import os
+import sys
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 def is_distributed():
@@ -54,8 +63,52 @@ def all_reduce_sum(tensor):
     return tensor
 
 
+def any_rank(flag):
+    """True if flag is true on any process (so all ranks take the same branch)."""
+    if not is_distributed():
+        return bool(flag)
+    return bool(all_reduce_sum(torch.tensor(float(flag))) > 0)
+
+
 def no_sync(model, last):
     """DDP's no_sync() for every micro-batch but the last: gradients are averaged once per step."""
     if last or not hasattr(model, "no_sync"):
         return contextlib.nullcontext()
     return model.no_sync()
+
+
+# ----------------------------------------------------------------------------
+# torchrun: the process group, the model wrapper
+
+def init_from_env(use_gpu):
+    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs.
+    Ranks other than 0 print nothing (their stdout goes to /dev/null; errors still show)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+        return
+    if use_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend="nccl" if use_gpu else "gloo")
+    if not is_main():
+        sys.stdout = open(os.devnull, "w")
+
+
+class DDP(DistributedDataParallel):
+    """DistributedDataParallel whose attributes fall through to the wrapped model, so a loss
+    function can call model(...) (through DDP's hooks) and still read model.output.weight."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def wrap(model, fsdp=False):
+    """The model as one process trains it: itself, or wrapped in DDP (or FSDP) under torchrun."""
+    if not is_distributed():
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        return FullyShardedDataParallel(model, use_orig_params=True)
+    device = next(model.parameters()).device
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -9,6 +9,8 @@ The resolved arguments are printed at start.
 Options, with an example each (data paths as in ../shared/data, see README):
   generate     python run.py --option generate
   chat         python run.py --option chat --prompt "What is the capital of France?"
+               python run.py --option chat --conversation chat.json --show_template \
+                 --compare_template --temperatures 0,0.7 [--repetition_penalty 1.3] [--out t.json]
   prompt       python run.py --option prompt --batch_size 10 --train data/sst-train.txt \
                  --dev data/sst-dev.txt --test data/sst-test.txt \
                  --label-names data/sst-label-mapping.json \
@@ -43,6 +45,7 @@ import sys
 import numpy as np
 import torch
 
+import chat
 import classifier
 import distributed
 import generate
@@ -56,7 +59,7 @@ import tokenizer_lab
 # option -> the module that runs it: module.add_arguments(parser, option), module.main(args)
 OPTIONS = {
     "generate": generate,
-    "chat": generate,
+    "chat": chat,
     "prompt": classifier,
     "finetune": classifier,
     "lora": classifier,
@@ -103,6 +106,7 @@ def main(argv=None):
     parser = build_parser(known.option)
     args = parser.parse_args(argv)
     try:
+        distributed.init_from_env(args.use_gpu)                 # torchrun: join the group
         args.device = distributed.pick_device(args.use_gpu)
     except ValueError as err:
         parser.error(str(err))

@@ -83,6 +83,7 @@ class TrainConfig:
     checkpoint_dir: str = None         # folder of the resumable checkpoint (checkpoint.py)
     checkpoint_every_steps: int = None  # write it every this many steps (and at epoch ends)
     resume: bool = False               # continue from checkpoint_dir when a checkpoint is there
+    fsdp: bool = False                 # under torchrun: FSDP instead of DDP (distributed.py)
 
     def __post_init__(self):
         for field in ("epochs", "grad_accum_steps", "log_every_steps"):
@@ -118,7 +119,7 @@ def accumulate_gradients(model, micro_batches, loss_fn, config, device):
     """Forward + backward every micro-batch; -> (summed loss, summed count), device tensors.
 
     Gradients of the summed (not mean) losses accumulate in .grad; DDP synchronises only during
-    the last backward. The count is summed over processes (all-reduce; no-op on one process).
+    the last backward. Loss and count are summed over processes (one all-reduce; no-op alone).
     """
     loss_sum = torch.zeros((), device=device)
     count = torch.zeros((), device=device)
@@ -129,7 +130,8 @@ def accumulate_gradients(model, micro_batches, loss_fn, config, device):
             batch_loss.float().backward()
         loss_sum += batch_loss.detach().float()
         count += batch_count                            # an int or a 0-d tensor on the device
-    return loss_sum, distributed.all_reduce_sum(count)
+    loss_sum, count = distributed.all_reduce_sum(torch.stack([loss_sum, count]))  # all ranks' sums
+    return loss_sum, count
 
 
 def optimizer_step(optimizer, params, count, max_grad_norm):
@@ -180,7 +182,8 @@ def fit(model, train_batches, loss_fn, config, evaluate=None, optimizer=None):
         skip = run.begin_epoch(epoch, train_batches)            # > 0 only in a resumed epoch
         for micro_batches in accumulation_groups(train_batches, config, skip):
             run.optimizer.zero_grad(set_to_none=True)
-            loss_sum, count = accumulate_gradients(model, micro_batches, loss_fn, config, run.device)
+            loss_sum, count = accumulate_gradients(run.wrapped, micro_batches, loss_fn, config,
+                                                   run.device)
             lr = set_lr(run.optimizer, run.lr_factor())
             grad_norm = optimizer_step(run.optimizer, run.params, count, config.max_grad_norm)
             run.step += 1
@@ -206,7 +209,8 @@ class Run:
     def __init__(self, model, train_batches, config, evaluate, optimizer):
         self.model, self.config, self.evaluate = model, config, evaluate
         self.device = next(model.parameters()).device
-        self.optimizer = optimizer if optimizer is not None else make_optimizer(model, config)
+        self.wrapped = distributed.wrap(model, config.fsdp)   # DDP / FSDP under torchrun
+        self.optimizer = optimizer if optimizer is not None else make_optimizer(self.wrapped, config)
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -346,7 +350,8 @@ class Run:
     def should_stop(self):
         """Set and return the reason to stop (time budget, patience), or None."""
         c = self.config
-        if c.time_budget_s is not None and time.perf_counter() - self.start > c.time_budget_s:
+        over = c.time_budget_s is not None and time.perf_counter() - self.start > c.time_budget_s
+        if distributed.any_rank(over):          # every rank stops at the same step
             self.stopped = "time_budget"
         elif c.patience is not None and self.bad_evals >= c.patience:
             self.stopped = "patience"
