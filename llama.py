@@ -24,6 +24,11 @@ tokens. The decode step has no .item() and no data-dependent branch, so it can b
 torch.compile(mode="reduce-overhead") (CUDA graphs) with start_pos a 0-d tensor.
 Left padding: attention_mask (B, T) 1 = real, 0 = pad; a row's RoPE positions are cumsum(mask) - 1,
 and pad keys are masked out, so a left-padded row computes what it computes alone.
+Prefix (prefix tuning, adapters.py; Li & Liang 2021, arXiv:2101.00190): per layer n extra keys and
+values P_k, P_v (n_kv_heads, n, head_dim), without RoPE, in front of the keys of every call without
+a cache; every query sees them, and the real tokens take positions n, n+1, ... as after n cached
+tokens (what transformers does with peft's past_key_values). With a cache the prefix is written into
+slots 0..n-1 instead (adapters.write_prefix) and the tokens start at slot n.
 
 Gradient checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost",
 arXiv:1604.06174): with model.gradient_checkpointing = True, training keeps only each block's input
@@ -35,7 +40,9 @@ Parameter names are llama2.c / Meta's (tok_embeddings, layers.{i}.attention.wq, 
 Tested in tests/test_llama.py: logits vs transformers' LlamaForCausalLM (GQA, tied, llama3 RoPE
 scaling); RMSNorm vs F.rms_norm; LayerNorm vs nn.LayerNorm; math attention vs SDPA and both
 backends vs a brute-force loop for T < S (GQA); cached decode vs full forward; generate vs
-generate_no_cache; left-padded batch generation vs one prompt at a time; KVCache reset in place.
+generate_no_cache; left-padded batch generation vs one prompt at a time; KVCache reset in place;
+a prefix vs the same keys written into the cache (padded rows vs rows alone), its gradients with
+checkpointing; tests/test_adapters.py: prefix tuning vs peft's past_key_values on transformers.
 """
 import math
 from dataclasses import dataclass
@@ -332,9 +339,11 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.attend = ATTENTION_BACKENDS[config.attn_backend]
 
-    def forward(self, x, cos_sin, mask=None, cache=None, layer_index=0, slots=None, num_keys=None):
+    def forward(self, x, cos_sin, mask=None, cache=None, layer_index=0, slots=None, num_keys=None,
+                prefix=None):
         """x (B, T, dim) -> (B, T, dim). cache (KVCache): write k, v at slots (T,) of layer
-        layer_index and attend to slots 0 .. num_keys-1; None: attend to this call's keys only."""
+        layer_index and attend to slots 0 .. num_keys-1; None: attend to this call's keys only,
+        after the prefix (P_k, P_v), each (1|B, n_kv_heads, n, D), when one is given."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)         # (B, T, n_heads, D)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)      # (B, T, n_kv_heads, D)
@@ -343,6 +352,9 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if cache is not None:
             k, v = cache.update(layer_index, slots, k, v, num_keys)        # (B, n_kv_heads, S, D)
+        if prefix is not None:                                             # no RoPE on P_k
+            k = torch.cat([prefix[0].to(k.dtype).expand(B, -1, -1, -1), k], 2)  # (B, kv, n + T, D)
+            v = torch.cat([prefix[1].to(v.dtype).expand(B, -1, -1, -1), v], 2)  # (B, kv, n + T, D)
         dropout_p = self.dropout if self.training else 0.0
         out = self.attend(q, k, v, mask, dropout_p)                        # (B, n_heads, T, D)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads*D)
@@ -370,10 +382,11 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(config)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x, cos_sin, mask=None, cache=None, layer_index=0, slots=None, num_keys=None):
-        """x (B, T, dim) -> (B, T, dim); the cache arguments pass through to Attention."""
+    def forward(self, x, cos_sin, mask=None, cache=None, layer_index=0, slots=None, num_keys=None,
+                prefix=None):
+        """x (B, T, dim) -> (B, T, dim); cache arguments and prefix pass through to Attention."""
         h = x + self.attention(self.attention_norm(x), cos_sin, mask, cache, layer_index, slots,
-                               num_keys)
+                               num_keys, prefix)
         return h + self.feed_forward(self.ffn_norm(h))                   # (B, T, dim)
 
 
@@ -458,24 +471,28 @@ class Llama(nn.Module):
             self.cache.reset()
 
     # -- forward ----------------------------------------------------------------------------
-    def attention_inputs(self, tokens, start_pos=None, attention_mask=None):
+    def attention_inputs(self, tokens, start_pos=None, attention_mask=None, num_prefix=0):
         """-> positions (1|B, T), mask (None = plain causal, or bool (B, 1, T, S)), cache slots
         (T,) or None, number of key slots S. With the cache, the real-token flags of the new slots
         are written to self.cache.real and positions count the real tokens before each one.
         start_pos int: S = start_pos + T; 0-d tensor: S = the whole cache (fixed shapes for CUDA
-        graphs; the mask hides the slots not written yet)."""
+        graphs; the mask hides the slots not written yet). num_prefix n (no cache): keys 0..n-1 are
+        a prefix every query sees; positions start at n (mask None: causal_mask's bottom-right
+        alignment already lets query t see keys 0 .. n + t)."""
         B, T = tokens.shape
         device = tokens.device
         arange = torch.arange(T, device=device)                             # (T,)
         if start_pos is None:
-            if T > self.config.max_seq_len:
-                raise ValueError(f"Llama.forward: {T} tokens > max_seq_len="
+            if num_prefix + T > self.config.max_seq_len:
+                raise ValueError(f"Llama.forward: {num_prefix} prefix + {T} tokens > max_seq_len="
                                  f"{self.config.max_seq_len}; truncate the input")
             if attention_mask is None:
-                return arange[None], None, None, T
+                return num_prefix + arange[None], None, None, T
             real = attention_mask.bool()                                    # (B, T)
-            positions = (real.long().cumsum(-1) - 1).clamp(min=0)          # (B, T)
-            return positions, causal_padding_mask(real, arange, arange), None, T
+            positions = num_prefix + (real.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+            key_real = F.pad(real, (num_prefix, 0), value=True)            # (B, n + T)
+            key_slots = torch.arange(num_prefix + T, device=device)         # (n + T,)
+            return positions, causal_padding_mask(key_real, num_prefix + arange, key_slots), None, T
         self._check_cache(B, T, start_pos)
         slots = start_pos + arange                                          # (T,)
         num_keys = start_pos + T if isinstance(start_pos, int) else self.cache.max_len
@@ -497,23 +514,31 @@ class Llama(nn.Module):
                              f"fit the cache ({self.cache.max_batch}, {self.cache.max_len}); call "
                              f"setup_cache with more")
 
-    def forward(self, tokens, start_pos=None, attention_mask=None, last_only=False):
+    def forward(self, tokens, start_pos=None, attention_mask=None, last_only=False, prefix=None):
         """tokens (B, T) -> (logits (B, T, V), or (B, 1, V) if last_only; hidden (B, T, dim)).
 
         start_pos None: no cache, attend within `tokens`. start_pos int or 0-d long tensor: the
         tokens occupy cache slots start_pos .. start_pos+T-1 and attend to all earlier slots.
         attention_mask (B, T): 1 real, 0 pad (left padding for generation, any for scoring).
+        prefix (no cache only): layer i's (P_k, P_v) is prefix[i], each (1|B, n_kv_heads, n, D).
         """
-        positions, mask, slots, num_keys = self.attention_inputs(tokens, start_pos, attention_mask)
+        if prefix is not None and start_pos is not None:
+            raise ValueError("Llama.forward: prefix with start_pos; write the prefix into the "
+                             "cache (adapters.write_prefix) and start the tokens at slot n")
+        n = 0 if prefix is None else prefix[0][0].shape[-2]
+        positions, mask, slots, num_keys = self.attention_inputs(tokens, start_pos, attention_mask,
+                                                                 n)
         cache = None if slots is None else self.cache
         cos_sin = rope.rope_cos_sin(positions, self.rope_freqs)           # 2 x (1|B, T, D/2)
         h = self.dropout(self.tok_embeddings(tokens))                      # (B, T, dim)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
+            kv = None if prefix is None else prefix[i]
             if recompute:   # keep only h; rerun the block in backward (see docstring)
-                h = torch.utils.checkpoint.checkpoint(layer, h, cos_sin, mask, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos_sin, mask, None, i, None, None,
+                                                      kv, use_reentrant=False)
             else:
-                h = layer(h, cos_sin, mask, cache, i, slots, num_keys)     # (B, T, dim)
+                h = layer(h, cos_sin, mask, cache, i, slots, num_keys, kv)  # (B, T, dim)
         h = self.norm(h)                                                   # (B, T, dim)
         logits = self.output(h[:, -1:] if last_only else h)                # (B, T|1, V)
         return logits, h

@@ -1,13 +1,25 @@
-"""`run.py --option sft`: instruction fine-tuning of a causal Llama (LoRA or full), its evaluation,
-the saved adapter and submission.csv. The data, prompts, masking and answers are sft.py's;
-`sft_compare` / `sweep` (sft_studies.py) run this option once per setting.
+"""`run.py --option sft`: instruction fine-tuning of a causal Llama (a PEFT method or full), its
+evaluation, the saved adapter and submission.csv. The data, prompts, masking and answers are
+sft.py's; `sft_compare` / `sweep` (sft_studies.py) run this option once per setting.
 
 One run:
     read --train (and --val, or a stratified --val_ratio split with --split_seed, written to
     OUT_DIR/split.json); the label set from the training answers (or --labels)
-    load the model; --method lora: freeze it and add LoRA (Hu et al. 2021, arXiv:2106.09685) on
-    --lora_targets (light / medium / heavy of seed 000, or names); --method full: train everything
-    zero-shot: score the validation set before training (the base model's accuracy)
+    load the model; --method: freeze it and add one PEFT method (adapters.adapt), or train all:
+        lora     LoRA (Hu et al. 2021, arXiv:2106.09685) on --lora_targets (light / medium /
+                 heavy of seed 000, or names), --lora_rank, --lora_alpha, --lora_dropout
+        ia3      IA3 (Liu et al. 2022, arXiv:2205.05638) scaling --ia3_targets (peft's k, v, down;
+                 down_proj scales its input)
+        prompt   prompt tuning (Lester et al. 2021, arXiv:2104.08691), --num_virtual_tokens
+        ptuning  P-tuning (Liu et al. 2021, arXiv:2103.10385), --encoder_type MLP | LSTM,
+                 --encoder_hidden_size
+        prefix   prefix tuning (Li & Liang 2021, arXiv:2101.00190), --prefix_projection for the
+                 MLP reparametrisation (--encoder_hidden_size), folded after training
+        full     every weight trains
+    The virtual-token methods (prompt, ptuning, prefix) run through a VirtualTokenLlama, the
+    Llama's interface, so the loss, scoring and generation below have no per-method code.
+    zero-shot: score the validation set before training (the base model: LoRA's B = 0, IA3's
+    ones and the unwrapped Llama leave it unchanged)
     train.fit on the answer-token loss (sft.answer_loss) with AdamW, warmup + cosine/linear decay,
     accumulation, early stopping on validation loss (--patience), validation loss, perplexity,
     accuracy and macro-F1 every --eval_every_steps and every epoch
@@ -15,12 +27,14 @@ One run:
     save OUT_DIR/adapter (peft's layout + sft_config.json) or OUT_DIR/model (full), sft-history.json,
     sft-curves.png, confusion.png, summary.json; answer --test into --submission (id,answer)
 Predict only: `--adapter DIR --test FILE --submission FILE` loads the base model named in
-DIR/sft_config.json (or --pretrained-model-path) plus the adapter, and answers the test file.
+DIR/sft_config.json (or --pretrained-model-path) plus the adapter of any method, and answers the
+test file.
 
-Trainable parameters are counted twice: programmatically, and by LoRA's formula
-    sum over adapted Linears of r * (in + out)
+Trainable parameters are counted twice: programmatically, and by the method's formula
+(adapters.formula_count; LoRA: sum over adapted Linears of r * (in + out)).
 Tests: tests/test_sft_train.py (a tiny Llama: masking + training lowers the loss, the adapter
-reloads to the same logits (and in peft), predict-only writes a valid submission, bad options).
+reloads to the same logits (and in peft), predict-only writes a valid submission, bad options;
+one short run per method whose saved adapter reloads to the same validation answers).
 """
 import argparse
 import json
@@ -30,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+import adapters
 import atomic
 import classifier
 import data
@@ -41,6 +56,7 @@ import train
 import weights
 
 SFT_CONFIG = "sft_config.json"
+METHODS = ("lora", "ia3", "prompt", "ptuning", "prefix", "full")
 
 
 # ----------------------------------------------------------------------------
@@ -64,12 +80,22 @@ def add_data_arguments(add):
 
 
 def add_training_arguments(add):
-    add("--method", choices=["lora", "full"], default="lora", help="what trains")
+    add("--method", choices=METHODS, default="lora", help="what trains: a PEFT method or full")
     add("--lora_targets", "--lora-targets", default="heavy",
         help="light | medium | heavy (seed 000) or comma-separated Linear names (q_proj or wq)")
     add("--lora_rank", "--lora-rank", type=int, default=16, help="LoRA rank r")
     add("--lora_alpha", "--lora-alpha", type=float, default=32.0, help="LoRA alpha (scale alpha / r)")
     add("--lora_dropout", "--lora-dropout", type=float, default=0.05, help="dropout on LoRA's input")
+    add("--ia3_targets", "--ia3-targets", default="k_proj,v_proj,down_proj",
+        help="IA3: comma-separated Linears (q_proj or wq); down_proj / w2 scale their input")
+    add("--num_virtual_tokens", "--num-virtual-tokens", type=int, default=20,
+        help="prompt, ptuning, prefix: n virtual tokens")
+    add("--prefix_projection", "--prefix-projection", action="store_true",
+        help="prefix: train P = MLP(P') (Li & Liang 2021, Sec. 4.3), folded after training")
+    add("--encoder_hidden_size", "--encoder-hidden-size", type=int, default=None,
+        help="ptuning / prefix MLP width (default peft's: dim / n_kv_heads * head_dim)")
+    add("--encoder_type", "--encoder-type", choices=["MLP", "LSTM"], default="MLP",
+        help="ptuning: the prompt encoder (peft's encoder_reparameterization_type)")
     add("--epochs", type=int, default=1, help="passes over the training records")
     add("--lr", type=float, default=1e-4, help="peak AdamW learning rate (seed 002: 1e-4)")
     add("--weight_decay", "--weight-decay", type=float, default=0.0, help="AdamW weight decay")
@@ -114,7 +140,8 @@ def check_arguments(args):
     """Every impossible option as one line, before any work."""
     for name in ("lora_rank", "epochs", "batch_size", "grad_accum", "max_len", "patience",
                  "eval_every_steps", "max_steps_per_epoch", "max_train_examples",
-                 "max_eval_examples", "max_new_tokens", "eval_batch_size"):
+                 "max_eval_examples", "max_new_tokens", "eval_batch_size", "num_virtual_tokens",
+                 "encoder_hidden_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} {value}: must be >= 1")
@@ -136,6 +163,8 @@ def check_arguments(args):
         raise FileNotFoundError(f"--adapter {args.adapter}: no {SFT_CONFIG} there; give the "
                                 "adapter (or model) folder an --option sft run wrote")
     lora.resolve_targets(args.lora_targets)
+    if args.prefix_projection and args.method != "prefix" and args.adapter is None:
+        raise ValueError(f"--prefix_projection is for --method prefix, not {args.method}; drop it")
 
 
 # ----------------------------------------------------------------------------
@@ -170,28 +199,41 @@ def load_records(args):
 # ----------------------------------------------------------------------------
 # the model: method, parameter counts
 
-def lora_formula_count(model):
-    """sum over LoRA layers of r * (in + out): the paper's count, to check the programmatic one."""
-    return sum(layer.r * (layer.in_features + layer.out_features) for _, layer in lora.lora_layers(model))
+def adapter_config(args):
+    """The PEFT config of --method (None for full)."""
+    n, ia3_targets = args.num_virtual_tokens, [t.strip() for t in args.ia3_targets.split(",")
+                                               if t.strip()]
+    configs = {
+        "lora": lambda: lora.LoraConfig(r=args.lora_rank, alpha=args.lora_alpha,
+                                        dropout=args.lora_dropout,
+                                        target_modules=args.lora_targets),
+        "ia3": lambda: adapters.IA3Config(ia3_targets, [t for t in ia3_targets
+                                                        if t in ("down_proj", "w2")]),
+        "prompt": lambda: adapters.PromptTuningConfig(n),
+        "ptuning": lambda: adapters.PTuningConfig(n, args.encoder_type, args.encoder_hidden_size),
+        "prefix": lambda: adapters.PrefixTuningConfig(n, args.prefix_projection,
+                                                      args.encoder_hidden_size),
+        "full": lambda: None}
+    return configs[args.method]()
 
 
-def prepare_model(model, args):
-    """Apply --method; returns (trainable, total, formula or None) and the LoRA config."""
-    config = None
-    if args.method == "lora":
-        config = lora.LoraConfig(r=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                                 target_modules=args.lora_targets)
-        names = lora.inject_lora(model, config)
-        print(f"LoRA r={config.r} alpha={config.alpha} on {len(names)} Linears "
-              f"({', '.join(sorted({n.rpartition('.')[2] for n in names}))})", flush=True)
-    else:
-        model.requires_grad_(True)
-    model.gradient_checkpointing = args.gradient_checkpointing
+def prepare_model(llama, args):
+    """Apply --method -> (model to train, {"trainable", "total", "formula"}, config or None)."""
+    llama.gradient_checkpointing = args.gradient_checkpointing
+    config = adapter_config(args)
+    model = llama.requires_grad_(True) if config is None else adapters.adapt(llama, config)
+    if isinstance(config, lora.LoraConfig):
+        names = sorted({n.rpartition(".")[2] for n, _ in lora.lora_layers(model)})
+        print(f"LoRA r={config.r} alpha={config.alpha} on {len(lora.lora_layers(model))} Linears "
+              f"({', '.join(names)})", flush=True)
+    elif config is not None:
+        print(f"{args.method}: {config}", flush=True)
     trainable, total = lora.count_parameters(model)
-    formula = lora_formula_count(model) if config else None
+    formula = None if config is None else adapters.formula_count(config, llama.config)
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"
-          + (f"; formula r*(in+out): {formula:,}" if formula is not None else ""), flush=True)
-    return {"trainable": trainable, "total": total, "formula": formula}, config
+          + (f"; by the {args.method} formula: {formula:,}" if formula is not None else ""),
+          flush=True)
+    return model, {"trainable": trainable, "total": total, "formula": formula}, config
 
 
 # ----------------------------------------------------------------------------
@@ -298,11 +340,12 @@ def predict_test(model, tokenizer, records, labels, template, args, summary):
         print(f"Test accuracy: {summary['test_accuracy']:.4f}", flush=True)
 
 
-def save_trained(model, tokenizer, lora_config, labels, template, args):
-    """OUT_DIR/adapter (LoRA, peft layout) or OUT_DIR/model (full), each with sft_config.json."""
+def save_trained(model, tokenizer, adapter, labels, template, args):
+    """OUT_DIR/adapter (a PEFT method, peft layout) or OUT_DIR/model (full), each with
+    sft_config.json (the method, labels, template, base model)."""
     out = Path(args.out_dir)
-    if lora_config is not None:
-        folder = lora.save_adapter(out / "adapter", model, lora_config)
+    if adapter is not None:
+        folder = adapters.save_adapter(out / "adapter", model, adapter)
     else:
         folder = out / "model"
         weights.save_checkpoint(folder, model.config, model.state_dict(), tokenizer.spec)
@@ -321,23 +364,24 @@ def run_training(args):
     start = time.perf_counter()
     out = Path(args.out_dir)
     splits, labels = load_records(args)
-    model, tokenizer = classifier.load_model(args.pretrained_model_path, args.device)
+    llama, tokenizer = classifier.load_model(args.pretrained_model_path, args.device)
     template = default_template(args, tokenizer)
-    params, lora_config = prepare_model(model, args)
-    summary = {"option": "sft", "labels": labels, "template": template, "parameters": params,
-               "examples": {k: len(v) for k, v in splits.items()}}
-    if args.zero_shot:
+    model, params, adapter = prepare_model(llama, args)
+    summary = {"option": "sft", "method": args.method, "labels": labels, "template": template,
+               "parameters": params, "examples": {k: len(v) for k, v in splits.items()}}
+    if args.zero_shot:                      # the base model: llama without virtual tokens
         evaluator = Evaluator(tokenizer, splits["val"], labels, template, args)
-        model.eval()
-        summary["zero_shot"] = evaluator(model)
+        llama.eval()
+        summary["zero_shot"] = evaluator(llama)
         print("zero-shot validation: " + train.format_metrics(summary["zero_shot"]), flush=True)
     history = fit(model, tokenizer, splits, labels, template, args)
+    adapters.fold(model)                    # P-tuning / prefix MLPs -> plain P, as saved
     summary.update(best=history["best"], epochs=history["epochs"], stopped=history["stopped"],
                    peak_memory_mb=max(e["peak_memory_mb"] for e in history["epochs"]),
                    memory_kind=history["memory_kind"])
     report_validation(model, Evaluator(tokenizer, splits["val"], labels, template, args), args,
                       summary)
-    summary["saved"] = str(save_trained(model, tokenizer, lora_config, labels, template, args))
+    summary["saved"] = str(save_trained(model, tokenizer, adapter, labels, template, args))
     if "test" in splits:
         predict_test(model, tokenizer, splits["test"], labels, template, args, summary)
     summary.update(wall_time_s=time.perf_counter() - start, args=vars(args))
@@ -353,12 +397,13 @@ def run_prediction(args):
     if saved["method"] == "full":
         model, tokenizer = classifier.load_model(folder, args.device)
     else:
-        model, tokenizer = classifier.load_model(path, args.device)
-        if vars(model.config) != saved["base_config"]:
+        llama, tokenizer = classifier.load_model(path, args.device)
+        if vars(llama.config) != saved["base_config"]:
             raise ValueError(f"{folder / SFT_CONFIG}: the adapter was trained on another base model "
                              f"({saved['base_model'] or 'the default model'}); pass that one with "
                              "--pretrained-model-path")
-        lora.load_adapter(folder, model)
+        model, config = adapters.load_adapter(folder, llama)
+        print(f"loaded {saved['method']} adapter: {config}", flush=True)
     model.eval()
     args.max_len = saved["max_len"]
     records = sft.read_records(args.test, args.text_field, args.label_field, None, "--test")

@@ -4,7 +4,9 @@ Run: .venv/bin/python -m pytest tests/test_sft_train.py -q
 
 Oracles: peft's PeftModel.from_pretrained on transformers' LlamaForCausalLM read from the same
 folder (the saved adapter must give the same logits as ours); the zero-shot validation loss of the
-same run (training must lower it); the csv module (submission rows); the one-line error contract.
+same run (training must lower it); the csv module (submission rows); the one-line error contract;
+for every --method (ia3, prompt, ptuning, prefix, full) the run's own validation answers, which
+the saved adapter alone must reproduce through --adapter.
 """
 import csv
 import json
@@ -122,3 +124,47 @@ def test_bad_options_are_one_line_errors(task, base_folder, capsys, flags, words
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
+
+
+# ----------------------------------------------------------------------------
+# every --method end to end: a short run, then the saved adapter alone answers the same
+
+METHOD_FLAGS = {   # --method -> extra flags; generate mode runs left-padded cached generation
+    "ia3": [],
+    "prompt": ["--num_virtual_tokens", "4", "--answer_mode", "generate", "--max_new_tokens", "2"],
+    "ptuning": ["--num_virtual_tokens", "4", "--encoder_hidden_size", "16"],
+    "prefix": ["--num_virtual_tokens", "4", "--prefix_projection", "--answer_mode", "generate",
+               "--max_new_tokens", "2"],
+    "full": [],
+}
+
+
+@pytest.mark.parametrize("method", list(METHOD_FLAGS))
+def test_each_method_trains_saves_and_reloads_to_the_same_answers(method, base_folder, task,
+                                                                  tmp_path):
+    """Oracle: the run's own validation answers (val-predictions.jsonl): `--adapter` (the adapter
+    folder, or the full model) on the validation file must answer it the same; the trainable
+    count equals the method's formula; the adapter is in peft's layout with the method named."""
+    out, flags = tmp_path / "run", METHOD_FLAGS[method]
+    run.main(["--option", "sft", "--method", method, "--train", str(task / "train.txt"),
+              "--val", str(task / "test.json"), "--pretrained-model-path", str(base_folder),
+              "--lr", "1e-2", "--epochs", "1", "--max_steps_per_epoch", "2", "--batch_size", "8",
+              "--no-zero_shot", "--out_dir", str(out), *flags])
+    summary = json.loads((out / "summary.json").read_text())
+    params = summary["parameters"]
+    assert params["trainable"] == (params["total"] if method == "full" else params["formula"])
+    folder = out / ("model" if method == "full" else "adapter")
+    saved = json.loads((folder / "sft_config.json").read_text())
+    assert saved["method"] == method
+    if method != "full":
+        peft_type = json.loads((folder / "adapter_config.json").read_text())["peft_type"]
+        assert peft_type == {"ia3": "IA3", "prompt": "PROMPT_TUNING", "ptuning": "P_TUNING",
+                             "prefix": "PREFIX_TUNING"}[method]
+    val = [json.loads(line) for line in (out / "val-predictions.jsonl").read_text().splitlines()]
+    path = tmp_path / "again.csv"
+    run.main(["--option", "sft", "--adapter", str(folder), "--test", str(task / "test.json"),
+              "--submission", str(path), "--pretrained-model-path", str(base_folder), *flags])
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    fallback = saved["labels"][0]                  # what the submission writes for unparsed
+    assert rows == [[v["id"], v["predicted"] or fallback] for v in val]
