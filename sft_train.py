@@ -57,6 +57,8 @@ import weights
 
 SFT_CONFIG = "sft_config.json"
 METHODS = ("lora", "ia3", "prompt", "ptuning", "prefix", "full")
+FORMULAS = {"lora": "r*(in+out)", "ia3": "L*(scaled channels)", "prompt": "n*dim",  # printed
+            "ptuning": "n*dim+encoder", "prefix": "n*L*2*kv (or n*kv+MLP)"}    # (adapters.py)
 
 
 # ----------------------------------------------------------------------------
@@ -231,7 +233,7 @@ def prepare_model(llama, args):
     trainable, total = lora.count_parameters(model)
     formula = None if config is None else adapters.formula_count(config, llama.config)
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"
-          + (f"; by the {args.method} formula: {formula:,}" if formula is not None else ""),
+          + (f"; formula {FORMULAS[args.method]}: {formula:,}" if formula is not None else ""),
           flush=True)
     return model, {"trainable": trainable, "total": total, "formula": formula}, config
 
