@@ -49,6 +49,7 @@ import atomic
 import data
 import lora
 import metrics
+import options
 import train
 import weights
 
@@ -320,19 +321,21 @@ def add_arguments(parser, option):
     parser.add_argument("--test", default="data/cfimdb-test.txt", help="test file")
     parser.add_argument("--label-names", "--label_names", dest="label_names",
                         default="data/cfimdb-label-mapping.json", help="JSON list of label names")
-    parser.add_argument("--dev_out", "--dev-out", default=f"cfimdb-dev-{kind}-output.txt",
+    parser.add_argument("--dev_out", "--dev-out", type=options.output_file,
+                        default=f"cfimdb-dev-{kind}-output.txt",
                         help="dev predictions, `PRED ||| TEXT` per line")
-    parser.add_argument("--test_out", "--test-out", default=f"cfimdb-test-{kind}-output.txt",
+    parser.add_argument("--test_out", "--test-out", type=options.output_file,
+                        default=f"cfimdb-test-{kind}-output.txt",
                         help="test predictions, `PRED ||| TEXT` per line")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=8, help="examples per batch")
+    parser.add_argument("--batch_size", "--batch-size", type=options.positive_int, default=8, help="examples per batch")
     weights.add_model_path_argument(parser)
-    parser.add_argument("--max_sentence_len", "--max-sentence-len", type=int, default=None,
+    parser.add_argument("--max_sentence_len", "--max-sentence-len", type=options.positive_int, default=None,
                         help="cut each text to this many tokens (None: no cut)")
-    parser.add_argument("--max_train_examples", "--max-train-examples", type=int, default=None,
+    parser.add_argument("--max_train_examples", "--max-train-examples", type=options.positive_int, default=None,
                         help="use a seeded random subset of this many training examples")
-    parser.add_argument("--max_eval_examples", "--max-eval-examples", type=int, default=None,
+    parser.add_argument("--max_eval_examples", "--max-eval-examples", type=options.positive_int, default=None,
                         help="use seeded random subsets of this many dev and test examples")
-    parser.add_argument("--out_dir", "--out-dir", default="runs",
+    parser.add_argument("--out_dir", "--out-dir", type=options.output_folder, default="runs",
                         help="folder for the history JSON, learning curves and summary JSON")
     parser.add_argument("--prompt_template", "--prompt-template", default=PROMPT_TEMPLATE,
                         help="prompt with {text} and {labels} placeholders")
@@ -342,20 +345,21 @@ def add_arguments(parser, option):
         parser.add_argument("--calibrate", action="store_true",
                             help="contextual calibration against content-free inputs (Zhao et al. 2021)")
         return
-    parser.add_argument("--epochs", type=int, default=5, help="passes over the training data")
-    parser.add_argument("--lr", type=float, default=2e-5, help="AdamW learning rate")
+    parser.add_argument("--epochs", type=options.positive_int, default=5, help="passes over the training data")
+    parser.add_argument("--lr", type=options.positive_float, default=2e-5, help="AdamW learning rate")
     parser.add_argument("--head_input", "--head-input", choices=["prompt", "text"], default="prompt",
                         help="prompt: the head reads the end of the zero-shot prompt and starts as "
                         "the zero-shot classifier; text: [bos] text [eos] and a random head (minllama)")
-    parser.add_argument("--hidden_dropout_prob", "--hidden-dropout-prob", type=float, default=0.3,
+    parser.add_argument("--hidden_dropout_prob", "--hidden-dropout-prob", type=options.probability, default=0.3,
                         help="dropout on the pooled hidden state before the head")
-    parser.add_argument("--max_steps_per_epoch", "--max-steps-per-epoch", type=int, default=None,
+    parser.add_argument("--max_steps_per_epoch", "--max-steps-per-epoch", type=options.positive_int, default=None,
                         help="stop each epoch after this many optimizer steps")
-    parser.add_argument("--time_budget_s", "--time-budget-s", type=float, default=None,
+    parser.add_argument("--time_budget_s", "--time-budget-s", type=options.nonnegative_float, default=None,
                         help="stop training after this many seconds (then evaluate and predict)")
+    train.add_checkpoint_arguments(parser)
     if option == "lora":
-        parser.add_argument("--lora_rank", "--lora-rank", type=int, default=4, help="LoRA rank r")
-        parser.add_argument("--lora_alpha", "--lora-alpha", type=float, default=1.0,
+        parser.add_argument("--lora_rank", "--lora-rank", type=options.positive_int, default=4, help="LoRA rank r")
+        parser.add_argument("--lora_alpha", "--lora-alpha", type=options.positive_float, default=1.0,
                             help="LoRA alpha; the update is scaled by alpha / r")
         parser.add_argument("--lora_targets", "--lora-targets", default="wq,wv",
                             help="linear layers that get adapters: a preset (light: q,v; medium: "
@@ -364,21 +368,10 @@ def add_arguments(parser, option):
 
 
 def check_arguments(args):
-    """Impossible values -> ValueError with one line naming the flag and the fix."""
-    positive = ["batch_size", "max_sentence_len", "max_train_examples", "max_eval_examples",
-                "epochs", "max_steps_per_epoch", "lora_rank"]
-    for name in positive:
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} {value}: must be >= 1")
-    if getattr(args, "lr", 1.0) <= 0:
-        raise ValueError(f"--lr {args.lr}: the learning rate must be > 0")
-    if not 0 <= getattr(args, "hidden_dropout_prob", 0.0) < 1:
-        raise ValueError(f"--hidden_dropout_prob {args.hidden_dropout_prob}: must be in [0, 1)")
+    """What the flag types cannot see alone, as one line naming the flag and the fix (ranges
+    are checked while parsing, options.py)."""
     if "{text}" not in getattr(args, "prompt_template", "{text}"):
         raise ValueError("--prompt_template must contain {text} (and may contain {labels})")
-    if getattr(args, "lora_alpha", 1.0) <= 0:
-        raise ValueError(f"--lora_alpha {args.lora_alpha}: must be > 0")
     if getattr(args, "lora_targets", None) is not None:
         lora.resolve_targets(args.lora_targets)                  # an empty list fails before loading
 
@@ -474,7 +467,7 @@ def run_train(args, llama, tokenizer, names, splits):
     config = train.TrainConfig(epochs=args.epochs, lr=args.lr,
                                max_steps_per_epoch=args.max_steps_per_epoch,
                                time_budget_s=args.time_budget_s, out_dir=args.out_dir,
-                               name=run_name(args))
+                               name=run_name(args), **train.checkpoint_fields(args, run_name(args)))
     history = train.fit(model, batches("train", shuffle=True), classification_loss, config,
                         evaluate=evaluate)
     preds = {s: predict_head(model, batches(s, sort_by_length=True))[0] for s in ("dev", "test")}

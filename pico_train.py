@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import atomic
+import options
 import train
 from data import LMBatches, iter_split, iter_text_chunks
 from pico import (MODELS, PicoConfig, build_model, encode_prompt, generate, load_optimizer_state,
@@ -214,60 +215,75 @@ def _add_data_arguments(add):
     tiny_train = [str(TINYSTORIES / "train.txt"), str(TINYSTORIES / "train-split-head.txt")]
     add("input_files", None, "custom text files mixed in, e.g. ../shared/data/pico/3seqs.txt",
         nargs="*")
-    add("tinystories_weight", 0.5, "probability a block is TinyStories (1 without --input_files)")
+    add("tinystories_weight", 0.5, "probability a block is TinyStories (1 without --input_files)",
+        type=options.unit_interval)
     add("tinystories_train", tiny_train, "TinyStories training text files", nargs="+")
     add("tinystories_valid", str(TINYSTORIES / "valid.txt"), "TinyStories validation (test) file")
-    add("test_every", 10, "every n-th block of --input_files is held out as test data")
-    add("chunk_bytes", 1 << 20, "bytes per piece read by the streaming reader")
+    add("test_every", 10, "every n-th block of --input_files is held out as test data",
+        type=options.nonnegative_int)
+    add("chunk_bytes", 1 << 20, "bytes per piece read by the streaming reader",
+        type=options.positive_int)
     add("tokenizer", "bpe", "bpe: SentencePiece BPE trained on the training text; byte: UTF-8",
         choices=["bpe", "byte"])
-    add("vocab_size", 2048, "BPE vocabulary size (byte: always 256)")
-    add("block_size", 128, "tokens per training window (the course's 1024 is slow on a CPU)")
-    add("batch_size", 16, "blocks per batch")
-    add("shuffle_buffer", 256, "blocks held by the streaming shuffle buffer")
+    add("vocab_size", 2048, "BPE vocabulary size (byte: always 256)", type=options.positive_int)
+    add("block_size", 128, "tokens per training window (the course's 1024 is slow on a CPU)",
+        type=options.positive_int)
+    add("batch_size", 16, "blocks per batch", type=options.positive_int)
+    add("shuffle_buffer", 256, "blocks held by the streaming shuffle buffer",
+        type=options.nonnegative_int)
 
 
 def _add_model_arguments(add):
     add("model", None, "model kind (default transformer, or the --resume checkpoint's kind)",
         choices=sorted(MODELS))
-    add("embed_size", 128, "embedding and model width")
-    add("n_layers", 2, "LSTM layers or transformer blocks")
-    add("n_heads", 4, "attention heads")
-    add("hidden_dim", 512, "MLP hidden width (transformer and k-gram MLP)")
-    add("kgram_k", 3, "tokens the k-gram MLP reads")
-    add("num_inner_mlp_layers", 1, "hidden layers of the k-gram MLP")
+    add("embed_size", 128, "embedding and model width", type=options.positive_int)
+    add("n_layers", 2, "LSTM layers or transformer blocks", type=options.positive_int)
+    add("n_heads", 4, "attention heads", type=options.positive_int)
+    add("hidden_dim", 512, "MLP hidden width (transformer and k-gram MLP)",
+        type=options.positive_int)
+    add("kgram_k", 3, "tokens the k-gram MLP reads", type=options.positive_int)
+    add("num_inner_mlp_layers", 1, "hidden layers of the k-gram MLP", type=options.positive_int)
     add("positional", "rope", "transformer positions", choices=["learned", "rope", "nope"])
     add("norm_placement", "pre", "RMSNorm before or after each residual", choices=["pre", "post"])
     add("attention", "softmax", "attention kind", choices=["softmax", "linear", "gla"])
-    add("attention_chunk", 16, "chunk length of chunked linear and gated linear attention")
-    add("dropout", 0.0, "dropout on attention and MLP outputs")
+    add("attention_chunk", 16, "chunk length of chunked linear and gated linear attention",
+        type=options.positive_int)
+    add("dropout", 0.0, "dropout on attention and MLP outputs", type=options.probability)
 
 
 def _add_run_arguments(add):
-    add("epochs", 1, "passes over the training stream")
-    add("lr", 3e-3, "peak learning rate (AdamW)")
-    add("weight_decay", 0.0, "AdamW weight decay")
+    add("epochs", 1, "passes over the training stream", type=options.positive_int)
+    add("lr", 3e-3, "peak learning rate (AdamW)", type=options.positive_float)
+    add("weight_decay", 0.0, "AdamW weight decay", type=options.nonnegative_float)
     add("warmup_steps", 0, "linear warmup steps (20 kept the LSTM on its unigram plateau, loss ~6 "
-        "after 150 steps vs 4.2 without; no effect on the others)")
+        "after 150 steps vs 4.2 without; no effect on the others)", type=options.nonnegative_int)
     add("schedule", "constant", "lr after warmup (decays need --max_steps_per_epoch)",
         choices=["constant", "cosine", "linear"])
     add("max_steps_per_epoch", None, "steps per epoch (token budget = steps x batch x block)",
-        type=int)
-    add("time_budget_s", None, "stop training a model after this many seconds", type=float)
-    add("eval_every_steps", 100, "evaluate train and test loss every this many steps")
+        type=options.positive_int)
+    add("time_budget_s", None, "stop training a model after this many seconds",
+        type=options.nonnegative_float)
+    add("eval_every_steps", 100, "evaluate train and test loss every this many steps",
+        type=options.positive_int)
     add("select_metric", "loss", "state kept at the end: lowest test loss (early stopping) or "
         "lowest train loss (~ the last state, for the overfitting study)",
         choices=["loss", "train_loss"])
-    add("eval_batches", 8, "batches per periodic evaluation (compare: final = whole test split)")
+    add("eval_batches", 8, "batches per periodic evaluation (compare: final = whole test split)",
+        type=options.positive_int)
     add("prompt", "Once upon a", "text to continue")
-    add("max_new_tokens", 60, "tokens to generate")
-    add("top_p", 0.95, "nucleus mass p of the sampled continuation")
+    add("max_new_tokens", 60, "tokens to generate", type=options.positive_int)
+    add("top_p", 0.95, "nucleus mass p of the sampled continuation", type=options.nucleus_mass)
     add("sweep_ps", [0.05, 0.3, 0.5, 0.7, 0.9, 0.95, 1.0], "p values of the p-sweep", nargs="+",
-        type=float)
-    add("sweep_samples", 4, "samples per p in the p-sweep")
-    add("out_dir", "runs/pico", "folder for checkpoints, histories, tables and figures")
+        type=options.nucleus_mass)
+    add("sweep_samples", 4, "samples per p in the p-sweep", type=options.positive_int)
+    add("out_dir", "runs/pico", "folder for checkpoints, histories, tables and figures",
+        type=options.output_folder)
     add("name", None, "run name (default pico-<model>)")
-    add("resume", None, "checkpoint folder to continue training from")
+    add("resume", None, "a pico checkpoint folder (OUT_DIR/<name>) to continue: a finished run "
+        "trains --epochs more; a killed run (--checkpoint_every_steps) finishes from its last "
+        "training checkpoint, same flags")
+    add("checkpoint_every_steps", None, "write a resumable training checkpoint every N steps "
+        "(OUT_DIR/<name>-checkpoint)", type=options.positive_int)
 
 
 def config_from_args(args, vocab_size, **overrides):
@@ -294,8 +310,9 @@ def evaluate_lm(model, batches):
             "train_loss": mean_loss(model, batches["train_eval"])}
 
 
-def train_model(model, batches, args, name, device, resume_meta=None, lr=None):
-    """train.fit with our loss and evaluation (lr defaults to --lr); returns (history, optimizer)."""
+def train_model(model, batches, args, name, device, resume_meta=None, lr=None, killed=False):
+    """train.fit with our loss and evaluation (lr defaults to --lr); returns (history, optimizer).
+    resume_meta: a finished run continued; killed: a killed run finished from its checkpoint."""
     lr = args.lr if lr is None else lr
     model.to(device)
     batches["train"].epoch_offset = (resume_meta or {}).get("epochs", 0)  # resume: next shuffle
@@ -305,7 +322,10 @@ def train_model(model, batches, args, name, device, resume_meta=None, lr=None):
         warmup_steps=0 if resume_meta else args.warmup_steps, total_steps=total,
         max_steps_per_epoch=args.max_steps_per_epoch, time_budget_s=args.time_budget_s,
         eval_every_steps=args.eval_every_steps, select_metric=args.select_metric, select_mode="min",
-        out_dir=args.out_dir, name=name, count_unit="tok", progress=sys.stderr.isatty())
+        out_dir=args.out_dir, name=name, count_unit="tok", progress=sys.stderr.isatty(),
+        checkpoint_dir=str(Path(args.out_dir) / f"{name}-checkpoint")
+        if (args.checkpoint_every_steps or killed) else None,
+        checkpoint_every_steps=getattr(args, "checkpoint_every_steps", None), resume=killed)
     optimizer = train.make_optimizer(model, config)
     if resume_meta and resume_meta.get("optimizer"):
         load_optimizer_state(args.resume, optimizer, resume_meta)
@@ -346,9 +366,18 @@ def report_run(model, tokenizer, history, args, name):
     plot_p_sweep(rows, out / f"{name}-psweep.png", f"{name}: diversity against p")
 
 
+def check_prompt(args, tokenizer, block_size):
+    """The prompt must fit the model's context (checked before training, not after)."""
+    ids = encode_prompt(tokenizer, args.prompt)
+    if len(ids) >= block_size:
+        raise ValueError(f"--prompt is {len(ids)} tokens but --block_size is {block_size}: the model "
+                         "could not see it whole; shorten --prompt or raise --block_size")
+
+
 def main(args):
     device = args.device
     files = data_files(args)
+    config_from_args(args, args.vocab_size, model=args.model or "transformer")  # shape errors now
     if args.option == "pico_compare":
         return run_compare(args, files, device)
     model, meta = None, None
@@ -362,10 +391,17 @@ def main(args):
         kind = args.model or "transformer"
         model = build_model(config_from_args(args, tokenizer.vocab_size, model=kind))
     print(f"tokenizer {tokenizer.kind} (V={tokenizer.vocab_size}); {model.cfg}", flush=True)
+    check_prompt(args, tokenizer, model.cfg.block_size)
     name = args.name or f"pico-{model.cfg.model}"
-    history, optimizer = train_model(model, batches, args, name, device, meta)
-    done = {"steps": (meta or {}).get("steps", 0) + history["total_steps"],
-            "epochs": (meta or {}).get("epochs", 0) + len(history["epochs"])}
+    killed = bool(meta) and meta.get("complete") is False
+    if args.checkpoint_every_steps and not args.resume:   # tokenizer + config for a resume
+        save_pico_checkpoint(Path(args.out_dir) / name, model, tokenizer, None,
+                             {"steps": 0, "epochs": 0, "complete": False})
+    history, optimizer = train_model(model, batches, args, name, device,
+                                     None if killed else meta, killed=killed)
+    previous = {} if killed else (meta or {})
+    done = {"steps": previous.get("steps", 0) + history["total_steps"],
+            "epochs": previous.get("epochs", 0) + len(history["epochs"]), "complete": True}
     save_pico_checkpoint(Path(args.out_dir) / name, model, tokenizer, optimizer, done)
     print(f"checkpoint: {Path(args.out_dir) / name} ({done['steps']} steps in all)", flush=True)
     report_run(model, tokenizer, history, args, name)

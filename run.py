@@ -50,6 +50,7 @@ import classifier
 import distributed
 import generate
 import memory
+import options
 import pico_train
 import sft_studies
 import sft_train
@@ -84,15 +85,24 @@ def seed_everything(seed):
     torch.cuda.manual_seed_all(seed)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported as one line (no usage block) and exit code 2."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser(option):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__.split("\n")[0],
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--option", choices=sorted(OPTIONS), default="generate",
                         help="what to run (see the list in run.py's docstring)")
-    parser.add_argument("--seed", type=int, default=1337, help="random seed (Python, numpy, torch)")
+    parser.add_argument("--seed", type=options.nonnegative_int, default=1337,
+                        help="random seed (Python, numpy, torch)")
     parser.add_argument("--use_gpu", "--use-gpu", action="store_true",
                         help="run on CUDA (error if no GPU is visible)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=options.positive_int, default=None,
                         help="CPU threads for torch (default: torch's choice, one per core)")
     OPTIONS[option].add_arguments(parser, option)
     return parser
@@ -100,7 +110,7 @@ def build_parser(option):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    first = argparse.ArgumentParser(add_help=False)
+    first = Parser(add_help=False)
     first.add_argument("--option", choices=sorted(OPTIONS), default="generate")
     known, _ = first.parse_known_args(argv)
     parser = build_parser(known.option)
@@ -110,8 +120,6 @@ def main(argv=None):
         args.device = distributed.pick_device(args.use_gpu)
     except ValueError as err:
         parser.error(str(err))
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads {args.threads}: must be >= 1 (or leave it out for torch's choice)")
     print("args:", " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())), flush=True)
     seed_everything(args.seed)
     if args.threads:

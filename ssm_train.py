@@ -41,6 +41,7 @@ import torch.nn as nn
 import atomic
 import data
 import optimizer
+import options
 import s4
 import ssm
 import train
@@ -170,7 +171,7 @@ def train_one(args, layer, name, dataset):
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         schedule="cosine", max_grad_norm=1.0, max_steps_per_epoch=args.max_steps_per_epoch,
         time_budget_s=args.time_budget, patience=args.patience, out_dir=args.out_dir, name=name,
-        progress=not args.no_progress)
+        progress=not args.no_progress, **train.checkpoint_fields(args, name))
     history = train.fit(model, train_batches, loss_fn, fit_config,
                         evaluate=lambda m: predict(m, val_batches)[1],
                         optimizer=s4_optimizer(model, args))
@@ -366,20 +367,20 @@ def add_arguments(parser, option):
     add("--train", default=f"{data_dir}/train.json", help="training JSON ({id, text, label} rows)")
     add("--val", "--dev", dest="val", default=f"{data_dir}/val.json", help="validation JSON")
     add("--test", default=f"{data_dir}/test.json", help="test JSON (label optional)")
-    add("--out_dir", "--out-dir", default=f"out/{option}", help="results, curves, tokenizer cache")
-    add("--submission", default=None,
+    add("--out_dir", "--out-dir", type=options.output_folder, default=f"out/{option}", help="results, curves, tokenizer cache")
+    add("--submission", type=options.output_file, default=None,
         help="id,label CSV for the test file (default OUT_DIR/submission.csv)")
     add("--tokenizer", choices=["sentencepiece", "bytes"], default="sentencepiece",
         help="SentencePiece unigram trained on --train, or raw UTF-8 bytes")
-    add("--vocab_size", "--vocab-size", type=int, default=8000, help="SentencePiece vocabulary size")
+    add("--vocab_size", "--vocab-size", type=options.positive_int, default=8000, help="SentencePiece vocabulary size")
     add("--case_fold", "--case-fold", action=argparse.BooleanOptionalAction, default=True,
         help="lower-case (NFKC case folding) inside the SentencePiece model")
-    add("--max_len", "--max-len", type=int, default=128, help="tokens kept per text (bos included)")
-    add("--d_model", "--d-model", type=int, default=128, help="H: channels")
-    add("--n_layers", "--n-layers", type=int, default=1, help="stacked SSM blocks")
-    add("--d_state", "--d-state", type=int, default=32, help="N: complex state size per channel")
-    add("--dropout", type=float, default=0.3, help="dropout probability")
-    add("--token_dropout", "--token-dropout", type=float, default=0.2,
+    add("--max_len", "--max-len", type=options.positive_int, default=128, help="tokens kept per text (bos included)")
+    add("--d_model", "--d-model", type=options.positive_int, default=128, help="H: channels")
+    add("--n_layers", "--n-layers", type=options.positive_int, default=1, help="stacked SSM blocks")
+    add("--d_state", "--d-state", type=options.positive_int, default=32, help="N: complex state size per channel")
+    add("--dropout", type=options.probability, default=0.3, help="dropout probability")
+    add("--token_dropout", "--token-dropout", type=options.probability, default=0.2,
         help="training-time word dropout: fraction of tokens replaced by pad")
     add("--zero_init_branch", "--zero-init-branch", action="store_true",
         help="zero-init each block's mixing layer, so the model starts as a bag of embeddings")
@@ -395,30 +396,28 @@ def add_arguments(parser, option):
         help="also run each SSM right to left (--no-bidirectional: causal only)")
     add("--pooling", choices=["mean", "max", "meanmax"], default="meanmax",
         help="how token states become one vector: masked mean, max, or both concatenated")
-    add("--epochs", type=int, default=10, help="passes over the training set")
-    add("--lr", type=float, default=4e-3, help="peak learning rate (cosine decay)")
-    add("--ssm_lr", "--ssm-lr", type=float, default=1e-3, help="lr cap for A, B, dt (no weight decay)")
-    add("--weight_decay", "--weight-decay", type=float, default=1.0, help="AdamW weight decay")
-    add("--warmup_steps", "--warmup-steps", type=int, default=50, help="linear warmup steps")
-    add("--batch_size", type=int, default=32, help="training batch size")
-    add("--eval_batch_size", "--eval-batch-size", type=int, default=128, help="evaluation batch size")
-    add("--time_budget", "--time-budget", type=float, default=None,
+    add("--epochs", type=options.positive_int, default=10, help="passes over the training set")
+    add("--lr", type=options.positive_float, default=4e-3, help="peak learning rate (cosine decay)")
+    add("--ssm_lr", "--ssm-lr", type=options.positive_float, default=1e-3, help="lr cap for A, B, dt (no weight decay)")
+    add("--weight_decay", "--weight-decay", type=options.nonnegative_float, default=1.0, help="AdamW weight decay")
+    add("--warmup_steps", "--warmup-steps", type=options.nonnegative_int, default=50, help="linear warmup steps")
+    add("--batch_size", type=options.positive_int, default=32, help="training batch size")
+    add("--eval_batch_size", "--eval-batch-size", type=options.positive_int, default=128, help="evaluation batch size")
+    add("--time_budget", "--time-budget", type=options.nonnegative_float, default=None,
         help="seconds of training per model (None: all epochs)")
-    add("--max_steps_per_epoch", "--max-steps-per-epoch", type=int, default=None,
+    add("--max_steps_per_epoch", "--max-steps-per-epoch", type=options.positive_int, default=None,
         help="cap on optimizer steps per epoch")
-    add("--patience", type=int, default=None, help="stop after this many epochs without a better val")
+    add("--patience", type=options.positive_int, default=None, help="stop after this many epochs without a better val")
     add("--no_progress", "--no-progress", action="store_true", help="no tqdm bars (for logs)")
+    train.add_checkpoint_arguments(parser)
     if option == "ssm_compare":
         add("--bench_lengths", "--bench-lengths", default="256,512,1024,2048,4096,8192",
             help="comma-separated L for the time-vs-length plot ('' to skip)")
-        add("--bench_loop_budget", "--bench-loop-budget", type=float, default=60.0,
+        add("--bench_loop_budget", "--bench-loop-budget", type=options.positive_float, default=60.0,
             help="skip loop-scan lengths predicted to take longer than this (s)")
 
 
 def main(args):
-    for flag in ("max_len", "batch_size", "epochs", "vocab_size"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} {getattr(args, flag)}: must be >= 1")
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     dataset = load_data(args)
     sizes = {k: len(v) for k, v in dataset["examples"].items()}

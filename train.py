@@ -50,6 +50,7 @@ import atomic
 import checkpoint
 import distributed
 import optimizer as optim_lib
+import options
 
 
 # ----------------------------------------------------------------------------
@@ -391,6 +392,25 @@ class Run:
             atomic.save_json_atomic(out / f"{self.config.name}-history.json", self.history)
             plot_curves(self.history, out / f"{self.config.name}-curves.png")
         return self.history
+
+
+# ----------------------------------------------------------------------------
+# the crash-safety flags every training option shares
+
+def add_checkpoint_arguments(parser):
+    parser.add_argument("--checkpoint_every_steps", "--checkpoint-every-steps", default=None,
+                        type=options.positive_int, help="write a resumable checkpoint every N "
+                        "optimizer steps (and at every epoch end) into OUT_DIR/<name>-checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a killed run from its checkpoint (same flags otherwise)")
+
+
+def checkpoint_fields(args, name):
+    """TrainConfig fields from those flags: the checkpoint lives at OUT_DIR/<name>-checkpoint."""
+    if not (args.checkpoint_every_steps or args.resume):
+        return {}
+    return {"checkpoint_dir": str(Path(args.out_dir) / f"{name}-checkpoint"),
+            "checkpoint_every_steps": args.checkpoint_every_steps, "resume": args.resume}
 
 
 # ----------------------------------------------------------------------------

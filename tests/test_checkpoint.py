@@ -108,3 +108,39 @@ def test_optimizer_state_round_trip_and_half_written_checkpoint(tmp_path, monkey
     assert state["step"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     with pytest.raises(FileNotFoundError, match="no training checkpoint"):
         checkpoint.load(tmp_path / "nothing")
+
+
+def test_cli_ssm_killed_and_resumed_matches_uninterrupted(tmp_path):
+    """The same through run.py: --option ssm (the slow loop scan, so a kill lands mid-run)."""
+    rows = [{"id": i, "text": ("sport goal match " if i % 2 else "vote law court ") * (2 + i % 5),
+             "label": i % 2} for i in range(160)]
+    (tmp_path / "d.json").write_text(json.dumps(rows), encoding="utf-8")
+    d = str(tmp_path / "d.json")
+
+    def argv(out, *extra):
+        return [sys.executable, str(ROOT / "run.py"), "--option", "ssm", "--train", d, "--val", d,
+                "--test", d, "--tokenizer", "bytes", "--d_model", "8", "--d_state", "4",
+                "--epochs", "3", "--batch_size", "8", "--max_len", "64", "--no_progress",
+                "--checkpoint_every_steps", "4", "--out_dir", str(out), *extra]
+
+    subprocess.run(argv(tmp_path / "whole"), check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(argv(tmp_path / "killed"), stdout=subprocess.DEVNULL)
+    state, deadline = tmp_path / "killed" / "ssm-checkpoint" / "state.json", time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(state.read_text())["step"] >= 24:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "ssm-results.json").exists()
+    subprocess.run(argv(tmp_path / "killed", "--resume"), check=True, capture_output=True,
+                   timeout=300)
+    whole, resumed = (json.loads((tmp_path / k / "ssm-history.json").read_text())
+                      for k in ("whole", "killed"))
+    assert [s["loss"] for s in resumed["steps"]] == [s["loss"] for s in whole["steps"]]
+    assert len(whole["steps"]) == 60
+    a, b = (json.loads((tmp_path / k / "ssm-results.json").read_text()) for k in ("whole", "killed"))
+    assert (a["val_loss"], a["val_accuracy"]) == (b["val_loss"], b["val_accuracy"])

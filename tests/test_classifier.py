@@ -259,8 +259,12 @@ def test_cli_warns_when_gold_labels_are_placeholders(tmp_path, monkeypatch, caps
 
 
 @pytest.mark.parametrize("option, extra, message", [
-    ("lora", ["--lora_rank", "0"], "error: --lora_rank 0: must be >= 1"),
-    ("finetune", ["--batch_size", "0"], "error: --batch_size 0: must be >= 1"),
+    ("lora", ["--lora_rank", "0"], "error: argument --lora_rank/--lora-rank: 0 is not allowed: "
+     "must be an integer >= 1"),
+    ("finetune", ["--batch_size", "0"], "error: argument --batch_size/--batch-size: 0 is not "
+     "allowed: must be an integer >= 1"),
+    ("finetune", ["--dev_out", "."], "error: argument --dev_out/--dev-out: . is a folder"),
+    ("finetune", ["--hidden_dropout_prob", "1.5"], "error: argument --hidden_dropout_prob"),
     ("lora", ["--lora_targets", " , "], "error: --lora_targets ' , ': target_modules is empty"),
 ])
 def test_cli_bad_flags_one_line_error(tmp_path, capsys, option, extra, message):
