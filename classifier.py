@@ -50,6 +50,7 @@ import data
 import lora
 import metrics
 import options
+import sample
 import train
 import weights
 
@@ -148,10 +149,13 @@ def label_scores_reference(model, prompt, label_ids):
 
 
 def label_scores(model, prompts, label_ids, pad_id):
-    """Batched label log-likelihoods (B, K) for B prompts and K labels, right-padded.
+    """Batched label log-likelihoods (B, K) for B prompts and K labels.
 
-    Fast path: with single-token labels all K scores come from the prompt's last position
-    (one forward of B rows instead of B*K). Otherwise the B*K rows prompt + label are scored.
+    Fast paths: with single-token labels all K scores come from the prompt's last position (one
+    right-padded forward of B rows instead of B*K). Otherwise each prompt is prefilled once into
+    the KV cache (left-padded, as generation does) and each label's continuation is read from
+    there: one forward of B prompts plus K forwards of at most m - 1 tokens, instead of B*K rows of
+    prompt + label.
     """
     device = lm_head_weight(model).device
     if all(len(label) == 1 for label in label_ids):
@@ -160,22 +164,33 @@ def label_scores(model, prompts, label_ids, pad_id):
         last = pool_last_token(hidden, mask.to(device))                              # (B, dim)
         logp = F.log_softmax(F.linear(last, lm_head_weight(model)).float(), dim=-1)  # (B, V)
         return logp[:, [label[0] for label in label_ids]]                            # (B, K)
-    rows = [p + label for p in prompts for label in label_ids]                       # B*K lists
-    tokens, mask = data.pad_batch(rows, pad_id)                                      # (B*K, T)
-    hidden = hidden_states(model, tokens.to(device), mask.to(device))                # (B*K, T, dim)
+    return label_scores_cached(model, prompts, label_ids, pad_id)
+
+
+@torch.no_grad()
+def label_scores_cached(model, prompts, label_ids, pad_id):
+    """score_k = log p(a_k1 | prompt) + sum_{j>1} log p(a_kj | prompt, a_k<j), the prompt's keys and
+    values computed once: label k's tokens 1..m-1 are fed at cache slots T.. (later labels
+    overwrite the same slots; attention never reads past the tokens fed)."""
+    device = lm_head_weight(model).device
+    tokens, mask = sample.left_pad(prompts, pad_id, device)                         # (B, T)
+    B, T = tokens.shape
     m = max(len(label) for label in label_ids)
-    pos = torch.zeros(len(rows), m, dtype=torch.long)                                # (B*K, m)
-    target = torch.zeros(len(rows), m, dtype=torch.long)                             # (B*K, m)
-    valid = torch.zeros(len(rows), m, dtype=torch.bool)                              # (B*K, m)
-    for r, (p, label) in enumerate((p, label) for p in prompts for label in label_ids):
-        pos[r, :len(label)] = torch.arange(len(p) - 1, len(p) - 1 + len(label))
-        target[r, :len(label)] = torch.tensor(label)
-        valid[r, :len(label)] = True
-    pos, target, valid = pos.to(device), target.to(device), valid.to(device)
-    h = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))           # (B*K, m, dim)
-    logp = F.log_softmax(F.linear(h, lm_head_weight(model)).float(), dim=-1)         # (B*K, m, V)
-    token_logp = logp.gather(-1, target[..., None]).squeeze(-1) * valid              # (B*K, m)
-    return token_logp.sum(-1).view(len(prompts), len(label_ids))                     # (B, K)
+    if model.cache is None or not model.cache.fits(B, T + m):
+        model.setup_cache(B, T + m)
+    logits, _ = model(tokens, start_pos=0, attention_mask=None if bool(mask.all()) else mask,
+                      last_only=True)                                               # (B, 1, V)
+    first = F.log_softmax(logits[:, -1].float(), dim=-1)                            # (B, V)
+    scores = []
+    for label in label_ids:
+        score = first[:, label[0]]                                                  # (B,)
+        if len(label) > 1:
+            feed = torch.tensor([label[:-1]] * B, device=device)                   # (B, m_k - 1)
+            out, _ = model(feed, start_pos=T)                                       # (B, m_k - 1, V)
+            logp = F.log_softmax(out.float(), dim=-1)
+            score = score + logp[:, torch.arange(len(label) - 1), label[1:]].sum(-1)
+        scores.append(score)
+    return torch.stack(scores, dim=1)                                               # (B, K)
 
 
 # ----------------------------------------------------------------------------
