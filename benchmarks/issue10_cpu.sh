@@ -14,19 +14,19 @@ common="--epochs 1 --batch_size 8 --lr 2e-4 --lora_rank 16 --lora_alpha 32 --eva
 if [[ $what == emotion || $what == all ]]; then
   # emotion, heavy LoRA on 2,000 training lines, 500 validation lines of val.txt
   $PY run.py --option sft --train $D/emotion/train.txt --val $D/emotion/val.txt \
-    --max_train_examples 2000 --max_eval_examples 500 --max_len 128 --eval_every_steps 50 \
+    --max_train_examples 2000 --max_eval_examples 500 --max_len 128 --eval_every_steps 125 \
     --lora_targets heavy $common --out_dir $OUT/emotion-heavy
 fi
 if [[ $what == boolq_compare || $what == all ]]; then
   # BoolQ true/false, 90/10 stratified split (seed 0); 1,000 training / 300 validation questions
   $PY run.py --option sft_compare --train $D/boolq/train.json --val_ratio 0.1 --split_seed 0 \
-    --max_train_examples 1000 --max_eval_examples 300 --max_len 96 --eval_every_steps 25 \
+    --max_train_examples 1000 --max_eval_examples 300 --max_len 96 --eval_every_steps 60 \
     $common --out_dir $OUT/boolq-compare
 fi
 if [[ $what == emotion_compare || $what == all ]]; then
   # emotion, all four settings on 1,000 training / 300 validation lines
   $PY run.py --option sft_compare --train $D/emotion/train.txt --val $D/emotion/val.txt \
-    --max_train_examples 1000 --max_eval_examples 300 --max_len 128 --eval_every_steps 25 \
+    --max_train_examples 1000 --max_eval_examples 300 --max_len 128 --eval_every_steps 60 \
     $common --out_dir $OUT/emotion-compare
 fi
 if [[ $what == sweep || $what == all ]]; then
