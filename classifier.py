@@ -471,9 +471,10 @@ def run_train(args, llama, tokenizer, names, splits):
     seqs = {s: encode_split(splits[s], tokenizer, args.max_sentence_len, template, names)
             for s in splits}
 
-    def batches(split, **options):
+    def batches(split, shuffle=False, **options):   # training batches are sharded under torchrun
         return data.Batches(seqs[split], [e.label for e in splits[split]], args.batch_size,
-                            tokenizer.pad_id, seed=args.seed, **options)
+                            tokenizer.pad_id, seed=args.seed, shuffle=shuffle, shard=shuffle,
+                            **options)
 
     def evaluate(m):
         preds, loss = predict_head(m, batches("dev", sort_by_length=True))

@@ -252,12 +252,13 @@ class Batches:
     shuffle: a new order each pass (seeded, so runs repeat). sort_by_length: batch similar lengths
     together (less padding, for evaluation); `index` maps rows back to input order either way.
     collate(sequences, labels) -> dict replaces the padding above (instruction tuning's masked
-    labels). Under torchrun each of the N ranks takes a strided share of every global batch of
-    N * batch_size rows (distributed.py); one process takes it whole.
+    labels). shard (training batches): under torchrun each of the N ranks takes a strided share
+    of every global batch of N * batch_size rows (distributed.py); evaluation batches stay whole
+    on every rank, and one process always takes everything.
     """
 
     def __init__(self, sequences, labels, batch_size, pad_id, shuffle=False, seed=0,
-                 sort_by_length=False, collate=None):
+                 sort_by_length=False, collate=None, shard=False):
         if batch_size < 1:
             raise ValueError(f"--batch_size {batch_size}: must be >= 1")
         if len(sequences) != len(labels):
@@ -266,9 +267,11 @@ class Batches:
         self.batch_size, self.pad_id, self.collate = batch_size, pad_id, collate or self.pad
         self.shuffle, self.sort_by_length = shuffle, sort_by_length
         self.seed, self.rng = seed, random.Random(seed)
+        self.world = distributed.world_size() if shard else 1
+        self.rank = distributed.rank() if shard else 0
 
     def __len__(self):
-        return -(-len(self.sequences) // (self.batch_size * distributed.world_size()))
+        return -(-len(self.sequences) // (self.batch_size * self.world))
 
     def set_epoch(self, epoch):
         """Make the next pass take the order pass `epoch` of a fresh run takes (train.fit calls
@@ -291,7 +294,7 @@ class Batches:
                 "labels": torch.tensor(labels, dtype=torch.long)}                         # (B,)
 
     def __iter__(self):
-        order, rank, world = self.order(), distributed.rank(), distributed.world_size()
+        order, rank, world = self.order(), self.rank, self.world
         for start in range(0, len(order), self.batch_size * world):
             group = order[start:start + self.batch_size * world]
             if len(group) < world:          # a last global batch too small to give every rank one

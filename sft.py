@@ -267,25 +267,12 @@ def collate(sequences, pad_id):
     return {"tokens": tokens, "attention_mask": mask, "labels": labels}
 
 
-class SFTBatches:
-    """Re-iterable batches of collate()d sequences; shuffled per pass (seeded) or by length."""
-
-    def __init__(self, sequences, batch_size, pad_id, shuffle=False, seed=0):
-        self.sequences, self.batch_size, self.pad_id = sequences, batch_size, pad_id
-        self.shuffle, self.rng = shuffle, random.Random(seed)
-
-    def __len__(self):
-        return -(-len(self.sequences) // self.batch_size)
-
-    def __iter__(self):
-        order = list(range(len(self.sequences)))
-        if self.shuffle:
-            self.rng.shuffle(order)
-        else:
-            order.sort(key=lambda i: len(self.sequences[i][0]))
-        for start in range(0, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
-            yield {**collate([self.sequences[i] for i in index], self.pad_id), "index": index}
+def batches(sequences, batch_size, pad_id, shuffle=False, seed=0):
+    """data.Batches of (ids, n_prompt) sequences collated with masked labels: shuffled per pass
+    (seeded; training, sharded over torchrun ranks) or sorted by length (evaluation, whole)."""
+    return data.Batches([ids for ids, _ in sequences], [n for _, n in sequences], batch_size,
+                        pad_id, shuffle=shuffle, seed=seed, sort_by_length=not shuffle,
+                        collate=lambda ids, ns: collate(list(zip(ids, ns)), pad_id), shard=shuffle)
 
 
 # ----------------------------------------------------------------------------

@@ -38,7 +38,6 @@ one short run per method whose saved adapter reloads to the same validation answ
 """
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -50,6 +49,7 @@ import classifier
 import data
 import lora
 import metrics
+import options
 import sample
 import sft
 import train
@@ -67,17 +67,21 @@ FORMULAS = {"lora": "r*(in+out)", "ia3": "L*(scaled channels)", "prompt": "n*dim
 def add_data_arguments(add):
     add("--train", default=None, help="training file: JSON/JSONL records or `text;label` lines")
     add("--val", default=None, help="validation file (else a stratified split of --train)")
-    add("--val_ratio", "--val-ratio", type=float, default=0.1, help="validation fraction of --train")
-    add("--split_seed", "--split-seed", type=int, default=0, help="seed of the stratified split")
+    add("--val_ratio", "--val-ratio",
+        type=options.fraction, default=0.1, help="validation fraction of --train")
+    add("--split_seed", "--split-seed",
+        type=options.nonnegative_int, default=0, help="seed of the stratified split")
     add("--test", default=None, help="test file (answers optional) for --submission")
-    add("--submission", default=None, help="id,answer CSV for --test (default OUT_DIR/submission.csv)")
+    add("--submission",
+        type=options.output_file, default=None,
+        help="id,answer CSV for --test (default OUT_DIR/submission.csv)")
     add("--labels", default=None, help="comma-separated label set (default: the training answers)")
     add("--text_field", "--text-field", default="text", help="JSON field holding the text")
     add("--label_field", "--label-field", default="label", help="JSON field holding the label")
     add("--label_names", "--label-names", default=None, help="JSON list naming integer labels")
-    add("--max_train_examples", "--max-train-examples", type=int, default=None,
+    add("--max_train_examples", "--max-train-examples", type=options.positive_int, default=None,
         help="seeded random subset of the training records (after the split)")
-    add("--max_eval_examples", "--max-eval-examples", type=int, default=None,
+    add("--max_eval_examples", "--max-eval-examples", type=options.positive_int, default=None,
         help="seeded random subset of the validation and test records")
 
 
@@ -85,34 +89,44 @@ def add_training_arguments(add):
     add("--method", choices=METHODS, default="lora", help="what trains: a PEFT method or full")
     add("--lora_targets", "--lora-targets", default="heavy",
         help="light | medium | heavy (seed 000) or comma-separated Linear names (q_proj or wq)")
-    add("--lora_rank", "--lora-rank", type=int, default=16, help="LoRA rank r")
-    add("--lora_alpha", "--lora-alpha", type=float, default=32.0, help="LoRA alpha (scale alpha / r)")
-    add("--lora_dropout", "--lora-dropout", type=float, default=0.05, help="dropout on LoRA's input")
+    add("--lora_rank", "--lora-rank", type=options.positive_int, default=16, help="LoRA rank r")
+    add("--lora_alpha", "--lora-alpha",
+        type=options.nonnegative_float, default=32.0, help="LoRA alpha (scale alpha / r)")
+    add("--lora_dropout", "--lora-dropout",
+        type=options.probability, default=0.05, help="dropout on LoRA's input")
     add("--ia3_targets", "--ia3-targets", default="k_proj,v_proj,down_proj",
         help="IA3: comma-separated Linears (q_proj or wq); down_proj / w2 scale their input")
-    add("--num_virtual_tokens", "--num-virtual-tokens", type=int, default=20,
+    add("--num_virtual_tokens", "--num-virtual-tokens", type=options.positive_int, default=20,
         help="prompt, ptuning, prefix: n virtual tokens")
     add("--prefix_projection", "--prefix-projection", action="store_true",
         help="prefix: train P = MLP(P') (Li & Liang 2021, Sec. 4.3), folded after training")
-    add("--encoder_hidden_size", "--encoder-hidden-size", type=int, default=None,
+    add("--encoder_hidden_size", "--encoder-hidden-size", type=options.positive_int, default=None,
         help="ptuning / prefix MLP width (default peft's: dim / n_kv_heads * head_dim)")
     add("--encoder_type", "--encoder-type", choices=["MLP", "LSTM"], default="MLP",
         help="ptuning: the prompt encoder (peft's encoder_reparameterization_type)")
-    add("--epochs", type=int, default=1, help="passes over the training records")
-    add("--lr", type=float, default=1e-4, help="peak AdamW learning rate (seed 002: 1e-4)")
-    add("--weight_decay", "--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    add("--epochs", type=options.positive_int, default=1, help="passes over the training records")
+    add("--lr",
+        type=options.positive_float, default=1e-4, help="peak AdamW learning rate (seed 002: 1e-4)")
+    add("--weight_decay", "--weight-decay",
+        type=options.nonnegative_float, default=0.0, help="AdamW weight decay")
     add("--schedule", choices=["cosine", "linear", "constant"], default="cosine", help="lr decay")
-    add("--warmup_steps", "--warmup-steps", type=int, default=0, help="linear warmup steps")
-    add("--batch_size", "--batch-size", type=int, default=8, help="sequences per micro-batch")
-    add("--grad_accum", "--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    add("--max_len", "--max-len", type=int, default=256, help="tokens per sequence (text cut first)")
-    add("--patience", type=int, default=None, help="early stop after N evaluations without a "
+    add("--warmup_steps", "--warmup-steps",
+        type=options.nonnegative_int, default=0, help="linear warmup steps")
+    add("--batch_size", "--batch-size",
+        type=options.positive_int, default=8, help="sequences per micro-batch")
+    add("--grad_accum", "--grad-accum",
+        type=options.positive_int, default=1, help="micro-batches per optimizer step")
+    add("--max_len", "--max-len",
+        type=options.positive_int, default=256, help="tokens per sequence (text cut first)")
+    add("--patience",
+        type=options.positive_int, default=None, help="early stop after N evaluations without a "
         "lower validation loss")
-    add("--eval_every_steps", "--eval-every-steps", type=int, default=None,
+    add("--eval_every_steps", "--eval-every-steps", type=options.positive_int, default=None,
         help="also evaluate every N optimizer steps (validation loss, perplexity, accuracy)")
-    add("--max_steps_per_epoch", "--max-steps-per-epoch", type=int, default=None,
+    add("--max_steps_per_epoch", "--max-steps-per-epoch", type=options.positive_int, default=None,
         help="stop each epoch after N optimizer steps")
-    add("--time_budget_s", "--time-budget-s", type=float, default=None, help="training seconds")
+    add("--time_budget_s", "--time-budget-s",
+        type=options.nonnegative_float, default=None, help="training seconds")
     add("--gradient_checkpointing", "--gradient-checkpointing", action="store_true",
         help="recompute each block in backward (less activation memory, ~30%% more time)")
 
@@ -122,8 +136,10 @@ def add_answer_arguments(add):
         help="chat (the model's own template; default when it has one), alpaca, or boolq (seed 002)")
     add("--answer_mode", "--answer-mode", choices=["score", "generate"], default="score",
         help="score: compare each label's log-probability; generate: decode and parse the label")
-    add("--max_new_tokens", "--max-new-tokens", type=int, default=8, help="generate mode: tokens")
-    add("--eval_batch_size", "--eval-batch-size", type=int, default=16, help="scoring batch size")
+    add("--max_new_tokens", "--max-new-tokens",
+        type=options.positive_int, default=8, help="generate mode: tokens")
+    add("--eval_batch_size", "--eval-batch-size",
+        type=options.positive_int, default=16, help="scoring batch size")
     add("--zero_shot", "--zero-shot", action=argparse.BooleanOptionalAction,
         default=True, help="score the validation set before training (the base model)")
 
@@ -135,24 +151,15 @@ def add_arguments(parser, option):
     add_answer_arguments(add)
     weights.add_model_path_argument(parser, "the base model")
     add("--adapter", default=None, help="predict only: an OUT_DIR/adapter (or OUT_DIR/model) folder")
-    add("--out_dir", "--out-dir", default="runs/sft", help="folder for every output of the run")
+    add("--out_dir", "--out-dir", type=options.output_folder, default="runs/sft",
+        help="folder for every output of the run")
+    train.add_checkpoint_arguments(parser)
+    add("--fsdp", action="store_true", help="under torchrun: FSDP (sharded) instead of DDP")
 
 
 def check_arguments(args):
-    """Every impossible option as one line, before any work."""
-    for name in ("lora_rank", "epochs", "batch_size", "grad_accum", "max_len", "patience",
-                 "eval_every_steps", "max_steps_per_epoch", "max_train_examples",
-                 "max_eval_examples", "max_new_tokens", "eval_batch_size", "num_virtual_tokens",
-                 "encoder_hidden_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} {value}: must be >= 1")
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        raise ValueError(f"--lr {args.lr}: must be a positive number, e.g. 1e-4")
-    if args.lora_alpha < 0 or not 0 <= args.lora_dropout < 1 or args.warmup_steps < 0:
-        raise ValueError("--lora_alpha must be >= 0, --lora_dropout in [0, 1), --warmup_steps >= 0")
-    if args.val is None and not 0 < args.val_ratio < 1:
-        raise ValueError(f"--val_ratio {args.val_ratio}: must be between 0 and 1, e.g. 0.1")
+    """The combinations and paths the flag types cannot see alone (ranges are checked while
+    parsing, options.py), as one line, before any work."""
     if args.adapter is None and args.train is None:
         raise ValueError("give --train FILE to fine-tune, or --adapter DIR --test FILE to predict")
     if args.adapter is not None and args.test is None:
@@ -254,7 +261,7 @@ class Evaluator:
 
     @torch.no_grad()
     def loss(self, model):
-        batches = sft.SFTBatches(self.sequences, self.args.eval_batch_size, self.tokenizer.pad_id)
+        batches = sft.batches(self.sequences, self.args.eval_batch_size, self.tokenizer.pad_id)
         total = count = 0.0
         for batch in batches:
             loss_sum, n = sft.answer_loss(model, batch)
@@ -297,14 +304,14 @@ def generate_answers(model, tokenizer, prompts, labels, args):
 def fit(model, tokenizer, splits, labels, template, args):
     """train.fit on the answer loss; returns the history."""
     sequences = [sft.encode(tokenizer, r, labels, template, args.max_len) for r in splits["train"]]
-    batches = sft.SFTBatches(sequences, args.batch_size, tokenizer.pad_id, shuffle=True,
-                             seed=args.seed)
+    batches = sft.batches(sequences, args.batch_size, tokenizer.pad_id, shuffle=True, seed=args.seed)
     config = train.TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_steps=args.warmup_steps, grad_accum_steps=args.grad_accum,
         max_steps_per_epoch=args.max_steps_per_epoch, time_budget_s=args.time_budget_s,
         eval_every_steps=args.eval_every_steps, patience=args.patience, select_metric="loss",
-        select_mode="min", out_dir=args.out_dir, name="sft", count_unit="answer tok")
+        select_mode="min", out_dir=args.out_dir, name="sft", count_unit="answer tok",
+        fsdp=args.fsdp, **train.checkpoint_fields(args, "sft"))
     return train.fit(model, batches, sft.answer_loss, config,
                      evaluate=Evaluator(tokenizer, splits["val"], labels, template, args))
 

@@ -112,7 +112,7 @@ def load_data(args):
 def batches(dataset, split, batch_size, shuffle=False, seed=0):
     labels = [e["label"] if e["label"] is not None else 0 for e in dataset["examples"][split]]
     return data.Batches(dataset["ids"][split], labels, batch_size, dataset["tokenizer"].pad_id,
-                        shuffle=shuffle, seed=seed, sort_by_length=not shuffle)
+                        shuffle=shuffle, seed=seed, sort_by_length=not shuffle, shard=shuffle)
 
 
 def loss_fn(model, batch):

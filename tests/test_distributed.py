@@ -40,7 +40,7 @@ def loss_fn(m, b):
     return F.cross_entropy(m(b["tokens"], b["attention_mask"]), b["labels"], reduction="sum"), len(b["labels"])
 config = train.TrainConfig(epochs=2, lr=3e-2, schedule="cosine", warmup_steps=1, grad_accum_steps=2,
                            progress=False, max_grad_norm=0.5)
-history = train.fit(model, data.Batches(seqs, labels, batch, 0, shuffle=True, seed=5), loss_fn, config)
+history = train.fit(model, data.Batches(seqs, labels, batch, 0, shuffle=True, seed=5, shard=True), loss_fn, config)
 if distributed.is_main():
     safetensors_io.write_safetensors(out + "/final.safetensors", {k: v.contiguous() for k, v in model.state_dict().items()})
     open(out + "/losses.txt", "w").write(" ".join(repr(s["loss"]) for s in history["steps"]))

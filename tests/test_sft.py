@@ -141,7 +141,7 @@ def test_batches_right_padded_with_ignored_pads():
     assert batch["tokens"].tolist() == [[5, 6, 7, 8], [9, 10, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, -100, 7, 8], [-100, 10, -100, -100]]
-    batches = list(sft.SFTBatches(seqs * 3, 4, 0, shuffle=True, seed=1))
+    batches = list(sft.batches(seqs * 3, 4, 0, shuffle=True, seed=1))
     assert sorted(i for b in batches for i in b["index"]) == list(range(6))
 
 

@@ -110,11 +110,12 @@ def test_predict_only_from_the_saved_adapter(trained, base_folder, task, tmp_pat
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--lora_rank", "0"], "--lora_rank 0: must be >= 1"),
-    (["--val_ratio", "1.5"], "--val_ratio 1.5"),
+    (["--lora_rank", "0"], "--lora_rank/--lora-rank: 0 is not allowed: must be an integer >= 1"),
+    (["--val_ratio", "1.5"], "--val_ratio/--val-ratio: 1.5 is not allowed"),
     (["--lora_targets", "haevy"], "match no nn.Linear"),
     (["--adapter", "/no/such"], "no sft_config.json"),
-    (["--lr", "nan"], "--lr nan"),
+    (["--lr", "nan"], "--lr: nan is not allowed: must be a finite number"),
+    (["--submission", "."], "--submission: . is a folder"),
 ])
 def test_bad_options_are_one_line_errors(task, base_folder, capsys, flags, words):
     argv = ["--option", "sft", "--train", str(task / "train.txt"), "--test", str(task / "test.json"),
@@ -168,3 +169,33 @@ def test_each_method_trains_saves_and_reloads_to_the_same_answers(method, base_f
         rows = list(csv.reader(f))[1:]
     fallback = saved["labels"][0]                  # what the submission writes for unparsed
     assert rows == [[v["id"], v["predicted"] or fallback] for v in val]
+
+
+def test_torchrun_two_ranks_train_the_same_adapter(task, base_folder, tmp_path):
+    """`torchrun --nproc_per_node 2 run.py --option sft --batch_size 3` == one process with
+    --batch_size 6 (each rank a strided half of every global batch; DDP averages gradients).
+    No dropout (the ranks' RNG streams differ); atol 1e-5: the same sums in another order."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    import safetensors_io
+    root = Path(__file__).resolve().parents[1]
+    common = ["--option", "sft", "--train", str(task / "train.txt"), "--val_ratio", "0.25",
+              "--pretrained-model-path", str(base_folder), "--lora_targets", "light",
+              "--lora_rank", "2", "--lora_dropout", "0", "--lr", "3e-3", "--epochs", "1",
+              "--no-zero_shot"]
+    subprocess.run([sys.executable, str(root / "run.py"), *common, "--batch_size", "6",
+                    "--out_dir", str(tmp_path / "one")], check=True, capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--standalone", str(root / "run.py"), *common, "--batch_size", "3",
+                           "--out_dir", str(tmp_path / "two")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (safetensors_io.read_safetensors(tmp_path / k / "adapter" / "adapter_model.safetensors")
+                for k in ("one", "two"))
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4)
+    losses = [[s["loss"] for s in json.loads((tmp_path / k / "sft-history.json").read_text())["steps"]]
+              for k in ("one", "two")]
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), atol=1e-5, rtol=1e-5)
