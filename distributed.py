@@ -11,8 +11,9 @@ which is why train.py all-reduces the count and scales by world_size / count.
 Data: every rank draws the same seeded order and takes a strided share of each global batch
 (data.Batches), so N ranks of batch B see exactly the examples one process of batch N * B sees.
 Only rank 0 prints and writes (atomic.py skips writes elsewhere); every rank evaluates.
-FSDP (Zhao et al. 2023, "PyTorch FSDP", arXiv:2304.11277) instead of DDP (--fsdp) shards the
-parameters, gradients and optimizer states over the ranks, for a model that does not fit one GPU.
+Not here yet: FSDP (Zhao et al. 2023, arXiv:2304.11277), which would shard parameters, gradients
+and optimizer states for a model that does not fit one GPU; every save path would then have to
+gather the shards on all ranks first.
 
 Every helper here is a no-op on one process, so the training loop reads the same either way.
 Tests: tests/test_distributed.py (device choice; 2 gloo processes on the CPU train to the same
@@ -103,12 +104,9 @@ class DDP(DistributedDataParallel):
             return getattr(self.module, name)
 
 
-def wrap(model, fsdp=False):
-    """The model as one process trains it: itself, or wrapped in DDP (or FSDP) under torchrun."""
+def wrap(model):
+    """The model as one process trains it: itself, or wrapped in DDP under torchrun."""
     if not is_distributed():
         return model
-    if fsdp:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-        return FullyShardedDataParallel(model, use_orig_params=True)
     device = next(model.parameters()).device
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -154,7 +154,6 @@ def add_arguments(parser, option):
     add("--out_dir", "--out-dir", type=options.output_folder, default="runs/sft",
         help="folder for every output of the run")
     train.add_checkpoint_arguments(parser)
-    add("--fsdp", action="store_true", help="under torchrun: FSDP (sharded) instead of DDP")
 
 
 def check_arguments(args):
@@ -311,7 +310,7 @@ def fit(model, tokenizer, splits, labels, template, args):
         max_steps_per_epoch=args.max_steps_per_epoch, time_budget_s=args.time_budget_s,
         eval_every_steps=args.eval_every_steps, patience=args.patience, select_metric="loss",
         select_mode="min", out_dir=args.out_dir, name="sft", count_unit="answer tok",
-        fsdp=args.fsdp, **train.checkpoint_fields(args, "sft"))
+        **train.checkpoint_fields(args, "sft"))
     return train.fit(model, batches, sft.answer_loss, config,
                      evaluate=Evaluator(tokenizer, splits["val"], labels, template, args))
 

@@ -84,7 +84,6 @@ class TrainConfig:
     checkpoint_dir: str = None         # folder of the resumable checkpoint (checkpoint.py)
     checkpoint_every_steps: int = None  # write it every this many steps (and at epoch ends)
     resume: bool = False               # continue from checkpoint_dir when a checkpoint is there
-    fsdp: bool = False                 # under torchrun: FSDP instead of DDP (distributed.py)
 
     def __post_init__(self):
         for field in ("epochs", "grad_accum_steps", "log_every_steps"):
@@ -210,7 +209,7 @@ class Run:
     def __init__(self, model, train_batches, config, evaluate, optimizer):
         self.model, self.config, self.evaluate = model, config, evaluate
         self.device = next(model.parameters()).device
-        self.wrapped = distributed.wrap(model, config.fsdp)   # DDP / FSDP under torchrun
+        self.wrapped = distributed.wrap(model)                # DDP under torchrun
         self.optimizer = optimizer if optimizer is not None else make_optimizer(self.wrapped, config)
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
