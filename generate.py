@@ -1,20 +1,18 @@
-"""`run.py --option generate` and `--option chat`: a pretrained Llama continues text.
+"""`run.py --option generate`: a pretrained Llama continues text; the pieces every generating
+option shares (model flags, the sampling flags table, load_model, stream).
 
 generate (seed 001): the prompt (by default seed 001's Frankenstein sentence) is continued twice,
 at temperature 0.0 (greedy: argmax of the logits each step) and 1.0 (a sample from the softmax,
-optionally truncated by top-k / top-p / epsilon / min-p, sample.py), each written to its file.
-chat: the user's message is wrapped in the model's own chat template (chat_templates.py: ChatML
-for SmolLM2, Llama 3 headers, Llama 2 [INST]) and the assistant's reply is generated until an
-end-of-turn token.
-Both stream: text is printed as soon as its bytes form whole characters (tokenizer.StreamDecoder).
-The sampling flags become sample.SamplingConfig objects, checked before the model is loaded, so a
-bad flag fails in one line before any work. The model is loaded once by `load_model`, which every
-option that generates shares.
+optionally truncated by top-k / top-p / epsilon / min-p and with a repetition penalty,
+sample.py), each written to its file. `--option chat` (chat.py) uses the same pieces.
+Text streams: it is printed as soon as its bytes form whole characters (tokenizer.StreamDecoder).
+The sampling flags (SAMPLING_FLAGS) become sample.SamplingConfig objects, checked before the model
+is loaded, so a bad flag fails in one line before any work. `load_model` loads a model for every
+option that generates.
 
 Shapes: prompt ids are lists of T ints; generation is sample.generate_batch at batch 1.
 Tests: tests/test_run.py (the files hold exactly the prompt plus Llama.generate's greedy text;
-the chat answer names Paris; bad model paths and bad sampling flags are one-line errors, raised
-before any model is loaded).
+bad model paths and bad sampling flags are one-line errors, raised before any model is loaded).
 """
 import dataclasses
 import time
@@ -33,12 +31,16 @@ FRANKENSTEIN = ("Victor Frankenstein, a young scientist obsessed with uncovering
 # ----------------------------------------------------------------------------
 # flags
 
-# the sampling flags: name, type, help (sample.SamplingConfig checks their ranges)
+# the sampling flags: name (= the sample.SamplingConfig field, which checks its range), type,
+# default, help. --temperature is each option's own (generate runs 0.0 and 1.0).
 SAMPLING_FLAGS = [
-    ("top_k", int, "keep the k most likely tokens (k >= 1)"),
-    ("top_p", float, "nucleus sampling mass p, 0 < p <= 1"),
-    ("epsilon", float, "epsilon sampling: drop tokens with probability below epsilon, [0, 1)"),
-    ("min_p", float, "min-p sampling: drop tokens below min_p * max probability, [0, 1]"),
+    ("top_k", int, None, "keep the k most likely tokens (k >= 1)"),
+    ("top_p", float, None, "nucleus sampling mass p, 0 < p <= 1"),
+    ("epsilon", float, None, "epsilon sampling: drop tokens with probability < epsilon, [0, 1)"),
+    ("min_p", float, None, "min-p sampling: drop tokens below min_p * max probability, [0, 1]"),
+    ("repetition_penalty", float, 1.0, "CTRL repetition penalty theta > 0: every token already in "
+     "the prompt or the answer gets its logit divided by theta (multiplied when negative); "
+     "1 = off, 1.2 is CTRL's value"),
 ]
 
 
@@ -51,20 +53,13 @@ def add_model_arguments(parser):
                         "weights in groups of 32, the fast CPU decoding path, see quantize.py)")
     parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=75,
                         help="tokens to generate, >= 1 (seed 001 uses 75)")
-    for name, kind, text in SAMPLING_FLAGS:
+    for name, kind, default, text in SAMPLING_FLAGS:
         aliases = [f"--{name.replace('_', '-')}"] if "_" in name else []
-        parser.add_argument(f"--{name}", *aliases, type=kind, default=None, help=text)
+        parser.add_argument(f"--{name}", *aliases, type=kind, default=default, help=text)
 
 
 def add_arguments(parser, option):
     add_model_arguments(parser)
-    if option == "chat":
-        parser.add_argument("--prompt", default="What is the capital of France?",
-                            help="the user's message")
-        parser.add_argument("--system", default=None, help="optional system message")
-        parser.add_argument("--temperature", type=float, default=0.0,
-                            help="0 means greedy; a finite number >= 0")
-        return
     parser.add_argument("--prompt", default=FRANKENSTEIN,
                         help="text to continue (seed 001's prompt by default)")
     parser.add_argument("--generated_sentence_low_temp_out",
@@ -78,31 +73,39 @@ def add_arguments(parser, option):
 def sampling_configs(args, temperatures):
     """One sample.SamplingConfig per temperature from the sampling flags; a bad flag raises its
     one-line ValueError here, before the model is loaded."""
-    base = sample.SamplingConfig(top_k=args.top_k, top_p=args.top_p, epsilon=args.epsilon,
-                                 min_p=args.min_p)
+    base = sample.SamplingConfig(**{name: getattr(args, name) for name, *_ in SAMPLING_FLAGS})
     return [dataclasses.replace(base, temperature=t) for t in temperatures]
+
+
+def check_max_new_tokens(args):
+    """--max_new_tokens >= 1, checked before the model loads."""
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max_new_tokens {args.max_new_tokens}: must be >= 1 (seed 001 uses "
+                         "75)")
 
 
 # ----------------------------------------------------------------------------
 # loading and streaming
 
-def load_model(args):
-    """(Llama, Tokenizer) from --pretrained-model-path on args.device in --dtype; int4 quantizes."""
+def load_model(args, path=None):
+    """(Llama, Tokenizer) from path (default --pretrained-model-path) on args.device in --dtype;
+    int4 quantizes."""
     import quantize
+    path = args.pretrained_model_path if path is None else path
     start = time.perf_counter()
     dtype = torch.float32 if args.dtype == "int4" else getattr(torch, args.dtype)
-    model, tokenizer = weights.load_pretrained(args.pretrained_model_path, device=args.device,
-                                               dtype=dtype, require_tokenizer=True)
+    model, tokenizer = weights.load_pretrained(path, device=args.device, dtype=dtype,
+                                               require_tokenizer=True)
     if args.dtype == "int4":
         quantize.quantize_model_int4(model)
-    print(f"loaded {args.pretrained_model_path or weights.default_model_path()} "
-          f"in {time.perf_counter() - start:.1f} s", flush=True)
+    print(f"loaded {path or weights.default_model_path()} in {time.perf_counter() - start:.1f} s",
+          flush=True)
     return model, tokenizer
 
 
 def stream(model, tokenizer, prompt_ids, sampling, args):
-    """Generate from prompt_ids with a SamplingConfig, printing text as it arrives; returns the
-    generated text."""
+    """Generate from prompt_ids with a SamplingConfig (randomness seeded by --seed, so a run
+    repeats), printing text as it arrives; returns (the generated text, its token ids)."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
     decoder, pieces = StreamDecoder(tokenizer), []
 
@@ -110,15 +113,15 @@ def stream(model, tokenizer, prompt_ids, sampling, args):
         pieces.append(piece)
         print(piece, end="", flush=True)
 
-    model.generate(prompt_ids, args.max_new_tokens, sampling, stop_tokens=tokenizer.stop_ids,
-                   generator=generator, on_token=lambda t: show(decoder.push(t)))
+    ids = model.generate(prompt_ids, args.max_new_tokens, sampling, stop_tokens=tokenizer.stop_ids,
+                         generator=generator, on_token=lambda t: show(decoder.push(t)))
     show(decoder.flush())
     print(flush=True)
-    return "".join(pieces)  # streamed pieces keep SentencePiece's leading spaces; decode drops them
+    return "".join(pieces), ids  # the pieces keep SentencePiece's leading space; decode drops it
 
 
 # ----------------------------------------------------------------------------
-# the two options
+# the option
 
 def run_generate(args):
     """Seed 001's text continuation: temperature 0.0 and 1.0, each written to its file."""
@@ -129,26 +132,13 @@ def run_generate(args):
                                         args.generated_sentence_high_temp_out]):
         print(f"Temperature is {sampling.temperature}")
         print(args.prompt, end="", flush=True)
-        text = stream(model, tokenizer, prompt_ids, sampling, args)
+        text, _ = stream(model, tokenizer, prompt_ids, sampling, args)
         atomic.write_text_atomic(path, args.prompt + text)
         print("---------------")
         print(f"Wrote generated sentence to {path}.")
 
 
-def run_chat(args):
-    """One chat turn with the model's chat template (ChatML for SmolLM2, headers for Llama 3)."""
-    [sampling] = sampling_configs(args, [args.temperature])
-    model, tokenizer = load_model(args)
-    messages = ([{"role": "system", "content": args.system}] if args.system else [])
-    messages.append({"role": "user", "content": args.prompt})
-    prompt_ids = tokenizer.encode_chat(messages)
-    print(f"user: {args.prompt}\nassistant: ", end="", flush=True)
-    stream(model, tokenizer, prompt_ids, sampling, args)
-
-
 def main(args):
-    """Run --option chat or generate; flags are checked before the model is loaded."""
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max_new_tokens {args.max_new_tokens}: must be >= 1 (seed 001 uses "
-                         "75)")
-    (run_chat if args.option == "chat" else run_generate)(args)
+    """Run --option generate; flags are checked before the model is loaded."""
+    check_max_new_tokens(args)
+    run_generate(args)

@@ -1,4 +1,5 @@
-"""Choosing the next token from logits: greedy, temperature, and truncation rules, one per function.
+"""Choosing the next token from logits: greedy, temperature, truncation rules and the repetition
+penalty, one function per rule, and the generation loops that use them.
 
 With logits z over V tokens and p = softmax(z / tau) (temperature tau; tau = 0 means argmax):
     top-k      keep the k most likely tokens                     (Fan et al. 2018, arXiv 1805.04833)
@@ -11,7 +12,16 @@ With logits z over V tokens and p = softmax(z / tau) (temperature tau; tau = 0 m
 Each filter sets the removed logits to -inf and always keeps the most likely token; the survivors
 are renormalised by the softmax and one token is drawn with torch.multinomial. Randomness comes only
 from the torch.Generator passed in, so a fixed seed reproduces a sample.
-Rules compose in the order temperature, top-k, top-p, epsilon, min-p (Hugging Face's order).
+
+Repetition penalty theta (CTRL: Keskar et al. 2019, arXiv:1909.05858, Section 4.1) acts on the
+logits before everything else, greedy included: for every token i already in the prompt or
+generated so far,
+    z_i <- z_i * theta   if z_i < 0,        z_i <- z_i / theta   otherwise,
+so theta > 1 makes every seen token less likely whatever its sign (CTRL divides only; the sign
+rule is Hugging Face's RepetitionPenaltyLogitsProcessor, which our test uses as the oracle).
+theta = 1 is off. A token counts once however often it was seen.
+Rules compose in the order repetition penalty, temperature, top-k, top-p, epsilon, min-p (Hugging
+Face's order: logits processors, then the temperature and truncation warpers).
 
 The settings travel together as one SamplingConfig (validated once, when it is built: run.py's
 flags fail before a model is loaded); the torch.Generator stays a separate argument.
@@ -23,8 +33,10 @@ the whole prefix every step, the readable reference it is tested against.
 Shapes: logits (B, V) or (V,) where stated; B batch, V vocabulary, T prompt tokens.
 Tested in tests/test_sample.py: kept sets against sets computed by hand from sorted probabilities,
 p -> 0 is greedy, p = 1 keeps the full distribution, temperature 0 is argmax, the seed's minimality,
-SamplingConfig's one-line errors; tests/test_run.py: bad sampling flags fail before loading;
-tests/test_llama.py: generate_batch == generate_no_cache, left-padded rows == one prompt alone.
+SamplingConfig's one-line errors, the repetition penalty == transformers'
+RepetitionPenaltyLogitsProcessor (exact), generate_batch == generate_no_cache with it;
+tests/test_run.py: bad sampling flags fail before loading; tests/test_llama.py: generate_batch ==
+generate_no_cache, left-padded rows == one prompt alone.
 """
 import math
 import numbers
@@ -42,13 +54,14 @@ NEG_INF = float("-inf")
 @dataclass(frozen=True)
 class SamplingConfig:
     """How the next token is chosen; the defaults are greedy decoding. Field names are the flags
-    of run.py (--temperature, --top_k, ...), so an error names the flag to fix. A new rule (e.g.
-    a repetition penalty) is one more field, its check here and its step in sample_next_token."""
+    of run.py (--temperature, --top_k, ...), so an error names the flag to fix. A new rule is one
+    more field, its check here and its step in sample_next_token (as repetition_penalty is)."""
     temperature: float = 0.0         # tau; 0 = greedy (argmax, the filters are unused)
     top_k: Optional[int] = None      # keep the k most likely tokens, k >= 1; None = off
     top_p: Optional[float] = None    # nucleus mass p, 0 < p <= 1 (1 keeps all); None = off
     epsilon: Optional[float] = None  # drop tokens with probability < epsilon, [0, 1); None = off
     min_p: Optional[float] = None    # drop tokens below min_p * max probability, [0, 1]; None = off
+    repetition_penalty: float = 1.0  # theta: seen tokens' logits / theta (> 0) or * theta; 1 = off
 
     def __post_init__(self):
         """One-line ValueError naming the flag, its value and the allowed range (NaN fails every
@@ -59,9 +72,11 @@ class SamplingConfig:
                   lambda k: isinstance(k, numbers.Integral) and k >= 1),
                  ("--top_p", self.top_p, "in (0, 1] (e.g. 0.9)", lambda p: 0 < p <= 1),
                  ("--epsilon", self.epsilon, "in [0, 1) (e.g. 3e-4)", lambda e: 0 <= e < 1),
-                 ("--min_p", self.min_p, "in [0, 1] (e.g. 0.05)", lambda m: 0 <= m <= 1)]
+                 ("--min_p", self.min_p, "in [0, 1] (e.g. 0.05)", lambda m: 0 <= m <= 1),
+                 ("--repetition_penalty", self.repetition_penalty,
+                  "a finite number > 0 (1 = off, e.g. 1.2)", lambda r: math.isfinite(r) and r > 0)]
         for flag, value, rule, allowed in rules:
-            optional = flag != "--temperature"
+            optional = flag not in ("--temperature", "--repetition_penalty")
             if value is None and optional:
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not allowed(value):
@@ -78,6 +93,18 @@ GREEDY = SamplingConfig()   # the default everywhere: argmax, no filters
 
 # ----------------------------------------------------------------------------
 # one function per rule: logits (..., V) -> logits (..., V) with removed tokens at -inf
+
+def apply_repetition_penalty(logits, previous, penalty):
+    """CTRL's penalty: logits (B, V), previous (B, T) ids or B lists of ids (rows may differ in
+    length: left padding is not a token the row has seen) -> logits (B, V) where each seen token's
+    logit z is z * penalty if z < 0, else z / penalty."""
+    logits = logits.clone()
+    for row, ids in enumerate(previous):
+        seen = torch.as_tensor(ids, dtype=torch.long, device=logits.device).unique()  # (n,)
+        z = logits[row, seen]                                                # (n,)
+        logits[row, seen] = torch.where(z < 0, z * penalty, z / penalty)
+    return logits
+
 
 def apply_temperature(logits, temperature):
     """z / tau for tau > 0 (tau < 1 sharpens, tau > 1 flattens); greedy (tau = 0) is argmax."""
@@ -131,9 +158,16 @@ def sample_from_logits(logits, generator=None):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)      # (B,)
 
 
-def sample_next_token(logits, sampling=GREEDY, generator=None):
-    """logits (B, V) -> next token ids (B,) long, by a SamplingConfig. Greedy (temperature 0) is
-    argmax; otherwise temperature, then each filter that is set, then a multinomial draw."""
+def sample_next_token(logits, sampling=GREEDY, generator=None, previous=None):
+    """logits (B, V) -> next token ids (B,) long, by a SamplingConfig. previous: the tokens each
+    row has seen (prompt + generated; (B, T) ids or B lists), needed only by the repetition
+    penalty, which comes first. Greedy (temperature 0) is then argmax; otherwise temperature, each
+    filter that is set, and a multinomial draw."""
+    if sampling.repetition_penalty != 1.0:
+        if previous is None:
+            raise ValueError("sample_next_token: a repetition penalty needs previous= the tokens "
+                             "each row has seen (prompt + generated)")
+        logits = apply_repetition_penalty(logits, previous, sampling.repetition_penalty)
     if sampling.greedy:
         return logits.argmax(dim=-1)                                         # (B,)
     logits = apply_temperature(logits.float(), sampling.temperature)         # (B, V)
@@ -178,6 +212,7 @@ def generate_batch(model, prompts, pad_id, max_new_tokens, sampling=GREEDY, stop
     """Continue B prompts at once, left-padded (pad_id), with the KV cache; each next token is
     chosen by sampling (sample.SamplingConfig) from generator's randomness. Returns B lists of
     new ids; a row stops at its first stop token (not included). on_token(row, id) streams.
+    Each row's prompt plus its new ids so far (`seen`) feed the repetition penalty.
 
     decode_fn: optional stand-in for model in the one-token steps, e.g. torch.compile(model,
     mode="reduce-overhead", fullgraph=True); it gets start_pos as a 0-d long tensor, so one
@@ -194,13 +229,15 @@ def generate_batch(model, prompts, pad_id, max_new_tokens, sampling=GREEDY, stop
     mask = None if bool(mask.all()) else mask
     logits, _ = model(tokens, start_pos=0, attention_mask=mask, last_only=True)  # (B, 1, V)
     outputs, done = [[] for _ in range(B)], [False] * B
+    seen = [list(p) for p in prompts]                                      # B lists, no padding
     for step in range(max_new_tokens):
-        next_tokens = sample_next_token(logits[:, -1], sampling, generator)  # (B,)
+        next_tokens = sample_next_token(logits[:, -1], sampling, generator, seen)  # (B,)
         for row, token in enumerate(next_tokens.tolist()):
             if done[row] or token in stop_tokens:
                 done[row] = True
                 continue
             outputs[row].append(token)
+            seen[row].append(token)
             if on_token is not None:
                 on_token(row, token)
         if all(done) or step == max_new_tokens - 1:
@@ -223,7 +260,7 @@ def generate_no_cache(model, prompt_tokens, max_new_tokens, sampling=GREEDY,
     new = []
     for _ in range(max_new_tokens):
         logits, _ = model(torch.tensor([tokens], device=device), last_only=True)  # (1, 1, V)
-        token = sample_next_token(logits[:, -1], sampling, generator).item()
+        token = sample_next_token(logits[:, -1], sampling, generator, [tokens]).item()
         if token in stop_tokens:
             break
         tokens.append(token)

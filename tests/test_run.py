@@ -1,11 +1,12 @@
-"""Tests of run.py's own options (generate, chat) and its error handling.
+"""Tests of run.py's own options (generate, one chat turn) and its error handling.
 
     .venv/bin/python -m pytest tests/test_run.py -q
 
 Oracle: the default model's greedy continuation through Llama.generate directly (the CLI must
 write exactly the prompt plus that text, and print seed 001's lines around it), and the one-line
 error contract of DEVELOPERS' guide; bad flags must fail before weights.load_pretrained is called
-(it is replaced by a function that fails the test).
+(it is replaced by a function that fails the test). The chat option's other modes and studies
+are tested in tests/test_chat.py.
 """
 import pytest
 import torch
@@ -34,8 +35,10 @@ def test_generate_writes_both_files(tmp_path, default_model_path, capsys):
 
 
 def test_chat_answers_with_the_template(default_model_path, capsys):
-    run.main(["--option", "chat", "--max_new_tokens", "12"])
-    assert "Paris" in capsys.readouterr().out
+    run.main(["--option", "chat", "--prompt", "What is the capital of France?",
+              "--max_new_tokens", "12"])
+    out = capsys.readouterr().out
+    assert "\nuser: What is the capital of France?\nassistant: " in out and "Paris" in out
 
 
 @pytest.mark.parametrize("path, words", [("/no/such/model.gguf", "no such file"),
@@ -55,7 +58,8 @@ def test_bad_model_path_is_one_clear_line(tmp_path, capsys, path, words):
     ("generate", "--top_p", "1.5"), ("generate", "--top_k", "-3"), ("generate", "--epsilon", "2"),
     ("chat", "--temperature", "-1"), ("generate", "--min_p", "5"), ("chat", "--temperature", "nan"),
     ("generate", "--max_new_tokens", "0"), ("chat", "--max_new_tokens", "0"),
-    ("chat", "--top_p", "0")])
+    ("chat", "--top_p", "0"), ("generate", "--repetition_penalty", "0"),
+    ("chat", "--repetition_penalty", "-1"), ("generate", "--repetition_penalty", "inf")])
 def test_bad_sampling_flag_fails_in_one_line_before_loading(monkeypatch, capsys, option, flag,
                                                             value):
     def no_loading(*args, **kwargs):

@@ -1,13 +1,19 @@
-"""Tests for sample.py: each truncation rule keeps the right set, nucleus sampling per seed 003.
+"""Tests for sample.py: each truncation rule keeps the right set, nucleus sampling per seed 003,
+the repetition penalty.
 
-Run: .venv/bin/pytest tests/test_sample.py -q   (CPU, < 5 s)
+Run: .venv/bin/pytest tests/test_sample.py -q   (CPU, < 10 s)
 
 Oracles: kept sets computed here in plain Python from the sorted softmax probabilities (the rules'
 definitions); torch.argmax for greedy; for p = 1 the draws of torch.multinomial on the full softmax
 with the same generator seed; empirical frequencies vs the renormalised kept probabilities (20,000
 draws: a standard error of at most 0.0036 per token, so 0.02 is over 5 sigma); each filter applied
-by hand for sample_next_token; the bounds of the issue for SamplingConfig's errors.
+by hand for sample_next_token; the bounds of the issue for SamplingConfig's errors; for the
+repetition penalty, transformers' RepetitionPenaltyLogitsProcessor (the same float operations, so
+equal exactly) and, in whole generations of a tiny random Llama, generate_no_cache (the prefix
+recomputed, no cache) and each prompt generated alone (left padding is not a seen token).
 """
+import dataclasses
+
 import pytest
 import torch
 
@@ -151,7 +157,12 @@ def test_sample_next_token_is_reproducible_and_respects_filters():
     ("top_p", float("nan"), "--top_p nan"),
     ("epsilon", 2.0, r"--epsilon 2.0: must be in \[0, 1\)"), ("epsilon", 1.0, "--epsilon 1.0"),
     ("epsilon", -0.1, "--epsilon -0.1"),
-    ("min_p", 5.0, r"--min_p 5.0: must be in \[0, 1\]"), ("min_p", -1e-3, "--min_p -0.001")])
+    ("min_p", 5.0, r"--min_p 5.0: must be in \[0, 1\]"), ("min_p", -1e-3, "--min_p -0.001"),
+    ("repetition_penalty", 0.0, "--repetition_penalty 0.0: must be a finite number > 0"),
+    ("repetition_penalty", -1.2, "--repetition_penalty -1.2"),
+    ("repetition_penalty", float("nan"), "--repetition_penalty nan"),
+    ("repetition_penalty", float("inf"), "--repetition_penalty inf"),
+    ("repetition_penalty", None, "--repetition_penalty None")])
 def test_sampling_config_errors_name_the_flag(field, value, words):
     with pytest.raises(ValueError, match=words) as err:
         sample.SamplingConfig(**{field: value})
@@ -168,3 +179,70 @@ def test_sampling_config_accepts_the_edges():
     plain = sample.SamplingConfig(temperature=1.0)
     b = sample.sample_next_token(logits, plain, torch.Generator().manual_seed(9))
     assert torch.equal(a, b)                                   # edges that keep every token
+
+
+# ----------------------------------------------------------------------------
+# the repetition penalty (CTRL, Keskar et al. 2019, Sec. 4.1)
+
+@pytest.mark.parametrize("penalty", [1.3, 2.0, 0.7])
+def test_repetition_penalty_equals_transformers(penalty):
+    """Oracle: transformers' RepetitionPenaltyLogitsProcessor on random logits with repeated and
+    negative, positive and zero seen logits; exact, as both do one multiply or divide per logit."""
+    processors = pytest.importorskip("transformers.generation.logits_process")
+    g = torch.Generator().manual_seed(10)
+    logits = torch.randn(3, 50, generator=g)
+    logits[0, 7] = 0.0
+    previous = torch.randint(0, 50, (3, 12), generator=g)
+    previous[0, :3] = 7                                        # a token seen three times
+    expected = processors.RepetitionPenaltyLogitsProcessor(penalty)(previous, logits.clone())
+    ours = sample.apply_repetition_penalty(logits, previous, penalty)
+    assert torch.equal(ours, expected)
+    unseen = torch.ones(3, 50, dtype=torch.bool).scatter(1, previous, False)
+    assert torch.equal(ours[unseen], logits[unseen])           # only seen tokens change
+    rows = [previous[0, :4].tolist(), previous[1].tolist(), []]  # rows of different lengths
+    by_row = sample.apply_repetition_penalty(logits, rows, penalty)
+    for row, ids in enumerate(rows[:2]):
+        alone = processors.RepetitionPenaltyLogitsProcessor(penalty)(torch.tensor([ids]),
+                                                                     logits[row:row + 1].clone())
+        assert torch.equal(by_row[row:row + 1], alone)
+    assert torch.equal(by_row[2], logits[2])                   # nothing seen: unchanged
+
+
+def test_repetition_penalty_in_sample_next_token():
+    """Greedy with the penalty == argmax of the oracle-checked penalised logits; penalty 1 is the
+    plain argmax (previous unused); a penalty without previous tokens is a clear error."""
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(4, 30, generator=g)
+    previous = logits.argmax(-1, keepdim=True)                 # (4, 1): each row's favourite
+    strong = sample.SamplingConfig(repetition_penalty=100.0)
+    picked = sample.sample_next_token(logits, strong, previous=previous)
+    expected = sample.apply_repetition_penalty(logits, previous, 100.0).argmax(-1)
+    assert torch.equal(picked, expected) and not torch.equal(picked, logits.argmax(-1))
+    assert torch.equal(sample.sample_next_token(logits, sample.GREEDY, previous=previous),
+                       logits.argmax(-1))
+    warm = dataclasses.replace(strong, temperature=0.8, top_k=5)
+    a = sample.sample_next_token(logits, warm, torch.Generator().manual_seed(3), previous)
+    by_hand = sample.top_k_filter(sample.apply_repetition_penalty(logits, previous, 100.0) / 0.8, 5)
+    assert torch.equal(a, sample.sample_from_logits(by_hand, torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="previous"):
+        sample.sample_next_token(logits, strong)
+
+
+def test_generation_with_repetition_penalty_matches_the_reference():
+    """Oracles: generate_no_cache (whole prefix each step, the token list as `previous`) for one
+    prompt; each prompt alone for a left-padded batch (pad ids are not seen tokens)."""
+    from test_llama import random_tokens, tiny_model
+    model = tiny_model()
+    penalised = sample.SamplingConfig(repetition_penalty=3.0)
+    prompts = [random_tokens(1, n, seed=20 + n)[0].tolist() for n in (3, 8)]
+    cached = model.generate(prompts[1], 16, penalised)
+    assert cached == sample.generate_no_cache(model, prompts[1], 16, penalised)
+    assert cached != model.generate(prompts[1], 16)            # greedy repeats 95 at step 14
+    alone = [model.generate(p, 16, penalised) for p in prompts]
+    pad_id = alone[0][0]                   # were padding seen, row 0's first token would change
+    batch = sample.generate_batch(model, prompts, pad_id, max_new_tokens=16, sampling=penalised)
+    assert batch == alone
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([prompts[0]]), last_only=True)     # (1, 1, V)
+    counted = sample.apply_repetition_penalty(logits[:, -1], [[pad_id] * 5 + prompts[0]], 3.0)
+    assert counted.argmax(-1).item() != pad_id                 # so the test can tell
