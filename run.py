@@ -29,6 +29,8 @@ Options, with an example each (data paths as in ../shared/data, see README):
                  --submission submission.csv
   sft_compare  python run.py --option sft_compare --train ../shared/data/boolq/train.json \
                  --val_ratio 0.1 --split_seed 0 --epochs 1     (light / medium / heavy / full)
+  peft_compare python run.py --option peft_compare --train ../shared/data/emotion/train.txt \
+                 --val ../shared/data/emotion/val.txt     (lora, ia3, prompt, ptuning, prefix, full)
   sweep        python run.py --option sweep --train ../shared/data/boolq/train.json \
                  --ranks 1,16,128,256 --alphas 0,1,16,128,256
   memory       python run.py --option memory --preset llama32_1b --batch_size 8 --max_len 512 \
@@ -70,6 +72,7 @@ OPTIONS = {
     "sft": sft_train,
     "memory": memory,
     "sft_compare": sft_studies,
+    "peft_compare": sft_studies,
     "sweep": sft_studies,
     "pico": pico_train,
     "pico_compare": pico_train,

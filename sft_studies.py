@@ -1,4 +1,4 @@
-"""`run.py --option sft_compare | sweep`: instruction fine-tuning studies, one `--option sft` child
+"""`run.py --option sft_compare | peft_compare | sweep`: instruction fine-tuning studies, one `--option sft` child
 process per setting on the same data, split and budget (so every run's peak memory is its own:
 a process's max RSS never goes down, and CUDA's peak is reset per process).
 
@@ -13,6 +13,10 @@ sft_compare (seed 000 part 2; seed 002's comparison rows):
               head on its last prompt token (the classifier of --option finetune with the Llama
               frozen: the features are computed once, then only the head trains); the from-scratch
               S4 text classifier (--option s4 on the same split)
+peft_compare (seed 004 Q2.7-Q2.10, seed 000's bonus): LoRA, IA3, prompt tuning, P-tuning, prefix
+    tuning and full fine-tuning on one task and budget (each method its own learning rate,
+    --method_lr): the same table, and a grouped bar chart of validation accuracy and macro-F1 by
+    method with the zero-shot base model beside them.
 sweep (seed 002): LoRA rank r x alpha on a grid, validation accuracy and final validation loss as
     a table and two heatmaps. alpha = 0 makes the update (alpha / r) B A zero: the base model.
 
@@ -43,6 +47,11 @@ import train
 ROOT = Path(__file__).resolve().parent
 SETTINGS = ("light", "medium", "heavy", "full")
 BASELINES = ("majority", "bow", "head", "s4")
+METHODS = ("lora", "ia3", "prompt", "ptuning", "prefix", "full")
+# peft_compare's per-method learning rates (LoRA takes --lr): soft prompts need large steps
+# (Lester et al. 2021 use 0.3 with Adafactor; peft's examples 3e-2), IA3 3e-3 (peft's examples),
+# full fine-tuning small steps (every weight moves).
+METHOD_LR = "ia3=3e-3,prompt=3e-2,ptuning=1e-3,prefix=1e-2,full=2e-5"
 
 
 # ----------------------------------------------------------------------------
@@ -60,6 +69,10 @@ def add_arguments(parser, option):
         add("--head_epochs", "--head-epochs", type=int, default=30, help="frozen-head baseline epochs")
         add("--full_lr", "--full-lr", type=float, default=2e-5,
             help="learning rate of the full fine-tuning run (LoRA runs use --lr)")
+    elif option == "peft_compare":
+        add("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+        add("--method_lr", "--method-lr", default=METHOD_LR,
+            help="method=lr pairs (LoRA and any method not named use --lr)")
     else:
         add("--ranks", default="1,16,128,256", help="comma list of LoRA ranks (seed 002)")
         add("--alphas", default="0,1,16,128,256", help="comma list of LoRA alphas (seed 002)")
@@ -112,6 +125,11 @@ def check_arguments(args):
               [b for b in split_list(args.baselines) if b not in BASELINES]
         if bad or not split_list(args.settings):
             raise ValueError(f"--settings / --baselines {bad}: use {SETTINGS} and {BASELINES}")
+    elif args.option == "peft_compare":
+        bad = [m for m in split_list(args.methods) if m not in METHODS]
+        if bad or not split_list(args.methods):
+            raise ValueError(f"--methods {args.methods!r}: use some of {', '.join(METHODS)}")
+        method_lrs(args)
     else:
         for flag in ("ranks", "alphas"):
             try:
@@ -340,6 +358,63 @@ def run_sweep(args):
     return grid
 
 
+# ----------------------------------------------------------------------------
+# peft_compare
+
+def method_lrs(args):
+    """{method: lr} from --method_lr ("ia3=3e-3,prompt=3e-2"); one-line error when malformed."""
+    try:
+        pairs = dict((k.strip(), float(v)) for k, v in (p.split("=") for p in split_list(args.method_lr)))
+    except ValueError:
+        raise ValueError(f"--method_lr {args.method_lr!r}: write pairs like prompt=3e-2,ia3=3e-3") from None
+    if any(k not in METHODS or not v > 0 for k, v in pairs.items()):
+        raise ValueError(f"--method_lr {args.method_lr!r}: methods are {METHODS}, rates > 0")
+    return pairs
+
+
+def plot_grouped_bars(groups, path, title):
+    """One group per method, one bar per metric (accuracy, macro-F1)."""
+    plt = atomic.pyplot()
+    names, keys = list(groups), ("accuracy", "macro_f1")
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 4))
+    width = 0.8 / len(keys)
+    for j, key in enumerate(keys):
+        xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(names))]
+        bars = ax.bar(xs, [groups[n][key] for n in names], width, label=key)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set(ylabel="validation score", ylim=(0, 1.05), title=title)
+    ax.legend()
+    fig.tight_layout()
+    atomic.save_figure_atomic(fig, path, dpi=90)
+
+
+def run_peft_compare(args):
+    """Every method on the same data and budget: table, curves, grouped bar chart."""
+    lrs, rows, histories, zero_shot = method_lrs(args), [], {}, None
+    for i, method in enumerate(split_list(args.methods)):
+        lr = lrs.get(method, args.lr)
+        summary, history = run_child(args, method, {"method": method, "lr": lr, "zero_shot": i == 0})
+        zero_shot = zero_shot or summary.get("zero_shot")
+        rows.append({**run_row(method, summary), "lr": lr})
+        histories[method] = history
+    groups = {"zero-shot": zero_shot, **{r["run"]: {"accuracy": r["val_accuracy"],
+                                                    "macro_f1": r["val_macro_f1"]} for r in rows}}
+    setup = (f"Data {args.train}: {summary['examples']}; labels {summary['labels']}; template "
+             f"{summary['template']}; {args.epochs} epoch(s), batch {args.batch_size} x "
+             f"{args.grad_accum}, max_len {args.max_len}; learning rates "
+             + ", ".join(f"{r['run']} {r['lr']:g}" for r in rows) + f"; device {args.device}.")
+    out = Path(args.out_dir)
+    table = compare_table(rows, {}, zero_shot, setup)
+    atomic.write_text_atomic(out / "peft-compare.md", table)
+    atomic.save_json_atomic(out / "peft-compare.json", {"runs": rows, "zero_shot": zero_shot})
+    plot_curves(histories, out / "peft-compare-curves.png")
+    plot_grouped_bars(groups, out / "peft-compare.png", "validation accuracy and macro-F1")
+    print(table, flush=True)
+    return rows
+
+
 def main(args):
     check_arguments(args)
-    return run_compare(args) if args.option == "sft_compare" else run_sweep(args)
+    runs = {"sft_compare": run_compare, "peft_compare": run_peft_compare, "sweep": run_sweep}
+    return runs[args.option](args)

@@ -79,3 +79,19 @@ def test_bad_study_flags(capsys):
             run.main(argv)
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err
+
+
+def test_peft_compare_table_and_grouped_bars(base_folder, task, tmp_path):  # noqa: F811
+    run.main(["--option", "peft_compare", "--train", str(task / "train.txt"), "--val_ratio", "0.25",
+              "--pretrained-model-path", str(base_folder), "--methods", "ia3,prefix",
+              "--num_virtual_tokens", "4", "--epochs", "1", "--out_dir", str(tmp_path)])
+    result = json.loads((tmp_path / "peft-compare.json").read_text())
+    assert [(r["run"], r["lr"]) for r in result["runs"]] == [("ia3", 3e-3), ("prefix", 1e-2)]
+    for r in result["runs"]:
+        summary = json.loads((tmp_path / r["run"] / "summary.json").read_text())
+        assert summary["args"]["method"] == r["run"] and r["trainable"] == r["formula"]
+    assert result["zero_shot"] is not None
+    assert (tmp_path / "peft-compare.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        run.main(["--option", "peft_compare", "--train", str(task / "train.txt"),
+                  "--method_lr", "prompt=fast"])
