@@ -51,6 +51,7 @@ from pathlib import Path
 import atomic
 import data
 import generate
+import options
 import sample
 import weights
 
@@ -84,7 +85,7 @@ def add_arguments(parser, option):
     parser.add_argument("--compare_model", "--compare-model", default=None,
                         help="a second model (.gguf, llama2.c .pt, Hugging Face / llmlab folder) "
                         "answering the same conversation, e.g. the base model")
-    parser.add_argument("--out", default=None,
+    parser.add_argument("--out", type=options.output_file, default=None,
                         help="write the transcript (settings, messages, answers) as JSON here")
 
 

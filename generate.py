@@ -20,6 +20,7 @@ import time
 import torch
 
 import atomic
+import options
 import sample
 import weights
 from tokenizer import StreamDecoder
@@ -62,10 +63,10 @@ def add_arguments(parser, option):
     add_model_arguments(parser)
     parser.add_argument("--prompt", default=FRANKENSTEIN,
                         help="text to continue (seed 001's prompt by default)")
-    parser.add_argument("--generated_sentence_low_temp_out",
+    parser.add_argument("--generated_sentence_low_temp_out", type=options.output_file,
                         default="generated-sentence-temp-0.txt",
                         help="where the temperature 0.0 continuation is written")
-    parser.add_argument("--generated_sentence_high_temp_out",
+    parser.add_argument("--generated_sentence_high_temp_out", type=options.output_file,
                         default="generated-sentence-temp-1.txt",
                         help="where the temperature 1.0 continuation is written")
 

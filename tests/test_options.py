@@ -1,0 +1,56 @@
+"""Tests for options.py (checked option values) and run.py's one-line option errors.
+
+Run: .venv/bin/python -m pytest tests/test_options.py -q
+
+Oracles: the values written out by hand; run.main's stderr and exit code.
+"""
+import argparse
+
+import pytest
+
+import options
+import run
+
+
+@pytest.mark.parametrize("check, good, bad", [
+    (options.positive_int, [("1", 1), ("12", 12)], ["0", "-3", "1.5", "x"]),
+    (options.nonnegative_int, [("0", 0)], ["-1"]),
+    (options.positive_float, [("2e-5", 2e-5)], ["0", "-1", "nan", "inf"]),
+    (options.nonnegative_float, [("0", 0.0)], ["-0.1", "nan"]),
+    (options.probability, [("0", 0.0), ("0.3", 0.3)], ["1", "1.5", "-0.1"]),
+    (options.fraction, [("0.1", 0.1)], ["0", "1", "2"]),
+    (options.unit_interval, [("0", 0.0), ("1", 1.0)], ["1.01"]),
+    (options.nucleus_mass, [("1", 1.0), ("0.9", 0.9)], ["0", "2"]),
+])
+def test_types_accept_and_refuse(check, good, bad):
+    for text, value in good:
+        assert check(text) == value
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError):
+            check(text)
+
+
+def test_paths(tmp_path):
+    assert options.output_file(str(tmp_path / "a.txt")) == str(tmp_path / "a.txt")
+    with pytest.raises(argparse.ArgumentTypeError, match="is a folder"):
+        options.output_file(str(tmp_path))
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(argparse.ArgumentTypeError, match="is a file"):
+        options.output_folder(str(tmp_path / "f"))
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--option", "pico", "--block_size", "0"], "--block_size"),
+    (["--option", "pico", "--top_p", "2"], "--top_p"),
+    (["--option", "s4", "--time_budget", "-1"], "--time_budget"),
+    (["--option", "s4", "--batch_size", "0"], "--batch_size"),
+    (["--option", "generate", "--threads", "-1"], "--threads"),
+    (["--option", "sft", "--epochs", "0"], "--epochs"),
+    (["--option", "generate", "--generated_sentence_low_temp_out", "."], "is a folder"),
+])
+def test_bad_flags_fail_in_one_line_before_any_work(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and words in err[0], err
