@@ -137,7 +137,10 @@ def byte_level_ranks(tokens, merges, specials, source):
         ranks[bytes(decode[char] for char in text)] = token_id
     last = -1
     for k, merge in enumerate(merges):
-        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        pair = merge.split(" ", 1) if isinstance(merge, str) else merge
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and set(map(type, pair)) == {str}):
+            raise ValueError(f"{source}: merge {k} {merge!r} is not 'left right'; corrupt file")
+        left, right = pair
         made = tokens.get(left + right)
         if made is None or made < last:
             raise ValueError(f"{source}: merge {k} {merge!r} does not create a token with a "
@@ -301,6 +304,9 @@ class BytePairTokenizer(Tokenizer):
         self.pattern = pattern                    # pre-tokenizer regex (\p classes: tiktoken's)
         self.drop_from = drop_from                # ids >= this stand for missing bytes
         self.normalize = normalize                # None or a Unicode form ("NFC") applied first
+        ids = [*ranks.values(), *self.special_tokens.values()]    # tiktoken panics on duplicates
+        if len(set(ids)) != len(ids) or not all(type(i) is int and 0 <= i < 1 << 31 for i in ids):
+            raise ValueError(f"{name}: token ids are not distinct ints in [0, 2^31); corrupt file")
         self.encoding = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks,
                                           special_tokens=self.special_tokens)
 
@@ -430,7 +436,7 @@ def load_llama3_tiktoken(path):
                 raise ValueError(f"{path}: line {n} is not `<base64> <rank>` ({err}); "
                                  "pass Meta's Llama 3 tokenizer.model") from None
     specials = llama3_special_tokens(len(ranks))
-    return BytePairTokenizer(name=Path(path).name, ranks=ranks, pattern=LLAMA3_PATTERN,
+    return BytePairTokenizer(name=str(path), ranks=ranks, pattern=LLAMA3_PATTERN,
                              special_tokens=specials, kind="tiktoken_llama3",
                              bos_id=specials["<|begin_of_text|>"],
                              eos_id=specials["<|end_of_text|>"],
@@ -445,6 +451,7 @@ def load_gguf_tokenizer(metadata, source="GGUF metadata"):
     token_type 1 (normal) and 6 (byte) tokens are BPE ranks (id == rank); the others (3 control,
     4 user-defined, ...) are special tokens.
     """
+    gguf_reader.check_metadata(metadata, source, need_tokens=True)   # types, ids in the vocab
     model = metadata.get("tokenizer.ggml.model")
     if model != "gpt2":
         raise ValueError(f"{source}: tokenizer.ggml.model is {model!r}; only byte-level BPE "
@@ -495,7 +502,7 @@ def hf_pretokenizer_pattern(pre, source):
 
 def _hf_sidecar(path, name):
     sidecar = Path(path).with_name(name)
-    return json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+    return gguf_reader.read_json(sidecar) if sidecar.is_file() else {}
 
 
 END = "<|endoftext|>"        # GPT-2 / SmolLM2 base: bos = eos = end of document
@@ -513,7 +520,7 @@ def _hf_special_id(config, key, names, ids):
 
 def load_hf_json(path):
     """Hugging Face byte-level BPE tokenizer.json (+ tokenizer_config.json beside it, if any)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = gguf_reader.read_json(path)
     model = data.get("model") or {}
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         raise ValueError(f"{path}: model type {model.get('type')!r} (byte_fallback="
@@ -535,7 +542,7 @@ def load_hf_json(path):
     pad = _hf_special_id(config, "pad_token", (), specials)
     post = json.dumps(data.get("post_processor"))     # a TemplateProcessing that inserts bos
     add_bos = config.get("add_bos_token", any(i == bos and t in post for t, i in specials.items()))
-    return BytePairTokenizer(name=Path(path).name, ranks={**ranks, **extra},
+    return BytePairTokenizer(name=str(path), ranks={**ranks, **extra},
                              pattern=hf_pretokenizer_pattern(data.get("pre_tokenizer"), path),
                              special_tokens=specials, drop_from=vocab_size if extra else None,
                              normalize=normalizer, kind="hf_json", bos_id=bos, eos_id=eos,
@@ -584,14 +591,8 @@ def load_tokenizer(spec):
                "hf_json": load_hf_json}
     if kind not in loaders or ("path" not in spec and not (kind == "gguf" and "metadata" in spec)):
         raise ValueError(f"tokenizer spec {spec!r}: kind must be one of {sorted(loaders)}, with a 'path'")
-    tok = (load_gguf_tokenizer(spec["metadata"], spec.get("path", "GGUF metadata"))
-           if "metadata" in spec else loaders[kind](resolve_tokenizer_path(spec["path"])))
+    with gguf_reader.format_errors(spec.get("path", "GGUF metadata"), f"{kind} tokenizer"):
+        tok = (load_gguf_tokenizer(spec["metadata"], spec.get("path", "GGUF metadata"))
+               if "metadata" in spec else loaders[kind](resolve_tokenizer_path(spec["path"])))
     tok.spec = spec
     return tok
-
-
-if __name__ == "__main__":        # python tokenizer.py TOKENIZER_FILE [TEXT]: show the pieces
-    import sys
-    tok = Tokenizer.from_file(sys.argv[1])
-    ids = tok.encode(sys.argv[2] if len(sys.argv) > 2 else "Hello world")
-    print(tok, ids, [tok.decode([i]) for i in ids], sep="\n")

@@ -709,13 +709,6 @@ def test_every_config_key_with_every_hostile_value(seeds, scratch):
 # ----------------------------------------------------------------------------
 # tokenizer files
 
-# tokenizer.py's loaders (not this issue's files) still raise tracebacks on hostile tokenizer.json,
-# Llama 3 and SentencePiece files; the fixes are in the report of the reliability issue.
-# test_tokenizer_review_cases_are_one_line_errors is strict: it XPASSes (fails) once they are in,
-# then remove PENDING everywhere. Pending fuzz tests stop at the first failure (no shrinking).
-PENDING = pytest.mark.xfail(strict=False, reason="tokenizer.py loader validation pending")
-PENDING_FUZZ = settings(FUZZ, phases=[Phase.explicit, Phase.reuse, Phase.generate])
-
 def hf_tokenizer_files(folder):
     """A byte-level BPE tokenizer.json (256 bytes, 2 merges, <|endoftext|>) and its config."""
     chars = tokenizer.bytes_to_unicode()
@@ -757,10 +750,8 @@ def test_tokenizer_seeds_load(tokenizer_seeds, tmp_path):
         assert tok.decode(tok.encode("the cat, 12!")) == "the cat, 12!", kind
 
 
-@pytest.mark.parametrize("kind", ["gguf", pytest.param("sentencepiece", marks=PENDING),
-                                  pytest.param("tiktoken", marks=PENDING),
-                                  pytest.param("hf_json", marks=PENDING)])
-@PENDING_FUZZ
+@pytest.mark.parametrize("kind", ["gguf", "sentencepiece", "tiktoken", "hf_json"])
+@settings(FUZZ)
 @given(data=st.data())
 def test_fuzz_tokenizer_bytes(tokenizer_seeds, scratch, kind, data):
     """Byte flips or a truncation of every tokenizer file, read by Tokenizer.from_file."""
@@ -778,8 +769,7 @@ def test_fuzz_tokenizer_bytes(tokenizer_seeds, scratch, kind, data):
     expect_one_line(lambda: tokenizer.Tokenizer.from_file(path), path)
 
 
-@PENDING
-@PENDING_FUZZ
+@settings(FUZZ)
 @given(data=st.data())
 def test_fuzz_tokenizer_json_fields(scratch, data):
     """tokenizer.json / tokenizer_config.json with a field, a vocab id, a merge or an added
@@ -860,7 +850,6 @@ def tokenizer_review_cases(folder, seeds):
     return cases
 
 
-@pytest.mark.xfail(strict=True, reason="tokenizer.py loader validation pending (reported)")
 def test_tokenizer_review_cases_are_one_line_errors(seeds, tmp_path):
     for name, path in tokenizer_review_cases(tmp_path, seeds).items():
         with pytest.raises(ValueError) as err:
