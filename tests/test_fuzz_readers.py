@@ -41,7 +41,7 @@ import weights
 from conftest import SHARED_DATA
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 ALLOC_FACTOR = 8           # a Q4 GGUF dequantized to fp32 is 7.1x its bytes (here F32/F16/Q8_0)
 ALLOC_SLACK = 2 << 20      # parsed headers as Python objects, tokenizer tables, numpy temporaries
