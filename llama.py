@@ -35,12 +35,18 @@ arXiv:1604.06174): with model.gradient_checkpointing = True, training keeps only
 and recomputes the block during backward (use_reentrant=False, so it works when no input requires
 grad, e.g. LoRA on a frozen base; the RNG state is replayed, so dropout masks match).
 
+Fast paths are built by the caller from these modules (fused.py, tested equal there): wq/wk/wv
+and w1/w3 as one matmul each (Attention.wqkv, FeedForward.w13, None here: the split Linears
+below are the reference), the chunked vocabulary cross-entropy, torch.compile of the blocks and
+of the decode step.
+
 Shapes: B batch, T new tokens, S key slots, dim, n_heads, n_kv_heads, head_dim (D), V vocab.
 Parameter names are llama2.c / Meta's (tok_embeddings, layers.{i}.attention.wq, ..., output).
 Tested in tests/test_llama.py: logits vs transformers' LlamaForCausalLM (GQA, tied, llama3 RoPE
 scaling); RMSNorm vs F.rms_norm; LayerNorm vs nn.LayerNorm; math attention vs SDPA and both
 backends vs a brute-force loop for T < S (GQA); cached decode vs full forward; generate vs
 generate_no_cache; left-padded batch generation vs one prompt at a time; KVCache reset in place;
+SDPA (GQA, no repeated K/V) vs the math path in training, gradients of every weight;
 a prefix vs the same keys written into the cache (padded rows vs rows alone), its gradients with
 checkpointing; tests/test_adapters.py: prefix tuning vs peft's past_key_values on transformers.
 """
@@ -334,6 +340,7 @@ class Attention(nn.Module):
         self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
         self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.register_module("wqkv", None)  # fused.fuse: wq, wk, wv as one matmul (same names)
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -345,9 +352,10 @@ class Attention(nn.Module):
         layer_index and attend to slots 0 .. num_keys-1; None: attend to this call's keys only,
         after the prefix (P_k, P_v), each (1|B, n_kv_heads, n, D), when one is given."""
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)         # (B, T, n_heads, D)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)      # (B, T, n_kv_heads, D)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)      # (B, T, n_kv_heads, D)
+        q, k, v = (self.wq(x), self.wk(x), self.wv(x)) if self.wqkv is None else self.wqkv(x)
+        q = q.view(B, T, self.n_heads, self.head_dim)                  # (B, T, n_heads, D)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)               # (B, T, n_kv_heads, D)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)               # (B, T, n_kv_heads, D)
         q, k = rope.apply_rotary_emb(q, k, cos_sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if cache is not None:
@@ -369,10 +377,12 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(config.dim, config.hidden_dim, bias=False)
         self.w2 = nn.Linear(config.hidden_dim, config.dim, bias=False)
         self.w3 = nn.Linear(config.dim, config.hidden_dim, bias=False)
+        self.register_module("w13", None)   # fused.fuse: w1, w3 as one matmul (same names)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))   # (B, T, dim)
+        gate, up = (self.w1(x), self.w3(x)) if self.w13 is None else self.w13(x)  # (B, T, hidden)
+        return self.dropout(self.w2(F.silu(gate) * up))                  # (B, T, dim)
 
 
 class TransformerBlock(nn.Module):
@@ -535,12 +545,13 @@ class Llama(nn.Module):
         for i, layer in enumerate(self.layers):
             kv = None if prefix is None else prefix[i]
             if recompute:   # keep only h; rerun the block in backward (see docstring)
-                h = torch.utils.checkpoint.checkpoint(layer, h, cos_sin, mask, None, i, None, None,
-                                                      kv, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos_sin, mask, layer_index=i,
+                                                      prefix=kv, use_reentrant=False)
             else:
                 h = layer(h, cos_sin, mask, cache, i, slots, num_keys, kv)  # (B, T, dim)
         h = self.norm(h)                                                   # (B, T, dim)
-        logits = self.output(h[:, -1:] if last_only else h)                # (B, T|1, V)
+        # h[:, -1] is 2-D: one mm (a (B, 1, dim) view that requires grad would become a bmm)
+        logits = self.output(h[:, -1])[:, None] if last_only else self.output(h)  # (B, T|1, V)
         return logits, h
 
     def generate(self, prompt_tokens, max_new_tokens, sampling=sample.GREEDY, stop_tokens=(),

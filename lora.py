@@ -32,11 +32,15 @@ shared by the other PEFT methods in adapters.py (IA3, prompt tuning).
 
 Shape legend: `in` / `out` features of the wrapped Linear, `r` rank, `...` any leading dims (B, T).
 
+Fast path (LoRALayer.fast, set by fused.fuse): the branch in the input's dtype and added with one
+addmm, lora_add_fast(out, A x, B, scale) = out + scale * B (A x), beside the reference lora_delta.
+
 Tests: tests/test_lora.py checks our layer against peft on a tiny LlamaForCausalLM (same A, B ->
 same logits), adapters we save load in peft with the same logits (and peft's in ours, also on our
 canonical Llama with permuted Q/K rows), B = 0 equals the base, merged == unmerged logits,
 parameter counts equal peft's for the three presets, dropout is off in eval, resolve_targets and
-the scale rule; tests/test_classifier.py runs `--lora_targets heavy` / `q_proj,v_proj` end to end.
+the scale rule, lora_add_fast == out + lora_delta and the fast branch == the reference (fp32,
+bf16); tests/test_classifier.py runs `--lora_targets heavy` / `q_proj,v_proj` end to end.
 """
 import json
 import math
@@ -152,6 +156,17 @@ def lora_delta(x, A, B, scale):
     return F.linear(F.linear(x, A), B) * scale                            # (..., out)
 
 
+def lora_add_fast(out, ax, B, scale):
+    """Fast path of out + lora_delta: out + scale * B ax for ax = A x (..., r), out (..., out).
+
+    One addmm: the add and the scale happen inside the BLAS call (no (..., out) temporaries for
+    the delta and the product with scale, forward or backward). Tested equal to lora_delta.
+    """
+    flat = torch.addmm(out.reshape(-1, out.shape[-1]), ax.reshape(-1, ax.shape[-1]), B.t(),
+                       alpha=scale)                                       # (N, out)
+    return flat.view(out.shape)                                           # (..., out)
+
+
 def merge(weight, A, B, scale):
     """W0 + scale * B A: the adapted weight (out, in)."""
     return weight + (B @ A) * scale                                       # (out, in)
@@ -172,6 +187,11 @@ class LoRALayer(nn.Module):
     state_dict keys of the base weights do not change (`...wq.weight`); the adapter adds
     `...wq.lora_A` (r, in) and `...wq.lora_B` (out, r). In fp16/bf16 models A and B are kept in
     fp32 (as peft's autocast_adapter_dtype does) so AdamW updates are not lost to rounding.
+
+    fast = False (the reference): the branch runs in A's dtype on its own copy of the input, as
+    peft does. fast = True (set by fused.fuse): the branch runs in the input's dtype, A and B cast
+    inside forward (their gradients still reach the fp32 Parameters), the add in one addmm
+    (lora_add_fast): a bf16 model keeps no fp32 copy of each adapter's input.
     """
 
     def __init__(self, base, r, alpha, dropout=0.0):
@@ -188,6 +208,7 @@ class LoRALayer(nn.Module):
         self.lora_B = nn.Parameter(torch.empty(self.out_features, r, device=device, dtype=dtype))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.fast = False                                                # see the class docstring
         self.reset_lora_parameters()
 
     @property
@@ -205,8 +226,17 @@ class LoRALayer(nn.Module):
         out = F.linear(x, self.weight, self.bias)                         # (..., out)
         if self.merged:
             return out
+        if self.fast:
+            return self.add_delta_fast(self.dropout(x), out)
         x = self.dropout(x).to(self.lora_A.dtype)
         return out + lora_delta(x, self.lora_A, self.lora_B, self.scale).to(out.dtype)
+
+    def add_delta_fast(self, x, out, ax=None):
+        """out + (alpha / r) B A x in x's dtype; ax = A x when the caller computed it already
+        (fused.FusedProjection stacks the A of adapters that share an input)."""
+        if ax is None:
+            ax = F.linear(x, self.lora_A.to(x.dtype))                     # (..., r)
+        return lora_add_fast(out, ax, self.lora_B.to(x.dtype), self.scale)  # (..., out)
 
     @torch.no_grad()
     def merge_(self):

@@ -98,6 +98,35 @@ def test_merge_unmerge_functions_invert():
     x = torch.randn(3, 6, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(x @ lora.merge(w, a, b, 0.5).T, x @ w.T + lora.lora_delta(x, a, b, 0.5))
 
+    ax = x @ a.T
+    out = x @ w.T
+    torch.testing.assert_close(lora.lora_add_fast(out, ax, b, 0.5), out + lora.lora_delta(x, a, b, 0.5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_branch_equals_the_reference_branch(dtype):
+    """LoRALayer.fast (branch in x's dtype, one addmm) vs the reference (branch in fp32 as
+    peft): outputs and A, B gradients. fp32: same products, other summation order (1e-5);
+    bf16: the fast branch rounds to bf16 (8-bit mantissa), the reference to fp32: 2% of the
+    largest entry (a gradient entry that is a sum of cancelling terms has no relative bound)."""
+    torch.manual_seed(0)
+    layer = lora.LoRALayer(nn.Linear(6, 5, bias=False).to(dtype), r=3, alpha=6.0)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    assert layer.lora_A.dtype == torch.float32
+    x = torch.randn(2, 4, 6, dtype=dtype)
+    rel = 1e-5 if dtype == torch.float32 else 2e-2
+    results = []
+    for fast in (False, True):
+        layer.fast = fast
+        layer.zero_grad(set_to_none=True)
+        out = layer(x)
+        out.float().square().sum().backward()
+        assert out.dtype == dtype and layer.lora_A.grad.dtype == torch.float32
+        results.append((out.float(), layer.lora_A.grad.clone(), layer.lora_B.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=rel * float(b.abs().max()), rtol=rel)
+
 
 def test_scale_is_derived_from_alpha_and_r():
     """One rule, alpha / r: the config, a fresh layer, and a layer whose alpha was set later."""
