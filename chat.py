@@ -160,9 +160,6 @@ def check_options(args):
     if args.compare_model is not None and not Path(args.compare_model).exists():
         raise FileNotFoundError(f"--compare_model {args.compare_model}: no such file or folder; "
                                 "give a .gguf, a llama2.c .pt or a Hugging Face / llmlab folder")
-    if args.out is not None and Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out}: is a folder; give a file path such as "
-                         f"{Path(args.out) / 'chat.json'}")
     return configs, messages
 
 

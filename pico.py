@@ -60,6 +60,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import atomic
+import checkpoint
 import data
 import rope
 from llama import RMSNorm  # the hand-written RMSNorm seed 003 asks for (fp32 statistics)
@@ -465,18 +466,6 @@ def p_sweep(model, tokenizer, prompt, ps, n_samples, max_new_tokens, seed):
 CHECKPOINT_FORMAT = "llmlab-pico-1"
 
 
-def _optimizer_tensors(optimizer):
-    """AdamW state as ({"<param index>.<key>": tensor}, meta with param_groups and the scalars)."""
-    tensors, meta = {}, {"param_groups": optimizer.state_dict()["param_groups"], "scalars": {}}
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                meta["scalars"][f"{index}.{key}"] = value
-    return tensors, meta
-
-
 def save_pico_checkpoint(directory, model, tokenizer, optimizer=None, extra=None):
     """Write a resumable checkpoint folder; the old folder is replaced only once the new one is
     complete (until then it stays at `directory`, or at `directory.old` for the final swap)."""
@@ -485,7 +474,7 @@ def save_pico_checkpoint(directory, model, tokenizer, optimizer=None, extra=None
             "optimizer": None, **(extra or {})}
     optimizer_tensors = None
     if optimizer is not None:
-        optimizer_tensors, meta["optimizer"] = _optimizer_tensors(optimizer)
+        optimizer_tensors, meta["optimizer"] = checkpoint.optimizer_state_tensors(optimizer)
 
     def fill(folder):
         safetensors_io.write_safetensors(folder / "model.safetensors", tensors)
@@ -525,10 +514,6 @@ def load_pico_checkpoint(directory, expected_model=None):
 
 def load_optimizer_state(directory, optimizer, meta):
     """Restore AdamW moments and step counts saved by save_pico_checkpoint."""
-    state = {}
     folder = atomic.folder_or_backup(directory)
     tensors = safetensors_io.read_safetensors(folder / "optimizer.safetensors")
-    for name, value in [*tensors.items(), *meta["optimizer"]["scalars"].items()]:
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    checkpoint.load_optimizer_state(optimizer, tensors, meta["optimizer"])

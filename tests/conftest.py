@@ -28,3 +28,10 @@ def default_model_path():
         return weights.default_model_path()
     except FileNotFoundError as err:
         pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(default_model_path):
+    """SmolLM2's tokenizer (byte-level BPE, ChatML) read from the default model's GGUF."""
+    import tokenizer
+    return tokenizer.Tokenizer.from_file(default_model_path)

@@ -46,8 +46,8 @@ def write_json(path, obj):
 
 
 @pytest.fixture(scope="module")
-def smol(default_model_path):
-    return T.Tokenizer.from_file(default_model_path)
+def smol(smol_tokenizer):
+    return smol_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +303,7 @@ def test_repetition_penalty_changes_a_looping_greedy_answer(tmp_path, smol):
     (["--compare_template"], "--compare_template: studies one conversation"),
     (["--temperatures", "0,1"], "--temperatures: studies one conversation"),
     (["--prompt", "hi", "--compare_model", "/no/such"], "--compare_model /no/such: no such"),
-    (["--prompt", "hi", "--out", "FOLDER"], "--out FOLDER: is a folder")])
+    (["--prompt", "hi", "--out", "FOLDER"], "argument --out: FOLDER is a folder")])
 def test_bad_flags_fail_in_one_line_before_loading(monkeypatch, capsys, tmp_path, argv, start):
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before the flags were checked")

@@ -55,21 +55,26 @@ def child(out, mode):
     return [sys.executable, "-c", CHILD, str(ROOT), str(out), mode]
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    whole.mkdir(), killed.mkdir()
-    subprocess.run(child(whole, "fresh"), check=True, capture_output=True, timeout=120)
-    proc = subprocess.Popen(child(killed, "fresh"), stdout=subprocess.DEVNULL)
-    state, deadline = killed / "ckpt" / "state.json", time.time() + 60
-    while time.time() < deadline:
+def kill_after(proc, state, step, timeout=120):
+    """SIGKILL proc once its checkpoint's state.json says it has passed `step`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
         try:
-            if json.loads(state.read_text())["step"] >= 7:
+            if json.loads(state.read_text())["step"] >= step:
                 break
         except (OSError, ValueError):
             pass
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    subprocess.run(child(whole, "fresh"), check=True, capture_output=True, timeout=120)
+    proc = subprocess.Popen(child(killed, "fresh"), stdout=subprocess.DEVNULL)
+    kill_after(proc, killed / "ckpt" / "state.json", 7)
     assert not (killed / "final.safetensors").exists()           # it really died mid-run
     done = subprocess.run(child(killed, "resume"), check=True, capture_output=True, text=True,
                           timeout=120)
@@ -125,16 +130,7 @@ def test_cli_ssm_killed_and_resumed_matches_uninterrupted(tmp_path):
 
     subprocess.run(argv(tmp_path / "whole"), check=True, capture_output=True, timeout=300)
     proc = subprocess.Popen(argv(tmp_path / "killed"), stdout=subprocess.DEVNULL)
-    state, deadline = tmp_path / "killed" / "ssm-checkpoint" / "state.json", time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if json.loads(state.read_text())["step"] >= 24:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after(proc, tmp_path / "killed" / "ssm-checkpoint" / "state.json", 24)
     assert not (tmp_path / "killed" / "ssm-results.json").exists()
     subprocess.run(argv(tmp_path / "killed", "--resume"), check=True, capture_output=True,
                    timeout=300)

@@ -39,6 +39,7 @@ import safetensors_io
 import tokenizer
 import weights
 from conftest import SHARED_DATA
+from test_weights import GGUF_RENAMES as GGUF_NAMES  # llama.cpp's tensor names
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
@@ -144,14 +145,6 @@ def gguf_file(kvs, infos, data, alignment=32, counts=None):
     head = b"".join(out)
     return head + b"\0" * (-len(head) % alignment) + data
 
-
-# llama.cpp's tensor names (gguf-py constants.py TENSOR_NAMES), as substitutions
-GGUF_NAMES = [(r"^tok_embeddings", "token_embd"), (r"^norm\.", "output_norm."),
-              (r"^layers\.", "blk."), (r"attention_norm", "attn_norm"),
-              (r"attention\.wq", "attn_q"), (r"attention\.wk", "attn_k"),
-              (r"attention\.wv", "attn_v"), (r"attention\.wo", "attn_output"),
-              (r"feed_forward\.w1", "ffn_gate"), (r"feed_forward\.w2", "ffn_down"),
-              (r"feed_forward\.w3", "ffn_up")]
 
 
 def q8_0(weight):

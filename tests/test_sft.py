@@ -16,14 +16,7 @@ import classifier
 import llama
 import sft
 import tokenizer as tokenizer_lib
-import weights
 from conftest import need_data
-
-
-@pytest.fixture(scope="module")
-def smol_tokenizer(default_model_path):
-    _, _, spec = weights.load_checkpoint(default_model_path)
-    return tokenizer_lib.load_tokenizer(spec)
 
 
 @pytest.fixture(scope="module")
