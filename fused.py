@@ -97,16 +97,18 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return grad_h, grad_w, None, None, None, None
 
 
-def chunked_cross_entropy(hidden, weight, targets, chunk=1024, ignore_index=IGNORE_INDEX):
+def chunked_cross_entropy(hidden, weight, targets, chunk=256, ignore_index=IGNORE_INDEX):
     """sum_i CE(W h_i, y_i) over rows with y_i != ignore_index, chunk rows at a time.
 
     hidden (..., dim), weight (V, dim), targets (...) -> 0-d summed loss, fp32 (fp64 for fp64
     hidden), to be divided by the
     number of kept rows for the mean). Equal to F.cross_entropy(F.linear(hidden, weight).float(),
-    targets, reduction="sum") in value and gradients, without the full (N, V) logits.
+    targets, reduction="sum") in value and gradients, without the full (N, V) logits. chunk 256:
+    two (256, V) fp32 buffers at a time (V 128k: 128 MiB each); on the 2-core CPU 256 and 1024
+    rows ran equally fast, ~10% faster than the full-logits loss (B 4, T 128, V 49152).
     """
     if chunk < 1:
-        raise ValueError(f"chunked_cross_entropy: chunk={chunk}; use a positive row count, e.g. 1024")
+        raise ValueError(f"chunked_cross_entropy: chunk={chunk}; use a positive row count, e.g. 256")
     hidden = hidden.reshape(-1, hidden.shape[-1])                                # (N, dim)
     targets = targets.reshape(-1)                                                # (N,)
     want_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
@@ -114,7 +116,7 @@ def chunked_cross_entropy(hidden, weight, targets, chunk=1024, ignore_index=IGNO
                                      want_grad)
 
 
-def lm_loss_chunked(model, tokens, chunk=1024):
+def lm_loss_chunked(model, tokens, chunk=256):
     """Next-token cross-entropy over every position of tokens (B, T), as transformers'
     labels=input_ids: summed over the B*(T-1) predictions -> (loss, count). The final hidden
     states come from the model; the vocabulary projection is chunked (never (B, T, V))."""

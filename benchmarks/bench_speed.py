@@ -14,8 +14,9 @@ same weights (ours converted with weights.hf_state_dict), the same tokens and th
 Loss, both sides: next-token cross-entropy over every position (transformers' labels=input_ids),
 the mean over B*(T-1) predictions; ours through fused.lm_loss_chunked (the (B, T, V) logits are
 never built). Ours runs the fast paths of fused.py (fuse: stacked q/k/v and gate/up, LoRA branch
-in one addmm) and, with --compile, fused.compile_model (training) / fused.compile_decode
-(decoding). The first-step losses are printed side by side: they must agree.
+in one addmm) and, with --compile (default on a GPU), fused.compile_model (training) /
+fused.compile_decode (decoding: CUDA graphs over the static KV cache). The first-step losses
+are printed side by side, and the greedy ids and label scores compared: they must agree.
 
 Shapes: smollm2 (SmolLM2-135M, the real weights: weights.load_pretrained) and, on a GPU only,
 llama32_1b (llama.LlamaConfig.llama32_1b(), random weights). fp32 on CPU, bf16 on GPU; batch 4 x
@@ -56,6 +57,8 @@ import sample  # noqa: E402
 import weights  # noqa: E402
 
 LABELS = ["terrible", "bad", "okay", "good", "great"]      # SST's five classes, one token each
+COMPILE = {"none": (), "train": ("train",), "decode": ("decode",), "all": ("train", "decode"),
+           "auto": None}                                    # auto: all on a GPU, none on a CPU
 
 # ----------------------------------------------------------------------------
 # measuring
@@ -220,7 +223,7 @@ def train_step_hf(base, method):
     opt = torch.optim.AdamW(params, lr=1e-5, eps=1e-6, foreach=True)
 
     def step(tokens):
-        loss = model(input_ids=tokens, labels=tokens).loss
+        loss = model(input_ids=tokens, labels=tokens, use_cache=False).loss   # no KV cache built
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -233,7 +236,7 @@ def bench_training(base, args, device, results):
     tokens = torch.randint(0, base.config.vocab_size, (args.batch, args.seq), generator=g)
     tokens = tokens.to(device)
     for method in ("lora_light", "lora_heavy", "full"):
-        sides = {"ours": train_step_ours(base, method, args.compile)}
+        sides = {"ours": train_step_ours(base, method, "train" in args.compile)}
         if have("transformers") and (method == "full" or have("peft")):
             sides["transformers"] = train_step_hf(base, method)
         row = {}
@@ -242,6 +245,8 @@ def bench_training(base, args, device, results):
             row[side] = dict(value=args.batch * args.seq / seconds, loss=loss, peak=peak)
             del step
         sides.clear()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         results.append(dict(workload=method, unit="tok/s", **row))
 
 
@@ -311,12 +316,12 @@ def bench_decoding(base, args, device, results, threads):
         with torch.inference_mode():
             model = copy.deepcopy(base)
             fused.fuse(model)
-            step = fused.compile_decode(model) if args.compile else None
+            step = fused.compile_decode(model) if "decode" in args.compile else None
             row["ours"], ours_ids = decode_ours(model, prompts, args.new_tokens, step)
             if device.type == "cpu":
                 quantize.quantize_model_int4(model)
                 fused.fuse(model)                        # int4 stacked: one kernel per group
-                step = fused.compile_decode(model) if args.compile else None
+                step = fused.compile_decode(model) if "decode" in args.compile else None
                 row["ours_int4"], _ = decode_ours(model, prompts, args.new_tokens, step)
             del model, step
             if have("transformers"):
@@ -430,7 +435,8 @@ def machine_line(args, device):
         platform.processor() or platform.machine())
     return (f"machine: {name}, {os.cpu_count()} cores, torch {torch.__version__}, load average "
             f"{load:.2f} at start, batch {args.batch} x {args.seq} tokens (training), prompt "
-            f"{args.prompt} + {args.new_tokens} new (decoding), compile {args.compile}")
+            f"{args.prompt} + {args.new_tokens} new (decoding), compiled: "
+            f"{', '.join(args.compile) or 'nothing'}")
 
 
 # ----------------------------------------------------------------------------
@@ -454,13 +460,18 @@ def parse_args(argv=None):
                         help="tokens to decode")
     parser.add_argument("--score_examples", "--score-examples", type=int, default=64,
                         help="prompts to score")
-    parser.add_argument("--compile", action="store_true",
-                        help="also torch.compile ours (blocks for training, the decode step)")
+    parser.add_argument("--compile", choices=list(COMPILE), default="auto",
+                        help="torch.compile ours: train (fused.compile_model), decode "
+                             "(fused.compile_decode), all, none; auto: all on a GPU, none on a "
+                             "CPU (there the compiled decode step was slower, compiling takes "
+                             "minutes)")
     parser.add_argument("--json", default=None, help="write the results here (atomic)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.prompt, args.new_tokens, args.score_examples = 1, 8, 4, 8
     cuda = torch.cuda.is_available()
+    args.compile = COMPILE[args.compile] if args.compile != "auto" else (
+        COMPILE["all"] if cuda else COMPILE["none"])
     args.batch = args.batch or (2 if args.smoke else 8 if cuda else 4)
     args.seq = args.seq or (16 if args.smoke else 512 if cuda else 128)
     return args
