@@ -135,6 +135,11 @@ def _fusable(layer):
     return isinstance(layer, (nn.Linear, lora.LoRALayer)) and layer.bias is None
 
 
+def _rebuild_after_load(module, incompatible_keys):
+    """load_state_dict visits a FusedProjection after its parent's layers: restack them."""
+    module.rebuild()
+
+
 class FusedProjection(nn.Module):
     """Linears of one parent module that read the same input (wq, wk, wv or w1, w3), as one
     matmul over their stacked weights; called like the list [layer(x) for layer in layers].
@@ -154,7 +159,7 @@ class FusedProjection(nn.Module):
         object.__setattr__(self, "int4", None)              # not a submodule: no new state keys
         self.sizes = []
         self.rebuild()
-        self.register_load_state_dict_post_hook(lambda module, keys: module.rebuild())
+        self.register_load_state_dict_post_hook(_rebuild_after_load)
 
     def layers(self):
         return [getattr(self.parent, name) for name in self.names]
