@@ -29,6 +29,15 @@ import quantize
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Compiled tests leave graphs and global counters behind (tests/test_llama.py counts the
+    graphs of its own compile): reset both after every test."""
+    yield
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+
 def tiny(seed=0, **overrides):
     torch.manual_seed(seed)
     return llama.Llama(llama.LlamaConfig.tiny(**overrides))
