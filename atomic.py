@@ -33,7 +33,19 @@ def _check_target(path):
     if path.is_dir():
         raise ValueError(f"{path}: is a folder; give a file path to write to (e.g. {path}/out.txt)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     return path
+
+
+def _remove_stale(path):
+    """Temporary files or folders an earlier writer of `path` left when it was killed (SIGKILL
+    runs no cleanup): `.<name>.*.tmp` beside it. One writer per path is the rule, so any left
+    is stale."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def _fsync_folder(folder):
@@ -128,6 +140,7 @@ def replace_folder_atomic(path, fill):
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path}: is a file; give a folder path for the checkpoint")
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     old = path.with_name(path.name + ".old")
     try:

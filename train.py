@@ -226,6 +226,8 @@ class Run:
                         else "cpu_max_rss"}
         if config.resume and checkpoint.exists(config.checkpoint_dir):
             self.restore()
+        else:
+            self.write_history("running")   # a killed run leaves its own history, not an old one
         model.train()
 
     def lr_factor(self):
@@ -274,6 +276,7 @@ class Run:
                  "elapsed_s": time.perf_counter() - self.start, "history": self.history}
         checkpoint.save(self.config.checkpoint_dir, trainable_state(self.model), self.best_state,
                         self.optimizer, state)
+        self.write_history("running")
 
     def restore(self):
         """Continue from config.checkpoint_dir: weights, optimizer, RNG, counters, history."""
@@ -386,11 +389,16 @@ class Run:
             restore_state(self.model, self.best_state)
         self.history.update(stopped=self.stopped, total_steps=self.step,
                             total_time_s=time.perf_counter() - self.start)
+        self.write_history(self.stopped)
         if self.config.out_dir and distributed.is_main():
-            out = Path(self.config.out_dir)
-            atomic.save_json_atomic(out / f"{self.config.name}-history.json", self.history)
-            plot_curves(self.history, out / f"{self.config.name}-curves.png")
+            plot_curves(self.history, Path(self.config.out_dir) / f"{self.config.name}-curves.png")
         return self.history
+
+    def write_history(self, stopped):
+        """<out_dir>/<name>-history.json as it stands ("running" until the run ends)."""
+        if self.config.out_dir:
+            atomic.save_json_atomic(Path(self.config.out_dir) / f"{self.config.name}-history.json",
+                                    {**self.history, "stopped": stopped})
 
 
 # ----------------------------------------------------------------------------

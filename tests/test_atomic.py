@@ -73,3 +73,13 @@ def test_folder_or_backup_finds_the_old_folder(tmp_path):
     assert atomic.folder_or_backup(target) == old
     target.mkdir()
     assert atomic.folder_or_backup(target) == target
+
+
+def test_leftovers_of_a_killed_writer_are_removed(tmp_path):
+    """SIGKILL runs no cleanup: the next write of the same path removes what it left."""
+    (tmp_path / ".out.txt.abc123.tmp").write_text("half")
+    (tmp_path / ".ckpt.def456.tmp").mkdir()
+    (tmp_path / ".other.txt.x.tmp").write_text("not ours")
+    atomic.write_text_atomic(tmp_path / "out.txt", "whole")
+    atomic.replace_folder_atomic(tmp_path / "ckpt", lambda d: (d / "a").write_text("1"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.txt.x.tmp", "ckpt", "out.txt"]

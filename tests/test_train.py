@@ -100,6 +100,22 @@ def test_select_min_loss_and_patience_stop():
     assert history["best"]["value"] == 0.5
 
 
+def test_history_belongs_to_the_current_run(tmp_path):
+    """A new run replaces an old run's history at once ("running"), so a run killed before its
+    end never leaves the previous run's history looking like its own."""
+    (tmp_path / "toy-history.json").write_text(json.dumps({"stopped": "completed", "steps": [1] * 9}))
+    x, y = make_data(8)
+    seen = []
+
+    def evaluate(model):
+        seen.append(json.loads((tmp_path / "toy-history.json").read_text()))
+        return {"accuracy": 0.5}
+
+    fit(make_model(), [(x, y)], ce_sum, base_config(out_dir=str(tmp_path), name="toy"), evaluate)
+    assert seen[0]["stopped"] == "running" and seen[0]["steps"] == []
+    assert json.loads((tmp_path / "toy-history.json").read_text())["stopped"] == "completed"
+
+
 def test_history_json_and_png_written(tmp_path):
     """out_dir gets <name>-history.json (per-step, per-epoch, evals, memory, time) and a PNG."""
     x, y = make_data(8)
