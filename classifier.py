@@ -50,6 +50,7 @@ import data
 import lora
 import metrics
 import options
+import safetensors_io
 import sample
 import train
 import weights
@@ -342,13 +343,17 @@ def add_arguments(parser, option):
     parser.add_argument("--test_out", "--test-out", type=options.output_file,
                         default=f"cfimdb-test-{kind}-output.txt",
                         help="test predictions, `PRED ||| TEXT` per line")
-    parser.add_argument("--batch_size", "--batch-size", type=options.positive_int, default=8, help="examples per batch")
+    parser.add_argument("--batch_size", "--batch-size",
+                        type=options.positive_int, default=8, help="examples per batch")
     weights.add_model_path_argument(parser)
-    parser.add_argument("--max_sentence_len", "--max-sentence-len", type=options.positive_int, default=None,
+    parser.add_argument("--max_sentence_len", "--max-sentence-len",
+                        type=options.positive_int, default=None,
                         help="cut each text to this many tokens (None: no cut)")
-    parser.add_argument("--max_train_examples", "--max-train-examples", type=options.positive_int, default=None,
+    parser.add_argument("--max_train_examples", "--max-train-examples",
+                        type=options.positive_int, default=None,
                         help="use a seeded random subset of this many training examples")
-    parser.add_argument("--max_eval_examples", "--max-eval-examples", type=options.positive_int, default=None,
+    parser.add_argument("--max_eval_examples", "--max-eval-examples",
+                        type=options.positive_int, default=None,
                         help="use seeded random subsets of this many dev and test examples")
     parser.add_argument("--out_dir", "--out-dir", type=options.output_folder, default="runs",
                         help="folder for the history JSON, learning curves and summary JSON")
@@ -360,21 +365,28 @@ def add_arguments(parser, option):
         parser.add_argument("--calibrate", action="store_true",
                             help="contextual calibration against content-free inputs (Zhao et al. 2021)")
         return
-    parser.add_argument("--epochs", type=options.positive_int, default=5, help="passes over the training data")
-    parser.add_argument("--lr", type=options.positive_float, default=2e-5, help="AdamW learning rate")
+    parser.add_argument("--epochs",
+                        type=options.positive_int, default=5, help="passes over the training data")
+    parser.add_argument("--lr",
+                        type=options.positive_float, default=2e-5, help="AdamW learning rate")
     parser.add_argument("--head_input", "--head-input", choices=["prompt", "text"], default="prompt",
                         help="prompt: the head reads the end of the zero-shot prompt and starts as "
                         "the zero-shot classifier; text: [bos] text [eos] and a random head (minllama)")
-    parser.add_argument("--hidden_dropout_prob", "--hidden-dropout-prob", type=options.probability, default=0.3,
+    parser.add_argument("--hidden_dropout_prob", "--hidden-dropout-prob",
+                        type=options.probability, default=0.3,
                         help="dropout on the pooled hidden state before the head")
-    parser.add_argument("--max_steps_per_epoch", "--max-steps-per-epoch", type=options.positive_int, default=None,
+    parser.add_argument("--max_steps_per_epoch", "--max-steps-per-epoch",
+                        type=options.positive_int, default=None,
                         help="stop each epoch after this many optimizer steps")
-    parser.add_argument("--time_budget_s", "--time-budget-s", type=options.nonnegative_float, default=None,
+    parser.add_argument("--time_budget_s", "--time-budget-s",
+                        type=options.nonnegative_float, default=None,
                         help="stop training after this many seconds (then evaluate and predict)")
     train.add_checkpoint_arguments(parser)
     if option == "lora":
-        parser.add_argument("--lora_rank", "--lora-rank", type=options.positive_int, default=4, help="LoRA rank r")
-        parser.add_argument("--lora_alpha", "--lora-alpha", type=options.positive_float, default=1.0,
+        parser.add_argument("--lora_rank", "--lora-rank",
+                            type=options.positive_int, default=4, help="LoRA rank r")
+        parser.add_argument("--lora_alpha", "--lora-alpha",
+                            type=options.positive_float, default=1.0,
                             help="LoRA alpha; the update is scaled by alpha / r")
         parser.add_argument("--lora_targets", "--lora-targets", default="wq,wv",
                             help="linear layers that get adapters: a preset (light: q,v; medium: "
@@ -490,7 +502,21 @@ def run_train(args, llama, tokenizer, names, splits):
     trainable, total = lora.count_parameters(model)
     info = {"trainable_parameters": trainable, "total_parameters": total,
             "best": history["best"], "epochs": history["epochs"]}
+    if args.option == "lora":
+        info["adapter"] = str(save_lora_classifier(model, args))
     return preds, info
+
+
+def save_lora_classifier(model, args):
+    """OUT_DIR/<run>-adapter: the LoRA adapter in peft's layout (lora.save_adapter) and the
+    trained head beside it as classifier_head.safetensors (peft ignores the extra file)."""
+    folder = Path(args.out_dir) / f"{run_name(args)}-adapter"
+    config = lora.LoraConfig(r=args.lora_rank, alpha=args.lora_alpha, target_modules=args.lora_targets)
+    lora.save_adapter(folder, model.llama, config)
+    head = {k: v.detach().cpu().contiguous() for k, v in model.classifier_head.state_dict().items()}
+    safetensors_io.write_safetensors(folder / "classifier_head.safetensors", head)
+    print(f"saved the LoRA adapter and the head to {folder}", flush=True)
+    return folder
 
 
 def run_name(args):

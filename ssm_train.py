@@ -367,18 +367,23 @@ def add_arguments(parser, option):
     add("--train", default=f"{data_dir}/train.json", help="training JSON ({id, text, label} rows)")
     add("--val", "--dev", dest="val", default=f"{data_dir}/val.json", help="validation JSON")
     add("--test", default=f"{data_dir}/test.json", help="test JSON (label optional)")
-    add("--out_dir", "--out-dir", type=options.output_folder, default=f"out/{option}", help="results, curves, tokenizer cache")
+    add("--out_dir", "--out-dir",
+        type=options.output_folder, default=f"out/{option}",
+        help="results, curves, tokenizer cache")
     add("--submission", type=options.output_file, default=None,
         help="id,label CSV for the test file (default OUT_DIR/submission.csv)")
     add("--tokenizer", choices=["sentencepiece", "bytes"], default="sentencepiece",
         help="SentencePiece unigram trained on --train, or raw UTF-8 bytes")
-    add("--vocab_size", "--vocab-size", type=options.positive_int, default=8000, help="SentencePiece vocabulary size")
+    add("--vocab_size", "--vocab-size",
+        type=options.positive_int, default=8000, help="SentencePiece vocabulary size")
     add("--case_fold", "--case-fold", action=argparse.BooleanOptionalAction, default=True,
         help="lower-case (NFKC case folding) inside the SentencePiece model")
-    add("--max_len", "--max-len", type=options.positive_int, default=128, help="tokens kept per text (bos included)")
+    add("--max_len", "--max-len",
+        type=options.positive_int, default=128, help="tokens kept per text (bos included)")
     add("--d_model", "--d-model", type=options.positive_int, default=128, help="H: channels")
     add("--n_layers", "--n-layers", type=options.positive_int, default=1, help="stacked SSM blocks")
-    add("--d_state", "--d-state", type=options.positive_int, default=32, help="N: complex state size per channel")
+    add("--d_state", "--d-state",
+        type=options.positive_int, default=32, help="N: complex state size per channel")
     add("--dropout", type=options.probability, default=0.3, help="dropout probability")
     add("--token_dropout", "--token-dropout", type=options.probability, default=0.2,
         help="training-time word dropout: fraction of tokens replaced by pad")
@@ -398,16 +403,22 @@ def add_arguments(parser, option):
         help="how token states become one vector: masked mean, max, or both concatenated")
     add("--epochs", type=options.positive_int, default=10, help="passes over the training set")
     add("--lr", type=options.positive_float, default=4e-3, help="peak learning rate (cosine decay)")
-    add("--ssm_lr", "--ssm-lr", type=options.positive_float, default=1e-3, help="lr cap for A, B, dt (no weight decay)")
-    add("--weight_decay", "--weight-decay", type=options.nonnegative_float, default=1.0, help="AdamW weight decay")
-    add("--warmup_steps", "--warmup-steps", type=options.nonnegative_int, default=50, help="linear warmup steps")
+    add("--ssm_lr", "--ssm-lr",
+        type=options.positive_float, default=1e-3, help="lr cap for A, B, dt (no weight decay)")
+    add("--weight_decay", "--weight-decay",
+        type=options.nonnegative_float, default=1.0, help="AdamW weight decay")
+    add("--warmup_steps", "--warmup-steps",
+        type=options.nonnegative_int, default=50, help="linear warmup steps")
     add("--batch_size", type=options.positive_int, default=32, help="training batch size")
-    add("--eval_batch_size", "--eval-batch-size", type=options.positive_int, default=128, help="evaluation batch size")
+    add("--eval_batch_size", "--eval-batch-size",
+        type=options.positive_int, default=128, help="evaluation batch size")
     add("--time_budget", "--time-budget", type=options.nonnegative_float, default=None,
         help="seconds of training per model (None: all epochs)")
     add("--max_steps_per_epoch", "--max-steps-per-epoch", type=options.positive_int, default=None,
         help="cap on optimizer steps per epoch")
-    add("--patience", type=options.positive_int, default=None, help="stop after this many epochs without a better val")
+    add("--patience",
+        type=options.positive_int, default=None,
+        help="stop after this many epochs without a better val")
     add("--no_progress", "--no-progress", action="store_true", help="no tqdm bars (for logs)")
     train.add_checkpoint_arguments(parser)
     if option == "ssm_compare":

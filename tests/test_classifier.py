@@ -195,6 +195,15 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys, option, extra):
     if option != "prompt":
         assert (tmp_path / "runs" / f"{option}-train-history.json").exists()
         assert (tmp_path / "runs" / f"{option}-train-curves.png").exists()
+    if option == "lora":     # the adapter is saved alone (peft's layout) and reloads exactly
+        import lora
+        folder = tmp_path / "runs" / "lora-train-adapter"
+        assert summary["adapter"] == str(folder) and (folder / "classifier_head.safetensors").is_file()
+        fresh = tiny_llama()
+        lora.load_adapter(folder, fresh)
+        trained = dict(lora.lora_layers(model))
+        for name, layer in lora.lora_layers(fresh):
+            torch.testing.assert_close(layer.lora_B, trained[name].lora_B, atol=0, rtol=0)
 
 
 # Seed 000 part 2's target settings, written out in llama2.c spelling (q_proj = wq, ...).
