@@ -248,6 +248,42 @@ def check_minllama(folder):
     report(f"stories42M ({best[1]})", "minllama sanity_check.data", best[0], 1e-4)
 
 
+def check_adapters():
+    """IA3 with l = 1 is the base model; a prefix read from the KV cache == without it."""
+    import adapters
+    torch.manual_seed(0)
+    base = llama.Llama(llama.LlamaConfig.tiny()).eval()
+    tokens = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        before = base(tokens)[0]
+        adapters.inject_ia3(base, adapters.IA3Config(target_modules=["k_proj", "v_proj", "down_proj"]))
+        report("IA3 with l = 1", "the base model", maxdiff(base(tokens)[0], before), 1e-6)
+        model = adapters.adapt(llama.Llama(llama.LlamaConfig.tiny()).eval(),
+                               adapters.PrefixTuningConfig(num_virtual_tokens=3))
+        prompt = tokens[0, :5].tolist()
+        cached = sample.generate_batch(model, [prompt], 0, 8)[0]
+        plain = sample.generate_no_cache(model, prompt, 8)
+    report("prefix tuning, cached decode", "the same prefix without a cache", cached == plain, 0)
+
+
+def check_sft_and_scores():
+    """The answer-only loss and the KV-cache label scores against their readable oracles."""
+    import classifier
+    import sft
+    torch.manual_seed(0)
+    model = llama.Llama(llama.LlamaConfig.tiny()).eval()
+    sequences = [([5, 6, 7, 8, 9], 3), ([10, 11, 12], 2)]
+    batch = sft.collate(sequences, pad_id=0)
+    with torch.no_grad():
+        fast, _ = sft.answer_loss(model, batch)
+        ref, _ = sft.answer_loss_reference(model, batch)
+        report("SFT answer-only loss", "full-logit cross_entropy", maxdiff(fast, ref), 1e-4)
+        labels, prompts = [[20, 21], [22], [20, 23, 24]], [[1, 2, 3, 4], [5, 6]]
+        scores = classifier.label_scores(model, prompts, labels, pad_id=0)
+        brute = torch.stack([classifier.label_scores_reference(model, p, labels) for p in prompts])
+    report("label scores (KV cache)", "one forward per prompt and label", maxdiff(scores, brute), 1e-4)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(Path(__file__).resolve().parent.parent / "shared" / "data"),
@@ -257,7 +293,8 @@ def main():
     args = parser.parse_args()
     checks = [check_norms, check_attention, check_int4, check_rope, check_kv_cache, check_sampling,
               check_adamw, check_lora, check_safetensors_and_pt, lambda: check_tokenizers(Path(args.data)),
-              check_ssm, check_pico, lambda: check_minllama(Path.cwd())]
+              check_ssm, check_pico, check_adapters, check_sft_and_scores,
+              lambda: check_minllama(Path.cwd())]
     if not args.skip_model:
         checks.append(lambda: check_default_model(args.model))
     for check in checks:
