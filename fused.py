@@ -198,9 +198,9 @@ class FusedProjection(nn.Module):
             return list(self.int4(x).split(self.sizes, dim=-1))
         if not all(_fusable(layer) for layer in layers):
             return [layer(x) for layer in layers]
-        weight = self.weight
-        if any(layer.weight.requires_grad for layer in layers):   # full fine-tuning: the stack of
-            weight = torch.cat([layer.weight for layer in layers])  # the Parameters, for their grads
+        weight = self.weight                                       # frozen or no grad: the stack
+        if torch.is_grad_enabled() and any(layer.weight.requires_grad for layer in layers):
+            weight = torch.cat([layer.weight for layer in layers])  # full fine-tuning: their grads
         outs = list(F.linear(x, weight).split(self.sizes, dim=-1))  # one matmul, (..., out_j) views
         adapted = [j for j, layer in enumerate(layers)
                    if isinstance(layer, lora.LoRALayer) and not layer.merged]
