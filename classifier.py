@@ -37,6 +37,7 @@ and label; head on the last non-pad token == an unpadded single-example run; the
 == zero-shot scores; LoRA trains only head and adapters; the CLI end to end through run.main on
 temp files, --lora_targets presets and names, the placeholder-label warning).
 """
+import argparse
 import time
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from tqdm import tqdm
 
 import atomic
 import data
+import fused
 import lora
 import metrics
 import options
@@ -365,6 +367,11 @@ def add_arguments(parser, option):
         parser.add_argument("--calibrate", action="store_true",
                             help="contextual calibration against content-free inputs (Zhao et al. 2021)")
         return
+    add_training_arguments(parser, option)
+
+
+def add_training_arguments(parser, option):
+    """The flags of --option finetune and lora."""
     parser.add_argument("--epochs",
                         type=options.positive_int, default=5, help="passes over the training data")
     parser.add_argument("--lr",
@@ -382,6 +389,8 @@ def add_arguments(parser, option):
                         type=options.nonnegative_float, default=None,
                         help="stop training after this many seconds (then evaluate and predict)")
     train.add_checkpoint_arguments(parser)
+    parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                        help="the fast path (fused.py, tested equal); --no-fused: the readable one")
     if option == "lora":
         parser.add_argument("--lora_rank", "--lora-rank",
                             type=options.positive_int, default=4, help="LoRA rank r")
@@ -469,6 +478,8 @@ def build_head_classifier(args, llama, tokenizer, names):
     trainable, total = lora.count_parameters(model)
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)",
           flush=True)
+    if args.fused:
+        fused.fuse(model.llama)    # one matmul for q/k/v and for gate/up, LoRA's fast branch
     if args.head_input == "prompt":
         label_ids = label_token_ids(tokenizer, names)
         init_head_from_labels(model, label_ids)

@@ -83,6 +83,8 @@ def child_argv(args, parser_defaults, overrides):
     argv = [sys.executable, str(ROOT / "run.py"), "--option", "sft", "--seed", str(args.seed)]
     if args.use_gpu:
         argv.append("--use_gpu")
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
     values = {**{k: getattr(args, k) for k in parser_defaults}, **overrides}
     for name, value in values.items():
         if value == parser_defaults[name] and name not in overrides:

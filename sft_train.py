@@ -47,6 +47,7 @@ import adapters
 import atomic
 import classifier
 import data
+import fused
 import lora
 import metrics
 import options
@@ -127,6 +128,9 @@ def add_training_arguments(add):
         help="stop each epoch after N optimizer steps")
     add("--time_budget_s", "--time-budget-s",
         type=options.nonnegative_float, default=None, help="training seconds")
+    add("--fused", action=argparse.BooleanOptionalAction, default=True,
+        help="the fast path (fused.py: fused q/k/v and gate/up matmuls, LoRA's fast branch; "
+        "tested equal); --no-fused runs the readable reference path")
     add("--gradient_checkpointing", "--gradient-checkpointing", action="store_true",
         help="recompute each block in backward (less activation memory, ~30%% more time)")
 
@@ -236,6 +240,8 @@ def prepare_model(llama, args):
               f"({', '.join(names)})", flush=True)
     elif config is not None:
         print(f"{args.method}: {config}", flush=True)
+    if args.fused:
+        fused.fuse(model)          # one matmul for q/k/v and for gate/up, LoRA's fast branch
     trainable, total = lora.count_parameters(model)
     formula = None if config is None else adapters.formula_count(config, llama.config)
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"

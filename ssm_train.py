@@ -401,6 +401,12 @@ def add_arguments(parser, option):
         help="also run each SSM right to left (--no-bidirectional: causal only)")
     add("--pooling", choices=["mean", "max", "meanmax"], default="meanmax",
         help="how token states become one vector: masked mean, max, or both concatenated")
+    add_training_arguments(parser, option)
+
+
+def add_training_arguments(parser, option):
+    """The optimisation, budget and crash-safety flags (and ssm_compare's timing flags)."""
+    add = parser.add_argument
     add("--epochs", type=options.positive_int, default=10, help="passes over the training set")
     add("--lr", type=options.positive_float, default=4e-3, help="peak learning rate (cosine decay)")
     add("--ssm_lr", "--ssm-lr",

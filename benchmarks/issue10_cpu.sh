@@ -18,21 +18,21 @@ if [[ $what == emotion || $what == all ]]; then
     --lora_targets heavy $common --out_dir $OUT/emotion-heavy
 fi
 if [[ $what == boolq_compare || $what == all ]]; then
-  # BoolQ true/false, 90/10 stratified split (seed 0); 1,000 training / 300 validation questions
+  # BoolQ true/false, 90/10 stratified split (seed 0); 600 training / 200 validation questions
   $PY run.py --option sft_compare --train $D/boolq/train.json --val_ratio 0.1 --split_seed 0 \
-    --max_train_examples 1000 --max_eval_examples 300 --max_len 96 --eval_every_steps 60 \
+    --max_train_examples 600 --max_eval_examples 200 --max_len 96 --eval_every_steps 40 \
     $common --out_dir $OUT/boolq-compare
 fi
 if [[ $what == emotion_compare || $what == all ]]; then
-  # emotion, all four settings on 1,000 training / 300 validation lines
+  # emotion, all four settings on 600 training / 200 validation lines
   $PY run.py --option sft_compare --train $D/emotion/train.txt --val $D/emotion/val.txt \
-    --max_train_examples 1000 --max_eval_examples 300 --max_len 128 --eval_every_steps 60 \
+    --max_train_examples 600 --max_eval_examples 200 --max_len 128 --eval_every_steps 40 \
     $common --out_dir $OUT/emotion-compare
 fi
 if [[ $what == sweep || $what == all ]]; then
-  # seed 002's grid on a BoolQ subset: 200 training / 100 validation questions, light targets
+  # seed 002's grid on a BoolQ subset: 160 training / 100 validation questions, light targets
   $PY run.py --option sweep --train $D/boolq/train.json --val_ratio 0.1 --split_seed 0 \
-    --max_train_examples 200 --max_eval_examples 100 --max_len 96 --lora_targets light \
+    --max_train_examples 160 --max_eval_examples 100 --max_len 96 --lora_targets light \
     --ranks 1,16,128,256 --alphas 0,1,16,128,256 --epochs 1 --batch_size 8 --lr 2e-4 \
     --eval_batch_size 32 --out_dir $OUT/boolq-sweep
 fi

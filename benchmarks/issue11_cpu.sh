@@ -13,13 +13,13 @@ common="--epochs 1 --batch_size 8 --lr 2e-4 --lora_rank 16 --lora_alpha 32 --eva
 
 if [[ $what == emotion || $what == all ]]; then
   $PY run.py --option peft_compare --train $D/emotion/train.txt --val $D/emotion/val.txt \
-    --max_train_examples 1000 --max_eval_examples 300 --max_len 128 --eval_every_steps 60 \
+    --max_train_examples 600 --max_eval_examples 200 --max_len 128 --eval_every_steps 40 \
     $common --out_dir $OUT/emotion
 fi
 if [[ $what == boolq || $what == all ]]; then
   # the true/false task: the best non-LoRA method against the best LoRA run (seed 000's bonus)
   $PY run.py --option peft_compare --train $D/boolq/train.json --val_ratio 0.1 --split_seed 0 \
-    --max_train_examples 1000 --max_eval_examples 300 --max_len 96 --eval_every_steps 60 \
+    --max_train_examples 600 --max_eval_examples 200 --max_len 96 --eval_every_steps 40 \
     $common --out_dir $OUT/boolq
 fi
 if [[ $what == tokenizers || $what == all ]]; then
