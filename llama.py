@@ -66,6 +66,7 @@ import sample
 # configuration
 
 ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_seq_len")
+DERIVED = ("n_kv_heads", "head_dim", "hidden_dim")     # None: derived in __post_init__
 
 
 @dataclass
@@ -88,6 +89,7 @@ class LlamaConfig:
     attn_backend: str = "sdpa"           # "sdpa" fused kernel, "math" compute_query_key_value_scores
 
     def __post_init__(self):
+        self._check_types()
         self.n_kv_heads = self.n_kv_heads or self.n_heads
         if self.head_dim is None:
             if self.dim % self.n_heads:
@@ -110,6 +112,18 @@ class LlamaConfig:
             raise ValueError(f"LlamaConfig: dropout={self.dropout} outside [0, 1); use e.g. 0.0 "
                              "or 0.1")
         self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.rope_theta)
+
+    def _check_types(self):
+        """Sizes are positive ints (None where derived), before any // or % uses them."""
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden_dim",
+                     "multiple_of", "vocab_size", "max_seq_len"):
+            value = getattr(self, name)
+            if not (type(value) is int and value >= 1 or value is None and name in DERIVED):
+                raise ValueError(f"LlamaConfig: {name}={value!r} is not a positive int; fix {name}")
+        if not (type(self.norm_eps) in (int, float) and 0 <= self.norm_eps < 1
+                and type(self.rope_theta) in (int, float) and 1 <= self.rope_theta < math.inf):
+            raise ValueError(f"LlamaConfig: norm_eps={self.norm_eps!r} must be in [0, 1) and "
+                             f"rope_theta={self.rope_theta!r} a finite number >= 1")
 
     @classmethod
     def stories42m(cls):
@@ -173,6 +187,10 @@ def _check_rope_scaling(scaling, rope_theta):
     if sorted(scaling) != sorted(ROPE_SCALING_KEYS):
         raise ValueError(f"LlamaConfig: rope_scaling keys {sorted(scaling)}; give exactly "
                          f"{ROPE_SCALING_KEYS}")
+    if not (all(type(v) in (int, float) and 0 < v < math.inf for v in scaling.values())
+            and scaling["high_freq_factor"] > scaling["low_freq_factor"]):   # rope.py divides
+        raise ValueError(f"LlamaConfig: rope_scaling {scaling} needs positive finite numbers and "
+                         f"high_freq_factor > low_freq_factor")
     return scaling
 
 

@@ -14,6 +14,8 @@ blocking, fused vs unfused softmax, RoPE angle products); the largest difference
 transformers is 2e-5 on logits up to 9.4. atol = rtol = 1e-4 leaves headroom for other BLAS
 builds, while a layout, mask or position bug changes logits by O(1).
 """
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -557,3 +559,16 @@ def test_prefix_gradients_with_checkpointing():
         grads.append(prefix.grad.clone())
     assert grads[0].abs().max() > 0
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"dim": 0}, "dim=0 is not a positive int"), ({"n_layers": "2"}, "n_layers='2'"),
+    ({"vocab_size": True}, "vocab_size=True"), ({"norm_eps": 2.0}, "norm_eps=2.0"),
+    ({"rope_theta": float("inf")}, "rope_theta=inf"),
+    ({"rope_scaling": dict(factor=8.0, low_freq_factor=4.0, high_freq_factor=1.0,
+                           original_max_seq_len=8192)}, "high_freq_factor > low_freq_factor"),
+])
+def test_config_types_and_ranges_are_one_line_errors(fields, words):
+    with pytest.raises(ValueError, match=re.escape(words)) as err:
+        llama.LlamaConfig.tiny(**fields)
+    assert "\n" not in str(err.value)
