@@ -20,7 +20,9 @@ import time
 import torch
 
 import atomic
+import fused
 import options
+import quantize
 import sample
 import weights
 from tokenizer import StreamDecoder
@@ -89,9 +91,10 @@ def check_max_new_tokens(args):
 # loading and streaming
 
 def load_model(args, path=None):
-    """(Llama, Tokenizer) from path (default --pretrained-model-path) on args.device in --dtype;
-    int4 quantizes."""
-    import quantize
+    """(Llama, Tokenizer) from path (default --pretrained-model-path) on args.device in --dtype.
+    int4: quantized from the fp32 weights (so a Q4_1 file's codes come back exactly), the rest of
+    the model then runs in bf16, the kernel's own activation type (no fp32 <-> bf16 round trip
+    around every matmul). Then the fast path: q/k/v and gate/up as one matmul (fused.py)."""
     path = args.pretrained_model_path if path is None else path
     start = time.perf_counter()
     dtype = torch.float32 if args.dtype == "int4" else getattr(torch, args.dtype)
@@ -99,6 +102,8 @@ def load_model(args, path=None):
                                                require_tokenizer=True)
     if args.dtype == "int4":
         quantize.quantize_model_int4(model)
+        model.to(torch.bfloat16)
+    fused.fuse(model)
     print(f"loaded {path or weights.default_model_path()} in {time.perf_counter() - start:.1f} s",
           flush=True)
     return model, tokenizer
