@@ -534,7 +534,7 @@ def _slots(model, config):
     if isinstance(config, IA3Config):
         slots = {}
         for name, layer in ((n, m) for n, m in model.named_modules() if isinstance(m, IA3Layer)):
-            hf_name, heads = lora._peft_module_name(name, model)
+            hf_name, heads = lora.peft_module_name(name, model)
             shape = (1, layer.in_features) if layer.feedforward else (layer.out_features, 1)
             layout = plain if heads is None else (lambda t, permute, h=heads: permute(t, h))
             slots[f"{lora.PEFT_PREFIX}{hf_name}.ia3_l"] = (layer.ia3_l, layer.ia3_l, shape, layout)

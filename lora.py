@@ -28,7 +28,7 @@ layout while HF uses the half-split layout: W_hf = P W_ours for a row permutatio
 B_hf A = P (B_ours A) means permuting the rows of B for wq / wk (A is unchanged).
 
 The wrapping machinery here (with_aliases, wrap_linears, set_submodule, count_parameters) is
-shared by the other PEFT methods in adapters.py (IA3, prompt tuning).
+shared by the other PEFT methods in adapters.py (IA3, prompt tuning, P-tuning, prefix tuning).
 
 Shape legend: `in` / `out` features of the wrapped Linear, `r` rank, `...` any leading dims (B, T).
 
@@ -348,7 +348,7 @@ def unload_lora(model, merge_first=True):
 # ----------------------------------------------------------------------------
 # adapters on disk, in peft's layout
 
-def _peft_module_name(name, model):
+def peft_module_name(name, model):
     """Our module name -> (its name in the HF model, heads for a Q/K row permutation or None).
 
     Canonical names (layers.0.attention.wq) go through weights.canonical_to_hf_name; HF names
@@ -372,7 +372,7 @@ def _adapter_slots(model):
     """peft key -> (our Parameter, heads to permute its rows or None), for every LoRALayer."""
     slots = {}
     for name, layer in lora_layers(model):
-        hf_name, heads = _peft_module_name(name, model)
+        hf_name, heads = peft_module_name(name, model)
         slots[f"{PEFT_PREFIX}{hf_name}.lora_A.weight"] = (layer.lora_A, None)   # (r, in)
         slots[f"{PEFT_PREFIX}{hf_name}.lora_B.weight"] = (layer.lora_B, heads)  # (out, r)
     return slots
