@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import adapters
+import classifier
 import llama
 import lora
 import optimizer
@@ -25,7 +27,9 @@ import quantize
 import rope
 import s4
 import sample
+import sft
 import ssm
+import tokenizer
 import weights
 
 RESULTS = []
@@ -168,7 +172,6 @@ def check_safetensors_and_pt():
 
 
 def check_tokenizers(data):
-    import tokenizer
     samples = "Hello world! 12345   spaces\n\nنمونه متن فارسی ۳۰ 🙂"
     paths = [("Llama 2 SentencePiece", data / "tokenizers" / "llama2-tokenizer.model"),
              ("Llama 3 tiktoken", data / "tokenizers" / "llama3-tokenizer.model")]
@@ -250,7 +253,6 @@ def check_minllama(folder):
 
 def check_adapters():
     """IA3 with l = 1 is the base model; a prefix read from the KV cache == without it."""
-    import adapters
     torch.manual_seed(0)
     base = llama.Llama(llama.LlamaConfig.tiny()).eval()
     tokens = torch.randint(0, 256, (2, 9))
@@ -268,8 +270,6 @@ def check_adapters():
 
 def check_sft_and_scores():
     """The answer-only loss and the KV-cache label scores against their readable oracles."""
-    import classifier
-    import sft
     torch.manual_seed(0)
     model = llama.Llama(llama.LlamaConfig.tiny()).eval()
     sequences = [([5, 6, 7, 8, 9], 3), ([10, 11, 12], 2)]

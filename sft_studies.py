@@ -25,6 +25,7 @@ sweep.md / sweep.json / sweep-heatmap.png.
 Tests: tests/test_sft_studies.py (child argv round trip, the table from fixed summaries, the
 baselines on a toy split, a tiny end-to-end sweep and compare on a tiny model).
 """
+import argparse
 import json
 import math
 import subprocess
@@ -99,7 +100,6 @@ def child_argv(args, parser_defaults, overrides):
 
 def sft_defaults():
     """{dest: default} of --option sft's own flags (not run.py's common ones)."""
-    import argparse
     parser = argparse.ArgumentParser()
     sft_train.add_arguments(parser, "sft")
     return {a.dest: a.default for a in parser._actions if a.dest != "help"}
