@@ -2,7 +2,7 @@
 # Issue 10 (instruction fine-tuning) reduced CPU runs on the default model (SmolLM2-135M-Instruct).
 # Reductions are stated in each command: training/validation subsets (--max_train_examples,
 # --max_eval_examples, seeded by --seed 1337), --max_len, one epoch. Outputs under runs/issue10/.
-#   bash benchmarks/issue10_cpu.sh [emotion|boolq_compare|emotion_compare|sweep|all]
+#   bash benchmarks/issue10_cpu.sh [emotion|boolq_compare|emotion_compare|sweep|all|boolq_full]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -35,4 +35,9 @@ if [[ $what == sweep || $what == all ]]; then
     --max_train_examples 160 --max_eval_examples 100 --max_len 96 --lora_targets light \
     --ranks 1,16,128,256 --alphas 0,1,16,128,256 --epochs 1 --batch_size 8 --lr 2e-4 \
     --eval_batch_size 32 --out_dir $OUT/boolq-sweep
+fi
+if [[ $what == boolq_full ]]; then
+  # BoolQ true/false on the whole 90/10 split (8,484 training / 943 validation questions), heavy LoRA
+  $PY run.py --option sft --train $D/boolq/train.json --val_ratio 0.1 --split_seed 0 \
+    --max_len 96 --eval_every_steps 350 --lora_targets heavy $common --out_dir $OUT/boolq-full-heavy
 fi
