@@ -27,6 +27,10 @@ import distributed
 # ----------------------------------------------------------------------------
 # files
 
+# mkstemp / mkdtemp create 0600 / 0700 entries; outputs get the usual umask-based modes instead
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def _check_target(path):
     path = Path(path)
@@ -73,6 +77,7 @@ def write_atomic(path, write):
     path = _check_target(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -144,6 +149,7 @@ def replace_folder_atomic(path, fill):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     old = path.with_name(path.name + ".old")
     try:
+        tmp.chmod(0o777 & ~_UMASK)
         fill(tmp)
         _fsync_folder(tmp)
         if path.exists():

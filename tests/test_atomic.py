@@ -83,3 +83,14 @@ def test_leftovers_of_a_killed_writer_are_removed(tmp_path):
     atomic.write_text_atomic(tmp_path / "out.txt", "whole")
     atomic.replace_folder_atomic(tmp_path / "ckpt", lambda d: (d / "a").write_text("1"))
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.txt.x.tmp", "ckpt", "out.txt"]
+
+
+def test_outputs_get_the_umask_modes_not_mkstemps(tmp_path):
+    """mkstemp makes 0600 files; an output is as readable as open() would have made it."""
+    import os
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = atomic.write_text_atomic(tmp_path / "out.txt", "x")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    folder = atomic.replace_folder_atomic(tmp_path / "ckpt", lambda d: None)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
