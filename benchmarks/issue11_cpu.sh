@@ -2,14 +2,14 @@
 # Issue 11 (beyond LoRA) reduced CPU runs on the default model (SmolLM2-135M-Instruct): every PEFT
 # method on one task and budget. Reductions: --max_train_examples / --max_eval_examples subsets
 # (seeded by --seed 1337), --max_len, one epoch. Outputs under runs/issue11/.
-#   bash benchmarks/issue11_cpu.sh [emotion|boolq|tokenizers|all]
+#   [EXTRA="--threads 1"] bash benchmarks/issue11_cpu.sh [emotion|boolq|tokenizers|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 D=../shared/data
 OUT=runs/issue11
 what=${1:-all}
-common="--epochs 1 --batch_size 8 --lr 2e-4 --lora_rank 16 --lora_alpha 32 --eval_batch_size 32"
+common="--epochs 1 --batch_size 8 --lr 2e-4 --lora_rank 16 --lora_alpha 32 --eval_batch_size 32 ${EXTRA:-}"
 
 if [[ $what == emotion || $what == all ]]; then
   $PY run.py --option peft_compare --train $D/emotion/train.txt --val $D/emotion/val.txt \
