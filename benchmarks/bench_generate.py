@@ -51,8 +51,8 @@ def time_ours(path, prompt, new_tokens, int4=False, fuse=False):
     return load_s, first_s, decode, ids, tokenizer.decode(out)
 
 
-def time_transformers(path, ids, new_tokens):
-    from transformers import AutoModelForCausalLM
+def token_stamps():
+    """A transformers streamer that records the time of every put (the first put is the prompt)."""
     from transformers.generation.streamers import BaseStreamer
 
     class Stamps(BaseStreamer):
@@ -65,12 +65,18 @@ def time_transformers(path, ids, new_tokens):
         def end(self):
             pass
 
+    return Stamps()
+
+
+def time_transformers(path, ids, new_tokens):
+    from transformers import AutoModelForCausalLM
+
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name,
                                                  dtype=torch.float32)
     model.eval()
     load_s = time.perf_counter() - start
-    streamer = Stamps()
+    streamer = token_stamps()
     x = torch.tensor([ids])
     start = time.perf_counter()
     with torch.inference_mode():

@@ -46,6 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import atomic  # noqa: E402
+import bench_generate  # noqa: E402  (benchmarks/, beside this file)
 import classifier  # noqa: E402
 import data  # noqa: E402
 import fused  # noqa: E402
@@ -270,20 +271,8 @@ def decode_ours(model, prompts, new_tokens, decode_fn=None):
 
 
 def decode_hf(hf, prompts, new_tokens):
-    from transformers.generation.streamers import BaseStreamer
-
-    class Stamps(BaseStreamer):
-        def __init__(self):
-            self.times = []
-
-        def put(self, value):
-            self.times.append(time.perf_counter())
-
-        def end(self):
-            pass
-
     x = torch.tensor(prompts, device=hf.device)
-    streamer = Stamps()
+    streamer = bench_generate.token_stamps()
     out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens,
                       min_new_tokens=new_tokens, do_sample=False, streamer=streamer,
                       pad_token_id=0)
