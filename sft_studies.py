@@ -227,16 +227,19 @@ def s4_baseline(splits, labels, args):
 # ----------------------------------------------------------------------------
 # sft_compare
 
-def run_row(name, summary):
-    """One table row from a run's summary.json."""
-    best, params = summary["best"] or {}, summary["parameters"]
-    epochs = summary["epochs"]
+def run_row(name, summary, history):
+    """One table row from a run's summary.json and history: the best validation accuracy of any
+    evaluation (and its step), and the scores of the model kept (the best validation loss)."""
+    params, epochs = summary["parameters"], summary["epochs"]
+    evals = [e for e in history["evals"] if "accuracy" in e]
+    best = max(evals, key=lambda e: e["accuracy"], default={})    # the first of equal ones
     return {"run": name, "trainable": params["trainable"], "formula": params["formula"],
             "total": params["total"], "peak_memory_mb": summary["peak_memory_mb"],
             "memory_kind": summary["memory_kind"],
             "s_per_epoch": sum(e["train_time_s"] for e in epochs) / max(len(epochs), 1),
-            "best_accuracy": best.get("metrics", {}).get("accuracy"),
-            "best_macro_f1": best.get("metrics", {}).get("macro_f1"), "best_step": best.get("step"),
+            "best_accuracy": best.get("accuracy", summary["val"]["accuracy"]),
+            "best_macro_f1": best.get("macro_f1", summary["val"]["macro_f1"]),
+            "best_step": best.get("step"),
             "val_accuracy": summary["val"]["accuracy"], "val_macro_f1": summary["val"]["macro_f1"]}
 
 
@@ -244,7 +247,8 @@ def compare_table(rows, baselines, zero_shot, setup):
     """Markdown: the runs, then the baselines on the same split."""
     memory = "CUDA max allocated" if rows and rows[0]["memory_kind"].startswith("cuda") else "max RSS"
     lines = [setup, "", f"| run | trainable params (formula r(in+out)) | % of model | peak memory "
-             f"({memory}) | s / epoch | best val acc / macro-F1 (at step) | final val acc / macro-F1 |",
+             f"({memory}) | s / epoch | best val acc / macro-F1 (at step) | kept model (lowest val "
+             "loss): val acc / macro-F1 |",
              "|---|---:|---:|---:|---:|---|---|"]
     for r in rows:
         formula = f" ({r['formula']:,})" if r["formula"] is not None else ""
@@ -284,7 +288,7 @@ def run_compare(args):
             "method": "lora", "lora_targets": setting}
         summary, history = run_child(args, setting, {**overrides, "zero_shot": i == 0})
         zero_shot = zero_shot or summary.get("zero_shot")
-        rows.append(run_row(setting, summary))
+        rows.append(run_row(setting, summary, history))
         histories[setting] = history
     makers = {"majority": lambda: majority_baseline(splits, labels),
               "bag-of-words naive Bayes": lambda: bow_baseline(splits, labels),
@@ -398,7 +402,7 @@ def run_peft_compare(args):
         lr = lrs.get(method, args.lr)
         summary, history = run_child(args, method, {"method": method, "lr": lr, "zero_shot": i == 0})
         zero_shot = zero_shot or summary.get("zero_shot")
-        rows.append({**run_row(method, summary), "lr": lr})
+        rows.append({**run_row(method, summary, history), "lr": lr})
         histories[method] = history
     groups = {"zero-shot": zero_shot, **{r["run"]: {"accuracy": r["val_accuracy"],
                                                     "macro_f1": r["val_macro_f1"]} for r in rows}}

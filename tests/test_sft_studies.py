@@ -41,6 +41,21 @@ def test_majority_and_bag_of_words_baselines():
     assert bow == {"accuracy": 1.0, "macro_f1": 1.0}
 
 
+def test_run_row_best_accuracy_and_kept_model():
+    """The best accuracy of any evaluation with its step; the kept model's scores beside it."""
+    summary = {"parameters": {"trainable": 10, "formula": 10, "total": 100}, "peak_memory_mb": 1.0,
+               "memory_kind": "cpu_max_rss", "epochs": [{"train_time_s": 4.0}],
+               "val": {"accuracy": 0.65, "macro_f1": 0.39}}
+    evals = [{"step": 40, "loss": 0.33, "accuracy": 0.65, "macro_f1": 0.39},
+             {"step": 75, "loss": 0.34, "accuracy": 0.66, "macro_f1": 0.53},
+             {"step": 90, "loss": 0.35, "accuracy": 0.66, "macro_f1": 0.50}]
+    row = sft_studies.run_row("prompt", summary, {"evals": evals})
+    assert (row["best_accuracy"], row["best_macro_f1"], row["best_step"]) == (0.66, 0.53, 75)
+    assert (row["val_accuracy"], row["val_macro_f1"], row["s_per_epoch"]) == (0.65, 0.39, 4.0)
+    no_evals = sft_studies.run_row("prompt", summary, {"evals": []})
+    assert (no_evals["best_accuracy"], no_evals["best_step"]) == (0.65, None)
+
+
 def test_sweep_writes_a_grid(base_folder, task, tmp_path, capsys):  # noqa: F811
     run.main(["--option", "sweep", "--train", str(task / "train.txt"), "--val_ratio", "0.25",
               "--pretrained-model-path", str(base_folder), "--ranks", "2", "--alphas", "0,8",
