@@ -19,6 +19,7 @@ Every helper here is a no-op on one process, so the training loop reads the same
 Tests: tests/test_distributed.py (device choice; 2 gloo processes on the CPU train to the same
 loss and weights as one process with the same global batch).
 """
+import atexit
 import contextlib
 import os
 import sys
@@ -89,8 +90,16 @@ def init_from_env(use_gpu):
     if use_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend="nccl" if use_gpu else "gloo")
+    atexit.register(leave)                      # gloo's threads abort a process left in a group
     if not is_main():
         sys.stdout = open(os.devnull, "w")
+
+
+def leave():
+    """Leave the process group at exit (torch warns, and gloo may abort, when a process exits
+    still in one)."""
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 class DDP(DistributedDataParallel):
