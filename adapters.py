@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import atomic
+import distributed
 import lora
 import rope
 import safetensors_io
@@ -556,7 +557,7 @@ def save_adapter(directory, model, config):
         return lora.save_adapter(directory, model, config)
     directory = Path(directory)
     with torch.no_grad():
-        tensors = {key: layout(value.detach().float().cpu().reshape(shape),
+        tensors = {key: layout(distributed.full(value.detach()).float().cpu().reshape(shape),
                                rope.permute_interleaved_to_half).contiguous()
                    for key, (value, _, shape, layout) in _slots(model, config).items()}
     if not tensors:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import atomic
+import distributed
 import safetensors_io
 
 FORMAT = "llmlab-train-1"
@@ -41,20 +42,24 @@ def optimizer_state_tensors(optimizer):
     tensors, meta = {}, {"param_groups": state_dict["param_groups"], "scalars": {}}
     for index, state in state_dict["state"].items():
         for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            if isinstance(value, torch.Tensor):            # an FSDP shard is gathered whole
+                tensors[f"{index}.{key}"] = distributed.full(value.detach()).cpu().contiguous()
             else:
                 meta["scalars"][f"{index}.{key}"] = value
     return tensors, meta
 
 
 def load_optimizer_state(optimizer, tensors, meta):
-    """Inverse of optimizer_state_tensors."""
+    """Inverse of optimizer_state_tensors (each moment back into its parameter's FSDP shard)."""
     state = {}
     for name, value in [*tensors.items(), *meta["scalars"].items()]:
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for param, moments in optimizer.state.items():
+        for key, value in moments.items():
+            if isinstance(value, torch.Tensor):
+                moments[key] = distributed.shard_like(value, param)
 
 
 def rng_states():

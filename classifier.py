@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 import atomic
 import data
+import distributed
 import fused
 import lora
 import metrics
@@ -389,6 +390,7 @@ def add_training_arguments(parser, option):
                         type=options.nonnegative_float, default=None,
                         help="stop training after this many seconds (then evaluate and predict)")
     train.add_checkpoint_arguments(parser)
+    distributed.add_fsdp_argument(parser)
     parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                         help="the fast path (fused.py, tested equal); --no-fused: the readable one")
     if option == "lora":
@@ -410,6 +412,7 @@ def check_arguments(args):
         raise ValueError("--prompt_template must contain {text} (and may contain {labels})")
     if getattr(args, "lora_targets", None) is not None:
         lora.resolve_targets(args.lora_targets)                  # an empty list fails before loading
+    distributed.check_fsdp(getattr(args, "fsdp", False))
 
 
 def load_model(path, device):
@@ -478,12 +481,14 @@ def build_head_classifier(args, llama, tokenizer, names):
     trainable, total = lora.count_parameters(model)
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)",
           flush=True)
-    if args.fused:
+    if args.fused and not args.fsdp:
         fused.fuse(model.llama)    # one matmul for q/k/v and for gate/up, LoRA's fast branch
     if args.head_input == "prompt":
         label_ids = label_token_ids(tokenizer, names)
         init_head_from_labels(model, label_ids)
         print(f"head reads the prompt's last token, starts from labels {label_ids}", flush=True)
+    if args.fsdp:
+        distributed.shard(model, args.device)       # 1/N of every weight on this process's device
     return model
 
 
@@ -524,7 +529,7 @@ def save_lora_classifier(model, args):
     folder = Path(args.out_dir) / f"{run_name(args)}-adapter"
     config = lora.LoraConfig(r=args.lora_rank, alpha=args.lora_alpha, target_modules=args.lora_targets)
     lora.save_adapter(folder, model.llama, config)
-    head = {k: v.detach().cpu().contiguous() for k, v in model.classifier_head.state_dict().items()}
+    head = {k: v.cpu().contiguous() for k, v in distributed.full_state_dict(model.classifier_head).items()}
     safetensors_io.write_safetensors(folder / "classifier_head.safetensors", head)
     print(f"saved the LoRA adapter and the head to {folder}", flush=True)
     return folder
@@ -549,7 +554,7 @@ def main(args):
     start = time.perf_counter()
     check_arguments(args)
     names, splits = load_splits(args)
-    llama, tokenizer = load_model(args.pretrained_model_path, args.device)
+    llama, tokenizer = load_model(args.pretrained_model_path, distributed.load_device(args))
     runner = run_prompt if args.option == "prompt" else run_train
     preds, info = runner(args, llama, tokenizer, names, splits)
     summary = {"option": args.option, "seed": args.seed, "label_names": names,

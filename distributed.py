@@ -11,21 +11,39 @@ which is why train.py all-reduces the count and scales by world_size / count.
 Data: every rank draws the same seeded order and takes a strided share of each global batch
 (data.Batches), so N ranks of batch B see exactly the examples one process of batch N * B sees.
 Only rank 0 prints and writes (atomic.py skips writes elsewhere); every rank evaluates.
-Not here yet: FSDP (Zhao et al. 2023, arXiv:2304.11277), which would shard parameters, gradients
-and optimizer states for a model that does not fit one GPU; every save path would then have to
-gather the shards on all ranks first.
+FSDP (--fsdp; Zhao et al. 2023, "PyTorch FSDP", arXiv:2304.11277; torch's FSDP2 fully_shard)
+for a model that does not fit one GPU: each of N processes keeps a 1/N row shard of every
+parameter, its gradient and its AdamW moments. A block's full weights exist only while it runs:
+    forward:  all-gather W = [W_0; ...; W_{N-1}], compute, free W (keep the shard W_r)
+    backward: all-gather W again, compute dW, reduce-scatter: rank r keeps (1/N) sum_q dW_q[rows r]
+so memory per process is about (weights + gradients + moments) / N plus the full weights of
+the units gathered at the time (one block, and the root's embeddings and head, which FSDP keeps
+gathered from forward to backward). The mean over ranks is the same as DDP's, so the update above is unchanged; AdamW is
+element-wise, so stepping each shard alone is the same step. Units: every block of a ModuleList
+named "layers", each module holding such a list, then the root (embeddings, norm, head). The model
+is loaded on the CPU and fully_shard moves each shard to the process's device.
+Every save path gathers first: full(tensor) and full_state_dict(module) all-gather shards into
+ordinary tensors on every rank (a collective: all ranks call it, rank 0 writes); shard_like puts a
+full tensor (a resumed checkpoint, the best snapshot) back into a parameter's shard.
 
 Every helper here is a no-op on one process, so the training loop reads the same either way.
-Tests: tests/test_distributed.py (device choice; 2 gloo processes on the CPU train to the same
-loss and weights as one process with the same global batch).
+Tests: tests/test_distributed.py (device choice; 2 gloo processes on the CPU, DDP and FSDP, train
+to the same loss and weights as one process with the same global batch; an FSDP run resumed from
+its gathered checkpoint == the uninterrupted run); tests/test_sft_train.py and
+tests/test_classifier.py (run.py --option sft / lora / finetune under torchrun, DDP and --fsdp,
+save what one process saves).
 """
 import atexit
 import contextlib
 import os
 import sys
+import warnings
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor, init_device_mesh
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -73,7 +91,11 @@ def any_rank(flag):
 
 
 def no_sync(model, last):
-    """DDP's no_sync() for every micro-batch but the last: gradients are averaged once per step."""
+    """DDP's no_sync() (FSDP: no reduce-scatter) for every micro-batch but the last: gradients
+    are averaged once per step."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(last)          # FSDP keeps unsharded grads until then
+        return contextlib.nullcontext()
     if last or not hasattr(model, "no_sync"):
         return contextlib.nullcontext()
     return model.no_sync()
@@ -114,8 +136,88 @@ class DDP(DistributedDataParallel):
 
 
 def wrap(model):
-    """The model as one process trains it: itself, or wrapped in DDP under torchrun."""
-    if not is_distributed():
+    """The model as one process trains it: itself, or wrapped in DDP under torchrun (a model
+    shard() already made FSDP reduces its own gradients)."""
+    if not is_distributed() or isinstance(model, FSDPModule):
         return model
     device = next(model.parameters()).device
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+# ----------------------------------------------------------------------------
+# FSDP: shard the model, gather it for every save
+
+def add_fsdp_argument(parser):
+    """--fsdp, for the options that train a Llama (finetune, lora, sft)."""
+    parser.add_argument("--fsdp", action="store_true",
+                        help="under torchrun: shard weights, gradients and AdamW moments over the "
+                        "processes (FSDP), for a model that does not fit one GPU; the model loads "
+                        "on the CPU first and runs the split (unfused) projections")
+
+
+def check_fsdp(fsdp):
+    """--fsdp needs torchrun with 2 or more processes (checked before any work)."""
+    if fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise ValueError("--fsdp shards the model over torchrun's processes: run under "
+                         "torchrun --nproc_per_node N (N >= 2), or drop --fsdp")
+
+
+def load_device(args):
+    """Where a trainer loads its weights: the CPU under --fsdp (shard() then moves 1/N of them to
+    args.device), else args.device."""
+    return torch.device("cpu") if getattr(args, "fsdp", False) else args.device
+
+
+def shard(model, device):
+    """FSDP in place: each block of every ModuleList named "layers", each module holding one,
+    then the root; the shards move to `device`. -> model (now an FSDPModule)."""
+    if not is_distributed():
+        raise ValueError("--fsdp: no process group; run under torchrun --nproc_per_node N")
+    mesh = init_device_mesh(device.type, (world_size(),))
+    # FSDP warns when a unit returns a view (Llama's last_only logits are one): an in-place op
+    # on it would skip the gather. Nothing here writes into a model's output in place (the
+    # tests check FSDP's gradients against one process), so the warning is noise.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    owners = [m for m in model.modules()
+              if isinstance(getattr(m, "layers", None), nn.ModuleList)]
+    for owner in owners:
+        for block in owner.layers:
+            fully_shard(block, mesh=mesh)
+    for owner in owners:
+        if owner is not model:
+            fully_shard(owner, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    held = sum(p.to_local().numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    print(f"FSDP: {world_size()} processes; each holds 1/{world_size()} of every weight "
+          f"(rank 0: {held:,} of {total:,})", flush=True)
+    return model
+
+
+def reshard(model):
+    """Free every gathered weight (FSDP keeps the root's after forward): the model's parameters
+    are its shards again. No-op without FSDP."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def full(tensor):
+    """An ordinary tensor with tensor's full value: an FSDP shard is all-gathered (every rank
+    must call this), anything else is returned as it is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def full_state_dict(module):
+    """module.state_dict() with every shard gathered (a collective; see full)."""
+    reshard(module)
+    return {name: full(value.detach()) for name, value in module.state_dict().items()}
+
+
+def shard_like(value, like):
+    """value (a full tensor) as `like` holds it: this rank's shard when like is an FSDP shard,
+    else value itself. Every rank holds the same value, so no data moves."""
+    if not isinstance(like, DTensor):
+        return value
+    value = value.to(device=like.device, dtype=like.dtype)
+    return distribute_tensor(value, like.device_mesh, like.placements, src_data_rank=None)

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import atomic
+import distributed
 import rope
 import safetensors_io
 import weights
@@ -416,7 +417,7 @@ def save_adapter(directory, model, config):
                              f"says r={config.r}, alpha={config.alpha}; save with the config used")
     tensors = {}
     for key, (param, heads) in _adapter_slots(model).items():
-        value = param.detach().to("cpu", copy=True)
+        value = distributed.full(param.detach()).to("cpu", copy=True)     # FSDP: gathered
         if heads is not None:
             value = rope.permute_interleaved_to_half(value, heads)
         tensors[key] = value.contiguous()

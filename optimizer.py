@@ -41,6 +41,8 @@ import math
 
 import torch
 
+import distributed
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -179,6 +181,7 @@ def clip_grad_norm(parameters, max_norm):
     device = grads[0].device
     norms = [torch.linalg.vector_norm(g, 2.0).to(device) for g in grads]    # ||g_i|| each
     total = torch.linalg.vector_norm(torch.stack(norms), 2.0)                # sqrt(sum ||g_i||^2)
+    total = distributed.full(total)          # FSDP shards: the norm over all ranks, a plain tensor
     # min(1, .) via clamp keeps this on the device: no .item() sync
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for g in grads:

@@ -47,6 +47,7 @@ import adapters
 import atomic
 import classifier
 import data
+import distributed
 import fused
 import lora
 import metrics
@@ -58,6 +59,7 @@ import weights
 
 SFT_CONFIG = "sft_config.json"
 METHODS = ("lora", "ia3", "prompt", "ptuning", "prefix", "full")
+FSDP_METHODS = ("lora", "ia3", "full")     # the ones whose model is the Llama itself
 FORMULAS = {"lora": "r*(in+out)", "ia3": "L*(scaled channels)", "prompt": "n*dim",  # printed
             "ptuning": "n*dim+encoder", "prefix": "n*L*2*kv (or n*kv+MLP)"}    # (adapters.py)
 
@@ -158,6 +160,7 @@ def add_arguments(parser, option):
     add("--out_dir", "--out-dir", type=options.output_folder, default="runs/sft",
         help="folder for every output of the run")
     train.add_checkpoint_arguments(parser)
+    distributed.add_fsdp_argument(parser)
 
 
 def check_arguments(args):
@@ -177,6 +180,10 @@ def check_arguments(args):
     lora.resolve_targets(args.lora_targets)
     if args.prefix_projection and args.method != "prefix" and args.adapter is None:
         raise ValueError(f"--prefix_projection is for --method prefix, not {args.method}; drop it")
+    distributed.check_fsdp(args.fsdp)
+    if args.fsdp and (args.adapter is not None or args.method not in FSDP_METHODS):
+        raise ValueError(f"--fsdp trains --method {' | '.join(FSDP_METHODS)} (the virtual-token "
+                         "methods and --adapter prediction run without it); drop --fsdp")
 
 
 # ----------------------------------------------------------------------------
@@ -240,13 +247,15 @@ def prepare_model(llama, args):
               f"({', '.join(names)})", flush=True)
     elif config is not None:
         print(f"{args.method}: {config}", flush=True)
-    if args.fused:
+    if args.fused and not args.fsdp:
         fused.fuse(model)          # one matmul for q/k/v and for gate/up, LoRA's fast branch
     trainable, total = lora.count_parameters(model)
     formula = None if config is None else adapters.formula_count(config, llama.config)
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"
           + (f"; formula {FORMULAS[args.method]}: {formula:,}" if formula is not None else ""),
           flush=True)
+    if args.fsdp:
+        distributed.shard(model, args.device)       # 1/N of every weight on this process's device
     return model, {"trainable": trainable, "total": total, "formula": formula}, config
 
 
@@ -362,7 +371,8 @@ def save_trained(model, tokenizer, adapter, labels, template, args):
         folder = adapters.save_adapter(out / "adapter", model, adapter)
     else:
         folder = out / "model"
-        weights.save_checkpoint(folder, model.config, model.state_dict(), tokenizer.spec)
+        weights.save_checkpoint(folder, model.config, distributed.full_state_dict(model),
+                                tokenizer.spec)
     atomic.save_json_atomic(folder / SFT_CONFIG, {
         "method": args.method, "labels": labels, "template": template, "max_len": args.max_len,
         "base_model": args.pretrained_model_path, "base_config": vars(model.config)})
@@ -378,7 +388,8 @@ def run_training(args):
     start = time.perf_counter()
     out = Path(args.out_dir)
     splits, labels = load_records(args)
-    llama, tokenizer = classifier.load_model(args.pretrained_model_path, args.device)
+    llama, tokenizer = classifier.load_model(args.pretrained_model_path,
+                                             distributed.load_device(args))
     template = default_template(args, tokenizer)
     model, params, adapter = prepare_model(llama, args)
     summary = {"option": "sft", "method": args.method, "labels": labels, "template": template,

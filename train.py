@@ -22,6 +22,9 @@ once per logged step (log_every_steps) and once per epoch, so a GPU is never sta
 Data parallel (distributed.py): each process runs this loop on its shard; DDP averages gradients
 over the N processes during the last micro-batch's backward (no_sync before), and the count is
 summed over processes, so the update is the gradient of the global mean: g * N / sum_r n_r.
+Under FSDP (a model distributed.shard made) the same mean arrives reduce-scattered: each rank
+holds its shard of g, clips with the norm over all shards and steps AdamW on its shard alone;
+snapshots and checkpoints gather the shards (trainable_state) and put them back (restore_state).
 On one process these are no-ops.
 Evaluation hook: evaluate(model) -> dict of floats, run in eval mode without gradients every
 eval_every_steps steps and at each epoch end; a "loss" of a token-counting run (count_unit ending
@@ -137,7 +140,7 @@ def accumulate_gradients(model, micro_batches, loss_fn, config, device):
 def optimizer_step(optimizer, params, count, max_grad_norm):
     """Sum of per-item gradients -> gradient of the mean, clip, AdamW step; -> the grad norm
     before clipping (a 0-d tensor, or None without clipping). No host sync."""
-    scale = distributed.world_size() / count.clamp(min=1)   # DDP already divided by N
+    scale = distributed.world_size() / count.clamp(min=1)   # DDP / FSDP divided by N
     for p in params:
         if p.grad is not None:
             p.grad.mul_(scale.to(p.grad.dtype))
@@ -209,7 +212,7 @@ class Run:
     def __init__(self, model, train_batches, config, evaluate, optimizer):
         self.model, self.config, self.evaluate = model, config, evaluate
         self.device = next(model.parameters()).device
-        self.wrapped = distributed.wrap(model)                # DDP under torchrun
+        self.wrapped = distributed.wrap(model)                # DDP under torchrun (or FSDP)
         self.optimizer = optimizer if optimizer is not None else make_optimizer(self.wrapped, config)
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
@@ -262,9 +265,8 @@ class Run:
         return bool(every) and self.step % every == 0
 
     def save_checkpoint(self, epoch_done=False):
-        """The resumable state after this step (rank 0 writes; see checkpoint.py)."""
-        if not distributed.is_main():
-            return
+        """The resumable state after this step (every rank gathers FSDP shards, rank 0 writes;
+        see checkpoint.py)."""
         loss, count = torch.stack([self.epoch_loss, self.epoch_count]).tolist()
         state = {"step": self.step, "epoch": self.epoch + epoch_done,
                  "steps_in_epoch": 0 if epoch_done else self.step - self.epoch_start_step,
@@ -457,22 +459,26 @@ def make_optimizer(model, config):
 
 
 def trainable_state(model):
-    """CPU copies of everything training can change: trainable parameters and persistent buffers."""
+    """CPU copies of everything training can change: trainable parameters and persistent buffers
+    (FSDP shards gathered: every rank calls this)."""
+    distributed.reshard(model)
     buffers = {name for name, _ in model.named_buffers()}
-    state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    state = {n: distributed.full(p.detach()).to("cpu", copy=True)
+             for n, p in model.named_parameters() if p.requires_grad}
     for name, value in model.state_dict().items():
         if name in buffers:
-            state[name] = value.detach().to("cpu", copy=True)
+            state[name] = distributed.full(value.detach()).to("cpu", copy=True)
     return state
 
 
 def restore_state(model, state):
-    """Copy a trainable_state snapshot back into the model in place."""
+    """Copy a trainable_state snapshot back into the model in place (into each FSDP shard)."""
+    distributed.reshard(model)
     current = dict(model.named_parameters())
     current.update(dict(model.named_buffers()))
     with torch.no_grad():
         for name, value in state.items():
-            current[name].copy_(value)
+            current[name].copy_(distributed.shard_like(value, current[name]))
 
 
 def peak_memory_mb(device_type):

@@ -275,6 +275,7 @@ def test_cli_warns_when_gold_labels_are_placeholders(tmp_path, monkeypatch, caps
     ("finetune", ["--dev_out", "."], "error: argument --dev_out/--dev-out: . is a folder"),
     ("finetune", ["--hidden_dropout_prob", "1.5"], "error: argument --hidden_dropout_prob"),
     ("lora", ["--lora_targets", " , "], "error: --lora_targets ' , ': target_modules is empty"),
+    ("finetune", ["--fsdp"], "error: --fsdp shards the model over torchrun's processes"),
 ])
 def test_cli_bad_flags_one_line_error(tmp_path, capsys, option, extra, message):
     with pytest.raises(SystemExit) as err:
@@ -313,3 +314,54 @@ def test_cli_with_a_saved_checkpoint(tmp_path, capsys):
                      str(tmp_path / "ckpt"), *extra))
         assert "Dev Accuracy: " in capsys.readouterr().out
         assert len((task / f"{option}-test-output.txt").read_text().splitlines()) == 12
+
+
+@pytest.mark.parametrize("option", ["lora", "finetune"])
+def test_torchrun_fsdp_trains_and_saves_what_one_process_does(tmp_path, default_model_path,
+                                                              option):
+    """`torchrun --nproc_per_node 2 run.py --option lora|finetune --fsdp --batch_size 2` == one
+    process with --batch_size 4 (the split projections, no dropout: the ranks' RNG streams
+    differ): the same dev predictions, losses and, for lora, the same saved adapter and head
+    (gathered from the shards). A tiny Llama with SmolLM2's tokenizer, saved as a checkpoint."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    import gguf_reader
+    import safetensors_io
+    import weights
+    metadata = {k: v for k, v in gguf_reader.read_gguf(default_model_path).metadata.items()
+                if k.startswith("tokenizer.")}
+    torch.manual_seed(0)
+    config = llama.LlamaConfig.tiny(vocab_size=len(metadata["tokenizer.ggml.tokens"]), dim=32,
+                                    hidden_dim=64)
+    weights.save_checkpoint(tmp_path / "ckpt", config, llama.Llama(config).state_dict(),
+                            {"kind": "gguf", "metadata": metadata})
+    task = write_task(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    results = {}
+    for name, launch, batch in [("one", [], "4"), ("two", ["-m", "torch.distributed.run",
+                                 "--nproc_per_node", "2", "--standalone"], "2")]:
+        out = tmp_path / name
+        command = cli(task, option, "--epochs", "2", "--lr", "1e-2", "--hidden_dropout_prob", "0",
+                      "--pretrained-model-path", str(tmp_path / "ckpt"), "--no-fused")
+        command[command.index("--batch_size") + 1] = batch
+        for flag in ("--dev_out", "--test_out"):
+            command[command.index(flag) + 1] = str(out / Path(command[command.index(flag) + 1]).name)
+        command[command.index("--out_dir") + 1] = str(out)
+        done = subprocess.run([sys.executable, *launch, str(root / "run.py"), *command,
+                               *(["--fsdp"] if launch else [])], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert ("FSDP: 2 processes" in done.stdout) == bool(launch)
+        history = json.loads((out / f"{option}-train-history.json").read_text())
+        results[name] = ((out / f"{option}-dev-output.txt").read_text(),
+                         [s["loss"] for s in history["steps"]], out / f"{option}-train-adapter")
+    assert results["two"][0] == results["one"][0]
+    torch.testing.assert_close(torch.tensor(results["two"][1]), torch.tensor(results["one"][1]),
+                               atol=1e-5, rtol=1e-5)
+    if option == "lora":
+        for file in ("adapter_model.safetensors", "classifier_head.safetensors"):
+            a, b = (safetensors_io.read_safetensors(results[k][2] / file) for k in ("one", "two"))
+            assert a.keys() == b.keys() and a
+            for key in a:
+                torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)

@@ -10,6 +10,7 @@ the saved adapter alone must reproduce through --adapter.
 """
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -116,6 +117,7 @@ def test_predict_only_from_the_saved_adapter(trained, base_folder, task, tmp_pat
     (["--adapter", "/no/such"], "no sft_config.json"),
     (["--lr", "nan"], "--lr: nan is not allowed: must be a finite number"),
     (["--submission", "."], "--submission: . is a folder"),
+    (["--fsdp"], "--fsdp shards the model over torchrun's processes"),
 ])
 def test_bad_options_are_one_line_errors(task, base_folder, capsys, flags, words):
     argv = ["--option", "sft", "--train", str(task / "train.txt"), "--test", str(task / "test.json"),
@@ -125,6 +127,26 @@ def test_bad_options_are_one_line_errors(task, base_folder, capsys, flags, words
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
+
+
+@pytest.mark.parametrize("flags", [["--method", "prompt"], ["--method", "prefix"],
+                                   ["--adapter", "TMP"]])
+def test_fsdp_is_for_the_methods_whose_model_is_the_llama(task, tmp_path, monkeypatch, flags):
+    """Under torchrun (WORLD_SIZE 2), --fsdp with a virtual-token method or --adapter is refused
+    before any work."""
+    import argparse
+    import sft_train
+    parser = argparse.ArgumentParser()
+    sft_train.add_arguments(parser, "sft")
+    args = parser.parse_args(["--train", str(task / "train.txt"), "--test", str(task / "test.json"),
+                              "--fsdp", *[str(tmp_path) if f == "TMP" else f for f in flags]])
+    if args.adapter:
+        (tmp_path / sft_train.SFT_CONFIG).write_text("{}")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=re.escape("--fsdp trains --method lora | ia3 | full")):
+        sft_train.check_arguments(args)
+    args.method, args.adapter = "lora", None
+    sft_train.check_arguments(args)                                  # lora is allowed
 
 
 # ----------------------------------------------------------------------------
@@ -171,9 +193,15 @@ def test_each_method_trains_saves_and_reloads_to_the_same_answers(method, base_f
     assert rows == [[v["id"], v["predicted"] or fallback] for v in val]
 
 
-def test_torchrun_two_ranks_train_the_same_adapter(task, base_folder, tmp_path):
+@pytest.mark.parametrize("extra, saved", [
+    ([], "adapter/adapter_model.safetensors"),                               # DDP
+    (["--fsdp", "--method", "full"], "model/model.safetensors"),             # FSDP, every weight
+    (["--fsdp"], "adapter/adapter_model.safetensors")])                      # FSDP, LoRA
+def test_torchrun_two_ranks_train_and_save_what_one_process_does(task, base_folder, tmp_path,
+                                                                   extra, saved):
     """`torchrun --nproc_per_node 2 run.py --option sft --batch_size 3` == one process with
-    --batch_size 6 (each rank a strided half of every global batch; DDP averages gradients).
+    --batch_size 6 (each rank a strided half of every global batch; DDP averages gradients, or
+    FSDP reduce-scatters them into each rank's shard and the save gathers the shards).
     No dropout (the ranks' RNG streams differ); atol 1e-5: the same sums in another order."""
     import subprocess
     import sys
@@ -184,18 +212,21 @@ def test_torchrun_two_ranks_train_the_same_adapter(task, base_folder, tmp_path):
               "--pretrained-model-path", str(base_folder), "--lora_targets", "light",
               "--lora_rank", "2", "--lora_dropout", "0", "--lr", "3e-3", "--epochs", "1",
               "--no-zero_shot"]
-    subprocess.run([sys.executable, str(root / "run.py"), *common, "--batch_size", "6",
-                    "--out_dir", str(tmp_path / "one")], check=True, capture_output=True, timeout=300)
+    one = [*common, "--batch_size", "6", "--out_dir", str(tmp_path / "one")]
+    if extra:                                  # the same maths: the split projections
+        one += ["--no-fused"] + [flag for flag in extra if flag != "--fsdp"]
+    subprocess.run([sys.executable, str(root / "run.py"), *one], check=True, capture_output=True,
+                   timeout=300)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--standalone", str(root / "run.py"), *common, "--batch_size", "3",
-                           "--out_dir", str(tmp_path / "two")], capture_output=True, text=True,
-                          timeout=300)
+                           "--standalone", str(root / "run.py"), *common, *extra,
+                           "--batch_size", "3", "--out_dir", str(tmp_path / "two")],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    one, two = (safetensors_io.read_safetensors(tmp_path / k / "adapter" / "adapter_model.safetensors")
-                for k in ("one", "two"))
+    one, two = (safetensors_io.read_safetensors(tmp_path / k / saved) for k in ("one", "two"))
     assert one.keys() == two.keys()
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4)
     losses = [[s["loss"] for s in json.loads((tmp_path / k / "sft-history.json").read_text())["steps"]]
               for k in ("one", "two")]
     torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), atol=1e-5, rtol=1e-5)
+    assert ("FSDP: 2 processes" in done.stdout) == ("--fsdp" in extra)     # rank 0 prints
