@@ -196,7 +196,8 @@ def test_each_method_trains_saves_and_reloads_to_the_same_answers(method, base_f
 @pytest.mark.parametrize("extra, saved", [
     ([], "adapter/adapter_model.safetensors"),                               # DDP
     (["--fsdp", "--method", "full"], "model/model.safetensors"),             # FSDP, every weight
-    (["--fsdp"], "adapter/adapter_model.safetensors")])                      # FSDP, LoRA
+    (["--fsdp", "--gradient_checkpointing", "--grad_accum", "2"],             # FSDP, LoRA
+     "adapter/adapter_model.safetensors")])
 def test_torchrun_two_ranks_train_and_save_what_one_process_does(task, base_folder, tmp_path,
                                                                    extra, saved):
     """`torchrun --nproc_per_node 2 run.py --option sft --batch_size 3` == one process with
