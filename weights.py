@@ -313,7 +313,11 @@ def save_checkpoint(directory, config, state_dict, tokenizer_spec=None):
     write_safetensors(folder / "model.safetensors", tensors,
                       {"format": "pt", "llmlab_config": json.dumps(fields)})
     if tokenizer_spec and tokenizer_spec["kind"] == "gguf":
-        text = json.dumps(tokenizer_spec["metadata"], ensure_ascii=False)
+        metadata = tokenizer_spec.get("metadata")
+        if metadata is None:                       # a spec that names only the .gguf file
+            header = gguf_reader.read_gguf(tokenizer_spec["path"]).metadata
+            metadata = {k: v for k, v in header.items() if k.startswith("tokenizer.")}
+        text = json.dumps(metadata, ensure_ascii=False)
         atomic.write_text_atomic(folder / "tokenizer_gguf.json", text)
     elif tokenizer_spec:
         source = Path(tokenizer_spec["path"])

@@ -227,6 +227,20 @@ def test_save_checkpoint_round_trip(tmp_path):
                                 {"layers.0.attention.wq.lora_A.weight": randn(2, 2)})
 
 
+
+def test_save_checkpoint_with_a_gguf_tokenizer_named_by_path(tmp_path, default_model_path,
+                                                            smol_tokenizer):
+    """A tokenizer spec that names only the .gguf file: its tokenizer.* metadata is copied, and
+    the saved folder's tokenizer encodes as the original does."""
+    import tokenizer
+    model = tiny_model()
+    weights.save_checkpoint(tmp_path / "ckpt", model.config, model.state_dict(),
+                            {"kind": "gguf", "path": str(default_model_path)})
+    _, _, spec = weights.load_checkpoint(tmp_path / "ckpt")
+    assert spec["kind"] == "gguf" and "tokenizer.ggml.tokens" in spec["metadata"]
+    text = "Hello, world! <|im_start|>"
+    assert tokenizer.load_tokenizer(spec).encode(text) == smol_tokenizer.encode(text)
+
 @pytest.mark.parametrize("zip_format", [True, False])
 def test_llama2c_checkpoint_round_trip(tmp_path, zip_format):
     model = tiny_model(tie_embeddings=True, multiple_of=32, hidden_dim=None, n_kv_heads=4)
