@@ -467,7 +467,7 @@ def trainable_state(model):
              for n, p in model.named_parameters() if p.requires_grad}
     for name, value in model.state_dict().items():
         if name in buffers:
-            state[name] = distributed.full(value.detach()).to("cpu", copy=True)
+            state[name] = value.detach().to("cpu", copy=True)       # FSDP leaves buffers whole
     return state
 
 

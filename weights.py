@@ -151,11 +151,16 @@ def _gguf_header(path):
     return gguf, names, config
 
 
+def tokenizer_metadata(metadata):
+    """The tokenizer.* keys of a GGUF's metadata: everything its tokenizer is built from."""
+    return {k: v for k, v in metadata.items() if k.startswith("tokenizer.")}
+
+
 def _load_gguf(path):
     gguf, names, config = _gguf_header(path)
     state_dict = {canonical: gguf.tensor(name) for name, canonical in names.items()}  # fp32
-    metadata = {k: v for k, v in gguf.metadata.items() if k.startswith("tokenizer.")}
-    return config, state_dict, {"kind": "gguf", "path": str(gguf.path), "metadata": metadata}
+    return config, state_dict, {"kind": "gguf", "path": str(gguf.path),
+                                "metadata": tokenizer_metadata(gguf.metadata)}
 
 
 # ----------------------------------------------------------------------------
@@ -315,8 +320,7 @@ def save_checkpoint(directory, config, state_dict, tokenizer_spec=None):
     if tokenizer_spec and tokenizer_spec["kind"] == "gguf":
         metadata = tokenizer_spec.get("metadata")
         if metadata is None:                       # a spec that names only the .gguf file
-            header = gguf_reader.read_gguf(tokenizer_spec["path"]).metadata
-            metadata = {k: v for k, v in header.items() if k.startswith("tokenizer.")}
+            metadata = tokenizer_metadata(gguf_reader.read_gguf(tokenizer_spec["path"]).metadata)
         text = json.dumps(metadata, ensure_ascii=False)
         atomic.write_text_atomic(folder / "tokenizer_gguf.json", text)
     elif tokenizer_spec:
