@@ -341,7 +341,7 @@ class VirtualTokenLlama(nn.Module):
         self.llama, self.num_virtual_tokens = llama, num_virtual_tokens
 
     config = property(lambda self: self.llama.config)      # the Llama's, for generate_batch,
-    norm = property(lambda self: self.llama.norm)          # classifier.label_scores and the
+    norm = property(lambda self: self.llama.norm)          # scoring.label_scores and the
     output = property(lambda self: self.llama.output)      # answer loss
 
     @property

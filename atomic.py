@@ -112,23 +112,6 @@ def save_json_atomic(path, obj):
     return write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
-def save_figure_atomic(fig, path, dpi=100):
-    """A matplotlib figure as PNG, atomically; the figure is closed afterwards."""
-    import matplotlib.pyplot as plt
-    try:
-        return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
-    finally:
-        plt.close(fig)
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 # ----------------------------------------------------------------------------
 # folders
 

@@ -29,7 +29,6 @@ inside characters, split ratio, mixing weights).
 import codecs
 import csv
 import io
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 
 import atomic
 import distributed
+import file_checks
 
 
 # ----------------------------------------------------------------------------
@@ -66,11 +66,7 @@ def _check_file(path, flag):
 def read_label_names(path, flag="--label-names"):
     """The label-mapping JSON: a non-empty list of distinct strings; index = class id."""
     path = _check_file(path, flag)
-    try:
-        names = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} ({flag}): not valid JSON ({err.msg} at line {err.lineno}); "
-                         'expected a list of label names like ["bad", "good"]') from None
+    names = file_checks.read_json(path, kind=None, flag=flag)
     if (not isinstance(names, list) or not names
             or not all(isinstance(n, str) and n.strip() for n in names)):
         raise ValueError(f"{path} ({flag}): expected a non-empty JSON list of label-name strings "
@@ -127,20 +123,9 @@ def _load_rows(path):
     """A JSON list of objects, or JSON lines (one object a line): list of (row number, value)."""
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
-        try:
-            return list(enumerate(json.loads(text), start=1))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column "
-                             f"{err.colno}); expected one JSON list of objects") from None
-    rows = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {line_no}: not valid JSON ({err.msg}); expected "
-                                 "one object per line (JSON lines) or one JSON list") from None
-    return rows
+        return list(enumerate(file_checks.json_value(text, path, list), start=1))
+    return [(line_no, file_checks.json_value(line, f"{path}: line {line_no}", None))
+            for line_no, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 def read_json_rows(path, fields, flag=None):

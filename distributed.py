@@ -29,7 +29,7 @@ full tensor (a resumed checkpoint, the best snapshot) back into a parameter's sh
 Every helper here is a no-op on one process, so the training loop reads the same either way.
 Tests: tests/test_distributed.py (device choice; 2 gloo processes on the CPU, DDP and FSDP, train
 to the same loss and weights as one process with the same global batch; an FSDP run resumed from
-its gathered checkpoint == the uninterrupted run); tests/test_sft_train.py and
+its gathered checkpoint == the uninterrupted run); tests/test_run_sft.py and
 tests/test_classifier.py (run.py --option sft / lora / finetune under torchrun, DDP and --fsdp,
 save what one process saves).
 """

@@ -13,7 +13,7 @@ the standard keys have their types (GGUF_KEY_TYPES: an int is not a bool) and th
 ids index the vocabulary; general.alignment is a power of two and every offset a multiple of it;
 dims are at most MAX_DIM and whole blocks; every tensor's bytes lie inside the file and no two
 overlap. What else fails (struct.error, UnicodeDecodeError, ...) is "corrupt or unsupported",
-one line (format_errors, shared with the other readers beside map_file and json_object).
+one line (file_checks.format_errors, shared with the other readers beside map_file and json_object).
 
 Block quantization (llama.cpp ggml-quants.c dequantize_row_*; block_q4_1 etc. in ggml-common.h).
 Blocks of 32 weights, or 256 in a "K" super-block; d, m, dmin are f16 scales stored in the block,
@@ -35,9 +35,7 @@ gguf.quants.quantize, or random bytes with finite f16 scales); the reader equals
 on the default model's metadata and tensors; bad files raise one-line ValueErrors; hostile
 headers in tests/test_fuzz_readers.py.
 """
-import contextlib
 import dataclasses
-import json
 import math
 import os
 import struct
@@ -45,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import file_checks
 
 # ----------------------------------------------------------------------------
 # tables
@@ -202,60 +202,6 @@ def dequantize(raw, type_id, shape, name="tensor"):
 # ----------------------------------------------------------------------------
 # shared by every file reader (this file, safetensors_io.py, weights*.py, tokenizer.py)
 
-# What a malformed header makes Python or numpy raise; format_errors turns them into one line.
-LOW_LEVEL_ERRORS = (struct.error, UnicodeDecodeError, RecursionError, OverflowError, KeyError,
-                    TypeError, IndexError, ZeroDivisionError, AttributeError)
-
-
-def first_line(err):
-    """The first line of an exception's message, at most 160 characters (errors stay one line)."""
-    return (str(err).strip().splitlines() or [""])[0][:160]
-
-
-@contextlib.contextmanager
-def format_errors(path, what):
-    """Inside it, a low-level failure while parsing a `what` file becomes a one-line ValueError
-    naming the file (the checks name the cases they know; this catches the rest)."""
-    try:
-        yield
-    except LOW_LEVEL_ERRORS as err:
-        raise ValueError(f"{path}: corrupt or unsupported {what} file ({type(err).__name__}: "
-                         f"{first_line(err)}); download or convert it again") from None
-
-
-def check_byte_ranges(path, ranges, what="tensor"):
-    """ValueError when two (name, begin, end) byte ranges overlap; empty ranges never do.
-    Sorted by begin, a range overlaps an earlier one iff it starts before the previous end."""
-    previous = None
-    for name, begin, end in sorted((r for r in ranges if r[2] > r[1]), key=lambda r: r[1]):
-        if previous is not None and begin < previous[2]:
-            raise ValueError(f"{path}: {what} {name} bytes [{begin}, {end}) overlap {what} "
-                             f"{previous[0]} [{previous[1]}, {previous[2]}); the file is corrupt")
-        previous = (name, begin, end)
-
-
-def json_object(text, source):
-    """A JSON object {...} from text (a config, an index, a tokenizer file); one-line ValueError
-    naming the source otherwise."""
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as err:        # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"{source}: not valid JSON ({first_line(err)}); fix or "
-                         f"re-download it") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{source}: expected a JSON object {{...}}, got a {type(value).__name__};"
-                         f" fix or re-download it")
-    return value
-
-
-def read_json(path):
-    """A JSON object from a UTF-8 file (config.json, an index, params.json)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err}); fix or re-download it") from None
-    return json_object(text, path)
-
 
 def map_file(path):
     """The whole file as a uint8 array backed by a copy-on-write memory map (nothing is read;
@@ -375,7 +321,7 @@ def read_gguf(path):
     (counts, lengths, types, alignment, overlaps); tensors stay memory-mapped."""
     path = Path(path)
     buffer = map_file(path)
-    with format_errors(path, "GGUF"):
+    with file_checks.format_errors(path, "GGUF"):
         cur = _Cursor(memoryview(buffer), path)
         magic = cur.take(4)
         if bytes(cur.buf[magic: magic + 4]) != GGUF_MAGIC:
@@ -431,7 +377,7 @@ def _gguf_tensors(path, file_size, header_end, metadata, infos):
             raise ValueError(f"{path}: GGUF tensor {name} offset {offset} is not a multiple of "
                              f"general.alignment {alignment}; corrupt file")
         tensors[name] = _gguf_tensor_info(path, file_size, data_start, name, dims, type_id, offset)
-    check_byte_ranges(path, [(name, t.start, t.start + t.nbytes) for name, t in tensors.items()],
+    file_checks.check_byte_ranges(path, [(name, t.start, t.start + t.nbytes) for name, t in tensors.items()],
                       "GGUF tensor")
     return tensors
 

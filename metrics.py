@@ -14,7 +14,7 @@ parser could not read, which counts as wrong for every label):
 Tests: tests/test_metrics.py (hand-computed examples; macro-F1 against a direct transcription of
 the per-label definitions; sklearn's f1_score when it is installed).
 """
-import atomic
+import plots
 
 
 def accuracy(predictions, gold):
@@ -59,7 +59,7 @@ def classification_report(predictions, gold, labels):
 
 def plot_confusion(matrix, labels, path, title=""):
     """Heatmap of a confusion matrix (counts written in the cells), PNG, atomically."""
-    plt = atomic.pyplot()
+    plt = plots.pyplot()
     has_unparsed = any(row[-1] for row in matrix)
     cells = [row if has_unparsed else row[:-1] for row in matrix]
     columns = list(labels) + (["(unparsed)"] if has_unparsed else [])
@@ -74,4 +74,4 @@ def plot_confusion(matrix, labels, path, title=""):
     ax.set(xlabel="predicted", ylabel="gold", title=title)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    atomic.save_figure_atomic(fig, path, dpi=90)
+    plots.save_figure_atomic(fig, path, dpi=90)

@@ -1,6 +1,6 @@
 """pico-LLM (seed 003): LSTM, k-gram MLP and Transformer language models, their offline tokenizers,
 checkpoints, nucleus-sampling generation and the diversity metrics of the p-sweep. Training runs,
-the seed's studies, figures and flags (`run.py --option pico | pico_compare`) are in pico_train.py;
+the seed's studies, figures and flags (`run.py --option pico | pico_compare`) are in run_pico.py;
 the streaming text reader is in data.py.
 
 Every model maps tokens (B, T) to next-token logits (B, T, V); position t sees tokens 0..t only.
@@ -31,7 +31,7 @@ Every model maps tokens (B, T) to next-token logits (B, T, V); position t sees t
       S_next = diag(b_C) S_prev + sum_s (k_s * b_C / b_s) v_s^T
     (1 / b_s grows as gates close: log alpha is clamped at -80 / C, so it stays below e^80.)
 Data: data.py streams a file in pieces into blocks of block_size + 1 tokens (input block[:-1],
-  target block[1:]) and mixes sources per block; pico_train.py wires the flags to it.
+  target block[1:]) and mixes sources per block; run_pico.py wires the flags to it.
 Tokenizer: "bpe" (default) = SentencePiece BPE trained offline on the first 4 MB of the training
   text (train_bpe_tokenizer -> tokenizer.train_sentencepiece: byte fallback, newline kept, exact
   round trip), saved with each checkpoint; "byte" = tokenizer.ByteTokenizer(), UTF-8 bytes,
@@ -48,7 +48,7 @@ Checkpoints: a folder written whole through atomic.replace_folder_atomic, so a k
 Tests: tests/test_pico.py (unfold == loop; linear chunked == cumsum == recurrent; GLA chunked ==
   recurrent; SDPA == math attention; RMSNorm == F.rms_norm; causality of every model; checkpoint
   resume == uninterrupted run; a save that fails midway keeps the old checkpoint; nucleus sampling taken from sample.py; and, for data.py and
-  pico_train.py, streaming memory, bad-input errors and the CLI).
+  run_pico.py, streaming memory, bad-input errors and the CLI).
 """
 import json
 import math

@@ -47,36 +47,36 @@ import sys
 import numpy as np
 import torch
 
-import chat
-import classifier
 import distributed
-import generate
-import memory
 import options
-import pico_train
-import sft_studies
-import sft_train
-import ssm_train
-import tokenizer_lab
+import run_chat
+import run_classifier
+import run_generate
+import run_memory
+import run_pico
+import run_sft
+import run_sft_studies
+import run_ssm
+import run_tokenizers
 
 # option -> the module that runs it: module.add_arguments(parser, option), module.main(args)
 OPTIONS = {
-    "generate": generate,
-    "chat": chat,
-    "prompt": classifier,
-    "finetune": classifier,
-    "lora": classifier,
-    "ssm": ssm_train,
-    "s4": ssm_train,
-    "ssm_compare": ssm_train,
-    "sft": sft_train,
-    "memory": memory,
-    "sft_compare": sft_studies,
-    "peft_compare": sft_studies,
-    "sweep": sft_studies,
-    "pico": pico_train,
-    "pico_compare": pico_train,
-    "tokenizers": tokenizer_lab,
+    "generate": run_generate,
+    "chat": run_chat,
+    "prompt": run_classifier,
+    "finetune": run_classifier,
+    "lora": run_classifier,
+    "ssm": run_ssm,
+    "s4": run_ssm,
+    "ssm_compare": run_ssm,
+    "sft": run_sft,
+    "memory": run_memory,
+    "sft_compare": run_sft_studies,
+    "peft_compare": run_sft_studies,
+    "sweep": run_sft_studies,
+    "pico": run_pico,
+    "pico_compare": run_pico,
+    "tokenizers": run_tokenizers,
 }
 
 

@@ -24,7 +24,7 @@
 
 Shapes: B batch, L length, H channels, N complex state size. The classifier is ssm.py's
 (build_model puts these layers in it); data, training, the baseline, timing and the CLI
-(`run.py --option ssm | s4 | ssm_compare`) are in ssm_train.py.
+(`run.py --option ssm | s4 | ssm_compare`) are in run_ssm.py.
 Tests: tests/test_s4.py (FFT conv == ssm.scan for ZOH and bilinear; Vandermonde kernel == explicit
 powers C A_bar^k B_bar; HiPPO-LegS == closed form and == its NPLR form; Cauchy kernel == dense powers;
 step mode == convolution mode; gradients; no NaN at L = 8192; every model builds and backprops).

@@ -11,7 +11,7 @@ twice (object_pairs_hook); __metadata__ str -> str; every entry has a known dtyp
 of at most MAX_NDIM ints in [0, gguf_reader.MAX_DIM] (ints, not bools, strings or floats) and
 data_offsets [begin, end] with end - begin = prod(shape) * element size, inside the file; no two
 tensors share bytes. Other failures are "corrupt or unsupported" one-line ValueErrors
-(gguf_reader.format_errors). The writer pads the header with spaces to a multiple of 8 bytes so
+(file_checks.format_errors). The writer pads the header with spaces to a multiple of 8 bytes so
 every tensor starts 8-byte aligned, and writes through atomic.py.
 
 Shapes: whatever the tensors have; no model knowledge here (weights.py maps names).
@@ -26,6 +26,7 @@ import struct
 import torch
 
 import atomic
+import file_checks
 import gguf_reader
 
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
@@ -65,7 +66,7 @@ def _safetensors_header(path, buffer):
                          f"corrupt") from None
     except (ValueError, RecursionError) as err:    # JSONDecodeError, UnicodeDecodeError, nesting
         raise ValueError(f"{path}: safetensors header is not valid JSON "
-                         f"({gguf_reader.first_line(err)})") from None
+                         f"({file_checks.first_line(err)})") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: safetensors header is not a JSON object; corrupt file")
     metadata = header.pop("__metadata__", None)
@@ -74,7 +75,7 @@ def _safetensors_header(path, buffer):
         raise ValueError(f"{path}: safetensors __metadata__ must map strings to strings, got "
                          f"{repr(metadata)[:60]}; corrupt file")
     entries = {name: _entry(path, name, entry, 8 + n, size) for name, entry in header.items()}
-    gguf_reader.check_byte_ranges(path, [(name, e[2], e[3]) for name, e in entries.items()])
+    file_checks.check_byte_ranges(path, [(name, e[2], e[3]) for name, e in entries.items()])
     return entries, metadata, 8 + n
 
 
@@ -115,14 +116,14 @@ def _view(buffer, data_start, dtype, shape, begin, end):
 def read_safetensors(path):
     """name -> Tensor, memory-mapped (copy-on-write: writing a tensor never touches the file)."""
     buffer = torch.from_numpy(gguf_reader.map_file(path))
-    with gguf_reader.format_errors(path, "safetensors"):
+    with file_checks.format_errors(path, "safetensors"):
         entries, _, data_start = _safetensors_header(path, buffer)
         return {name: _view(buffer, data_start, *entry) for name, entry in entries.items()}
 
 
 def read_safetensors_metadata(path):
     """The header's __metadata__ dict (str -> str); the whole header is checked."""
-    with gguf_reader.format_errors(path, "safetensors"):
+    with file_checks.format_errors(path, "safetensors"):
         return _safetensors_header(path, torch.from_numpy(gguf_reader.map_file(path)))[1]
 
 

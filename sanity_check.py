@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import adapters
-import classifier
+import scoring
 import llama
 import lora
 import optimizer
@@ -157,7 +157,7 @@ def check_safetensors_and_pt():
     state = {k: v for k, v in model.state_dict().items()}
     tokens = torch.randint(0, config.vocab_size, (1, 7))
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        weights.save_checkpoint(Path(tmp) / "ckpt", config, state)
+        weights.save_model_folder(Path(tmp) / "ckpt", config, state)
         loaded, _ = weights.load_pretrained(Path(tmp) / "ckpt")
         report("safetensors checkpoint round trip", "logits of the saved model",
                maxdiff(loaded(tokens)[0], model(tokens)[0]), 0.0)
@@ -239,7 +239,7 @@ def check_minllama(folder):
     ref = torch.load(data, weights_only=True)  # a dict of tensors: no code runs
     sent_ids = torch.tensor([[101, 7592, 2088, 102, 0, 0, 0, 0],
                              [101, 7592, 15756, 2897, 2005, 17953, 2361, 102]])
-    config, state, _ = weights.load_checkpoint(ckpt)
+    config, state, _ = weights.read_model_file(ckpt)
     best = None
     for norm in ("rmsnorm", "layernorm"):
         model = llama.Llama(llama.LlamaConfig(**{**vars(config), "norm": norm})).eval()
@@ -279,8 +279,8 @@ def check_sft_and_scores():
         ref, _ = sft.answer_loss_reference(model, batch)
         report("SFT answer-only loss", "full-logit cross_entropy", maxdiff(fast, ref), 1e-4)
         labels, prompts = [[20, 21], [22], [20, 23, 24]], [[1, 2, 3, 4], [5, 6]]
-        scores = classifier.label_scores(model, prompts, labels, pad_id=0)
-        brute = torch.stack([classifier.label_scores_reference(model, p, labels) for p in prompts])
+        scores = scoring.label_scores(model, prompts, labels, pad_id=0)
+        brute = torch.stack([scoring.label_scores_reference(model, p, labels) for p in prompts])
     report("label scores (KV cache)", "one forward per prompt and label", maxdiff(scores, brute), 1e-4)
 
 

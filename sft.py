@@ -23,7 +23,7 @@ Right padding for training (pads after the real tokens, labels -100, mask 0), le
 batched generation (sample.generate_batch).
 
 Answers: score mode compares log p(answer_k | prompt) = sum_j log p(a_kj | prompt, a_k<j) over the
-K labels (classifier.label_scores; the end token is added to every answer only when one label's
+K labels (scoring.label_scores; the end token is added to every answer only when one label's
 tokens are a prefix of another's); generate mode decodes greedily and reads the first label
 named in the text (`parse_answer`), counting unreadable outputs (seed 004 Q2.9).
 Stratified split: per label, a seeded shuffle sends round(n_k * val_ratio) rows to validation, so
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 import atomic
-import classifier
+import scoring
 import data
 
 IGNORE = -100          # label of a position without loss (F.cross_entropy's ignore_index)
@@ -214,7 +214,7 @@ def render(tokenizer, record, labels, template):
         text = f"### Question: {question}\n ### Context: {record.context}\n ### Answer:"
     else:
         raise ValueError(f"--template {template!r}: use one of {', '.join(TEMPLATES)}")
-    return tokenizer.encode(text, bos=classifier.uses_bos(tokenizer))
+    return tokenizer.encode(text, bos=scoring.uses_bos(tokenizer))
 
 
 def answer_prefix(template):
@@ -280,7 +280,7 @@ def batches(sequences, batch_size, pad_id, shuffle=False, seed=0):
 
 def answer_loss_reference(model, batch):
     """Readable oracle: full (B, T, V) logits, cross-entropy with ignore_index on shifted labels."""
-    device = classifier.lm_head_weight(model).device
+    device = scoring.lm_head_weight(model).device
     logits, _ = model(batch["tokens"].to(device), attention_mask=batch["attention_mask"].to(device))
     labels = batch["labels"].to(device)[:, 1:]                                     # (B, T-1)
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
@@ -291,12 +291,12 @@ def answer_loss_reference(model, batch):
 def answer_loss(model, batch):
     """Fast path for train.fit: project only the answer positions onto the vocabulary (the
     prompt's (T, V) logits are never built); -> (summed loss, answer tokens)."""
-    device = classifier.lm_head_weight(model).device
+    device = scoring.lm_head_weight(model).device
     tokens, mask = batch["tokens"].to(device), batch["attention_mask"].to(device)
-    hidden = classifier.hidden_states(model, tokens, mask)                         # (B, T, dim)
+    hidden = scoring.hidden_states(model, tokens, mask)                         # (B, T, dim)
     labels = batch["labels"].to(device)[:, 1:]                                     # (B, T-1)
     keep = labels != IGNORE                                                        # (B, T-1)
-    logits = F.linear(hidden[:, :-1][keep], classifier.lm_head_weight(model))     # (n, V)
+    logits = F.linear(hidden[:, :-1][keep], scoring.lm_head_weight(model))     # (n, V)
     return F.cross_entropy(logits.float(), labels[keep], reduction="sum"), keep.sum()
 
 
@@ -319,7 +319,7 @@ def score_answers(model, prompts, label_ids, pad_id, batch_size=8):
     scores = torch.empty(len(prompts), len(label_ids))
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
-        batch = classifier.label_scores(model, [prompts[i] for i in index], label_ids, pad_id)
+        batch = scoring.label_scores(model, [prompts[i] for i in index], label_ids, pad_id)
         scores[index] = batch.float().cpu()
     return scores
 

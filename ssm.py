@@ -26,7 +26,7 @@ Options: bidirectional (a second SSM on the reversed sequence, pads zeroed), wor
 (training only), zero-initialised mixing layers (each block starts as the identity).
 
 Shapes: B batch, L sequence length (tokens), H channels (d_model), N complex state size per channel.
-Data, tokenizers, training and the CLI (`run.py --option ssm | s4 | ssm_compare`): ssm_train.py.
+Data, tokenizers, training and the CLI (`run.py --option ssm | s4 | ssm_compare`): run_ssm.py.
 Tests: tests/test_ssm.py (ZOH/bilinear against closed forms and torch.matrix_exp, scan against an
 explicit dense recurrence, gradients reach A, B, C, dt, padding invariance, pooling, word dropout);
 tests/test_s4.py checks this scan against the FFT convolution.

@@ -56,6 +56,7 @@ import sentencepiece
 import tiktoken
 
 import chat_templates
+import file_checks
 import gguf_reader
 
 # ----------------------------------------------------------------------------
@@ -502,7 +503,7 @@ def hf_pretokenizer_pattern(pre, source):
 
 def _hf_sidecar(path, name):
     sidecar = Path(path).with_name(name)
-    return gguf_reader.read_json(sidecar) if sidecar.is_file() else {}
+    return file_checks.read_json(sidecar) if sidecar.is_file() else {}
 
 
 END = "<|endoftext|>"        # GPT-2 / SmolLM2 base: bos = eos = end of document
@@ -520,7 +521,7 @@ def _hf_special_id(config, key, names, ids):
 
 def load_hf_json(path):
     """Hugging Face byte-level BPE tokenizer.json (+ tokenizer_config.json beside it, if any)."""
-    data = gguf_reader.read_json(path)
+    data = file_checks.read_json(path)
     model = data.get("model") or {}
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         raise ValueError(f"{path}: model type {model.get('type')!r} (byte_fallback="
@@ -584,14 +585,14 @@ def detect_tokenizer_kind(path):
 def load_tokenizer(spec):
     """Tokenizer from a spec: {"kind": "gguf", "metadata": {...}} (or "path") |
     {"kind": "sentencepiece" | "tiktoken_llama3" | "hf_json", "path": ...}; the spec is kept as
-    .spec (weights.save_checkpoint copies what it names beside a saved model)."""
+    .spec (weights.save_model_folder copies what it names beside a saved model)."""
     kind = spec.get("kind") if isinstance(spec, dict) else None
     loaders = {"gguf": lambda p: load_gguf_tokenizer(gguf_reader.read_gguf(p).metadata, p),
                "sentencepiece": load_sentencepiece, "tiktoken_llama3": load_llama3_tiktoken,
                "hf_json": load_hf_json}
     if kind not in loaders or ("path" not in spec and not (kind == "gguf" and "metadata" in spec)):
         raise ValueError(f"tokenizer spec {spec!r}: kind must be one of {sorted(loaders)}, with a 'path'")
-    with gguf_reader.format_errors(spec.get("path", "GGUF metadata"), f"{kind} tokenizer"):
+    with file_checks.format_errors(spec.get("path", "GGUF metadata"), f"{kind} tokenizer"):
         tok = (load_gguf_tokenizer(spec["metadata"], spec.get("path", "GGUF metadata"))
                if "metadata" in spec else loaders[kind](resolve_tokenizer_path(spec["path"])))
     tok.spec = spec

@@ -54,6 +54,7 @@ import checkpoint
 import distributed
 import optimizer as optim_lib
 import options
+import plots
 
 
 # ----------------------------------------------------------------------------
@@ -509,7 +510,7 @@ def _metric_keys(evals):
 
 def plot_curves(history, path):
     """Learning curves: train loss per step and per epoch, dev loss (left); dev metrics (right)."""
-    plt = atomic.pyplot()
+    plt = plots.pyplot()
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
     steps, evals = history["steps"], history["evals"]
     if steps:
@@ -532,4 +533,4 @@ def plot_curves(history, path):
         ax_metric.legend()
     fig.suptitle(history.get("name", ""))
     fig.tight_layout()
-    atomic.save_figure_atomic(fig, path, dpi=100)
+    plots.save_figure_atomic(fig, path, dpi=100)

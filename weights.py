@@ -9,7 +9,7 @@ Formats are detected by their first bytes, never by the file name:
                 "model_args": {...}} or Meta's state_dict + params.json, read by
                 torch.load(weights_only=True), which refuses pickles that would run code.
     folder      config.json + model.safetensors / model.safetensors.index.json (HF sharding) /
-                pytorch_model.bin; ours (save_checkpoint) marks config.json with "format": "llmlab".
+                pytorch_model.bin; ours (save_model_folder) marks config.json with "format": "llmlab".
 
 Nothing of a config's size is allocated before it is checked: the readers check the file (types,
 lengths, every tensor's bytes inside it, no overlaps), weights_config.py each config value and
@@ -28,9 +28,9 @@ half-split, so HF q/k rows go through rope.permute_half_to_interleaved on load (
 Shapes: nn.Linear weights (out, in); tok_embeddings (V, dim); wq (n_heads*head_dim, dim).
 Tested in tests/test_weights.py: a tiny random Llama-3-style LlamaForCausalLM (GQA, tied, llama3
 RoPE scaling; single and sharded) and the default GGUF model give the same logits as transformers;
-bad files raise one-line ValueErrors; save_checkpoint, llama2.c .pt and Meta params.json (with
+bad files raise one-line ValueErrors; save_model_folder, llama2.c .pt and Meta params.json (with
 ffn_dim_multiplier) round trips; a Llama-3-style GGUF written by gguf.GGUFWriter (untied,
-rope_freqs.weight); read_config gives load_checkpoint's config without reading a tensor.
+rope_freqs.weight); read_config gives read_model_file's config without reading a tensor.
 safetensors_io.py and weights_config.py are tested there too; GGUF parsing in
 tests/test_gguf_reader.py; hostile files of every format in tests/test_fuzz_readers.py.
 """
@@ -47,12 +47,13 @@ from pathlib import Path
 import torch
 
 import atomic
+import file_checks
 import gguf_reader
 import llama
 import rope
 import tokenizer
 import weights_config
-from gguf_reader import json_object, read_json
+from file_checks import json_object, read_json
 from safetensors_io import read_safetensors, read_safetensors_metadata, write_safetensors
 from weights_config import check_tensors
 
@@ -266,9 +267,9 @@ def _folder_config(folder):
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder}: no config.json; pass the checkpoint file itself, or a "
-                                f"Hugging Face / save_checkpoint folder")
+                                f"Hugging Face / save_model_folder folder")
     cfg = read_json(config_path)
-    if cfg.get("format") == "llmlab":                 # written by save_checkpoint
+    if cfg.get("format") == "llmlab":                 # written by save_model_folder
         return cfg, config_path, weights_config.llmlab_config(cfg.get("llama_config"),
                                                                  config_path)
     return cfg, config_path, weights_config.hf_config(cfg, config_path)
@@ -306,9 +307,9 @@ def _load_safetensors_file(path):
                      f"config.json beside it); pass its model folder")
 
 
-def save_checkpoint(directory, config, state_dict, tokenizer_spec=None):
+def save_model_folder(directory, config, state_dict, tokenizer_spec=None):
     """Write model.safetensors (canonical names) + config.json (+ the tokenizer), each atomically;
-    load_checkpoint(directory) reads it back. A tied output.weight is stored once."""
+    read_model_file(directory) reads it back. A tied output.weight is stored once."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     check_canonical_names(state_dict, folder)
@@ -344,12 +345,12 @@ def _torch_load(path):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as err:
         raise ValueError(f"{path}: refused to unpickle: it holds objects other than tensors and "
-                         f"plain containers ({gguf_reader.first_line(err)}); re-save it as a "
+                         f"plain containers ({file_checks.first_line(err)}); re-save it as a "
                          f"plain state_dict") from None
-    except (RuntimeError, EOFError, OSError, ValueError, *gguf_reader.LOW_LEVEL_ERRORS) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, *file_checks.LOW_LEVEL_ERRORS) as err:
         # OSError: torch's zip reader on a cut archive ("Invalid argument"); the file did open
         raise ValueError(f"{path}: cannot read this torch checkpoint ({type(err).__name__}: "
-                         f"{gguf_reader.first_line(err)}); it is truncated or corrupt") from None
+                         f"{file_checks.first_line(err)}); it is truncated or corrupt") from None
 
 
 def _tensor_dict(checkpoint, path):
@@ -370,7 +371,7 @@ def _tensor_dict(checkpoint, path):
                              f"{tuple(tensor.shape)}, stride {tensor.stride()}); re-save it with "
                              f".contiguous()")
         spans.setdefault((tensor.data_ptr(), tensor.nbytes), name)
-    gguf_reader.check_byte_ranges(path, [(n, s, s + size) for (s, size), n in spans.items()])
+    file_checks.check_byte_ranges(path, [(n, s, s + size) for (s, size), n in spans.items()])
     if sum(size for _, size in spans) > os.path.getsize(path):
         raise ValueError(f"{path}: the tensors hold more bytes than the file; it is corrupt")
     return checkpoint
@@ -432,7 +433,7 @@ def detect_format(path):
                      f"safetensors, a torch .pt, or a folder with config.json")
 
 
-def load_checkpoint(path):
+def read_model_file(path):
     """-> (LlamaConfig, canonical name -> Tensor, tokenizer spec dict or None). GGUF tensors come
     dequantized to fp32; others keep their stored dtype and stay memory-mapped where possible."""
     path = Path(path)
@@ -451,7 +452,7 @@ def read_config(path=None):
     (vocabulary from token_embd's shape, tying from whether output.weight exists; only the D/2
     rope_freqs divisors are read, when present). A llama2.c / Meta .pt holds no separate config
     (vocabulary, tying and norm come from the tensors), so it is loaded memory-mapped.
-    path None = the default model. Same configs as load_checkpoint (tests/test_weights.py)."""
+    path None = the default model. Same configs as read_model_file (tests/test_weights.py)."""
     path = Path(path) if path is not None else default_model_path()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder; give a .gguf, .safetensors or "
@@ -465,7 +466,7 @@ def read_config(path=None):
             return config
         if not (path.parent / "config.json").is_file():
             raise FileNotFoundError(f"{path}: no config.json beside it; pass a Hugging Face / "
-                                    f"save_checkpoint folder, or a file that carries its config")
+                                    f"save_model_folder folder, or a file that carries its config")
         path = path.parent                               # an HF file: its folder's config.json
     if kind in ("folder", "safetensors"):
         return _folder_config(path)[2]
@@ -509,7 +510,7 @@ def load_pretrained(path=None, device="cpu", dtype=torch.float32, require_tokeni
     one-line ValueError (every command-line option that reads text needs it). The tokenizer is
     loaded first and must fit the model's vocabulary (weights_config.check_tokenizer_fits)."""
     path = Path(path) if path is not None else default_model_path()
-    config, state_dict, spec = load_checkpoint(path)
+    config, state_dict, spec = read_model_file(path)
     if spec is None and require_tokenizer:
         raise ValueError(f"--pretrained-model-path {path}: the checkpoint has no tokenizer; put "
                          "its tokenizer.model / tokenizer.json beside it (or use a .gguf)")
@@ -531,7 +532,7 @@ if __name__ == "__main__":
     import sys
     target = sys.argv[1] if len(sys.argv) > 1 else default_model_path()
     start = time.perf_counter()
-    cfg, weights, tok_spec = load_checkpoint(target)
+    cfg, weights, tok_spec = read_model_file(target)
     count = sum(t.numel() for t in weights.values())
     print(f"{target}: {detect_format(target)}, {len(weights)} tensors, {count / 1e6:.1f}M "
           f"parameters, tokenizer {tok_spec and tok_spec['kind']}, "

@@ -8,7 +8,7 @@ Formats and their configs (weights.py reads the files; the key tables are here):
     GGUF           llama.* metadata keys GGUF_CONFIG_KEYS; vocabulary = token_embd rows; tied when
                    there is no output.weight; Llama 3 scaling stored as rope_freqs.weight divisors
     llama2.c/Meta  model_args / params.json with our names; hidden_dim by llama.llama2c_hidden_dim
-    ours           save_checkpoint's LlamaConfig fields (config.json llama_config, llmlab_config)
+    ours           save_model_folder's LlamaConfig fields (config.json llama_config, llmlab_config)
 
 The checks, in the order they run:
   1. values (check_field): CONFIG_RANGES gives each value's type and sane range. An int is an
@@ -216,7 +216,7 @@ def llama2c_config(args, state_dict, path):
 
 
 def llmlab_config(fields, path):
-    """Our own config (save_checkpoint's llama_config / llmlab_config): LlamaConfig's fields."""
+    """Our own config (save_model_folder's llama_config / llmlab_config): LlamaConfig's fields."""
     if not isinstance(fields, dict):
         raise ValueError(f"{path}: llama_config is {repr(fields)[:40]}, not an object of "
                          f"LlamaConfig fields; save the checkpoint again")

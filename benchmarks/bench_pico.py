@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import atomic  # noqa: E402
 import data  # noqa: E402
 import pico  # noqa: E402
-import pico_train  # noqa: E402
+import run_pico  # noqa: E402
 from tokenizer import ByteTokenizer  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def rss_mb():
 
 def write_big_file(path, size_bytes):
     """size_bytes of TinyStories validation text repeated, streamed through atomic.write_atomic."""
-    seed_text = (pico_train.TINYSTORIES / "valid.txt").read_text(encoding="utf-8").encode("utf-8")
+    seed_text = (run_pico.TINYSTORIES / "valid.txt").read_text(encoding="utf-8").encode("utf-8")
 
     def write(f):
         written = 0
@@ -58,7 +58,7 @@ def main():
     print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB) in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
     tokenizer = (ByteTokenizer() if args.tokenizer == "byte" else
-                 pico.train_bpe_tokenizer([pico_train.TINYSTORIES / "train.txt"], 2048))
+                 pico.train_bpe_tokenizer([run_pico.TINYSTORIES / "train.txt"], 2048))
     rss_before, blocks, start = rss_mb(), 0, time.perf_counter()
     for _ in data.iter_blocks(path, tokenizer, args.block_size, args.chunk_bytes):
         blocks += 1

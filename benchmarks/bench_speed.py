@@ -7,7 +7,7 @@ same weights (ours converted with weights.hf_state_dict), the same tokens and th
   full                    full fine-tuning, AdamW
   decode_b1, decode_b8    greedy decoding, prompt 128 tokens, 256 new, KV cache on both sides:
                           new tokens/s after the first (ours fp32, and ours int4 on CPU)
-  score                   seed 001's zero-shot prompting path, classifier.label_scores (single-
+  score                   seed 001's zero-shot prompting path, scoring.label_scores (single-
                           token labels: one forward, the last real position): examples/s
   llama.cpp               the CPU decoding anchor (llama-cpp-python on the same GGUF, same prompt
                           ids, same thread count, greedy), when importable
@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import atomic  # noqa: E402
 import bench_generate  # noqa: E402  (benchmarks/, beside this file)
 import classifier  # noqa: E402
+import scoring  # noqa: E402
 import data  # noqa: E402
 import fused  # noqa: E402
 import llama  # noqa: E402
@@ -346,7 +347,7 @@ def score_hf(hf, prompts, label_ids, pad_id):
 
 
 def bench_scoring(base, tokenizer, args, device, results):
-    """Examples/s of classifier.label_scores, batches of 8 prompts of 40..80 tokens."""
+    """Examples/s of scoring.label_scores, batches of 8 prompts of 40..80 tokens."""
     g = torch.Generator().manual_seed(2)
     lengths = torch.randint(40, 81, (args.score_examples,), generator=g).tolist()
     prompts = [torch.randint(1, base.config.vocab_size, (n,), generator=g).tolist() for n in lengths]
@@ -356,7 +357,7 @@ def bench_scoring(base, tokenizer, args, device, results):
     batches = [prompts[i:i + 8] for i in range(0, len(prompts), 8)]
     model = copy.deepcopy(base)
     fused.fuse(model)
-    runs = {"ours": lambda b: classifier.label_scores(model, b, label_ids, 0)}
+    runs = {"ours": lambda b: scoring.label_scores(model, b, label_ids, 0)}
     if have("transformers"):
         hf = build_hf(base)
         runs["transformers"] = lambda b: score_hf(hf, b, label_ids, 0)

@@ -5,7 +5,7 @@ Measures, on random tokens with the classifier of BENCHMARKS.md (d_model 128, 4 
           basic SSM (layer "ssm", plain loop over time), S4D (diagonal, Vandermonde kernel + FFT)
           and S4 (DPLR, Cauchy kernel + FFT); the speedup of each FFT model over the loop
   layer   forward+backward seconds of one SSM layer (H 64, N 32, batch 2) for L in --lengths,
-          loop scan vs kernel + FFT, with the log-log slopes (ssm_train.time_vs_length); the loop is
+          loop scan vs kernel + FFT, with the log-log slopes (run_ssm.time_vs_length); the loop is
           skipped once its predicted time exceeds --loop_budget seconds
 The loop model is timed over fewer steps (--loop_steps) because each takes seconds on a CPU.
 
@@ -28,7 +28,7 @@ import distributed  # noqa: E402
 import optimizer  # noqa: E402
 import s4  # noqa: E402
 import ssm  # noqa: E402
-import ssm_train  # noqa: E402
+import run_ssm  # noqa: E402
 
 
 def time_training_step(layer, length, batch, steps, device):
@@ -84,10 +84,10 @@ def main():
         print(f"| {name} | {t:.3f} | {loop / t:.1f}x |")
     if args.lengths:
         out = Path(args.out)
-        rows = ssm_train.time_vs_length([int(x) for x in args.lengths.split(",")],
+        rows = run_ssm.time_vs_length([int(x) for x in args.lengths.split(",")],
                                  loop_budget_s=args.loop_budget, device=device)
-        slopes = {k: ssm_train.loglog_slope(rows, k) for k in ("loop_s", "fft_s")}
-        ssm_train.plot_time_vs_length(rows, out / "ssm-time-vs-length.png")
+        slopes = {k: run_ssm.loglog_slope(rows, k) for k in ("loop_s", "fft_s")}
+        run_ssm.plot_time_vs_length(rows, out / "ssm-time-vs-length.png")
         results.update(time_vs_length=rows, slopes=slopes)
         print("\n| L | loop scan fwd+bwd (s) | FFT fwd+bwd (s) | ratio |\n|---|---|---|---|")
         for r in rows:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import classifier  # noqa: E402
+import scoring  # noqa: E402
 import data  # noqa: E402
 import weights  # noqa: E402
 
@@ -29,7 +30,7 @@ def features(model, seqs):
     rows = []
     for ids in seqs:
         tokens = torch.tensor([ids])
-        rows.append(classifier.hidden_states(model, tokens, torch.ones_like(tokens))[0, -1])
+        rows.append(scoring.hidden_states(model, tokens, torch.ones_like(tokens))[0, -1])
     return torch.stack(rows)
 
 
@@ -64,7 +65,7 @@ def main():
              for s, n in (("train", args.train_n), ("dev", args.dev_n))}
     model, tokenizer = weights.load_pretrained(None)
     label_ids = classifier.label_token_ids(tokenizer, names)
-    rows = torch.stack([classifier.lm_head_weight(model)[ids[0]] for ids in label_ids]).detach()
+    rows = torch.stack([scoring.lm_head_weight(model)[ids[0]] for ids in label_ids]).detach()
     y = {s: torch.tensor([e.label for e in split[s]]) for s in split}
     print(f"{args.task}: {args.train_n} train / {args.dev_n} dev, {args.max_len} tokens, labels {names}")
     print("| head input | zero-shot (label-row init, untrained) | linear probe dev acc |\n|---|---|---|")

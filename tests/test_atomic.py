@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import atomic
+import plots
 
 
 def test_text_and_json_round_trip(tmp_path):
@@ -43,10 +44,10 @@ def test_folder_as_file_path_is_one_clear_error(tmp_path):
 
 
 def test_figure_written_as_png(tmp_path):
-    plt = atomic.pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    atomic.save_figure_atomic(fig, tmp_path / "f.png", dpi=40)
+    plots.save_figure_atomic(fig, tmp_path / "f.png", dpi=40)
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.get_fignums()
 

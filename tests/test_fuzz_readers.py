@@ -3,7 +3,7 @@
 Run: .venv/bin/python -m pytest tests/test_fuzz_readers.py -q      (CPU, ~30 s on 2 shared cores)
 
 The property, for every file: loading it through a public loader (weights.load_pretrained with
-build_model recorded, weights.load_checkpoint, tokenizer.Tokenizer.from_file / load_tokenizer)
+build_model recorded, weights.read_model_file, tokenizer.Tokenizer.from_file / load_tokenizer)
 either succeeds or raises ValueError / FileNotFoundError whose message is one line naming the
 file; never another exception type, never a hang (a SIGALRM limit per example), and no allocation
 beyond the file: tracemalloc's peak (numpy and Python objects) stays under ALLOC_FACTOR x the file
@@ -194,7 +194,7 @@ def seeds(tmp_path_factory):
     """Every seed file once per module: {name: path}, plus the model and the GGUF parts."""
     root, model = tmp_path_factory.mktemp("seeds"), tiny_model()
     state_dict = {k: v for k, v in model.state_dict().items() if k != "output.weight"}
-    weights.save_checkpoint(root / "ours", model.config, model.state_dict())
+    weights.save_model_folder(root / "ours", model.config, model.state_dict())
     hf = weights.hf_state_dict(model.config, state_dict)
     names = sorted(hf)
     (root / "hf").mkdir()
@@ -230,7 +230,7 @@ def test_seeds_load_equal_to_the_model(seeds):
     model, expected = seeds["model"], seeds["gguf"][3]
     reference = {k: v for k, v in model.state_dict().items() if k != "output.weight"}
     for key in ("ours", "hf", "pt", "gguf_path"):
-        config, state_dict, _ = weights.load_checkpoint(seeds[key])
+        config, state_dict, _ = weights.read_model_file(seeds[key])
         assert config.n_layers == 2 and config.tie_embeddings, key
         for name, tensor in (expected if key == "gguf_path" else reference).items():
             torch.testing.assert_close(state_dict[name].float(), tensor.float(), rtol=0, atol=0)
@@ -302,7 +302,7 @@ def test_gguf_review_cases_are_one_line_errors(seeds, tmp_path):
         path.write_bytes(content)
         with pytest.raises(ValueError, match=message) as err:
             with time_limit(TIME_LIMIT_S):
-                weights.load_checkpoint(path)
+                weights.read_model_file(path)
         assert "\n" not in str(err.value) and path.name in str(err.value), name
 
 
@@ -356,7 +356,7 @@ def test_safetensors_review_cases_are_one_line_errors(seeds, tmp_path):
             h["__metadata__"]["llmlab_config"] = "[64]"
         path = with_header(tmp_path / f"{name}.safetensors", h, body)
         with pytest.raises(ValueError, match=message) as err:
-            weights.load_checkpoint(path)
+            weights.read_model_file(path)
         assert "\n" not in str(err.value) and path.name in str(err.value), name
     raw = {"duplicate": (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
                          b'"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', "key a twice"),
@@ -400,7 +400,7 @@ def test_folder_and_torch_review_cases_are_one_line_errors(seeds, tmp_path):
         folder = copy_folder(seeds["hf"], tmp_path / name)
         (folder / file_name).write_text(json.dumps(content))
         with pytest.raises(ValueError, match=message) as err:
-            weights.load_checkpoint(folder)
+            weights.read_model_file(folder)
         assert "\n" not in str(err.value) and folder.name in str(err.value), name
     state_dict = torch.load(seeds["pt"], weights_only=True)["model"]
     wide = torch.zeros(1).expand(2 ** 20, 2 ** 16)            # 4 bytes standing for 256 GB
@@ -424,7 +424,7 @@ def test_folder_and_torch_review_cases_are_one_line_errors(seeds, tmp_path):
         path = tmp_path / f"{name}.pt"
         path.write_bytes(content) if isinstance(content, bytes) else torch.save(content, path)
         with pytest.raises(ValueError, match=message) as err:
-            weights.load_checkpoint(path)
+            weights.read_model_file(path)
         assert "\n" not in str(err.value) and path.name in str(err.value), name
     folder = copy_folder(seeds["pt"].parent, tmp_path / "no_tokenizer")
     (folder / "tokenizer.model").mkdir()                   # a folder, not a tokenizer file
@@ -793,7 +793,7 @@ def test_fuzz_tokenizer_json_fields(scratch, data):
 
 def test_every_gguf_tokenizer_key_with_every_hostile_value(seeds, scratch):
     """The GGUF vocabulary's keys, each set to each hostile GGUF value or removed, read by
-    tokenizer.load_tokenizer (the spec weights.load_checkpoint returns)."""
+    tokenizer.load_tokenizer (the spec weights.read_model_file returns)."""
     kvs, infos, body, _ = seeds["gguf"]
     path = scratch / "tok_sweep.gguf"
     for i, (key, _, _) in enumerate(kvs):

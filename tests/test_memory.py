@@ -22,6 +22,7 @@ import torch
 import llama
 import lora
 import memory
+import run_memory
 import run
 import weights
 
@@ -104,7 +105,7 @@ def test_checkpointing_estimate_keeps_block_inputs_and_one_block():
 
 def test_parameter_counts_equal_real_modules():
     """Presets built on the meta device (no memory): our formulas vs lora.count_parameters."""
-    for name in memory.PRESETS:
+    for name in run_memory.PRESETS:
         config = getattr(llama.LlamaConfig, name)()
         with torch.device("meta"):
             model = llama.Llama(config)
@@ -168,7 +169,7 @@ def refuse_weights(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("weights were loaded")
     monkeypatch.setattr(weights, "load_pretrained", refuse)
-    monkeypatch.setattr(weights, "load_checkpoint", refuse)
+    monkeypatch.setattr(weights, "read_model_file", refuse)
     monkeypatch.setattr(memory, "build_model", refuse)
 
 
@@ -193,7 +194,7 @@ def test_cli_measures_a_checkpoint_folder(tmp_path, monkeypatch, capsys):
     config = tiny_config()
     torch.manual_seed(0)
     model = llama.Llama(config)
-    weights.save_checkpoint(tmp_path / "tiny", config, model.state_dict())
+    weights.save_model_folder(tmp_path / "tiny", config, model.state_dict())
     out = tmp_path / "memory.json"
     run.main(["--option", "memory", "--pretrained-model-path", str(tmp_path / "tiny"),
               "--batch_size", "2", "--max_len", "16", "--measure_steps", "1", "--json", str(out)])

@@ -1,4 +1,4 @@
-"""Tests for pico.py, pico_train.py and data.py's streaming text: fast paths against references,
+"""Tests for pico.py, run_pico.py and data.py's streaming text: fast paths against references,
 causality, streaming, errors, checkpoints, the CLI.
 
 Run: .venv/bin/pytest tests/test_pico.py -q   (tiny configs, CPU, well under a minute)
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import data
 import pico
-import pico_train
+import run_pico
 import run
 import train
 from tokenizer import ByteTokenizer
@@ -220,7 +220,7 @@ def test_checkpoint_resume_matches_uninterrupted_training(tmp_path):
     def steps(model, optimizer, some):
         for batch in some:
             optimizer.zero_grad()
-            loss, n = pico_train.lm_loss(model, batch)
+            loss, n = run_pico.lm_loss(model, batch)
             (loss / n).backward()
             optimizer.step()
 

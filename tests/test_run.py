@@ -6,7 +6,7 @@ Oracle: the default model's greedy continuation through Llama.generate directly 
 write exactly the prompt plus that text, and print seed 001's lines around it), and the one-line
 error contract of DEVELOPERS' guide; bad flags must fail before weights.load_pretrained is called
 (it is replaced by a function that fails the test). The chat option's other modes and studies
-are tested in tests/test_chat.py.
+are tested in tests/test_run_chat.py.
 """
 import pytest
 import torch

@@ -6,7 +6,7 @@ Oracles: the HiPPO-LegS closed form written as a double loop; the dense matrix r
 NPLR factors; explicit powers C A_bar^k B_bar (diagonal: elementwise pow; DPLR: dense
 torch.linalg.matrix_power) for the kernels; torch.nn.functional.conv1d for the FFT convolution;
 ssm.scan (the loop of ssm.py) for FFT conv == recurrence; the layer's own step loop for
-step == convolution. (The CLI, naive Bayes and timing are tested in tests/test_ssm_train.py.)
+step == convolution. (The CLI, naive Bayes and timing are tested in tests/test_run_ssm.py.)
 """
 import math
 

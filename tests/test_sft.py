@@ -3,7 +3,7 @@
 Run: .venv/bin/python -m pytest tests/test_sft.py -q
 
 Oracles: records written out by hand; the tokenizer's own decode of the unmasked positions; a
-full-logit F.cross_entropy with ignore_index (answer loss); classifier.label_scores_reference, one
+full-logit F.cross_entropy with ignore_index (answer loss); scoring.label_scores_reference, one
 unpadded forward per (prompt, label) (scores); counts per class worked out by hand (split).
 """
 import collections
@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-import classifier
+import scoring
 import llama
 import sft
 import tokenizer as tokenizer_lib
@@ -179,7 +179,7 @@ def test_scores_equal_brute_force(smol_tokenizer, tiny_model):
     prompts = [sft.render(smol_tokenizer, record(text="x " * n), labels, "chat") for n in (1, 5, 12)]
     scores = sft.score_answers(tiny_model, prompts, label_ids, smol_tokenizer.pad_id, batch_size=2)
     for row, prompt in enumerate(prompts):
-        expected = classifier.label_scores_reference(tiny_model, prompt, label_ids)
+        expected = scoring.label_scores_reference(tiny_model, prompt, label_ids)
         torch.testing.assert_close(scores[row], expected, atol=1e-4, rtol=1e-4)
 
 

@@ -7,7 +7,7 @@ right block is int_0^dt e^{As} ds B = A^{-1}(e^{A dt} - I) B); dense torch.linal
 the unrolled sum y_t = sum_k Re(C A_bar^(t-k) B_bar) u_k in float64 for the scan; the same
 sequence with and without right padding for the mask; explicit loops for the pooling.
 (The JSON data reader is tested in tests/test_data.py, the tokenizers and the CLI in
-tests/test_ssm_train.py.)
+tests/test_run_ssm.py.)
 """
 import pytest
 import torch

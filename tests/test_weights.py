@@ -9,8 +9,8 @@ Oracles: the safetensors library (its file -> our reader; our file -> its reader
 transformers' LlamaForCausalLM: a tiny random Llama-3-style model (GQA, llama3 RoPE scaling, tied
 and untied) saved with save_pretrained (single file and sharded) must give the same logits through
 load_pretrained, and the default GGUF model loaded by transformers from the same file (slow test);
-round trips through save_checkpoint and llama2.c-style torch.save files must return the tensors
-and config unchanged; read_config must return load_checkpoint's config with every tensor
+round trips through save_model_folder and llama2.c-style torch.save files must return the tensors
+and config unchanged; read_config must return read_model_file's config with every tensor
 reader replaced by a failing stub; broken and hostile files must raise one-line ValueErrors;
 weights_config.parameter_shapes must equal the shapes of llama.Llama(config).state_dict()
 (tests/test_fuzz_readers.py holds the hostile configs of every format).
@@ -157,8 +157,8 @@ def test_hf_folder_logits_equal_transformers(tmp_path, tie, shard):
 
 def test_lone_hf_safetensors_file_uses_its_folder(tmp_path):
     tiny_hf_model(True).save_pretrained(tmp_path)
-    config, state_dict, _ = weights.load_checkpoint(tmp_path / "model.safetensors")
-    folder_config, folder_state_dict, _ = weights.load_checkpoint(tmp_path)
+    config, state_dict, _ = weights.read_model_file(tmp_path / "model.safetensors")
+    folder_config, folder_state_dict, _ = weights.read_model_file(tmp_path)
     assert config == folder_config
     assert_same_tensors(state_dict, folder_state_dict)
 
@@ -190,7 +190,7 @@ def test_config_errors_name_the_file(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"config\.json: LlamaConfig: n_heads=4 is not a multiple"
                        ) as err:
-        weights.load_checkpoint(tmp_path)
+        weights.read_model_file(tmp_path)
     assert str(err.value).startswith(str(tmp_path / "config.json")) and "\n" not in str(err.value)
 
 
@@ -208,35 +208,35 @@ def logits(model):
         return model(tokens)[0]
 
 
-def test_save_checkpoint_round_trip(tmp_path):
+def test_save_model_folder_round_trip(tmp_path):
     model = tiny_model(rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                          original_max_seq_len=32))
     spec = {"kind": "gguf", "metadata": {"tokenizer.ggml.model": "gpt2"}}
-    weights.save_checkpoint(tmp_path / "ckpt", model.config, model.state_dict(), spec)
-    config, state_dict, tok_spec = weights.load_checkpoint(tmp_path / "ckpt")
+    weights.save_model_folder(tmp_path / "ckpt", model.config, model.state_dict(), spec)
+    config, state_dict, tok_spec = weights.read_model_file(tmp_path / "ckpt")
     assert config == model.config and tok_spec == spec
     assert "output.weight" not in state_dict                  # tied: stored once
     expected = {k: v for k, v in model.state_dict().items() if k != "output.weight"}
     assert_same_tensors(state_dict, expected)
-    alone, _, _ = weights.load_checkpoint(tmp_path / "ckpt" / "model.safetensors")
+    alone, _, _ = weights.read_model_file(tmp_path / "ckpt" / "model.safetensors")
     assert alone == model.config                              # config also in the file's metadata
     loaded = weights.build_model(config, state_dict)
     torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=0)
     with pytest.raises(ValueError, match="lora_A.weight' is not a canonical parameter name"):
-        weights.save_checkpoint(tmp_path / "bad", model.config,
+        weights.save_model_folder(tmp_path / "bad", model.config,
                                 {"layers.0.attention.wq.lora_A.weight": randn(2, 2)})
 
 
 
-def test_save_checkpoint_with_a_gguf_tokenizer_named_by_path(tmp_path, default_model_path,
+def test_save_model_folder_with_a_gguf_tokenizer_named_by_path(tmp_path, default_model_path,
                                                             smol_tokenizer):
     """A tokenizer spec that names only the .gguf file: its tokenizer.* metadata is copied, and
     the saved folder's tokenizer encodes as the original does."""
     import tokenizer
     model = tiny_model()
-    weights.save_checkpoint(tmp_path / "ckpt", model.config, model.state_dict(),
+    weights.save_model_folder(tmp_path / "ckpt", model.config, model.state_dict(),
                             {"kind": "gguf", "path": str(default_model_path)})
-    _, _, spec = weights.load_checkpoint(tmp_path / "ckpt")
+    _, _, spec = weights.read_model_file(tmp_path / "ckpt")
     assert spec["kind"] == "gguf" and "tokenizer.ggml.tokens" in spec["metadata"]
     text = "Hello, world! <|im_start|>"
     assert tokenizer.load_tokenizer(spec).encode(text) == smol_tokenizer.encode(text)
@@ -252,7 +252,7 @@ def test_llama2c_checkpoint_round_trip(tmp_path, zip_format):
     torch.save({"model": compiled, "model_args": args, "iter_num": 5}, path,
                _use_new_zipfile_serialization=zip_format)
     assert path.read_bytes()[:4] == b"PK\x03\x04" if zip_format else path.read_bytes()[0] == 0x80
-    config, state_dict, spec = weights.load_checkpoint(path)
+    config, state_dict, spec = weights.read_model_file(path)
     assert spec is None and config.hidden_dim == 192 and config.tie_embeddings
     assert (config.dim, config.n_layers, config.n_heads, config.max_seq_len) == (64, 2, 4, 128)
     torch.testing.assert_close(logits(weights.build_model(config, state_dict)), logits(model),
@@ -266,7 +266,7 @@ def test_bare_state_dict_with_params_json_and_tokenizer(tmp_path):
         dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=-1, multiple_of=32,
              norm_eps=1e-5, rope_theta=10000.0)))
     (tmp_path / "tokenizer.model").write_bytes(b"IQ== 0\nIg== 1\n")     # tiktoken text format
-    config, state_dict, spec = weights.load_checkpoint(tmp_path / "consolidated.00.pth")
+    config, state_dict, spec = weights.read_model_file(tmp_path / "consolidated.00.pth")
     assert spec == {"kind": "tiktoken_llama3", "path": str(tmp_path / "tokenizer.model")}
     assert config.vocab_size == 256 and not config.tie_embeddings and config.n_kv_heads == 2
     torch.testing.assert_close(logits(weights.build_model(config, state_dict)), logits(model),
@@ -281,7 +281,7 @@ def test_params_json_ffn_dim_multiplier_sets_hidden_dim(tmp_path):
     (tmp_path / "params.json").write_text(json.dumps(
         dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=-1, multiple_of=32,
              ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=10000.0)))
-    config, state_dict, _ = weights.load_checkpoint(tmp_path / "consolidated.00.pth")
+    config, state_dict, _ = weights.read_model_file(tmp_path / "consolidated.00.pth")
     assert config.hidden_dim == 224 == llama.llama2c_hidden_dim(64, 32, 1.3)
     torch.testing.assert_close(logits(weights.build_model(config, state_dict)), logits(model),
                                rtol=0, atol=0)
@@ -304,12 +304,12 @@ def test_hostile_and_broken_files_fail_cleanly(tmp_path):
     for name, (make, message) in cases.items():
         make(tmp_path / name)
         with pytest.raises(ValueError, match=message) as err:
-            weights.load_checkpoint(tmp_path / name)
+            weights.read_model_file(tmp_path / name)
         assert "\n" not in str(err.value) and name in str(err.value)
     with pytest.raises(FileNotFoundError, match="no such file"):
-        weights.load_checkpoint(tmp_path / "missing.gguf")
+        weights.read_model_file(tmp_path / "missing.gguf")
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        weights.load_checkpoint(tmp_path)
+        weights.read_model_file(tmp_path)
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(tie_embeddings=False, n_kv_heads=4),
@@ -398,14 +398,14 @@ def test_llama3_style_gguf_untied_with_rope_freqs(tmp_path):
     divisors = llama3_rope_divisors(32, 500000.0, factor=32.0)
     assert 1.0 < divisors.max() and divisors.min() == 1.0    # the scaling does something here
     expected = write_tiny_gguf(tmp_path / "tiny.gguf", model, divisors)
-    config, state_dict, spec = weights.load_checkpoint(tmp_path / "tiny.gguf")
+    config, state_dict, spec = weights.read_model_file(tmp_path / "tiny.gguf")
     assert config == dataclasses.replace(model.config, rope_scaling=dict(
         factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=8192))
     assert spec == {"kind": "gguf", "path": str(tmp_path / "tiny.gguf"), "metadata": {}}
     assert_same_tensors(state_dict, expected)
     with pytest.raises(ValueError, match="rope_freqs.weight is not Llama 3 scaling"):
         write_tiny_gguf(tmp_path / "odd.gguf", model, divisors[::-1].copy())
-        weights.load_checkpoint(tmp_path / "odd.gguf")
+        weights.read_model_file(tmp_path / "odd.gguf")
 
 
 # ----------------------------------------------------------------------------
@@ -460,9 +460,9 @@ def no_tensor_reads(monkeypatch):
 
 @pytest.mark.parametrize("tie,shard", [(True, False), (False, True)])
 def test_read_config_of_hf_folder_reads_no_tensor(tmp_path, monkeypatch, tie, shard):
-    """Oracle: load_checkpoint's config of the same transformers-written folder."""
+    """Oracle: read_model_file's config of the same transformers-written folder."""
     tiny_hf_model(tie).save_pretrained(tmp_path, max_shard_size="40KB" if shard else "1GB")
-    expected = weights.load_checkpoint(tmp_path)[0]
+    expected = weights.read_model_file(tmp_path)[0]
     no_tensor_reads(monkeypatch)
     assert weights.read_config(tmp_path) == expected
     if not shard:
@@ -472,9 +472,9 @@ def test_read_config_of_hf_folder_reads_no_tensor(tmp_path, monkeypatch, tie, sh
 def test_read_config_of_llmlab_folder_and_gguf(tmp_path, monkeypatch):
     model = tiny_model(tie_embeddings=False, head_dim=32, n_heads=2, n_kv_heads=1,
                        rope_theta=500000.0)
-    weights.save_checkpoint(tmp_path / "ckpt", model.config, model.state_dict())
+    weights.save_model_folder(tmp_path / "ckpt", model.config, model.state_dict())
     write_tiny_gguf(tmp_path / "tiny.gguf", model, llama3_rope_divisors(32, 500000.0, 32.0))
-    expected_gguf = weights.load_checkpoint(tmp_path / "tiny.gguf")[0]
+    expected_gguf = weights.read_model_file(tmp_path / "tiny.gguf")[0]
     no_tensor_reads(monkeypatch)
     assert weights.read_config(tmp_path / "ckpt") == model.config
     assert weights.read_config(tmp_path / "ckpt" / "model.safetensors") == model.config

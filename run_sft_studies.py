@@ -9,7 +9,7 @@ sft_compare (seed 000 part 2; seed 002's comparison rows):
               best validation accuracy / macro-F1 and the step it was reached
     figure    every run's training loss per step and validation loss per evaluation
     baselines on the same split: the majority class; bag-of-words multinomial naive Bayes
-              (ssm_train.naive_bayes_predict); the frozen pretrained model with a trained linear
+              (baselines.naive_bayes_predict); the frozen pretrained model with a trained linear
               head on its last prompt token (the classifier of --option finetune with the Llama
               frozen: the features are computed once, then only the head trains); the from-scratch
               S4 text classifier (--option s4 on the same split)
@@ -22,11 +22,10 @@ sweep (seed 002): LoRA rank r x alpha on a grid, validation accuracy and final v
 
 Outputs in --out_dir: one folder per run, compare.md / compare.json / compare-curves.png, or
 sweep.md / sweep.json / sweep-heatmap.png.
-Tests: tests/test_sft_studies.py (child argv round trip, the table from fixed summaries, the
+Tests: tests/test_run_sft_studies.py (child argv round trip, the table from fixed summaries, the
 baselines on a toy split, a tiny end-to-end sweep and compare on a tiny model).
 """
 import argparse
-import json
 import math
 import subprocess
 import sys
@@ -37,12 +36,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import atomic
-import classifier
+import baselines
+import file_checks
+import plots
+import scoring
 import data
 import metrics
 import sft
-import sft_train
-import ssm_train
+import run_sft
 import train
 
 ROOT = Path(__file__).resolve().parent
@@ -60,7 +61,7 @@ METHOD_LR = "ia3=3e-3,prompt=3e-2,ptuning=1e-3,prefix=1e-2,full=2e-5"
 
 def add_arguments(parser, option):
     """sft's flags (same data, model and budget), plus the study's own."""
-    sft_train.add_arguments(parser, "sft")
+    run_sft.add_arguments(parser, "sft")
     parser.set_defaults(out_dir=f"runs/{option}")
     add = parser.add_argument
     if option == "sft_compare":
@@ -101,7 +102,7 @@ def child_argv(args, parser_defaults, overrides):
 def sft_defaults():
     """{dest: default} of --option sft's own flags (not run.py's common ones)."""
     parser = argparse.ArgumentParser()
-    sft_train.add_arguments(parser, "sft")
+    run_sft.add_arguments(parser, "sft")
     return {a.dest: a.default for a in parser._actions if a.dest != "help"}
 
 
@@ -114,8 +115,8 @@ def run_child(args, name, overrides):
     if done.returncode != 0:
         raise ValueError(f"the {name} run failed (exit {done.returncode}); its command is printed "
                          "above: run it alone to see why")
-    return (json.loads((out / "summary.json").read_text()),
-            json.loads((out / "sft-history.json").read_text()))
+    return (file_checks.read_json(out / "summary.json"),
+            file_checks.read_json(out / "sft-history.json"))
 
 
 def check_arguments(args):
@@ -142,7 +143,7 @@ def check_arguments(args):
                     flag == "ranks" and any(v < 1 or v != int(v) for v in values)):
                 raise ValueError(f"--{flag} {getattr(args, flag)!r}: give a comma list like "
                                  f"{'1,16,128' if flag == 'ranks' else '0,1,16'}")
-    sft_train.check_arguments(args)
+    run_sft.check_arguments(args)
 
 
 def split_list(text):
@@ -172,7 +173,7 @@ def majority_baseline(splits, labels):
 
 def bow_baseline(splits, labels):
     train_ex, val_ex = (as_class_examples(splits[s], labels) for s in ("train", "val"))
-    return scored([labels[k] for k in ssm_train.naive_bayes_predict(train_ex, val_ex)],
+    return scored([labels[k] for k in baselines.naive_bayes_predict(train_ex, val_ex)],
                   splits["val"], labels)
 
 
@@ -184,23 +185,23 @@ def prompt_features(model, tokenizer, records, labels, template, args):
     features = []
     for start in range(0, len(prompts), args.eval_batch_size):
         tokens, mask = data.pad_batch(prompts[start:start + args.eval_batch_size], tokenizer.pad_id)
-        hidden = classifier.hidden_states(model, tokens.to(args.device), mask.to(args.device))
-        features.append(classifier.pool_last_token(hidden, mask.to(args.device)).float().cpu())
+        hidden = scoring.hidden_states(model, tokens.to(args.device), mask.to(args.device))
+        features.append(scoring.pool_last_token(hidden, mask.to(args.device)).float().cpu())
     return torch.cat(features)
 
 
 def head_baseline(splits, labels, args):
     """Frozen pretrained model + a trained linear head (started from the label tokens' output
     embeddings, as --option finetune's prompt head): features once, then train.fit on the head."""
-    model, tokenizer = classifier.load_model(args.pretrained_model_path, args.device)
-    template = sft_train.default_template(args, tokenizer)
+    model, tokenizer = scoring.load_model(args.pretrained_model_path, args.device)
+    template = run_sft.default_template(args, tokenizer)
     x = {s: prompt_features(model, tokenizer, splits[s], labels, template, args)
          for s in ("train", "val")}
     y = {s: torch.tensor([labels.index(r.answer) for r in splits[s]]) for s in ("train", "val")}
     head = nn.Linear(x["train"].shape[1], len(labels))
     first_tokens = [ids[0] for ids in sft.scoring_ids(tokenizer, template, labels)]
     with torch.no_grad():
-        head.weight.copy_(classifier.lm_head_weight(model)[first_tokens].float().cpu())
+        head.weight.copy_(scoring.lm_head_weight(model)[first_tokens].float().cpu())
         head.bias.zero_()
     batches = [(x["train"][i:i + 32], y["train"][i:i + 32]) for i in range(0, len(y["train"]), 32)]
     loss = lambda m, b: (F.cross_entropy(m(b[0]), b[1], reduction="sum"), len(b[1]))  # noqa: E731
@@ -264,7 +265,7 @@ def compare_table(rows, baselines, zero_shot, setup):
 
 def plot_curves(histories, path):
     """Training loss per step (thin) and validation loss per evaluation (markers), every run."""
-    plt = atomic.pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, (name, history) in enumerate(histories.items()):
         colour = f"C{i}"
@@ -277,11 +278,11 @@ def plot_curves(histories, path):
     ax.set(xlabel="optimizer step", ylabel="answer-token loss (nats)", yscale="log")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    atomic.save_figure_atomic(fig, path, dpi=90)
+    plots.save_figure_atomic(fig, path, dpi=90)
 
 
 def run_compare(args):
-    splits, labels = sft_train.load_records(args)
+    splits, labels = run_sft.load_records(args)
     rows, histories, zero_shot = [], {}, None
     for i, setting in enumerate(split_list(args.settings)):
         overrides = {"method": "full", "lr": args.full_lr} if setting == "full" else {
@@ -323,7 +324,7 @@ def sweep_table(grid, ranks, alphas, key, fmt):
 
 
 def plot_heatmaps(grid, ranks, alphas, path):
-    plt = atomic.pyplot()
+    plt = plots.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, title in zip(axes, ("accuracy", "loss"), ("validation accuracy",
                                                            "final validation loss")):
@@ -337,7 +338,7 @@ def plot_heatmaps(grid, ranks, alphas, path):
         ax.set(xlabel="LoRA alpha", ylabel="LoRA rank r", title=title)
         fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    atomic.save_figure_atomic(fig, path, dpi=90)
+    plots.save_figure_atomic(fig, path, dpi=90)
 
 
 def run_sweep(args):
@@ -380,7 +381,7 @@ def method_lrs(args):
 
 def plot_grouped_bars(groups, path, title):
     """One group per method, one bar per metric (accuracy, macro-F1)."""
-    plt = atomic.pyplot()
+    plt = plots.pyplot()
     names, keys = list(groups), ("accuracy", "macro_f1")
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 4))
     width = 0.8 / len(keys)
@@ -392,7 +393,7 @@ def plot_grouped_bars(groups, path, title):
     ax.set(ylabel="validation score", ylim=(0, 1.05), title=title)
     ax.legend()
     fig.tight_layout()
-    atomic.save_figure_atomic(fig, path, dpi=90)
+    plots.save_figure_atomic(fig, path, dpi=90)
 
 
 def run_peft_compare(args):

@@ -37,8 +37,8 @@ tokens, the end-of-turn token included, so the penalty also makes ending the tur
 --show_template prints the exact prompt string (between dashed lines) and its token count;
 --out FILE writes the transcript (settings, messages, answers) as JSON through atomic.py.
 
-Shapes: prompts and answers are lists of token ids (T ints); generation is generate.stream.
-Tests: tests/test_chat.py (conversation files and their one-line errors; the rendered multi-turn
+Shapes: prompts and answers are lists of token ids (T ints); generation is run_generate.stream.
+Tests: tests/test_run_chat.py (conversation files and their one-line errors; the rendered multi-turn
 prompt == Tokenizer.apply_chat_template and == transformers' render_jinja_template on the same
 template text; history kept across stdin turns and cleared by /reset; the loop's commands and
 the studies' prompts and settings with a fake model; a seeded sample repeats; the penalty changes
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import atomic
 import data
-import generate
+import run_generate
 import options
 import sample
 import weights
@@ -63,7 +63,7 @@ COMMANDS = "/reset (clear the history), /system TEXT (set the system prompt), /q
 # flags
 
 def add_arguments(parser, option):
-    generate.add_model_arguments(parser)
+    run_generate.add_model_arguments(parser)
     parser.add_argument("--prompt", default=None,
                         help="one user message to answer (default: read the user turns from the "
                         "terminal, or from stdin, one per line)")
@@ -148,8 +148,8 @@ def build_messages(args):
 
 def check_options(args):
     """Every flag checked before the model loads -> (SamplingConfigs, messages or None)."""
-    generate.check_max_new_tokens(args)
-    configs = generate.sampling_configs(args, parse_temperatures(args))
+    run_generate.check_max_new_tokens(args)
+    configs = run_generate.sampling_configs(args, parse_temperatures(args))
     messages = build_messages(args)
     studies = [("--temperatures", len(configs) > 1), ("--compare_template", args.compare_template),
                ("--compare_model", args.compare_model is not None)]
@@ -197,7 +197,7 @@ def model_name(path):
 def answer(model, tokenizer, prompt_ids, sampling, args):
     """Stream one assistant turn after "assistant: " -> (its text, its number of tokens)."""
     print("assistant: ", end="", flush=True)
-    _, ids = generate.stream(model, tokenizer, prompt_ids, sampling, args)
+    _, ids = run_generate.stream(model, tokenizer, prompt_ids, sampling, args)
     return tokenizer.decode(ids, skip_special=True), len(ids)
 
 
@@ -253,14 +253,14 @@ def side_by_side(records, most=2):
 def answer_conversation(args, configs, messages):
     """--prompt / --conversation: every answer the studies ask for, then the columns. The second
     model is loaded after the first is freed, and uses its own template if it has one."""
-    model, tokenizer = generate.load_model(args)
+    model, tokenizer = run_generate.load_model(args)
     for m in messages:
         print(f"{m['role']}: {m['content']}")
     records = answer_with(args, configs, messages, args.pretrained_model_path, model, tokenizer,
                           [True, False] if args.compare_template else [True])
     del model, tokenizer
     if args.compare_model is not None:
-        model, tokenizer = generate.load_model(args, args.compare_model)
+        model, tokenizer = run_generate.load_model(args, args.compare_model)
         own = tokenizer.chat_format is not None
         variants = [own, False] if args.compare_template and own else [own]
         records += answer_with(args, configs, messages, args.compare_model, model, tokenizer,
@@ -297,7 +297,7 @@ def read_turns(interactive):
 
 def chat_loop(args, sampling):
     """Answer user turns one by one, keeping the history; /reset, /system TEXT, /quit."""
-    model, tokenizer = generate.load_model(args)
+    model, tokenizer = run_generate.load_model(args)
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"commands: {COMMANDS}")

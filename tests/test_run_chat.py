@@ -1,6 +1,6 @@
-"""Tests for chat.py: `run.py --option chat`, multi-turn, with its studies (seed 004 Q1.4, Q1.5).
+"""Tests for run_chat.py: `run.py --option chat`, multi-turn, with its studies (seed 004 Q1.4, Q1.5).
 
-Run: .venv/bin/python -m pytest tests/test_chat.py -q   (about a minute on 2 shared CPU cores:
+Run: .venv/bin/python -m pytest tests/test_run_chat.py -q   (about a minute on 2 shared CPU cores:
 four short runs of the default model, at most 20 new tokens each; the rest is hermetic)
 
 Oracles: the conversation file itself (parsed messages) and the one-line error contract (file,
@@ -24,8 +24,8 @@ import types
 
 import pytest
 
-import chat
-import generate
+import run_chat
+import run_generate
 import run
 import tokenizer as T
 import weights
@@ -36,7 +36,7 @@ FILE_TURNS = [{"role": "user", "content": "Remember the number 42."},
               {"role": "user", "content": "Which number?"}]
 
 
-def run_chat(*argv):
+def chat_cli(*argv):
     run.main(["--option", "chat", *argv])
 
 
@@ -63,10 +63,10 @@ def smol_template(default_model_path):
 
 def test_read_conversation_reads_a_multi_turn_list(tmp_path):
     with_extra = [{**m, "name": "x"} for m in FILE_TURNS]           # extra keys are dropped
-    assert chat.read_conversation(write_json(tmp_path / "c.json", with_extra)) == FILE_TURNS
+    assert run_chat.read_conversation(write_json(tmp_path / "c.json", with_extra)) == FILE_TURNS
     lines = tmp_path / "c.jsonl"                                    # JSON lines, as data.py reads
     lines.write_text("\n".join(json.dumps(m) for m in FILE_TURNS), encoding="utf-8")
-    assert chat.read_conversation(lines) == FILE_TURNS
+    assert run_chat.read_conversation(lines) == FILE_TURNS
 
 
 @pytest.mark.parametrize("text, words", [
@@ -85,33 +85,33 @@ def test_bad_conversation_files_are_one_line_errors(tmp_path, text, words):
     path = tmp_path / "bad.json"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ValueError) as err:
-        chat.read_conversation(path)
+        run_chat.read_conversation(path)
     message = str(err.value)
     assert "\n" not in message and str(path) in message and words in message, message
     with pytest.raises(FileNotFoundError, match="file not found"):
-        chat.read_conversation(tmp_path / "missing.json")
+        run_chat.read_conversation(tmp_path / "missing.json")
 
 
 # ----------------------------------------------------------------------------
 # the rendered prompt
 
 def test_multi_turn_prompt_equals_the_templates(tmp_path, smol, smol_template):
-    """chat.build_messages + render == Tokenizer.apply_chat_template == transformers' jinja
+    """run_chat.build_messages + render == Tokenizer.apply_chat_template == transformers' jinja
     rendering of the same template, with and without --system (ChatML then adds SmolLM2's own
     system turn); the ids are encode_chat's; the plain baseline is the turns as lines."""
     utils = pytest.importorskip("transformers.utils.chat_template_utils")
     path = write_json(tmp_path / "c.json", FILE_TURNS)
     for system in (None, "Be brief."):
         args = argparse.Namespace(prompt=None, conversation=str(path), system=system)
-        messages = chat.build_messages(args)
+        messages = run_chat.build_messages(args)
         expected = ([{"role": "system", "content": system}] if system else []) + FILE_TURNS
         assert messages == expected
-        text, ids, kind = chat.render(smol, messages)
+        text, ids, kind = run_chat.render(smol, messages)
         [hf], _ = utils.render_jinja_template(conversations=[expected], chat_template=smol_template,
                                               add_generation_prompt=True)
         assert text == smol.apply_chat_template(expected) == hf and kind == "chatml template"
         assert ids == smol.encode_chat(expected)
-    text, ids, kind = chat.render(smol, messages, template=False)
+    text, ids, kind = run_chat.render(smol, messages, template=False)
     assert text == ("system: Be brief.\nuser: Remember the number 42.\nassistant: I will "
                     "remember 42.\nuser: Which number?\nassistant:")
     assert ids == smol.encode(text) and kind == "plain lines, no template"
@@ -122,14 +122,14 @@ def test_multi_turn_prompt_for_llama3_and_llama2():
     apply_chat_template (its ids are checked against Meta's code in tests/test_tokenizer.py)."""
     utils = pytest.importorskip("transformers.utils.chat_template_utils")
     from test_tokenizer import LLAMA3_JINJA
-    messages = chat.with_system(FILE_TURNS, "Be brief.")
+    messages = run_chat.with_system(FILE_TURNS, "Be brief.")
     llama3 = T.Tokenizer.from_file(need_data("tokenizers", "llama3-tokenizer.model"))
-    text, ids, kind = chat.render(llama3, messages)
+    text, ids, kind = run_chat.render(llama3, messages)
     [hf], _ = utils.render_jinja_template(conversations=[messages], chat_template=LLAMA3_JINJA,
                                           add_generation_prompt=True, bos_token="<|begin_of_text|>")
     assert text == hf and ids == llama3.encode_chat(messages) and kind == "llama3 template"
     llama2 = T.Tokenizer.from_file(need_data("tokenizers", "llama2-tokenizer.model"))
-    text, ids, kind = chat.render(llama2, messages)
+    text, ids, kind = run_chat.render(llama2, messages)
     assert text == llama2.apply_chat_template(messages) and text.count("[INST]") == 2
     assert ids == llama2.encode_chat(messages) and kind == "llama2 template"
 
@@ -138,9 +138,9 @@ def test_show_template_and_out_for_a_conversation_file(tmp_path, capsys, smol):
     """The default model answers a two-turn file; --show_template prints the exact string and
     its token count; --out holds settings, messages and the answer."""
     path, out = write_json(tmp_path / "c.json", FILE_TURNS), tmp_path / "t.json"
-    run_chat("--conversation", str(path), "--system", "Be brief.", "--show_template",
+    chat_cli("--conversation", str(path), "--system", "Be brief.", "--show_template",
              "--max_new_tokens", "3", "--out", str(out))
-    messages = chat.with_system(FILE_TURNS, "Be brief.")
+    messages = run_chat.with_system(FILE_TURNS, "Be brief.")
     text, ids = smol.apply_chat_template(messages), smol.encode_chat(messages)
     printed = capsys.readouterr().out
     assert (f"user: Which number?\n----- prompt (chatml template, {len(ids)} tokens) -----\n"
@@ -161,17 +161,17 @@ def test_stdin_turns_keep_the_history_and_reset_clears_it(monkeypatch, capsys, t
     """Turn 2's prompt is encode_chat of turn 1 + its answer + turn 2, and the default model
     recalls 42 from it; after /reset the same question is asked alone and 42 is gone; nothing
     after /quit is read."""
-    prompts, original = [], generate.stream
+    prompts, original = [], run_generate.stream
 
     def spy(model, tokenizer, prompt_ids, sampling, args):
         prompts.append(list(prompt_ids))
         return original(model, tokenizer, prompt_ids, sampling, args)
-    monkeypatch.setattr(generate, "stream", spy)
+    monkeypatch.setattr(run_generate, "stream", spy)
     remember, ask = "Remember the number 42.", "What number did I ask you to remember?"
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{remember}\n\n{ask}\n/reset\n{ask}\n/quit\n"
                                                   "never read\n"))
     out = tmp_path / "t.json"
-    run_chat("--max_new_tokens", "8", "--out", str(out))
+    chat_cli("--max_new_tokens", "8", "--out", str(out))
     first, second, third = [r["text"] for r in json.loads(out.read_text())["answers"]]
     user = [{"role": "user", "content": remember}]
     asked = [{"role": "user", "content": ask}]
@@ -203,8 +203,8 @@ def fake_generation(monkeypatch, tokenizers):
         calls.append((list(prompt_ids), sampling))
         print(f"fake {len(calls)}")
         return f"fake {len(calls)}", tokenizer.encode(f"fake {len(calls)}")
-    monkeypatch.setattr(generate, "load_model", load_model)
-    monkeypatch.setattr(generate, "stream", stream)
+    monkeypatch.setattr(run_generate, "load_model", load_model)
+    monkeypatch.setattr(run_generate, "stream", stream)
     return calls, loads
 
 
@@ -213,7 +213,7 @@ def test_loop_commands_system_unknown_and_too_long(monkeypatch, capsys, smol):
     long_turn = "word " * 200
     monkeypatch.setattr(sys, "stdin", io.StringIO(
         f"/system Be brief.\nHi\n/nope\n/system\n{long_turn}\nHi again\n"))
-    run_chat("--max_new_tokens", "8", "--show_template")
+    chat_cli("--max_new_tokens", "8", "--show_template")
     system = [{"role": "system", "content": "Be brief."}]
     hi = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "fake 1"}]
     again = [{"role": "user", "content": "Hi again"}]
@@ -237,7 +237,7 @@ def test_studies_answer_every_variant_side_by_side(monkeypatch, capsys, tmp_path
     other.write_bytes(b"")
     calls, loads = fake_generation(monkeypatch, {None: smol, str(other): base})
     out = tmp_path / "t.json"
-    run_chat("--prompt", "Hi", "--compare_template", "--temperatures", "0,0.7",
+    chat_cli("--prompt", "Hi", "--compare_template", "--temperatures", "0,0.7",
              "--compare_model", str(other), "--repetition_penalty", "1.2", "--out", str(out))
     messages = [{"role": "user", "content": "Hi"}]
     template, plain = smol.encode_chat(messages), smol.encode("user: Hi\nassistant:")
@@ -266,7 +266,7 @@ def test_temperatures_repeat_with_the_seed(tmp_path):
     """The default model at temperatures 0, 1, 1: each answer's generator is seeded by --seed,
     so the two samples at temperature 1 are the same."""
     out = tmp_path / "t.json"
-    run_chat("--prompt", "Tell me about cats.", "--temperatures", "0,1,1", "--max_new_tokens",
+    chat_cli("--prompt", "Tell me about cats.", "--temperatures", "0,1,1", "--max_new_tokens",
              "5", "--seed", "3", "--out", str(out))
     greedy, hot, again = json.loads(out.read_text())["answers"]
     assert hot["text"] == again["text"] and greedy["temperature"] == 0.0
@@ -279,7 +279,7 @@ def test_repetition_penalty_changes_a_looping_greedy_answer(tmp_path, smol):
     answers = []
     for extra in ([], ["--repetition_penalty", "1.3"]):
         out = tmp_path / f"t{len(extra)}.json"
-        run_chat("--prompt", "Write a poem about the sea.", "--max_new_tokens", "20",
+        chat_cli("--prompt", "Write a poem about the sea.", "--max_new_tokens", "20",
                  "--out", str(out), *extra)
         answers.append(json.loads(out.read_text())["answers"][0]["text"])
     assert answers[0] != answers[1]
@@ -310,13 +310,13 @@ def test_bad_flags_fail_in_one_line_before_loading(monkeypatch, capsys, tmp_path
     monkeypatch.setattr(weights, "load_pretrained", no_loading)
     files = {"BAD": write_json(tmp_path / "bad.json", [FILE_TURNS[0],
                                                        {"role": "bot", "content": "b"}]),
-             "SYSTEM": write_json(tmp_path / "s.json", chat.with_system(FILE_TURNS, "s")),
+             "SYSTEM": write_json(tmp_path / "s.json", run_chat.with_system(FILE_TURNS, "s")),
              "FOLDER": tmp_path}
     argv = [str(files.get(a, a)) for a in argv]
     for name, path in files.items():
         start = start.replace(name, str(path))
     with pytest.raises(SystemExit) as exit_info:
-        run_chat(*argv)
+        chat_cli(*argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {start}"), err

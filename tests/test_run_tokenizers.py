@@ -1,6 +1,6 @@
-"""Tests for tokenizer_lab.py (`run.py --option tokenizers`).
+"""Tests for run_tokenizers.py (`run.py --option tokenizers`).
 
-Run: .venv/bin/python -m pytest tests/test_tokenizer_lab.py -q      (about 15 s on 2 CPU cores)
+Run: .venv/bin/python -m pytest tests/test_run_tokenizers.py -q      (about 15 s on 2 CPU cores)
 
 Oracles: counts worked out by hand (UTF-8 bytes of é, ö, Cyrillic and an emoji; the <unk> of a
 SentencePiece trained without byte fallback); the text itself (round trips, the pieces joined back
@@ -21,7 +21,7 @@ import sentencepiece
 
 import run
 import tokenizer as T
-import tokenizer_lab as L
+import run_tokenizers as L
 from conftest import need_data
 
 SAMPLES = ("en.txt", "fa.txt")

@@ -70,7 +70,7 @@ character left to right in logical order anyway. JSON keeps the pieces without i
 
 Outputs in --out_dir: tokenizers.md (vocabulary sizes and the table, also printed),
 tokenizers.json (every number and the first pieces and ids), tokenizers.png (tokens per word,
-grouped by text). Tests: tests/test_tokenizer_lab.py (hand-counted metrics on bytes and a tiny
+grouped by text). Tests: tests/test_run_tokenizers.py (hand-counted metrics on bytes and a tiny
 trained SentencePiece; the RTL rule; transformers' Llama tokenizer and TikTokenConverter as
 oracles of the counts on the samples; the CLI end to end; bad flags as one-line errors).
 """
@@ -80,11 +80,12 @@ import unicodedata
 from pathlib import Path
 
 import atomic
+import plots
 import weights
 from tokenizer import SentencePieceTokenizer, Tokenizer, train_sentencepiece
 
 ROOT = Path(__file__).resolve().parent
-# ../shared/data beside the checkout, as pico_train.TINYSTORIES and tests/conftest.py locate it
+# ../shared/data beside the checkout, as run_pico.TINYSTORIES and tests/conftest.py locate it
 DATA = Path(os.environ.get("LLMLAB_DATA", ROOT.parent / "shared" / "data")) / "tokenizers"
 DEFAULT_TOKENIZERS = {"llama2": "llama2-tokenizer.model", "llama3": "llama3-tokenizer.model"}
 DEFAULT_TEXTS = ("en.txt", "fa.txt")          # samples/, see SOURCE.md
@@ -290,7 +291,7 @@ def plot_tokens_per_word(results, path):
     texts = list(dict.fromkeys(r["text"] for r in results))
     names = list(dict.fromkeys(r["tokenizer"] for r in results))
     value = {(r["tokenizer"], r["text"]): r["tokens_per_word"] for r in results}
-    fig, ax = atomic.pyplot().subplots(figsize=(2 + 1.2 * len(texts) * len(names) / 2, 4.5))
+    fig, ax = plots.pyplot().subplots(figsize=(2 + 1.2 * len(texts) * len(names) / 2, 4.5))
     width = 0.8 / len(names)
     for k, name in enumerate(names):
         xs = [t + (k - (len(names) - 1) / 2) * width for t in range(len(texts))]
@@ -300,7 +301,7 @@ def plot_tokens_per_word(results, path):
     ax.set(ylabel="tokens per whitespace word", title="tokens per word (lower is cheaper)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic.save_figure_atomic(fig, path)
+    plots.save_figure_atomic(fig, path)
 
 
 # ----------------------------------------------------------------------------

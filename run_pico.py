@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import atomic
 import options
+import plots
 import train
 from data import LMBatches, iter_split, iter_text_chunks
 from pico import (MODELS, PicoConfig, build_model, encode_prompt, generate, load_optimizer_state,
@@ -113,7 +114,7 @@ def plot_gap(history, path):
     """Overfitting study: train loss (eval mode, a fixed training slice), test loss, their gap."""
     evals = [e for e in history["evals"] if "train_loss" in e]
     steps = [e["step"] for e in evals]
-    fig, (ax, gap_ax) = atomic.pyplot().subplots(1, 2, figsize=(10, 3.5))
+    fig, (ax, gap_ax) = plots.pyplot().subplots(1, 2, figsize=(10, 3.5))
     ax.plot(steps, [e["train_loss"] for e in evals], "o-", label="train (eval mode)")
     ax.plot(steps, [e["loss"] for e in evals], "s-", label="test")
     ax.set(xlabel="optimizer step", ylabel="loss (nats / token)")
@@ -123,13 +124,13 @@ def plot_gap(history, path):
     gap_ax.set(xlabel="optimizer step", ylabel="test loss - train loss")
     fig.suptitle(f"{history['name']}: train/test gap")
     fig.tight_layout()
-    atomic.save_figure_atomic(fig, path, dpi=90)
+    plots.save_figure_atomic(fig, path, dpi=90)
 
 
 def plot_attention(maps, labels, path, title):
     """One heatmap per (layer, head): row = query position, column = key position."""
     n_layers, n_heads = len(maps), maps[0].shape[1]
-    fig, axes = atomic.pyplot().subplots(n_layers, n_heads,
+    fig, axes = plots.pyplot().subplots(n_layers, n_heads,
                                          figsize=(2.8 * n_heads, 2.8 * n_layers), squeeze=False)
     for layer, weights in enumerate(maps):
         for head in range(n_heads):
@@ -140,22 +141,22 @@ def plot_attention(maps, labels, path, title):
             ax.set_yticks(range(len(labels)), labels, fontsize=6)
     fig.suptitle(title)
     fig.tight_layout()
-    atomic.save_figure_atomic(fig, path, dpi=90)
+    plots.save_figure_atomic(fig, path, dpi=90)
 
 
 def plot_p_sweep(rows, path, title):
-    fig, ax = atomic.pyplot().subplots(figsize=(5, 3.5))
+    fig, ax = plots.pyplot().subplots(figsize=(5, 3.5))
     for key in ("distinct_1", "distinct_2", "rep_4"):
         ax.plot([r["p"] for r in rows], [r[key] for r in rows], "o-", label=key)
     ax.set(xlabel="nucleus mass p", ylabel="fraction", title=title)
     ax.legend()
     fig.tight_layout()
-    atomic.save_figure_atomic(fig, path, dpi=90)
+    plots.save_figure_atomic(fig, path, dpi=90)
 
 
 def plot_compare(results, path):
     """Test loss against training seconds per model, and the final validation perplexity."""
-    fig, (ax, bar_ax) = atomic.pyplot().subplots(1, 2, figsize=(12, 4))
+    fig, (ax, bar_ax) = plots.pyplot().subplots(1, 2, figsize=(12, 4))
     for r in results:
         seconds = {s["step"]: s["time_s"] for s in r["history"]["steps"]}
         evals = [e for e in r["history"]["evals"] if e["step"] in seconds]
@@ -167,7 +168,7 @@ def plot_compare(results, path):
     bar_ax.set(ylabel="validation perplexity")
     bar_ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
-    atomic.save_figure_atomic(fig, path, dpi=90)
+    plots.save_figure_atomic(fig, path, dpi=90)
 
 
 # ----------------------------------------------------------------------------

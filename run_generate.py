@@ -4,7 +4,7 @@ option shares (model flags, the sampling flags table, load_model, stream).
 generate (seed 001): the prompt (by default seed 001's Frankenstein sentence) is continued twice,
 at temperature 0.0 (greedy: argmax of the logits each step) and 1.0 (a sample from the softmax,
 optionally truncated by top-k / top-p / epsilon / min-p and with a repetition penalty,
-sample.py), each written to its file. `--option chat` (chat.py) uses the same pieces.
+sample.py), each written to its file. `--option chat` (run_chat.py) uses the same pieces.
 Text streams: it is printed as soon as its bytes form whole characters (tokenizer.StreamDecoder).
 The sampling flags (SAMPLING_FLAGS) become sample.SamplingConfig objects, checked before the model
 is loaded, so a bad flag fails in one line before any work. `load_model` loads a model for every

@@ -1,6 +1,6 @@
-"""Tests for sft_studies.py: `--option sft_compare` and `--option sweep` on a tiny Llama.
+"""Tests for run_sft_studies.py: `--option sft_compare` and `--option sweep` on a tiny Llama.
 
-Run: .venv/bin/python -m pytest tests/test_sft_studies.py -q   (about a minute: child processes)
+Run: .venv/bin/python -m pytest tests/test_run_sft_studies.py -q   (about a minute: child processes)
 
 Oracles: run.py's own parser reading a child's argv back (the flags survive the trip); counts
 worked out by hand for the majority and naive Bayes baselines on a toy split; the files each study
@@ -12,15 +12,15 @@ import pytest
 
 import run
 import sft
-import sft_studies
-from test_sft_train import base_folder, task  # noqa: F401  (shared fixtures)
+import run_sft_studies
+from test_run_sft import base_folder, task  # noqa: F401  (shared fixtures)
 
 
 def test_child_argv_round_trips_through_the_parser(tmp_path):
     argv = ["--option", "sweep", "--train", "t.txt", "--lora_rank", "8", "--no-zero_shot",
             "--max_len", "64", "--seed", "7"]
     args = run.build_parser("sweep").parse_args(argv)
-    child = sft_studies.child_argv(args, sft_studies.sft_defaults(),
+    child = run_sft_studies.child_argv(args, run_sft_studies.sft_defaults(),
                                    {"lora_alpha": 2.0, "out_dir": str(tmp_path)})
     back = run.build_parser("sft").parse_args(child[2:])
     assert (back.train, back.lora_rank, back.lora_alpha, back.zero_shot, back.max_len, back.seed,
@@ -36,8 +36,8 @@ def toy_split():
 
 def test_majority_and_bag_of_words_baselines():
     splits, labels = toy_split()
-    assert sft_studies.majority_baseline(splits, labels)["accuracy"] == pytest.approx(1 / 3)
-    bow = sft_studies.bow_baseline(splits, labels)
+    assert run_sft_studies.majority_baseline(splits, labels)["accuracy"] == pytest.approx(1 / 3)
+    bow = run_sft_studies.bow_baseline(splits, labels)
     assert bow == {"accuracy": 1.0, "macro_f1": 1.0}
 
 
@@ -49,10 +49,10 @@ def test_run_row_best_accuracy_and_kept_model():
     evals = [{"step": 40, "loss": 0.33, "accuracy": 0.65, "macro_f1": 0.39},
              {"step": 75, "loss": 0.34, "accuracy": 0.66, "macro_f1": 0.53},
              {"step": 90, "loss": 0.35, "accuracy": 0.66, "macro_f1": 0.50}]
-    row = sft_studies.run_row("prompt", summary, {"evals": evals})
+    row = run_sft_studies.run_row("prompt", summary, {"evals": evals})
     assert (row["best_accuracy"], row["best_macro_f1"], row["best_step"]) == (0.66, 0.53, 75)
     assert (row["val_accuracy"], row["val_macro_f1"], row["s_per_epoch"]) == (0.65, 0.39, 4.0)
-    no_evals = sft_studies.run_row("prompt", summary, {"evals": []})
+    no_evals = run_sft_studies.run_row("prompt", summary, {"evals": []})
     assert (no_evals["best_accuracy"], no_evals["best_step"]) == (0.65, None)
 
 

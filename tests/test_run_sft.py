@@ -1,6 +1,6 @@
-"""Tests for sft_train.py: `run.py --option sft` end to end on a tiny Llama with SmolLM2's tokenizer.
+"""Tests for run_sft.py: `run.py --option sft` end to end on a tiny Llama with SmolLM2's tokenizer.
 
-Run: .venv/bin/python -m pytest tests/test_sft_train.py -q
+Run: .venv/bin/python -m pytest tests/test_run_sft.py -q
 
 Oracles: peft's PeftModel.from_pretrained on transformers' LlamaForCausalLM read from the same
 folder (the saved adapter must give the same logits as ours); the zero-shot validation loss of the
@@ -135,18 +135,18 @@ def test_fsdp_is_for_the_methods_whose_model_is_the_llama(task, tmp_path, monkey
     """Under torchrun (WORLD_SIZE 2), --fsdp with a virtual-token method or --adapter is refused
     before any work."""
     import argparse
-    import sft_train
+    import run_sft
     parser = argparse.ArgumentParser()
-    sft_train.add_arguments(parser, "sft")
+    run_sft.add_arguments(parser, "sft")
     args = parser.parse_args(["--train", str(task / "train.txt"), "--test", str(task / "test.json"),
                               "--fsdp", *[str(tmp_path) if f == "TMP" else f for f in flags]])
     if args.adapter:
-        (tmp_path / sft_train.SFT_CONFIG).write_text("{}")
+        (tmp_path / run_sft.SFT_CONFIG).write_text("{}")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match=re.escape("--fsdp trains --method lora | ia3 | full")):
-        sft_train.check_arguments(args)
+        run_sft.check_arguments(args)
     args.method, args.adapter = "lora", None
-    sft_train.check_arguments(args)                                  # lora is allowed
+    run_sft.check_arguments(args)                                  # lora is allowed
 
 
 # ----------------------------------------------------------------------------

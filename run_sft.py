@@ -1,6 +1,6 @@
 """`run.py --option sft`: instruction fine-tuning of a causal Llama (a PEFT method or full), its
 evaluation, the saved adapter and submission.csv. The data, prompts, masking and answers are
-sft.py's; `sft_compare` / `sweep` (sft_studies.py) run this option once per setting.
+sft.py's; `sft_compare` / `sweep` (run_sft_studies.py) run this option once per setting.
 
 One run:
     read --train (and --val, or a stratified --val_ratio split with --split_seed, written to
@@ -32,7 +32,7 @@ test file.
 
 Trainable parameters are counted twice: programmatically, and by the method's formula
 (adapters.formula_count; LoRA: sum over adapted Linears of r * (in + out)).
-Tests: tests/test_sft_train.py (a tiny Llama: masking + training lowers the loss, the adapter
+Tests: tests/test_run_sft.py (a tiny Llama: masking + training lowers the loss, the adapter
 reloads to the same logits (and in peft), predict-only writes a valid submission, bad options;
 one short run per method whose saved adapter reloads to the same validation answers).
 """
@@ -45,7 +45,8 @@ import torch
 
 import adapters
 import atomic
-import classifier
+import file_checks
+import scoring
 import data
 import distributed
 import fused
@@ -191,7 +192,8 @@ def check_arguments(args):
 
 def load_records(args):
     """{"train", "val", "test"} record lists and the label set; the split saved to out_dir."""
-    label_names = json.loads(Path(args.label_names).read_text()) if args.label_names else None
+    label_names = (data.read_label_names(args.label_names, "--label_names") if args.label_names
+                   else None)
     read = lambda path, flag: sft.read_records(path, args.text_field, args.label_field,  # noqa: E731
                                                label_names, flag)
     splits = {"train": read(args.train, "--train")}
@@ -371,7 +373,7 @@ def save_trained(model, tokenizer, adapter, labels, template, args):
         folder = adapters.save_adapter(out / "adapter", model, adapter)
     else:
         folder = out / "model"
-        weights.save_checkpoint(folder, model.config, distributed.full_state_dict(model),
+        weights.save_model_folder(folder, model.config, distributed.full_state_dict(model),
                                 tokenizer.spec)
     atomic.save_json_atomic(folder / SFT_CONFIG, {
         "method": args.method, "labels": labels, "template": template, "max_len": args.max_len,
@@ -388,7 +390,7 @@ def run_training(args):
     start = time.perf_counter()
     out = Path(args.out_dir)
     splits, labels = load_records(args)
-    llama, tokenizer = classifier.load_model(args.pretrained_model_path,
+    llama, tokenizer = scoring.load_model(args.pretrained_model_path,
                                              distributed.load_device(args))
     template = default_template(args, tokenizer)
     model, params, adapter = prepare_model(llama, args)
@@ -417,12 +419,12 @@ def run_training(args):
 def run_prediction(args):
     """--adapter DIR --test FILE: the saved run answers a test file."""
     folder = Path(args.adapter)
-    saved = json.loads((folder / SFT_CONFIG).read_text())
+    saved = file_checks.read_json(folder / SFT_CONFIG, flag="--adapter")
     path = args.pretrained_model_path or saved["base_model"]
     if saved["method"] == "full":
-        model, tokenizer = classifier.load_model(folder, args.device)
+        model, tokenizer = scoring.load_model(folder, args.device)
     else:
-        llama, tokenizer = classifier.load_model(path, args.device)
+        llama, tokenizer = scoring.load_model(path, args.device)
         if vars(llama.config) != saved["base_config"]:
             raise ValueError(f"{folder / SFT_CONFIG}: the adapter was trained on another base model "
                              f"({saved['base_model'] or 'the default model'}); pass that one with "

@@ -24,13 +24,12 @@ compare-curves.png and time-vs-length.png; --submission (default OUT_DIR/submiss
 best model's submission.
 
 Shapes: tokens (B, L) long, attention_mask (B, L), logits (B, num_classes).
-Tests: tests/test_ssm_train.py (naive Bayes on hand counts; the slope of a power law; bos and
+Tests: tests/test_run_ssm.py (naive Bayes on hand counts; the slope of a power law; bos and
 truncation; the tokenizer cache, reused, and trained again after truncation or corruption; the
 CLI end to end on tiny files: submission, results, curves, table, plots, a bad label).
 """
 import argparse
 import hashlib
-import re
 import time
 from pathlib import Path
 
@@ -39,9 +38,11 @@ import torch
 import torch.nn as nn
 
 import atomic
+import baselines
 import data
 import optimizer
 import options
+import plots
 import s4
 import ssm
 import train
@@ -207,31 +208,7 @@ def train_one(args, layer, name, dataset):
 
 
 # ----------------------------------------------------------------------------
-# ssm_compare: a bag-of-words naive Bayes baseline, timing against L, the comparison table
-
-def naive_bayes_predict(train_ex, test_ex, alpha=1.0):
-    """Multinomial naive Bayes on lower-cased word counts, Laplace smoothing alpha (numpy only);
-    -> the predicted label of every test example. Examples are dicts with "text" and int "label".
-
-    log p(c | doc) = log prior_c + sum_w n_w log theta_cw,  theta_cw = (n_cw + alpha) / (n_c + alpha V)
-    """
-    words = lambda text: re.findall(r"\w+", text.lower())  # noqa: E731
-    vocab = {w: i for i, w in enumerate(sorted({w for e in train_ex for w in words(e["text"])}))}
-    C = 1 + max(e["label"] for e in train_ex)
-    counts, prior = np.zeros((C, len(vocab))), np.zeros(C)
-    for e in train_ex:
-        prior[e["label"]] += 1
-        np.add.at(counts[e["label"]], [vocab[w] for w in words(e["text"])], 1)
-    log_theta = np.log((counts + alpha) / (counts.sum(1, keepdims=True) + alpha * len(vocab)))
-    log_prior = np.log(np.maximum(prior, 1e-12) / prior.sum())
-    return [int(np.argmax(log_prior + log_theta[:, [vocab[w] for w in words(e["text"]) if w in vocab]]
-                          .sum(1))) for e in test_ex]
-
-
-def naive_bayes_accuracy(train_ex, test_ex, alpha=1.0):
-    """Accuracy of naive_bayes_predict against the test labels."""
-    predictions = naive_bayes_predict(train_ex, test_ex, alpha)
-    return sum(p == e["label"] for p, e in zip(predictions, test_ex)) / len(test_ex)
+# ssm_compare: timing against L, the comparison table (naive Bayes: baselines.py)
 
 
 def time_forward_backward(layer, L, batch=2, repeats=3, device="cpu"):
@@ -281,7 +258,7 @@ def loglog_slope(rows, key):
 
 def plot_time_vs_length(rows, path):
     """Log-log forward+backward time against L for the loop scan and the FFT convolution."""
-    plt = atomic.pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for key, label in (("loop_s", "loop scan (ssm.py)"), ("fft_s", "kernel + FFT conv (s4.py)")):
         points = [(r["L"], r[key]) for r in rows if r[key] is not None]
@@ -292,12 +269,12 @@ def plot_time_vs_length(rows, path):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    atomic.save_figure_atomic(fig, path, dpi=80)
+    plots.save_figure_atomic(fig, path, dpi=80)
 
 
 def plot_compare_curves(results, path):
     """Left: train and val loss per epoch; right: val accuracy against training time."""
-    plt = atomic.pyplot()
+    plt = plots.pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for r in results:
         epochs = [c["epoch"] for c in r["curves"]]
@@ -310,7 +287,7 @@ def plot_compare_curves(results, path):
     ax_loss.legend()
     ax_acc.legend()
     fig.tight_layout()
-    atomic.save_figure_atomic(fig, path, dpi=80)
+    plots.save_figure_atomic(fig, path, dpi=80)
 
 
 def comparison_table(results, nb_accuracy):
@@ -334,7 +311,7 @@ def compare(args, dataset):
         torch.manual_seed(args.seed)
         results.append(train_one(args, layer, name, dataset))
     ex = dataset["examples"]
-    nb = naive_bayes_accuracy(ex["train"], ex["test"]) if ex["test"][0]["label"] is not None else None
+    nb = baselines.naive_bayes_accuracy(ex["train"], ex["test"]) if ex["test"][0]["label"] is not None else None
     out = Path(args.out_dir)
     table = comparison_table(results, nb if nb is not None else float("nan"))
     plot_compare_curves(results, out / "compare-curves.png")

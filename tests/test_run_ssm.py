@@ -1,6 +1,6 @@
-"""Tests for ssm_train.py: tokens, the tokenizer cache, naive Bayes, timing, the CLI.
+"""Tests for run_ssm.py: tokens, the tokenizer cache, naive Bayes, timing, the CLI.
 
-Run: .venv/bin/pytest tests/test_ssm_train.py -q   (CPU, about fifteen seconds)
+Run: .venv/bin/pytest tests/test_run_ssm.py -q   (CPU, about fifteen seconds)
 
 Oracles: hand-computed ids (bos + UTF-8 bytes + 2) and truncation; SentencePiece's own decode of
 the ids; the bytes of a freshly trained model for the cache (reused as is, rebuilt after it is
@@ -11,11 +11,10 @@ import argparse
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 
-import ssm_train
+import run_ssm
 
 TEXTS = [f"the {w} sat on the mat number {i}" for i, w in enumerate(["cat", "dog", "bird"] * 20)]
 
@@ -24,29 +23,29 @@ TEXTS = [f"the {w} sat on the mat number {i}" for i, w in enumerate(["cat", "dog
 # tokens and the tokenizer cache
 
 def test_bytes_get_bos_and_are_cut_to_max_len():
-    tokenizer = ssm_train.ssm_tokenizer(argparse.Namespace(tokenizer="bytes"), [])
+    tokenizer = run_ssm.ssm_tokenizer(argparse.Namespace(tokenizer="bytes"), [])
     assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.vocab_size) == (0, 1, 258)
-    assert ssm_train.encode_all(tokenizer, ["hé"], 10) == [[1, ord("h") + 2, 0xC3 + 2, 0xA9 + 2]]
-    assert ssm_train.encode_all(tokenizer, ["abcdef", ""], max_len=3) == [[1, 99, 100], [1]]
+    assert run_ssm.encode_all(tokenizer, ["hé"], 10) == [[1, ord("h") + 2, 0xC3 + 2, 0xA9 + 2]]
+    assert run_ssm.encode_all(tokenizer, ["abcdef", ""], max_len=3) == [[1, 99, 100], [1]]
 
 
 def test_sentencepiece_is_trained_cached_and_reused(tmp_path):
-    sp = ssm_train.sentencepiece_tokenizer(TEXTS, vocab_size=300, cache_dir=tmp_path)
-    [ids] = ssm_train.encode_all(sp, ["the cat sat"], 128)
+    sp = run_ssm.sentencepiece_tokenizer(TEXTS, vocab_size=300, cache_dir=tmp_path)
+    [ids] = run_ssm.encode_all(sp, ["the cat sat"], 128)
     assert ids[0] == sp.bos_id == 2 and sp.pad_id == 0 and all(0 < i < sp.vocab_size for i in ids)
     assert sp.processor.decode(ids[1:]) == "the cat sat"
     cached = list(tmp_path.glob("spm-300-*.model"))
     assert len(cached) == 1 and cached[0].read_bytes() == sp.model_proto
-    again = ssm_train.sentencepiece_tokenizer(TEXTS, 300, cache_dir=tmp_path)
+    again = run_ssm.sentencepiece_tokenizer(TEXTS, 300, cache_dir=tmp_path)
     assert again.model_proto == sp.model_proto and again.encode("dog") == sp.encode("dog")
-    folded = ssm_train.sentencepiece_tokenizer(TEXTS, 300, cache_dir=tmp_path, case_fold=True)
+    folded = run_ssm.sentencepiece_tokenizer(TEXTS, 300, cache_dir=tmp_path, case_fold=True)
     assert folded.encode("THE CAT") == folded.encode("the cat")       # another cache entry
     assert len(list(tmp_path.glob("spm-300-*.model"))) == 2
 
 
 @pytest.mark.parametrize("damage", ["truncate", "overwrite"])
 def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, damage):
-    sp = ssm_train.sentencepiece_tokenizer(TEXTS, vocab_size=300, cache_dir=tmp_path)
+    sp = run_ssm.sentencepiece_tokenizer(TEXTS, vocab_size=300, cache_dir=tmp_path)
     [path] = tmp_path.glob("spm-300-*.model")
     good = path.read_bytes()
     with open(path, "r+b") as f:            # damage it in place, as a crash or a disk would
@@ -54,24 +53,17 @@ def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, damage):
             f.truncate(len(good) // 2)
         else:
             f.write(b"\x0a\x03bad")
-    rebuilt = ssm_train.sentencepiece_tokenizer(TEXTS, 300, cache_dir=tmp_path)
+    rebuilt = run_ssm.sentencepiece_tokenizer(TEXTS, 300, cache_dir=tmp_path)
     assert rebuilt.encode("the bird sat") == sp.encode("the bird sat")
     assert [p.read_bytes() for p in tmp_path.glob("spm-300-*.model")] == [good]
 
 
 # ----------------------------------------------------------------------------
-# naive Bayes and timing
-
-def test_naive_bayes_on_hand_counts():
-    train_ex = [{"text": "goal match goal", "label": 0}, {"text": "vote law", "label": 1}]
-    # "goal": p(w|0) = (2+1)/(3+4), p(w|1) = 1/(2+4); priors equal -> class 0; "law" -> class 1
-    test_ex = [{"text": "goal", "label": 0}, {"text": "law unseen", "label": 1}]
-    assert ssm_train.naive_bayes_accuracy(train_ex, test_ex) == 1.0
-
+# timing
 
 def test_loglog_slope():
     rows = [{"L": L, "t": 3.0 * L ** 1.5} for L in (256, 512, 1024)]
-    assert ssm_train.loglog_slope(rows, "t") == pytest.approx(1.5)
+    assert run_ssm.loglog_slope(rows, "t") == pytest.approx(1.5)
 
 
 # ----------------------------------------------------------------------------
@@ -83,7 +75,7 @@ def cli_args(tmp_path, option, **overrides):
     parser.add_argument("--option", default=option)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--use_gpu", action="store_true")
-    ssm_train.add_arguments(parser, option)
+    run_ssm.add_arguments(parser, option)
     rows = [{"id": i, "text": ("sport goal " if i % 2 else "vote law ") * (1 + i % 3), "label": i % 2}
             for i in range(24)]
     for name in ("train", "val", "test"):
@@ -100,7 +92,7 @@ def cli_args(tmp_path, option, **overrides):
 
 
 def test_cli_s4_writes_submission_results_and_curves(tmp_path):
-    ssm_train.main(cli_args(tmp_path, "s4"))
+    run_ssm.main(cli_args(tmp_path, "s4"))
     out = tmp_path / "out"
     with open(out / "submission.csv") as f:
         rows = list(csv.reader(f))
@@ -112,7 +104,7 @@ def test_cli_s4_writes_submission_results_and_curves(tmp_path):
 
 
 def test_cli_compare_writes_table_and_plots(tmp_path):
-    ssm_train.main(cli_args(tmp_path, "ssm_compare", bench_lengths="16,32,64"))
+    run_ssm.main(cli_args(tmp_path, "ssm_compare", bench_lengths="16,32,64"))
     out = tmp_path / "out"
     table = (out / "compare.md").read_text()
     assert "naive Bayes" in table and "slope" in table
@@ -124,7 +116,7 @@ def test_cli_rejects_out_of_range_val_label(tmp_path):
     args = cli_args(tmp_path, "s4")
     (tmp_path / "val.json").write_text(json.dumps([{"id": 0, "text": "a", "label": 5}]))
     with pytest.raises(ValueError, match=r"val.json: row 1: label 5 is outside 0..1"):
-        ssm_train.main(args)
+        run_ssm.main(args)
 
 
 def test_run_py_dispatches_ssm_to_ssm_train(tmp_path):
@@ -140,17 +132,3 @@ def test_run_py_dispatches_ssm_to_ssm_train(tmp_path):
     assert (tmp_path / "out" / "submission.csv").is_file()
 
 
-def test_naive_bayes_matches_sklearn():
-    """Oracle: sklearn's MultinomialNB (alpha 1) on CountVectorizer counts of the same \\w+ words."""
-    sk_nb = pytest.importorskip("sklearn.naive_bayes")
-    sk_text = pytest.importorskip("sklearn.feature_extraction.text")
-    rng = np.random.default_rng(0)
-    words = [f"w{i}" for i in range(30)]
-    make = lambda n: [{"id": i, "text": " ".join(rng.choice(words, 8)), "label": int(i % 3)}  # noqa: E731
-                      for i in range(n)]
-    train_ex, test_ex = make(60), make(25)
-    ours = ssm_train.naive_bayes_predict(train_ex, test_ex)
-    vectorizer = sk_text.CountVectorizer(token_pattern=r"\w+", lowercase=True)
-    x_train = vectorizer.fit_transform([e["text"] for e in train_ex])
-    model = sk_nb.MultinomialNB(alpha=1.0).fit(x_train, [e["label"] for e in train_ex])
-    assert ours == model.predict(vectorizer.transform([e["text"] for e in test_ex])).tolist()

@@ -1,0 +1,124 @@
+"""Scoring text with a language model: final hidden states, the LM head, and the log-likelihood
+of a continuation after a prompt. The primitives every classifier, instruction fine-tuning run and
+evaluation builds on; nothing here knows about labels files, options or training.
+
+A continuation c = (c_1 .. c_m) after a prompt of n tokens scores
+    score(c) = sum_{j=1..m} log softmax(W_out h_{n-1+j})[c_j]
+where h_t is the final-norm hidden state at position t of prompt + continuation (Radford et al.
+2019, "Language Models are Unsupervised Multitask Learners", Sec. 3). Single-token continuations
+need one forward pass of the prompt alone (h_{n-1} is the prompt's last token); longer ones read
+the prompt's keys and values once from the KV cache (llama.py) and feed each continuation after it.
+
+Shapes: B batch, T tokens, dim model width, V vocabulary, K continuations, m continuation tokens.
+Tested in tests/test_scoring.py: batched padded scores == one unpadded forward per prompt and
+continuation (label_scores_reference), cached == uncached, right-padded hidden states == a row
+alone.
+"""
+import torch
+import torch.nn.functional as F
+
+import data
+import sample
+import weights
+
+
+def last_token_index(attention_mask):
+    """(B, T) mask of 1 real / 0 pad -> (B,) position of each row's last real token."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)   # (T,)
+    return (attention_mask.long() * (positions + 1)).argmax(dim=1)                    # (B,)
+
+
+def pool_last_token(hidden, attention_mask):
+    """hidden (B, T, dim) -> (B, dim) at each row's last real token (any padding side)."""
+    index = last_token_index(attention_mask)                                          # (B,)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]         # (B, dim)
+
+
+def uses_bos(tokenizer):
+    """Prepend BOS only if the model was trained with it (Llama 2/3 yes; SmolLM2 no)."""
+    return getattr(tokenizer, "add_bos", True)
+
+
+def lm_head_weight(model):
+    """The (V, dim) output projection (tied to tok_embeddings when config.tie_embeddings)."""
+    return model.output.weight
+
+
+def is_right_padded(attention_mask):
+    """True when every row is 1..1 0..0 (real tokens first, pads after)."""
+    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+
+
+def hidden_states(model, tokens, attention_mask):
+    """Final-norm hidden states (B, T, dim); last_only skips the full (B, T, V) logits.
+
+    With right padding the plain causal mask is exact for every real position (a real token only
+    sees earlier, real tokens; positions are 0..n_b-1 either way), so the mask is dropped: the
+    model then takes its is_causal SDPA path, faster than an explicit (B, 1, T, T) mask.
+    """
+    if attention_mask is not None and is_right_padded(attention_mask):
+        attention_mask = None
+    _, hidden = model(tokens, attention_mask=attention_mask, last_only=True)
+    return hidden
+
+
+def label_scores_reference(model, prompt, label_ids):
+    """Readable oracle: one unpadded forward per label, full logits -> (K,) log-likelihoods."""
+    device = lm_head_weight(model).device
+    scores = []
+    for label in label_ids:
+        tokens = torch.tensor([prompt + label], device=device)                       # (1, n + m)
+        logits, _ = model(tokens)                                                    # (1, n + m, V)
+        logp = F.log_softmax(logits[0, len(prompt) - 1:-1].float(), dim=-1)          # (m, V)
+        scores.append(logp[torch.arange(len(label)), torch.tensor(label)].sum())
+    return torch.stack(scores)                                                       # (K,)
+
+
+def label_scores(model, prompts, label_ids, pad_id):
+    """Batched label log-likelihoods (B, K) for B prompts and K labels.
+
+    Fast paths: with single-token labels all K scores come from the prompt's last position (one
+    right-padded forward of B rows instead of B*K). Otherwise each prompt is prefilled once into
+    the KV cache (left-padded, as generation does) and each label's continuation is read from
+    there: one forward of B prompts plus K forwards of at most m - 1 tokens, instead of B*K rows of
+    prompt + label.
+    """
+    device = lm_head_weight(model).device
+    if all(len(label) == 1 for label in label_ids):
+        tokens, mask = data.pad_batch(prompts, pad_id)                               # (B, T)
+        hidden = hidden_states(model, tokens.to(device), mask.to(device))            # (B, T, dim)
+        last = pool_last_token(hidden, mask.to(device))                              # (B, dim)
+        logp = F.log_softmax(F.linear(last, lm_head_weight(model)).float(), dim=-1)  # (B, V)
+        return logp[:, [label[0] for label in label_ids]]                            # (B, K)
+    return label_scores_cached(model, prompts, label_ids, pad_id)
+
+
+@torch.no_grad()
+def label_scores_cached(model, prompts, label_ids, pad_id):
+    """score_k = log p(a_k1 | prompt) + sum_{j>1} log p(a_kj | prompt, a_k<j), the prompt's keys and
+    values computed once: label k's tokens 1..m-1 are fed at cache slots T.. (later labels
+    overwrite the same slots; attention never reads past the tokens fed)."""
+    device = lm_head_weight(model).device
+    tokens, mask = sample.left_pad(prompts, pad_id, device)                         # (B, T)
+    B, T = tokens.shape
+    m = max(len(label) for label in label_ids)
+    if model.cache is None or not model.cache.fits(B, T + m):
+        model.setup_cache(B, T + m)
+    logits, _ = model(tokens, start_pos=0, attention_mask=None if bool(mask.all()) else mask,
+                      last_only=True)                                               # (B, 1, V)
+    first = F.log_softmax(logits[:, -1].float(), dim=-1)                            # (B, V)
+    scores = []
+    for label in label_ids:
+        score = first[:, label[0]]                                                  # (B,)
+        if len(label) > 1:
+            feed = torch.tensor([label[:-1]] * B, device=device)                   # (B, m_k - 1)
+            out, _ = model(feed, start_pos=T)                                       # (B, m_k - 1, V)
+            logp = F.log_softmax(out.float(), dim=-1)
+            score = score + logp[:, torch.arange(len(label) - 1), label[1:]].sum(-1)
+        scores.append(score)
+    return torch.stack(scores, dim=1)                                               # (B, K)
+
+
+def load_model(path, device):
+    """(Llama in fp32, Tokenizer); the one place the CLI loads weights (tests replace it)."""
+    return weights.load_pretrained(path, device=device, dtype=torch.float32, require_tokenizer=True)

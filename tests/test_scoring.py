@@ -1,0 +1,50 @@
+"""Tests for scoring.py: hidden states, pooling and continuation log-likelihoods.
+
+Run: .venv/bin/pytest tests/test_scoring.py -q   (CPU, tiny random Llama, a few seconds)
+
+Oracles: index arithmetic written out by hand (pooling); one unpadded forward per prompt and
+continuation through the model's own full logits (label_scores_reference) for the batched
+single-token path and the KV-cache path; each row alone for right-padded hidden states.
+"""
+import pytest
+import torch
+
+import data
+import scoring
+from test_classifier import tiny_llama
+
+
+def test_pool_last_token_right_and_left_padding():
+    hidden = torch.randn(3, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 0]])
+    expected = torch.stack([hidden[0, 2], hidden[1, 4], hidden[2, 3]])
+    torch.testing.assert_close(scoring.pool_last_token(hidden, mask), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("label_ids", [[[5], [9], [14]], [[5, 6], [9], [14, 3, 21]]])
+def test_label_scores_equal_one_forward_per_prompt_and_label(label_ids):
+    """Padded batched scores (single-token: one forward; longer: prefill + cached continuations)
+    == the reference; tolerance 1e-4: fp32 sums of log-probabilities in another order."""
+    model = tiny_llama().eval()
+    prompts = [[1, 7, 8, 9], [1, 4], [1, 30, 31, 32, 33, 34, 35]]
+    with torch.no_grad():
+        batched = scoring.label_scores(model, prompts, label_ids, pad_id=2)          # (3, K)
+        cached = scoring.label_scores_cached(model, prompts, label_ids, pad_id=2)    # (3, K)
+        oracle = torch.stack([scoring.label_scores_reference(model, p, label_ids)
+                              for p in prompts])
+    torch.testing.assert_close(batched, oracle, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cached, oracle, atol=1e-4, rtol=1e-4)
+
+
+def test_hidden_states_of_right_padded_rows_equal_each_row_alone():
+    """The right-padding shortcut (no mask, plain causal) == every row run alone, at real
+    positions (1e-5: fp32 matmuls over other batch shapes)."""
+    model = tiny_llama().eval()
+    seqs = [[1, 5, 6, 7, 8], [1, 9], [1, 10, 11]]
+    tokens, mask = data.pad_batch(seqs, pad_id=2)
+    assert scoring.is_right_padded(mask)
+    with torch.no_grad():
+        hidden = scoring.hidden_states(model, tokens, mask)                          # (3, T, dim)
+        for row, seq in enumerate(seqs):
+            alone = scoring.hidden_states(model, torch.tensor([seq]), None)[0]       # (n, dim)
+            torch.testing.assert_close(hidden[row, :len(seq)], alone, atol=1e-5, rtol=1e-5)
