@@ -1,4 +1,4 @@
-"""Reading files llmlab did not write: one-line errors, and the one checked JSON reader.
+"""Reading files llmlab did not write: one-line errors, the one checked JSON reader, memory maps.
 
 Every reader (GGUF, safetensors, torch checkpoints, tokenizer files, configs, adapters, data)
 turns what a malformed file makes Python raise into one ValueError line naming the file, the
@@ -10,8 +10,11 @@ Tested in tests/test_fuzz_readers.py (hostile files of every format) and tests/t
 """
 import contextlib
 import json
+import os
 import struct
 from pathlib import Path
+
+import numpy as np
 
 
 # What a malformed header makes Python or numpy raise; format_errors turns them into one line.
@@ -79,3 +82,11 @@ def read_json(path, kind=dict, flag=None):
         raise ValueError(f"{source}: not UTF-8 text ({first_line(err)}); fix or re-download "
                          "it") from None
     return json_value(text, source, kind)
+
+
+def map_file(path):
+    """The whole file as a uint8 array backed by a copy-on-write memory map (nothing is read;
+    writing to it never touches the file)."""
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: the file is empty; download or save it again")
+    return np.memmap(path, dtype=np.uint8, mode="c")

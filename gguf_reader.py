@@ -12,8 +12,8 @@ at once instead of looping; arrays nest at most MAX_ARRAY_DEPTH deep; no key or 
 the standard keys have their types (GGUF_KEY_TYPES: an int is not a bool) and the special token
 ids index the vocabulary; general.alignment is a power of two and every offset a multiple of it;
 dims are at most MAX_DIM and whole blocks; every tensor's bytes lie inside the file and no two
-overlap. What else fails (struct.error, UnicodeDecodeError, ...) is "corrupt or unsupported",
-one line (file_checks.format_errors, shared with the other readers beside map_file and json_object).
+overlap. What else fails (struct.error, UnicodeDecodeError, ...) is one "corrupt or unsupported"
+line (file_checks.format_errors, shared with every reader).
 
 Block quantization (llama.cpp ggml-quants.c dequantize_row_*; block_q4_1 etc. in ggml-common.h).
 Blocks of 32 weights, or 256 in a "K" super-block; d, m, dmin are f16 scales stored in the block,
@@ -37,7 +37,6 @@ headers in tests/test_fuzz_readers.py.
 """
 import dataclasses
 import math
-import os
 import struct
 from pathlib import Path
 
@@ -200,18 +199,6 @@ def dequantize(raw, type_id, shape, name="tensor"):
 
 
 # ----------------------------------------------------------------------------
-# shared by every file reader (this file, safetensors_io.py, weights*.py, tokenizer.py)
-
-
-def map_file(path):
-    """The whole file as a uint8 array backed by a copy-on-write memory map (nothing is read;
-    writing to it never touches the file)."""
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: the file is empty; download or save it again")
-    return np.memmap(path, dtype=np.uint8, mode="c")
-
-
-# ----------------------------------------------------------------------------
 # GGUF reader
 
 @dataclasses.dataclass
@@ -320,7 +307,7 @@ def read_gguf(path):
     """Parse a GGUF file's header, metadata and tensor infos, checking each against the file
     (counts, lengths, types, alignment, overlaps); tensors stay memory-mapped."""
     path = Path(path)
-    buffer = map_file(path)
+    buffer = file_checks.map_file(path)
     with file_checks.format_errors(path, "GGUF"):
         cur = _Cursor(memoryview(buffer), path)
         magic = cur.take(4)

@@ -10,12 +10,17 @@ The sampling flags (SAMPLING_FLAGS) become sample.SamplingConfig objects, checke
 is loaded, so a bad flag fails in one line before any work. `load_model` loads a model for every
 option that generates.
 
+--compile: the one-token decode step runs as one compiled graph (fused.compile_decode; the
+cache is read whole with start_pos a 0-d tensor, so one graph serves every step; on a GPU the
+inductor backend records CUDA graphs). The tokens are the eager model's (tests/test_run.py).
+
 Shapes: prompt ids are lists of T ints; generation is sample.generate_batch at batch 1.
 Tests: tests/test_run.py (the files hold exactly the prompt plus Llama.generate's greedy text;
 bad model paths and bad sampling flags are one-line errors, raised before any model is loaded).
 """
 import dataclasses
 import time
+import weakref
 
 import torch
 
@@ -27,6 +32,7 @@ import sample
 import weights
 from tokenizer import StreamDecoder
 
+_DECODE_STEPS = weakref.WeakKeyDictionary()     # model -> its compiled decode step (--compile)
 FRANKENSTEIN = ("Victor Frankenstein, a young scientist obsessed with uncovering the secrets of "
                 "life, succeeds in animating a creature assembled from")
 
@@ -56,6 +62,13 @@ def add_model_arguments(parser):
                         "weights in groups of 32, the fast CPU decoding path, see quantize.py)")
     parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=75,
                         help="tokens to generate, >= 1 (seed 001 uses 75)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the one-token decode step (fused.compile_decode: one graph "
+                        "over a static cache, CUDA graphs on a GPU); the first token waits for it")
+    parser.add_argument("--compile_backend", "--compile-backend", default="inductor",
+                        choices=["inductor", "aot_eager", "eager"],
+                        help="torch.compile backend for --compile (inductor generates kernels; "
+                        "eager only traces, for checking)")
     for name, kind, default, text in SAMPLING_FLAGS:
         aliases = [f"--{name.replace('_', '-')}"] if "_" in name else []
         parser.add_argument(f"--{name}", *aliases, type=kind, default=default, help=text)
@@ -109,6 +122,16 @@ def load_model(args, path=None):
     return model, tokenizer
 
 
+def decode_step(model, args):
+    """None (the eager model decodes), or with --compile the model's compiled decode step,
+    made once per model: every later call reuses its graph (and on a GPU its CUDA graphs)."""
+    if not getattr(args, "compile", False):
+        return None
+    if model not in _DECODE_STEPS:
+        _DECODE_STEPS[model] = fused.compile_decode(model, backend=args.compile_backend)
+    return _DECODE_STEPS[model]
+
+
 def stream(model, tokenizer, prompt_ids, sampling, args):
     """Generate from prompt_ids with a SamplingConfig (randomness seeded by --seed, so a run
     repeats), printing text as it arrives; returns (the generated text, its token ids)."""
@@ -120,7 +143,8 @@ def stream(model, tokenizer, prompt_ids, sampling, args):
         print(piece, end="", flush=True)
 
     ids = model.generate(prompt_ids, args.max_new_tokens, sampling, stop_tokens=tokenizer.stop_ids,
-                         generator=generator, on_token=lambda t: show(decoder.push(t)))
+                         generator=generator, on_token=lambda t: show(decoder.push(t)),
+                         decode_fn=decode_step(model, args))
     show(decoder.flush())
     print(flush=True)
     return "".join(pieces), ids  # the pieces keep SentencePiece's leading space; decode drops it

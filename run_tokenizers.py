@@ -73,6 +73,8 @@ tokenizers.json (every number and the first pieces and ids), tokenizers.png (tok
 grouped by text). Tests: tests/test_run_tokenizers.py (hand-counted metrics on bytes and a tiny
 trained SentencePiece; the RTL rule; transformers' Llama tokenizer and TikTokenConverter as
 oracles of the counts on the samples; the CLI end to end; bad flags as one-line errors).
+Size: over 400 lines, because a report line shows pieces readably (bytes, right-to-left text,
+markdown escapes) and that display code belongs to this one report.
 """
 import os
 import re

@@ -115,7 +115,7 @@ def _view(buffer, data_start, dtype, shape, begin, end):
 
 def read_safetensors(path):
     """name -> Tensor, memory-mapped (copy-on-write: writing a tensor never touches the file)."""
-    buffer = torch.from_numpy(gguf_reader.map_file(path))
+    buffer = torch.from_numpy(file_checks.map_file(path))
     with file_checks.format_errors(path, "safetensors"):
         entries, _, data_start = _safetensors_header(path, buffer)
         return {name: _view(buffer, data_start, *entry) for name, entry in entries.items()}
@@ -124,7 +124,7 @@ def read_safetensors(path):
 def read_safetensors_metadata(path):
     """The header's __metadata__ dict (str -> str); the whole header is checked."""
     with file_checks.format_errors(path, "safetensors"):
-        return _safetensors_header(path, torch.from_numpy(gguf_reader.map_file(path)))[1]
+        return _safetensors_header(path, torch.from_numpy(file_checks.map_file(path)))[1]
 
 
 def write_safetensors(path, tensors, metadata=None):

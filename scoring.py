@@ -120,5 +120,6 @@ def label_scores_cached(model, prompts, label_ids, pad_id):
 
 
 def load_model(path, device):
-    """(Llama in fp32, Tokenizer); the one place the CLI loads weights (tests replace it)."""
+    """(Llama in fp32, Tokenizer) for the scoring and training options: prompt, finetune, lora,
+    sft and its studies (tests replace it with a tiny model)."""
     return weights.load_pretrained(path, device=device, dtype=torch.float32, require_tokenizer=True)

@@ -3,9 +3,10 @@
     .venv/bin/python -m pytest tests/test_run.py -q
 
 Oracle: the default model's greedy continuation through Llama.generate directly (the CLI must
-write exactly the prompt plus that text, and print seed 001's lines around it), and the one-line
-error contract of DEVELOPERS' guide; bad flags must fail before weights.load_pretrained is called
-(it is replaced by a function that fails the test). The chat option's other modes and studies
+write exactly the prompt plus that text, and print seed 001's lines around it; --compile must
+write the same files), and the one-line error contract (problem, file or flag, fix; never a
+traceback); bad flags must fail before weights.load_pretrained is called (it is replaced by a
+function that fails the test). The chat option's other modes and studies
 are tested in tests/test_run_chat.py.
 """
 import pytest
@@ -32,6 +33,20 @@ def test_generate_writes_both_files(tmp_path, default_model_path, capsys):
             f"Wrote generated sentence to {low}.\nTemperature is 1.0\n") in out
     assert out.endswith(f"{high.read_text()}\n---------------\n"
                         f"Wrote generated sentence to {high}.\n")
+
+
+def test_generate_compiled_decode_writes_what_eager_writes(tmp_path, default_model_path):
+    """--compile (the decode step as one torch.compile graph, fused.compile_decode) reaches the
+    CLI and changes no token: both temperatures' files equal the eager run's. The eager backend
+    traces the same graph without generating code (inductor's kernels: tests/test_fused.py)."""
+    files = {}
+    for extra in ([], ["--compile", "--compile_backend", "eager"]):
+        low, high = tmp_path / f"t0{len(extra)}.txt", tmp_path / f"t1{len(extra)}.txt"
+        run.main(["--option", "generate", "--max_new_tokens", "5", "--prompt", "Once upon a time",
+                  "--generated_sentence_low_temp_out", str(low),
+                  "--generated_sentence_high_temp_out", str(high), *extra])
+        files[bool(extra)] = (low.read_text(), high.read_text())
+    assert files[True] == files[False]
 
 
 def test_chat_answers_with_the_template(default_model_path, capsys):
