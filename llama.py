@@ -18,17 +18,18 @@ Attention (Vaswani et al. 2017, arXiv 1706.03762, equation 1), per head, RoPE (r
 FFN, SwiGLU (Shazeer 2020, arXiv 2002.05202, equation 6):
     FFN(x) = W2 (silu(W1 x) * W3 x),   silu(a) = a * sigmoid(a)
 
-KV cache (KVCache, held as model.cache): fixed-size keys and values of every layer, written in
-place with index_copy_ at slots start_pos .. start_pos+T-1, and flags of which slots hold real
-tokens. The decode step has no .item() and no data-dependent branch, so it can be wrapped in
-torch.compile(mode="reduce-overhead") (CUDA graphs) with start_pos a 0-d tensor.
-Left padding: attention_mask (B, T) 1 = real, 0 = pad; a row's RoPE positions are cumsum(mask) - 1,
-and pad keys are masked out, so a left-padded row computes what it computes alone.
-Prefix (prefix tuning, adapters.py; Li & Liang 2021, arXiv:2101.00190): per layer n extra keys and
-values P_k, P_v (n_kv_heads, n, head_dim), without RoPE, in front of the keys of every call without
-a cache; every query sees them, and the real tokens take positions n, n+1, ... as after n cached
-tokens (what transformers does with peft's past_key_values). With a cache the prefix is written into
-slots 0..n-1 instead (adapters.write_prefix) and the tokens start at slot n.
+KV cache (KVCache, held as model.cache): fixed-size keys and values of every layer and flags of
+which slots hold real tokens, written in place with index_copy_. The decode step has no .item()
+and no data-dependent branch, so it can be wrapped in torch.compile(mode="reduce-overhead") (CUDA
+graphs) with start_pos a 0-d tensor.
+Keys before the tokens: the T tokens come after n = start_pos keys and take RoPE positions n,
+n+1, ...; each layer gets them from one keys/values source, kv.extend(k, v) -> (K, V): a cache
+layer (KVCacheLayer) writes k, v at slots n .. n+T-1 and returns slots 0 .. S-1; a caller's source
+puts n fixed keys and values in front (prefix tuning, adapters.py: P_k, P_v without RoPE, as
+transformers does with peft's past_key_values). attention_inputs (a pure function) gives the
+positions and the mask. Left padding: attention_mask (B, T) 1 = real, 0 = pad; positions count only
+real keys (cumsum(mask) - 1 without keys before) and pad keys are masked out, so a left-padded row
+computes what it computes alone.
 
 Gradient checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost",
 arXiv:1604.06174): with model.gradient_checkpointing = True, training keeps only each block's input
@@ -41,14 +42,19 @@ below are the reference), the chunked vocabulary cross-entropy, torch.compile of
 of the decode step.
 
 Shapes: B batch, T new tokens, S key slots, dim, n_heads, n_kv_heads, head_dim (D), V vocab.
-Parameter names are llama2.c / Meta's (tok_embeddings, layers.{i}.attention.wq, ..., output).
+Parameter names are llama2.c / Meta's (tok_embeddings, layers.{i}.attention.wq, ..., output);
+weights.load_llama_state_dict loads them, filling a tied output and zero LayerNorm biases.
 Tested in tests/test_llama.py: logits vs transformers' LlamaForCausalLM (GQA, tied, llama3 RoPE
 scaling); RMSNorm vs F.rms_norm; LayerNorm vs nn.LayerNorm; math attention vs SDPA and both
-backends vs a brute-force loop for T < S (GQA); cached decode vs full forward; generate vs
+backends vs a brute-force loop for T < S (GQA); attention_inputs' positions and mask vs ones
+written by hand (cache flags untouched); cached decode vs full forward; generate vs
 generate_no_cache; left-padded batch generation vs one prompt at a time; KVCache reset in place;
 SDPA (GQA, no repeated K/V) vs the math path in training, gradients of every weight;
-a prefix vs the same keys written into the cache (padded rows vs rows alone), its gradients with
-checkpointing; tests/test_adapters.py: prefix tuning vs peft's past_key_values on transformers.
+n keys from a caller's source (adapters.PrefixKV) vs the same keys written into the cache
+(padded rows vs rows alone), their gradients with checkpointing; tests/test_adapters.py: prefix
+tuning vs peft's past_key_values on transformers.
+Size: about 600 lines, because seed 001 asks for the model, its norms and
+compute_query_key_value_scores in this one file; the cache and attention inputs sit beside it.
 """
 import math
 from dataclasses import dataclass
@@ -82,7 +88,7 @@ class LlamaConfig:
     max_seq_len: int = 2048              # longest sequence (tokens) forward and the cache accept
     norm_eps: float = 1e-5               # epsilon inside the norm's square root
     rope_theta: float = 10000.0          # RoPE base theta
-    rope_scaling: Optional[dict] = None  # Llama 3 scaling: ROPE_SCALING_KEYS (or HF's dict), None
+    rope_scaling: Optional[dict] = None  # Llama 3 scaling: a dict of ROPE_SCALING_KEYS, or None
     tie_embeddings: bool = False         # output.weight is tok_embeddings.weight
     norm: str = "rmsnorm"                # "rmsnorm" (Llama) or "layernorm" (seed 001's variant)
     dropout: float = 0.0                 # dropout on embeddings, attention probs, residual branches
@@ -111,7 +117,7 @@ class LlamaConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LlamaConfig: dropout={self.dropout} outside [0, 1); use e.g. 0.0 "
                              "or 0.1")
-        self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.rope_theta)
+        self.rope_scaling = _check_rope_scaling(self.rope_scaling)
 
     def _check_types(self):
         """Sizes are positive ints (None where derived), before any // or % uses them."""
@@ -134,7 +140,7 @@ class LlamaConfig:
 
     @classmethod
     def smollm2_135m(cls):
-        """SmolLM2-135M(-Instruct), numbers from its GGUF / config.json (notes/default-model.md)."""
+        """SmolLM2-135M(-Instruct), numbers from its GGUF llama.* keys / config.json."""
         return cls(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, hidden_dim=1536,
                    vocab_size=49152, max_seq_len=8192, norm_eps=1e-5, rope_theta=100000.0,
                    tie_embeddings=True)
@@ -164,31 +170,28 @@ def llama2c_hidden_dim(dim, multiple_of=256, ffn_dim_multiplier=None):
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
-def _check_rope_scaling(scaling, rope_theta):
-    """The one parser of RoPE scaling dicts -> None or a dict with exactly ROPE_SCALING_KEYS.
-    Accepts ours and Hugging Face's spellings (transformers 4.x rope_scaling, 5.x
-    rope_parameters): rope_type or type ('default' = no scaling, 'llama3'; absent = ours, i.e.
-    llama3), original_max_position_embeddings, and a rope_theta that must equal rope_theta."""
-    scaling = dict(scaling or {})
-    if scaling.pop("rope_theta", rope_theta) != rope_theta:
-        raise ValueError(f"LlamaConfig: rope_scaling's rope_theta differs from rope_theta="
-                         f"{rope_theta}; give rope_theta once")
-    if not scaling:
+def linear_shapes(config):
+    """(in_features, out_features) of one block's seven Linears, by canonical name: wq, wk, wv, wo
+    (attention; q = n_heads * head_dim, kv = n_kv_heads * head_dim) and w1, w2, w3 (SwiGLU).
+    The one source of these shapes (weights_config.parameter_shapes, memory.py, LoRA's count)."""
+    d, h = config.dim, config.hidden_dim
+    q, kv = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+    return {"wq": (d, q), "wk": (d, kv), "wv": (d, kv), "wo": (q, d), "w1": (d, h),
+            "w2": (h, d), "w3": (d, h)}
+
+
+def _check_rope_scaling(scaling):
+    """None, or a copy of our Llama 3 scaling dict: exactly ROPE_SCALING_KEYS, positive finite
+    numbers, high_freq_factor > low_freq_factor (rope.py divides by their difference). Hugging
+    Face's spellings are translated on loading (weights_config.hf_rope_scaling)."""
+    if scaling is None:
         return None
-    legacy_type = scaling.pop("type", None)                  # transformers' older spelling
-    rope_type = scaling.pop("rope_type", legacy_type) or "llama3"
-    if rope_type == "default":
-        return None
-    if rope_type != "llama3":
-        raise ValueError(f"LlamaConfig: rope_scaling rope type {rope_type!r} is not supported; "
-                         f"use None, 'default' or 'llama3' (a dict with {ROPE_SCALING_KEYS})")
-    if "original_max_position_embeddings" in scaling:
-        scaling["original_max_seq_len"] = scaling.pop("original_max_position_embeddings")
+    scaling = dict(scaling)
     if sorted(scaling) != sorted(ROPE_SCALING_KEYS):
         raise ValueError(f"LlamaConfig: rope_scaling keys {sorted(scaling)}; give exactly "
                          f"{ROPE_SCALING_KEYS}")
     if not (all(type(v) in (int, float) and 0 < v < math.inf for v in scaling.values())
-            and scaling["high_freq_factor"] > scaling["low_freq_factor"]):   # rope.py divides
+            and scaling["high_freq_factor"] > scaling["low_freq_factor"]):
         raise ValueError(f"LlamaConfig: rope_scaling {scaling} needs positive finite numbers and "
                          f"high_freq_factor > low_freq_factor")
     return scaling
@@ -210,6 +213,41 @@ def causal_padding_mask(key_real, query_slots, key_slots):
     allowed = causal[None] & key_real[:, None, :]                         # (B, T, S)
     allowed = allowed | (key_slots[None, :] == query_slots[:, None])[None]
     return allowed[:, None]                                               # (B, 1, T, S)
+
+
+def real_tokens(tokens, attention_mask=None):
+    """bool (B, T), True = a real token (attention_mask 1), False = padding; all real if None."""
+    if attention_mask is None:
+        return torch.ones_like(tokens, dtype=torch.bool)                  # (B, T)
+    return attention_mask.bool()                                          # (B, T)
+
+
+def attention_inputs(tokens, attention_mask=None, start_pos=0, cache_real=None):
+    """Where T new tokens (B, T) sit after start_pos = n keys, and what they may attend to
+    -> positions (1|B, T), mask (None = causal_mask, or bool (B, 1, T, S)), the tokens' key
+    slots (T,) = n .. n+T-1, and the number of keys S.
+
+    cache_real None (no cache): the n keys before are all real (e.g. a prefix), S = n + T, and
+    without an attention_mask the mask is None (causal_mask's bottom-right alignment lets query t
+    see keys 0 .. n + t). cache_real (B, S_max): KVCache.real, which slots hold real tokens (the
+    new slots take attention_mask's flags here; the caller writes them into the cache); n an int
+    gives S = n + T, a 0-d tensor S = S_max (fixed shapes for CUDA graphs: the mask hides slots
+    not written yet). Positions count the real keys before a token, so a left-padded row gets the
+    positions it has alone (cumsum(mask) - 1 without keys before)."""
+    T = tokens.shape[1]
+    slots = start_pos + torch.arange(T, device=tokens.device)             # (T,)
+    if cache_real is None and attention_mask is None:
+        return slots[None], None, slots, start_pos + T                    # (1, T)
+    real = real_tokens(tokens, attention_mask)                            # (B, T)
+    if cache_real is None:
+        num_keys, key_real = start_pos + T, F.pad(real, (start_pos, 0), value=True)  # (B, S)
+    else:
+        num_keys = start_pos + T if isinstance(start_pos, int) else cache_real.shape[1]
+        key_real = cache_real[:, :num_keys].index_copy(1, slots, real)    # (B, S)
+    key_slots = torch.arange(num_keys, device=tokens.device)              # (S,)
+    before = (key_real & (key_slots < start_pos)).sum(-1, keepdim=True)   # (B, 1)
+    positions = (before + real.long().cumsum(-1) - 1).clamp(min=0)        # (B, T)
+    return positions, causal_padding_mask(key_real, slots, key_slots), slots, num_keys
 
 
 def repeat_kv(x, n_rep):
@@ -300,7 +338,8 @@ class KVCache(nn.Module):
     The capacity (max_batch, max_len) is read off the buffers. Written in place (index_copy_),
     never reallocated, so a captured CUDA graph keeps pointing at the same memory; buffers of a
     module, not function inputs, because torch.compile skips CUDA graphs for mutated inputs
-    (notes/speed-facts.md). persistent=False: never saved in a state_dict.
+    (measured: 600 vs 140-200 tokens/s on an H100). persistent=False: never saved in a state_dict. Attention reads and
+    writes one layer through layer(...), a KVCacheLayer: a keys/values source (kv.extend).
     """
 
     def __init__(self, n_layers, max_batch, n_kv_heads, max_seq_len, head_dim,
@@ -325,31 +364,50 @@ class KVCache(nn.Module):
         """Whether `batch` rows of `length` slots fit."""
         return batch <= self.max_batch and length <= self.max_len
 
+    def check_fits(self, batch, start_pos, T):
+        """ValueError unless rows 0..batch-1 and slots start_pos .. start_pos+T-1 exist (a 0-d
+        tensor start_pos, a compiled decode step, is not checked: no .item())."""
+        if not self.fits(batch, start_pos + T if isinstance(start_pos, int) else 0):
+            raise ValueError(f"Llama.forward: batch {batch}, slots {start_pos}..{start_pos}+{T} do "
+                             f"not fit the cache ({self.max_batch}, {self.max_len}); call "
+                             f"setup_cache with more")
+
     def reset(self):
         """Zero every buffer in place (same storage, so captured CUDA graphs stay valid)."""
         for buffer in (self.keys, self.values, self.real):
             buffer.zero_()
 
-    def write_real(self, slots, new_real, num_keys):
-        """Flag slots (T,) of rows 0..B-1 with new_real (B, T) (True = real token); -> the flags
-        of key slots 0 .. num_keys-1, (B, S)."""
-        B = new_real.shape[0]
-        self.real[:B].index_copy_(1, slots, new_real)
-        return self.real[:B, :num_keys]                                   # (B, S)
+    def write_real(self, slots, real):
+        """Flag slots (T,) of rows 0..B-1 with real (B, T), True = a real token (not padding)."""
+        self.real[:real.shape[0]].index_copy_(1, slots, real)
 
-    def update(self, layer_index, slots, k, v, num_keys):
-        """Write one layer's k, v (B, n_kv_heads, T, D) at slots (T,); -> that layer's keys and
-        values of slots 0 .. num_keys-1, each (B, n_kv_heads, S, D) in k's dtype."""
+    def layer(self, index, slots, num_keys):
+        """Layer `index` as the keys/values source of one call whose tokens sit at slots (T,)
+        and attend to slots 0 .. num_keys-1."""
+        return KVCacheLayer(self.keys[index], self.values[index], slots, num_keys)
+
+
+class KVCacheLayer:
+    """One layer of a KVCache for one call. extend(k, v) writes the call's k, v (B, n_kv_heads, T,
+    D) at its slots, in place (index_copy_), and returns the keys and values of slots
+    0 .. num_keys-1, each (B, n_kv_heads, S, D) in k's dtype."""
+
+    def __init__(self, keys, values, slots, num_keys):
+        self.keys, self.values = keys, values                  # (max_batch, n_kv_heads, S_max, D)
+        self.slots, self.num_keys = slots, num_keys
+
+    def extend(self, k, v):
         B = k.shape[0]
-        keys, values = self.keys[layer_index, :B], self.values[layer_index, :B]   # views
-        keys.index_copy_(2, slots, k.to(keys.dtype))
-        values.index_copy_(2, slots, v.to(values.dtype))
-        return keys[:, :, :num_keys].to(k.dtype), values[:, :, :num_keys].to(v.dtype)
+        keys, values = self.keys[:B], self.values[:B]                     # views
+        keys.index_copy_(2, self.slots, k.to(keys.dtype))
+        values.index_copy_(2, self.slots, v.to(values.dtype))
+        S = self.num_keys
+        return keys[:, :, :S].to(k.dtype), values[:, :, :S].to(v.dtype)  # (B, n_kv_heads, S, D)
 
 
 class Attention(nn.Module):
-    """Multi-head / grouped-query causal self-attention with RoPE; keys and values of earlier
-    tokens come from a KVCache when one is passed."""
+    """Multi-head / grouped-query causal self-attention with RoPE; keys and values before this
+    call's come from a keys/values source kv when one is passed (a KVCache layer, a prefix)."""
 
     def __init__(self, config):
         super().__init__()
@@ -364,11 +422,11 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.attend = ATTENTION_BACKENDS[config.attn_backend]
 
-    def forward(self, x, cos_sin, mask=None, cache=None, layer_index=0, slots=None, num_keys=None,
-                prefix=None):
-        """x (B, T, dim) -> (B, T, dim). cache (KVCache): write k, v at slots (T,) of layer
-        layer_index and attend to slots 0 .. num_keys-1; None: attend to this call's keys only,
-        after the prefix (P_k, P_v), each (1|B, n_kv_heads, n, D), when one is given."""
+    def forward(self, x, cos_sin, mask=None, kv=None):
+        """x (B, T, dim) -> (B, T, dim), attending to kv.extend(k, v) -> (K, V), each
+        (B, n_kv_heads, S, D): the S keys and values before and of this call (KVCacheLayer:
+        written into the cache; adapters.PrefixKV: n fixed ones in front); kv None: this call's
+        keys and values only. mask: see attention_inputs."""
         B, T, _ = x.shape
         q, k, v = (self.wq(x), self.wk(x), self.wv(x)) if self.wqkv is None else self.wqkv(x)
         q = q.view(B, T, self.n_heads, self.head_dim)                  # (B, T, n_heads, D)
@@ -376,11 +434,8 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim)               # (B, T, n_kv_heads, D)
         q, k = rope.apply_rotary_emb(q, k, cos_sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
-        if cache is not None:
-            k, v = cache.update(layer_index, slots, k, v, num_keys)        # (B, n_kv_heads, S, D)
-        if prefix is not None:                                             # no RoPE on P_k
-            k = torch.cat([prefix[0].to(k.dtype).expand(B, -1, -1, -1), k], 2)  # (B, kv, n + T, D)
-            v = torch.cat([prefix[1].to(v.dtype).expand(B, -1, -1, -1), v], 2)  # (B, kv, n + T, D)
+        if kv is not None:
+            k, v = kv.extend(k, v)                                         # (B, n_kv_heads, S, D)
         dropout_p = self.dropout if self.training else 0.0
         out = self.attend(q, k, v, mask, dropout_p)                        # (B, n_heads, T, D)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads*D)
@@ -410,11 +465,9 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(config)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x, cos_sin, mask=None, cache=None, layer_index=0, slots=None, num_keys=None,
-                prefix=None):
-        """x (B, T, dim) -> (B, T, dim); cache arguments and prefix pass through to Attention."""
-        h = x + self.attention(self.attention_norm(x), cos_sin, mask, cache, layer_index, slots,
-                               num_keys, prefix)
+    def forward(self, x, cos_sin, mask=None, kv=None):
+        """x (B, T, dim) -> (B, T, dim); mask and the keys/values source kv go to Attention."""
+        h = x + self.attention(self.attention_norm(x), cos_sin, mask, kv)  # (B, T, dim)
         return h + self.feed_forward(self.ffn_norm(h))                   # (B, T, dim)
 
 
@@ -443,8 +496,6 @@ class Llama(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("w3.weight", "wo.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
-        self.register_load_state_dict_pre_hook(self._fill_implied_tensors)
-        self.register_load_state_dict_post_hook(self._retie_output)
 
     def _rope_freqs(self, device=None):
         c = self.config
@@ -461,25 +512,6 @@ class Llama(nn.Module):
         super()._apply(fn, recurse)
         self.rope_freqs = self._rope_freqs(self.rope_freqs.device)
         return self
-
-    def _fill_implied_tensors(self, module, state_dict, prefix, *args):
-        """Two tensors a checkpoint may leave out: output.weight when tied (it is
-        tok_embeddings.weight), and LayerNorm biases when the checkpoint was trained with
-        RMSNorm (seed 001 runs stories42M.pt with LayerNorm; biases start at zero, as nn.LayerNorm's
-        do)."""
-        embedding, output = prefix + "tok_embeddings.weight", prefix + "output.weight"
-        if self.config.tie_embeddings and output not in state_dict and embedding in state_dict:
-            state_dict[output] = state_dict[embedding]
-        for name, value in self.state_dict().items():
-            name = prefix + name
-            if (self.config.norm == "layernorm" and name.endswith("norm.bias")
-                    and name not in state_dict and name[:-4] + "weight" in state_dict):
-                state_dict[name] = torch.zeros_like(value)
-
-    def _retie_output(self, module, incompatible_keys):
-        """load_state_dict(assign=True) replaces Parameters: tie them again."""
-        if self.config.tie_embeddings:
-            self.output.weight = self.tok_embeddings.weight
 
     # -- KV cache ---------------------------------------------------------------------------
     def setup_cache(self, max_batch_size, max_seq_len=None):
@@ -499,74 +531,51 @@ class Llama(nn.Module):
             self.cache.reset()
 
     # -- forward ----------------------------------------------------------------------------
-    def attention_inputs(self, tokens, start_pos=None, attention_mask=None, num_prefix=0):
-        """-> positions (1|B, T), mask (None = plain causal, or bool (B, 1, T, S)), cache slots
-        (T,) or None, number of key slots S. With the cache, the real-token flags of the new slots
-        are written to self.cache.real and positions count the real tokens before each one.
-        start_pos int: S = start_pos + T; 0-d tensor: S = the whole cache (fixed shapes for CUDA
-        graphs; the mask hides the slots not written yet). num_prefix n (no cache): keys 0..n-1 are
-        a prefix every query sees; positions start at n (mask None: causal_mask's bottom-right
-        alignment already lets query t see keys 0 .. n + t)."""
-        B, T = tokens.shape
-        device = tokens.device
-        arange = torch.arange(T, device=device)                             # (T,)
-        if start_pos is None:
-            if num_prefix + T > self.config.max_seq_len:
-                raise ValueError(f"Llama.forward: {num_prefix} prefix + {T} tokens > max_seq_len="
-                                 f"{self.config.max_seq_len}; truncate the input")
-            if attention_mask is None:
-                return num_prefix + arange[None], None, None, T
-            real = attention_mask.bool()                                    # (B, T)
-            positions = num_prefix + (real.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-            key_real = F.pad(real, (num_prefix, 0), value=True)            # (B, n + T)
-            key_slots = torch.arange(num_prefix + T, device=device)         # (n + T,)
-            return positions, causal_padding_mask(key_real, num_prefix + arange, key_slots), None, T
-        self._check_cache(B, T, start_pos)
-        slots = start_pos + arange                                          # (T,)
-        num_keys = start_pos + T if isinstance(start_pos, int) else self.cache.max_len
-        new_real = (torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None
-                    else attention_mask.bool())                             # (B, T)
-        real = self.cache.write_real(slots, new_real, num_keys)             # (B, S)
-        key_slots = torch.arange(num_keys, device=device)                   # (S,)
-        before = (real & (key_slots < start_pos)).sum(-1, keepdim=True)     # (B, 1)
-        positions = (before + new_real.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        return positions, causal_padding_mask(real, slots, key_slots), slots, num_keys
+    def _cache_real(self, tokens, start_pos, kv):
+        """ValueError unless start_pos keys + T tokens fit max_seq_len, and the KV cache when it is
+        used (start_pos without kv) -> the cache's real-token flags of rows 0..B-1 (B, S_max), or
+        None without the cache."""
+        (B, T), c = tokens.shape, self.config
+        if kv is not None and start_pos is None:
+            raise ValueError("Llama.forward: kv without start_pos; give start_pos = the number of "
+                             "keys kv puts before the tokens")
+        if kv is None and start_pos is not None:
+            if self.cache is None:
+                raise ValueError("Llama.forward: start_pos given but no KV cache; call "
+                                 "model.setup_cache(max_batch_size, max_seq_len) first")
+            self.cache.check_fits(B, start_pos, T)
+            return self.cache.real[:B]                                     # (B, S_max)
+        n = 0 if start_pos is None else start_pos
+        if n + T > c.max_seq_len:
+            raise ValueError(f"Llama.forward: {n} keys before + {T} tokens > max_seq_len="
+                             f"{c.max_seq_len}; truncate the input")
+        return None
 
-    def _check_cache(self, B, T, start_pos):
-        if self.cache is None:
-            raise ValueError("Llama.forward: start_pos given but no KV cache; call "
-                             "model.setup_cache(max_batch_size, max_seq_len) first")
-        length = start_pos + T if isinstance(start_pos, int) else 0   # a tensor: no .item()
-        if not self.cache.fits(B, length):
-            raise ValueError(f"Llama.forward: batch {B}, slots {start_pos}..{start_pos}+{T} do not "
-                             f"fit the cache ({self.cache.max_batch}, {self.cache.max_len}); call "
-                             f"setup_cache with more")
-
-    def forward(self, tokens, start_pos=None, attention_mask=None, last_only=False, prefix=None):
+    def forward(self, tokens, start_pos=None, attention_mask=None, last_only=False, kv=None):
         """tokens (B, T) -> (logits (B, T, V), or (B, 1, V) if last_only; hidden (B, T, dim)).
 
-        start_pos None: no cache, attend within `tokens`. start_pos int or 0-d long tensor: the
-        tokens occupy cache slots start_pos .. start_pos+T-1 and attend to all earlier slots.
+        start_pos: the number n of keys before the tokens (None: 0). kv None with start_pos given
+        (an int, or a 0-d long tensor in a compiled decode step): the KV cache, the tokens written
+        at slots n .. n+T-1 after slots 0 .. n-1. kv given: no cache; kv[i] puts layer i's n keys
+        and values in front (a keys/values source, e.g. adapters.PrefixKV).
         attention_mask (B, T): 1 real, 0 pad (left padding for generation, any for scoring).
-        prefix (no cache only): layer i's (P_k, P_v) is prefix[i], each (1|B, n_kv_heads, n, D).
         """
-        if prefix is not None and start_pos is not None:
-            raise ValueError("Llama.forward: prefix with start_pos; write the prefix into the "
-                             "cache (adapters.write_prefix) and start the tokens at slot n")
-        n = 0 if prefix is None else prefix[0][0].shape[-2]
-        positions, mask, slots, num_keys = self.attention_inputs(tokens, start_pos, attention_mask,
-                                                                 n)
-        cache = None if slots is None else self.cache
+        cache_real = self._cache_real(tokens, start_pos, kv)
+        n = 0 if start_pos is None else start_pos
+        positions, mask, slots, num_keys = attention_inputs(tokens, attention_mask, n, cache_real)
+        if cache_real is not None:
+            self.cache.write_real(slots, real_tokens(tokens, attention_mask))
+            kv = [self.cache.layer(i, slots, num_keys) for i in range(len(self.layers))]
         cos_sin = rope.rope_cos_sin(positions, self.rope_freqs)           # 2 x (1|B, T, D/2)
         h = self.dropout(self.tok_embeddings(tokens))                      # (B, T, dim)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            kv = None if prefix is None else prefix[i]
+            layer_kv = None if kv is None else kv[i]
             if recompute:   # keep only h; rerun the block in backward (see docstring)
-                h = torch.utils.checkpoint.checkpoint(layer, h, cos_sin, mask, layer_index=i,
-                                                      prefix=kv, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos_sin, mask, layer_kv,
+                                                      use_reentrant=False)
             else:
-                h = layer(h, cos_sin, mask, cache, i, slots, num_keys, kv)  # (B, T, dim)
+                h = layer(h, cos_sin, mask, layer_kv)                      # (B, T, dim)
         h = self.norm(h)                                                   # (B, T, dim)
         # h[:, -1] is 2-D: one mm (a (B, 1, dim) view that requires grad would become a bmm)
         logits = self.output(h[:, -1])[:, None] if last_only else self.output(h)  # (B, T|1, V)

@@ -24,7 +24,9 @@ import fused
 import llama
 import lora
 import optimizer
+import peft_format
 import quantize
+import weights
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -210,8 +212,8 @@ def test_merge_load_and_cast_keep_the_stack_in_step():
     lora.unmerge_lora(split), lora.unmerge_lora(fast)
     other = tiny(seed=7).state_dict()
     for assign in (False, True):                                   # copy_ / new Parameters
-        split.load_state_dict(other, strict=False, assign=assign)
-        fast.load_state_dict(other, strict=False, assign=assign)
+        weights.load_llama_state_dict(split, other, strict=False, assign=assign)
+        weights.load_llama_state_dict(fast, other, strict=False, assign=assign)
         torch.testing.assert_close(fast(ids)[0], split(ids)[0], **TOL)
     split.double(), fast.double()                                  # .to(): the stack rebuilt
     torch.testing.assert_close(fast(ids)[0], split(ids)[0], atol=1e-12, rtol=1e-12)
@@ -237,9 +239,9 @@ def test_saved_adapter_is_unchanged(tmp_path):
     fast = copy.deepcopy(split)
     fused.fuse(fast)
     config = lora.LoraConfig(r=4, alpha=8, target_modules="heavy")
-    lora.save_adapter(tmp_path / "split", split, config)
-    lora.save_adapter(tmp_path / "fast", fast, config)
-    for name in (lora.ADAPTER_WEIGHTS, lora.ADAPTER_CONFIG):
+    peft_format.save_adapter(tmp_path / "split", split, config)
+    peft_format.save_adapter(tmp_path / "fast", fast, config)
+    for name in (peft_format.ADAPTER_WEIGHTS, peft_format.ADAPTER_CONFIG):
         assert (tmp_path / "split" / name).read_bytes() == (tmp_path / "fast" / name).read_bytes()
     shutil.rmtree(tmp_path)
 

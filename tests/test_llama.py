@@ -6,9 +6,9 @@ Oracles: transformers' LlamaForCausalLM with random weights on a tiny Llama 3 sh
 embeddings, 'llama3' RoPE scaling), converted to our names here (q/k rows permuted with rope.py);
 F.rms_norm and nn.LayerNorm; F.scaled_dot_product_attention for the written-out attention; a
 brute-force loop (one query, one head at a time, the causal rule written as an if) for T queries
-over S > T keys; the model's own uncached full forward for the KV cache; generate_no_cache for
-generate; one prompt at a time for left-padded batches; parameter counts of the published models
-(on the meta device).
+over S > T keys; positions and masks written by hand for attention_inputs; the model's own
+uncached full forward for the KV cache; generate_no_cache for generate; one prompt at a time for
+left-padded batches; parameter counts of the published models (on the meta device).
 Tolerances are for fp32: logits are O(1-10) and the paths differ only in summation order (BLAS
 blocking, fused vs unfused softmax, RoPE angle products); the largest difference seen against
 transformers is 2e-5 on logits up to 9.4. atol = rtol = 1e-4 leaves headroom for other BLAS
@@ -21,9 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import adapters
 import llama
 import rope
 import sample
+import weights
+import weights_config
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -73,7 +76,9 @@ def hf_to_ours(hf_model, **overrides):
                                n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads,
                                hidden_dim=c.intermediate_size, vocab_size=c.vocab_size,
                                max_seq_len=c.max_position_embeddings, norm_eps=c.rms_norm_eps,
-                               rope_theta=HF_SCALING["rope_theta"], rope_scaling=HF_SCALING,
+                               rope_theta=HF_SCALING["rope_theta"],
+                               rope_scaling=weights_config.hf_rope_scaling(
+                                   HF_SCALING, HF_SCALING["rope_theta"], "config.json"),
                                tie_embeddings=c.tie_word_embeddings, **overrides)
     table = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
              "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
@@ -93,7 +98,7 @@ def hf_to_ours(hf_model, **overrides):
             value = rope.permute_half_to_interleaved(value, config.n_kv_heads, config.head_dim)
         state[name] = value
     model = llama.Llama(config).eval()
-    model.load_state_dict(state, strict=True)
+    weights.load_llama_state_dict(model, state, strict=True)
     return model
 
 
@@ -153,7 +158,7 @@ def test_layernorm_variant_has_biases_and_loads_rmsnorm_checkpoints():
     logits, _ = model(random_tokens(1, 8))
     assert torch.isfinite(logits).all()
     rms_state = tiny_model(seed=1).state_dict()          # no norm biases (seed 001: stories42M.pt)
-    model.load_state_dict(rms_state, strict=True)
+    weights.load_llama_state_dict(model, rms_state, strict=True)
     assert not model.norm.bias.any() and torch.equal(model.norm.weight, rms_state["norm.weight"])
 
 
@@ -183,6 +188,21 @@ def test_math_attention_matches_sdpa_with_padding_and_cache_offset():
     torch.testing.assert_close(llama.compute_query_key_value_scores(q, k, v, mask), expected,
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(llama.attention_sdpa(q, k, v, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_inputs_is_pure_and_counts_real_keys():
+    """Oracle: positions and allowed pairs written by hand for a cache whose row 0 has 2 pads in
+    slots 0..4, then 2 new tokens (row 1's first one a pad); the cache flags are not written."""
+    cache_real = torch.tensor([[0, 0, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0]]).bool()
+    before = cache_real.clone()
+    tokens, mask = torch.zeros(2, 2, dtype=torch.long), torch.tensor([[1, 1], [0, 1]])
+    positions, allowed, slots, S = llama.attention_inputs(tokens, mask, 5, cache_real)
+    assert torch.equal(cache_real, before) and S == 7 and slots.tolist() == [5, 6]
+    assert positions.tolist() == [[3, 4], [4, 5]]              # real keys before, then cumsum
+    assert allowed[0, 0].tolist() == [[False] * 2 + [True] * 4 + [False], [False] * 2 + [True] * 5]
+    assert allowed[1, 0].tolist() == [[True] * 6 + [False], [True] * 5 + [False, True]]
+    positions, allowed, _, S = llama.attention_inputs(tokens, None, 3)   # 3 keys before, no cache
+    assert positions.tolist() == [[3, 4]] and allowed is None and S == 5
 
 
 def brute_force_attention(q, k, v):
@@ -230,7 +250,7 @@ def test_gqa_kv_head_j_serves_query_heads_jg_to_jg_plus_g():
 def test_math_and_sdpa_backends_give_the_same_model():
     a = tiny_model(attn_backend="math")
     b = llama.Llama(llama.LlamaConfig.tiny(attn_backend="sdpa")).eval()
-    b.load_state_dict(a.state_dict())
+    weights.load_llama_state_dict(b, a.state_dict())
     tokens, mask = random_tokens(2, 10), torch.tensor([[0] * 3 + [1] * 7, [1] * 10])
     with torch.no_grad():
         torch.testing.assert_close(a(tokens)[0], b(tokens)[0], **TOL)
@@ -402,26 +422,11 @@ def test_reset_cache_and_errors():
                                            (dict(attn_backend="flash"), "attn_backend="),
                                            (dict(dropout=1.5), "dropout="),
                                            (dict(rope_scaling=dict(factor=8.0)), "rope_scaling"),
-                                           (dict(rope_scaling=dict(rope_type="yarn")),
-                                            "rope type 'yarn' is not supported"),
                                            (dict(rope_scaling=dict(rope_type="llama3")),
                                             "rope_scaling keys")])
 def test_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         llama.LlamaConfig.tiny(**kwargs)
-
-
-def test_hf_rope_parameters_are_accepted():
-    config = llama.LlamaConfig.tiny(rope_scaling=dict(HF_SCALING))
-    assert config.rope_scaling == dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                       original_max_seq_len=64)
-    assert llama.LlamaConfig.tiny(rope_scaling=dict(rope_type="default")).rope_scaling is None
-    assert llama.LlamaConfig.tiny(rope_scaling=dict(rope_type="default", rope_theta=10000.0),
-                                  ).rope_scaling is None           # transformers 5.x, no scaling
-    legacy = {k: v for k, v in HF_SCALING.items() if k != "rope_type"} | {"type": "llama3"}
-    assert llama.LlamaConfig.tiny(rope_scaling=legacy).rope_scaling == config.rope_scaling
-    with pytest.raises(ValueError, match="rope_theta differs"):
-        llama.LlamaConfig.tiny(rope_scaling=dict(HF_SCALING, rope_theta=5.0))
 
 
 # stories42M: 32000*512 + 8*(4*512^2 + 3*512*1376 + 2*512) + 512, the shapes of llama2.c's
@@ -458,7 +463,7 @@ def test_canonical_names_and_tied_loading():
     state = {k: v.clone() for k, v in model.state_dict().items() if k != "output.weight"}
     for assign in (False, True):
         fresh = llama.Llama(llama.LlamaConfig.tiny())
-        fresh.load_state_dict(state, strict=True, assign=assign)
+        weights.load_llama_state_dict(fresh, state, strict=True, assign=assign)
         assert fresh.output.weight is fresh.tok_embeddings.weight
         torch.testing.assert_close(fresh.output.weight, model.tok_embeddings.weight)
 
@@ -504,59 +509,61 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 # ----------------------------------------------------------------------------
-# prefix: per-layer keys and values in front (prefix tuning; adapters.py builds them)
+# keys before the tokens: per-layer sources (prefix tuning's, adapters.PrefixKV) vs the cache
 
-def random_prefix(config, n=3, seed=11, std=1.0):
-    """(L, 2, 1, n_kv_heads, n, D): layer i's (P_k, P_v), the layout of adapters.PrefixEncoder."""
+def random_prefix(config, n=3, seed=11, std=1.0, requires_grad=False):
+    """-> (layer i's adapters.PrefixKV for i < L, the tensor (L, 2, 1, n_kv_heads, n, D) behind
+    them, the layout of adapters.PrefixEncoder)."""
     g = torch.Generator().manual_seed(seed)
     shape = (config.n_layers, 2, 1, config.n_kv_heads, n, config.head_dim)
-    return std * torch.randn(shape, generator=g)
+    tensor = (std * torch.randn(shape, generator=g)).requires_grad_(requires_grad)
+    return [adapters.PrefixKV(k, v) for k, v in tensor], tensor
 
 
 @pytest.mark.parametrize("backend", ["math", "sdpa"])
 def test_prefix_equals_the_same_keys_in_the_cache(backend):
     """Oracle: the KV cache path (tested above against the full forward) with the prefix written
-    by hand into slots 0..n-1 (KVCache.update, flagged real) and the tokens from slot n. The
-    uncached prefix gives the same logits on real positions, padded or not (left padding: a row
-    alone without a mask); a zero-length prefix is the plain model."""
+    by hand into slots 0..n-1 (KVCache.layer(...).extend, flagged real) and the tokens from slot
+    n. The uncached prefix (kv, start_pos n) gives the same logits on real positions, padded or
+    not (left padding: a row alone without a mask); a zero-length prefix is the plain model."""
     model = tiny_model(attn_backend=backend)
-    prefix, n = random_prefix(model.config), 3
+    (prefix, tensor), n = random_prefix(model.config), 3
     rows = [random_tokens(1, 4, seed=5)[0].tolist(), random_tokens(1, 7, seed=6)[0].tolist()]
     tokens, mask = sample.left_pad(rows, pad_id=0)
     slots = torch.arange(n)
     with torch.no_grad():
-        logits, _ = model(tokens, attention_mask=mask, prefix=prefix)
+        logits, _ = model(tokens, n, attention_mask=mask, kv=prefix)
         model.setup_cache(2, n + 7)
-        for i, (k, v) in enumerate(prefix):
-            model.cache.update(i, slots, k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1), n)
-        model.cache.write_real(slots, torch.ones(2, n, dtype=torch.bool), n)
+        for i, (k, v) in enumerate(tensor):
+            model.cache.layer(i, slots, n).extend(k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1))
+        model.cache.write_real(slots, torch.ones(2, n, dtype=torch.bool))
         cached, _ = model(tokens, start_pos=n, attention_mask=mask)
         real = mask.bool()
         torch.testing.assert_close(logits[real], cached[real], **TOL)
         for r, row in enumerate(rows):
-            alone, _ = model(torch.tensor([row]), prefix=prefix)
+            alone, _ = model(torch.tensor([row]), n, kv=prefix)
             torch.testing.assert_close(logits[r, -len(row):], alone[0], **TOL)
         assert (alone - model(torch.tensor([row]))[0]).abs().max() > 1e-2
-        empty = prefix[:, :, :, :, :0]
-        torch.testing.assert_close(model(tokens, prefix=empty)[0], model(tokens)[0], **TOL)
-    with pytest.raises(ValueError, match="prefix with start_pos"):
-        model(tokens, start_pos=n, prefix=prefix)
+        empty = [adapters.PrefixKV(k[..., :0, :], v[..., :0, :]) for k, v in tensor]
+        torch.testing.assert_close(model(tokens, 0, kv=empty)[0], model(tokens)[0], **TOL)
+    with pytest.raises(ValueError, match="kv without start_pos"):
+        model(tokens, kv=prefix)
 
 
 def test_prefix_gradients_with_checkpointing():
     """A trained prefix on a frozen base: checkpointed blocks give the prefix the same gradient
     (oracle: the plain backward; atol 1e-6, identical ops recomputed)."""
     model = tiny_model().requires_grad_(False)
-    prefix = random_prefix(model.config, std=0.3).requires_grad_(True)
+    prefix, tensor = random_prefix(model.config, std=0.3, requires_grad=True)
     tokens = random_tokens(2, 8)
     grads = []
     for checkpointing in (False, True):
         model.gradient_checkpointing = checkpointing
         model.train()
-        prefix.grad = None
-        logits, _ = model(tokens, prefix=prefix)
+        tensor.grad = None
+        logits, _ = model(tokens, 3, kv=prefix)
         F.cross_entropy(logits.flatten(0, 1), tokens.flatten()).backward()
-        grads.append(prefix.grad.clone())
+        grads.append(tensor.grad.clone())
     assert grads[0].abs().max() > 0
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
 
