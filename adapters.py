@@ -1,8 +1,8 @@
 """PEFT methods other than LoRA on a frozen Llama: IA3, prompt tuning, P-tuning, prefix tuning.
 
 Each trains a handful of tensors and leaves every pretrained weight frozen, like LoRA (lora.py),
-and reuses lora.py's wrapping machinery (with_aliases, wrap_linears, set_submodule) and its alias
-table (q_proj <-> wq, ..., down_proj <-> w2); lora.count_parameters counts what trains.
+and reuses lora.py's wrapping (wrap_linears, set_submodule), weight_names.py's alias table
+(q_proj <-> wq, ..., down_proj <-> w2; with_aliases); lora.count_parameters counts what trains.
 
 IA3, "Infused Adapter by Inhibiting and Amplifying Inner Activations" (Liu et al. 2022, "Few-Shot
 Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning", arXiv:2205.05638,
@@ -44,36 +44,32 @@ Llama's call and return (logits, hidden of the real positions only), .config / .
 and a KV cache whose n extra first slots hold the virtual tokens, so scoring, the answer loss and
 sample.generate_batch run on it unchanged. Left pads sit after the virtual slots, masked.
 
-On disk, peft's layout (adapter_model.safetensors + adapter_config.json), loadable by peft's
-PeftModel.from_pretrained on transformers' LlamaForCausalLM: IA3 keys
-base_model.model.<HF module>.ia3_l, (out, 1) or (1, in); the prompt methods one tensor
-"prompt_embeddings": P (n, dim) for prompt tuning and P-tuning (the encoder's output, as peft
-saves it), P (n, L * 2 * kv) for prefix tuning. Our Q/K channels are in Meta's interleaved RoPE
-layout, HF's half-split: l_k (for k_proj / q_proj) and the prefix keys are permuted on the way.
+Trainable parameters by formula (formula_count, the check of lora.count_parameters): LoRA's
+lora.lora_parameter_count, and each formula above. On disk, every method (LoRA too) is saved and
+loaded in peft's layout by peft_format.py.
+
+Size: over 400 lines: four methods share one entry point (adapt) and one virtual-token model.
 
 Shape legend: B batch, T tokens, n virtual tokens, dim model width, L layers, D head_dim, h encoder
 width, V vocabulary, `in` / `out` features of a wrapped Linear, `...` any leading dims (B, T).
 
 Tests: tests/test_adapters.py against peft on a tiny LlamaForCausalLM (IA3, prompt tuning,
 P-tuning MLP / LSTM: same parameters -> same logits and counts; prefix tuning on our converted
-Llama: same P -> same logits, its MLP -> same P), our save -> peft -> same logits (and back), only
-adapter tensors change in a step, cached generation == uncached, formula counts, config errors.
+Llama: same P -> same logits, its MLP -> same P), our save -> peft -> same logits (and back,
+peft_format.py), only adapter tensors change in a step, cached generation == uncached, formula
+counts, file errors.
 """
-import json
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import atomic
-import distributed
+import llama as llama_module
 import lora
-import rope
-import safetensors_io
-from lora import set_submodule, with_aliases, wrap_linears
+from lora import set_submodule, wrap_linears
+from weight_names import HF_TO_LLAMA2C, with_aliases
 
 # ----------------------------------------------------------------------------
 # IA3 (Liu et al. 2022)
@@ -294,9 +290,10 @@ class PrefixEncoder(nn.Module):
         return self.embedding if self.transform is None else self.transform(self.embedding)
 
     def key_values(self):
-        """prefix[i] = (P_k, P_v) of layer i: (L, 2, 1, n_kv_heads, n, D)."""
+        """[PrefixKV(P_k, P_v) of layer i for i < L], P_k and P_v each (1, n_kv_heads, n, D)."""
         P = self()                                                          # (n, L*2*kv)
-        return P.view(-1, *self.shape).permute(1, 2, 3, 0, 4).unsqueeze(2)  # (L, 2, 1, kv, n, D)
+        layers = P.view(-1, *self.shape).permute(1, 2, 3, 0, 4).unsqueeze(2)  # (L, 2, 1, kv, n, D)
+        return [PrefixKV(k, v) for k, v in layers]
 
     @torch.no_grad()
     def fold_(self):
@@ -306,15 +303,30 @@ class PrefixEncoder(nn.Module):
             self.transform = None
 
 
+class PrefixKV:
+    """One layer's prefix as the keys/values source of llama.Attention: extend(k, v) puts P_k,
+    P_v (1|B, n_kv_heads, n, D), without RoPE, in front of the call's k, v (B, n_kv_heads, T, D)
+    -> each (B, n_kv_heads, n + T, D); llama.Llama(tokens, start_pos=n, kv=prefix) runs on it."""
+
+    def __init__(self, keys, values):
+        self.keys, self.values = keys, values
+
+    def extend(self, k, v):
+        B = k.shape[0]
+        return (torch.cat([self.keys.to(k.dtype).expand(B, -1, -1, -1), k], 2),    # (B, kv, n+T, D)
+                torch.cat([self.values.to(v.dtype).expand(B, -1, -1, -1), v], 2))  # (B, kv, n+T, D)
+
+
 def write_prefix(cache, prefix, batch):
-    """Prefix tuning with a KV cache: every layer's (P_k, P_v) into slots 0..n-1 of rows
+    """Prefix tuning with a KV cache: every layer's PrefixKV into slots 0..n-1 of rows
     0..batch-1, flagged real, so tokens written from slot n attend to them and take positions
-    n, n+1, ... (llama.Llama.attention_inputs counts real slots before each token)."""
-    n = prefix.shape[-2]
+    n, n+1, ... (llama.attention_inputs counts the real slots before each token)."""
+    n = prefix[0].keys.shape[-2]
     slots = torch.arange(n, device=cache.keys.device)                       # (n,)
-    for i, (k, v) in enumerate(prefix):
-        cache.update(i, slots, k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), n)
-    cache.write_real(slots, torch.ones(batch, n, dtype=torch.bool, device=slots.device), n)
+    for i, p in enumerate(prefix):
+        cache.layer(i, slots, n).extend(p.keys.expand(batch, -1, -1, -1),
+                                        p.values.expand(batch, -1, -1, -1))
+    cache.write_real(slots, torch.ones(batch, n, dtype=torch.bool, device=slots.device))
 
 
 # ----------------------------------------------------------------------------
@@ -382,7 +394,8 @@ class SoftPromptLlama(VirtualTokenLlama):
 
 class PrefixLlama(VirtualTokenLlama):
     """Prefix tuning: P_k, P_v from a PrefixEncoder in front of every layer's keys and values
-    (no cache), or written into cache slots 0..n-1 at prefill (write_prefix)."""
+    (no cache: the n keys before the tokens, PrefixKV), or written into cache slots 0..n-1 at
+    prefill (write_prefix)."""
 
     def __init__(self, llama, prefix_encoder):
         super().__init__(llama, prefix_encoder.embedding.shape[0])
@@ -392,8 +405,8 @@ class PrefixLlama(VirtualTokenLlama):
     def forward(self, tokens, start_pos=None, attention_mask=None, last_only=False):
         """tokens (B, T) -> (logits (B, T|1, V), hidden (B, T, dim))."""
         if start_pos is None:
-            return self.llama(tokens, None, attention_mask, last_only,
-                              prefix=self.prefix_encoder.key_values())
+            return self.llama(tokens, self.num_virtual_tokens, attention_mask, last_only,
+                              self.prefix_encoder.key_values())
         if self.starts_sequence(start_pos) and self.llama.cache is not None:  # else: its error
             write_prefix(self.llama.cache, self.prefix_encoder.key_values(), tokens.shape[0])
         return self.llama(tokens, start_pos + self.num_virtual_tokens, attention_mask, last_only)
@@ -430,13 +443,6 @@ def fold(model):
     return model
 
 
-def _linear_sizes(c):
-    """(in, out) of each Llama Linear, by llama2.c name."""
-    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    return {"wq": (c.dim, q), "wk": (c.dim, kv), "wv": (c.dim, kv), "wo": (q, c.dim),
-            "w1": (c.dim, c.hidden_dim), "w3": (c.dim, c.hidden_dim), "w2": (c.hidden_dim, c.dim)}
-
-
 def _lstm_count(i, h, layers):
     """A bidirectional nn.LSTM: per layer and direction 4 gates of h (in + h + 2) numbers."""
     return sum(2 * 4 * h * ((i if layer == 0 else 2 * h) + h + 2) for layer in range(layers))
@@ -445,14 +451,15 @@ def _lstm_count(i, h, layers):
 def formula_count(config, c):
     """Trainable parameters by each method's formula (module docstring; LoRA: r (in + out) per
     adapted Linear), from the LlamaConfig c: the check of lora.count_parameters. Target names in
-    either spelling (lora's alias table: k_proj = wk)."""
+    either spelling (weight_names' alias table: k_proj = wk)."""
     n, kv = getattr(config, "num_virtual_tokens", 0), c.n_kv_heads * c.head_dim
-    names = sorted({lora.HF_TO_LLAMA2C.get(t, t) for t in getattr(config, "target_modules", ())})
+    shapes = llama_module.linear_shapes(c)                                # name -> (in, out)
     if isinstance(config, lora.LoraConfig):                               # r (in + out) each
-        return c.n_layers * sum(config.r * sum(_linear_sizes(c)[m]) for m in names)
+        return lora.lora_parameter_count(shapes, config.target_modules, config.r, c.n_layers)
     if isinstance(config, IA3Config):                                     # in or out each
         ff = with_aliases(config.feedforward_modules)
-        return c.n_layers * sum(_linear_sizes(c)[m][0 if m in ff else 1] for m in names)
+        names = sorted({HF_TO_LLAMA2C.get(t, t) for t in config.target_modules})
+        return c.n_layers * sum(shapes[m][0 if m in ff else 1] for m in names)
     if isinstance(config, PromptTuningConfig):
         return n * c.dim
     if isinstance(config, PTuningConfig):
@@ -463,137 +470,3 @@ def formula_count(config, c):
         return n * c.dim + (c.dim + 1) * h + (h + 1) * h + (h + 1) * c.dim
     width, h = c.n_layers * 2 * kv, config.encoder_hidden_size or kv
     return n * kv + (kv + 1) * h + (h + 1) * width if config.prefix_projection else n * width
-
-
-# ----------------------------------------------------------------------------
-# adapters on disk, in peft's layout
-
-PEFT_TYPES = {IA3Config: "IA3", PromptTuningConfig: "PROMPT_TUNING", PTuningConfig: "P_TUNING",
-              PrefixTuningConfig: "PREFIX_TUNING"}
-
-
-def peft_config_dict(config, c):
-    """adapter_config.json contents peft reads, for LlamaConfig c (a prefix is saved as P, so
-    prefix_projection is false there: peft loads it as a plain prefix, trainable or not)."""
-    out = {"peft_type": PEFT_TYPES[type(config)], "task_type": "CAUSAL_LM",
-           "base_model_name_or_path": None, "inference_mode": True, "modules_to_save": None}
-    if isinstance(config, IA3Config):
-        hf = lambda names: sorted({lora.LLAMA2C_TO_HF.get(m, m) for m in names})  # noqa: E731
-        return {**out, "target_modules": hf(config.target_modules), "fan_in_fan_out": False,
-                "feedforward_modules": hf(config.feedforward_modules), "init_ia3_weights": True}
-    out.update(num_virtual_tokens=config.num_virtual_tokens, num_transformer_submodules=1,
-               token_dim=c.dim, num_attention_heads=c.n_heads, num_layers=c.n_layers)
-    if isinstance(config, PromptTuningConfig):
-        out.update(prompt_tuning_init="SAMPLE_VOCAB")
-    elif isinstance(config, PTuningConfig):
-        out.update(encoder_reparameterization_type=config.encoder_reparameterization_type,
-                   encoder_hidden_size=config.encoder_hidden_size or c.dim,
-                   encoder_num_layers=config.encoder_num_layers,
-                   encoder_dropout=config.encoder_dropout)
-    else:                                    # peft's GQA rule: prefix heads are the kv heads
-        kv = c.n_kv_heads * c.head_dim
-        out.update(token_dim=kv, num_attention_heads=c.n_kv_heads, prefix_projection=False,
-                   encoder_hidden_size=config.encoder_hidden_size or kv)
-    return out
-
-
-def config_from_peft_dict(data, path):
-    """Our config from an adapter_config.json dict (LoRA: lora.config_from_peft_dict)."""
-    kind = data.get("peft_type")
-    if kind == "LORA":
-        return lora.config_from_peft_dict(data, path)
-    if kind not in PEFT_TYPES.values():
-        raise ValueError(f"{path}: peft_type {kind!r} is not supported; use one of LORA, "
-                         f"{', '.join(PEFT_TYPES.values())}")
-    if data.get("fan_in_fan_out") or data.get("num_transformer_submodules", 1) != 1:
-        raise ValueError(f"{path}: fan_in_fan_out / num_transformer_submodules != 1 are not "
-                         "supported; save the adapter for a decoder-only Llama")
-    if kind == "IA3":
-        if not isinstance(data.get("target_modules"), list):
-            raise ValueError(f"{path}: target_modules must be a list of names (no regex)")
-        return IA3Config(list(data["target_modules"]), list(data.get("feedforward_modules") or []))
-    fields = {"PROMPT_TUNING": (PromptTuningConfig, ()),
-              "P_TUNING": (PTuningConfig, ("encoder_reparameterization_type",
-                                           "encoder_hidden_size", "encoder_num_layers",
-                                           "encoder_dropout")),
-              "PREFIX_TUNING": (PrefixTuningConfig, ("prefix_projection", "encoder_hidden_size"))}
-    cls, names = fields[kind]
-    return cls(data["num_virtual_tokens"], **{k: data[k] for k in names if k in data})
-
-
-def _prefix_layout(P, c, permute):
-    """P (n, L * 2 * kv) with its keys' head_dim permuted (rope.permute_*; values unchanged)."""
-    parts = P.reshape(P.shape[0], c.n_layers, 2, c.n_kv_heads, c.head_dim)
-    keys = permute(parts[:, :, 0].reshape(-1, c.head_dim).T, 1).T.reshape(parts[:, :, 0].shape)
-    return torch.stack([keys, parts[:, :, 1]], dim=2).reshape(P.shape)
-
-
-def _slots(model, config):
-    """peft key -> (tensor now, the Parameter a loaded adapter fills, peft's shape, layout):
-    layout(t, permute) applies rope.permute_* where HF's half-split Q/K channels differ."""
-    plain = lambda t, permute: t                                            # noqa: E731
-    if isinstance(config, IA3Config):
-        slots = {}
-        for name, layer in ((n, m) for n, m in model.named_modules() if isinstance(m, IA3Layer)):
-            hf_name, heads = lora.peft_module_name(name, model)
-            shape = (1, layer.in_features) if layer.feedforward else (layer.out_features, 1)
-            layout = plain if heads is None else (lambda t, permute, h=heads: permute(t, h))
-            slots[f"{lora.PEFT_PREFIX}{hf_name}.ia3_l"] = (layer.ia3_l, layer.ia3_l, shape, layout)
-        return slots
-    if isinstance(model, SoftPromptLlama):
-        embedding = model.llama.tok_embeddings
-        P = embedding.virtual_embeddings()                                  # (n, dim)
-        return {"prompt_embeddings": (P, embedding.prompt, tuple(P.shape), plain)}
-    encoder, c = model.prefix_encoder, model.config
-    P = encoder()                                                           # (n, L*2*kv)
-    return {"prompt_embeddings": (P, encoder.embedding, tuple(P.shape),
-                                  lambda t, permute: _prefix_layout(t, c, permute))}
-
-
-def save_adapter(directory, model, config):
-    """<directory>/adapter_model.safetensors + adapter_config.json in peft's layout, for any
-    method (LoRA: lora.save_adapter). model: what adapt returned."""
-    if isinstance(config, lora.LoraConfig):
-        return lora.save_adapter(directory, model, config)
-    directory = Path(directory)
-    with torch.no_grad():
-        tensors = {key: layout(distributed.full(value.detach()).float().cpu().reshape(shape),
-                               rope.permute_interleaved_to_half).contiguous()
-                   for key, (value, _, shape, layout) in _slots(model, config).items()}
-    if not tensors:
-        raise ValueError("save_adapter: the model has no IA3 layers; call adapters.adapt first")
-    directory.mkdir(parents=True, exist_ok=True)
-    safetensors_io.write_safetensors(directory / lora.ADAPTER_WEIGHTS, tensors,
-                                     metadata={"format": "pt"})
-    atomic.save_json_atomic(directory / lora.ADAPTER_CONFIG, peft_config_dict(config, model.config))
-    return directory
-
-
-@torch.no_grad()
-def load_adapter(directory, llama):
-    """A peft-layout adapter of any method on `llama` -> (model, config): adapt(llama, config,
-    inference_mode=True) filled strictly (every tensor lands in one place, every place filled)."""
-    directory = Path(directory)
-    for name in (lora.ADAPTER_CONFIG, lora.ADAPTER_WEIGHTS):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name}: adapter file not found; write one with "
-                                    "adapters.save_adapter or peft's save_pretrained")
-    path = directory / lora.ADAPTER_CONFIG
-    config = config_from_peft_dict(json.loads(path.read_text()), path)
-    if isinstance(config, lora.LoraConfig):
-        return llama, lora.load_adapter(directory, llama)
-    model = adapt(llama, config, inference_mode=True)
-    tensors = safetensors_io.read_safetensors(directory / lora.ADAPTER_WEIGHTS)
-    slots = _slots(model, config)
-    missing, unexpected = sorted(slots.keys() - tensors.keys()), sorted(tensors.keys() - slots)
-    if missing or unexpected:
-        raise ValueError(f"{directory / lora.ADAPTER_WEIGHTS}: keys do not match the model "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was it saved for "
-                         "another model or other target_modules?")
-    for key, (_, param, shape, layout) in slots.items():
-        if tuple(tensors[key].shape) != shape:
-            raise ValueError(f"{key}: adapter shape {tuple(tensors[key].shape)} != model shape "
-                             f"{shape}; was it saved for another base model?")
-        param.copy_(layout(tensors[key].float(), rope.permute_half_to_interleaved)
-                    .reshape(param.shape))
-    return model, config

@@ -151,11 +151,13 @@ def add_lora(classifier, rank, alpha, targets="wq,wv", dropout=0.0):
 
     targets: a preset ("light", "medium", "heavy"), a comma list or a list of names in either
     spelling (lora.resolve_targets). Returns the wrapped module names; ValueError (listing the
-    model's Linear names) when none matches.
+    model's Linear names) when none matches. The LoraConfig stays on the classifier as
+    `lora_config`, so the saved adapter describes what trained (dropout included).
     """
     classifier.llama.requires_grad_(False)
     config = lora.LoraConfig(r=rank, alpha=alpha, dropout=dropout, target_modules=targets)
     names = lora.inject_lora(classifier.llama, config)
+    classifier.lora_config = config
     classifier.classifier_head.requires_grad_(True)
     return names
 

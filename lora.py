@@ -1,7 +1,7 @@
-"""LoRA: low-rank adapters on frozen linear layers, with merge/unmerge and peft-format adapters.
+"""LoRA: low-rank adapters on frozen linear layers: config, maths, layer, inject, merge/unmerge.
 
 LoRA (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", 2021, arXiv:2106.09685,
-Section 4.1, eq. 3). For a frozen pretrained weight W0 (out, in) the update is constrained to rank r:
+Section 4.1, eq. 3). For a frozen pretrained weight W0 (out, in) the update has rank at most r:
 
     h = W0 x + (alpha / r) * B A x          A (r, in), B (out, r), r << min(in, out)
 
@@ -13,22 +13,18 @@ linear it can be folded into the weight for inference and taken out again exactl
 
     merge:   W = W0 + (alpha / r) * B A        unmerge:   W0 = W - (alpha / r) * B A
 
-Target modules use one alias table between HF and llama2.c / Meta spellings:
-    q_proj <-> wq, k_proj <-> wk, v_proj <-> wv, o_proj <-> wo        (attention)
-    gate_proj <-> w1, down_proj <-> w2, up_proj <-> w3                 (SwiGLU FFN)
+Target modules match in either spelling, HF or llama2.c / Meta (weight_names.py's alias table:
+q_proj <-> wq, ..., gate_proj <-> w1, down_proj <-> w2, up_proj <-> w3).
 Presets (course seed 000, part 2): light = q, v; medium = q, k, v, up, down; heavy = all seven.
 `resolve_targets` turns a preset name or a comma list ("heavy", "q_proj,v_proj", "wq,wv") into
 target names; every command line flag (--lora_targets) goes through it.
-Trainable parameters per adapted layer: r * (in + out).
+Trainable parameters: A (r, in) + B (out, r) = r (in + out) per adapted Linear, the one formula
+`lora_parameter_count` (memory.py and adapters.formula_count count with it).
 
-Adapters are saved as peft does (adapter_model.safetensors + adapter_config.json, keys like
-base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight), so peft's PeftModel.from_pretrained
-loads them into transformers' LlamaForCausalLM. Our Llama keeps Q/K rows in Meta's interleaved RoPE
-layout while HF uses the half-split layout: W_hf = P W_ours for a row permutation P, hence
-B_hf A = P (B_ours A) means permuting the rows of B for wq / wk (A is unchanged).
-
-The wrapping machinery here (with_aliases, wrap_linears, set_submodule, count_parameters) is
-shared by the other PEFT methods in adapters.py (IA3, prompt tuning, P-tuning, prefix tuning).
+Injecting replaces each target nn.Linear in place (set_submodule, wrap_linears); IA3 (adapters.py)
+wraps its Linears with the same two functions, which live here because lora.py is the lowest PEFT
+file (it imports torch and weight_names.py only; adapters.py and peft_format.py import it).
+count_parameters counts what trains. Saving and loading, in peft's layout: peft_format.py.
 
 Shape legend: `in` / `out` features of the wrapped Linear, `r` rank, `...` any leading dims (B, T).
 
@@ -37,57 +33,35 @@ addmm, lora_add_fast(out, A x, B, scale) = out + scale * B (A x), beside the ref
 
 Tests: tests/test_lora.py checks our layer against peft on a tiny LlamaForCausalLM (same A, B ->
 same logits), adapters we save load in peft with the same logits (and peft's in ours, also on our
-canonical Llama with permuted Q/K rows), B = 0 equals the base, merged == unmerged logits,
-parameter counts equal peft's for the three presets, dropout is off in eval, resolve_targets and
-the scale rule, lora_add_fast == out + lora_delta and the fast branch == the reference (fp32,
-bf16); tests/test_classifier.py runs `--lora_targets heavy` / `q_proj,v_proj` end to end.
+canonical Llama with permuted Q/K rows; peft_format.py), B = 0 equals the base, merged ==
+unmerged logits, parameter counts (counted and lora_parameter_count) equal peft's for the three
+presets, dropout is off in eval, resolve_targets and the scale rule, lora_add_fast == out +
+lora_delta and the fast branch == the reference (fp32, bf16); tests/test_classifier.py runs
+`--lora_targets heavy` / `q_proj,v_proj` end to end.
 """
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import atomic
-import distributed
-import rope
-import safetensors_io
-import weights
+import weight_names
 
 # ----------------------------------------------------------------------------
-# names: one alias table between HF and llama2.c spellings, and the seed-000 presets
-
-HF_TO_LLAMA2C = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo",
-                 "gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
-LLAMA2C_TO_HF = {v: k for k, v in HF_TO_LLAMA2C.items()}
+# names: the seed-000 presets (either spelling matches, weight_names.with_aliases)
 
 LIGHT = ["q_proj", "v_proj"]                                             # attention only
 MEDIUM = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]          # attention + FFN
 HEAVY = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
 PRESETS = {"light": LIGHT, "medium": MEDIUM, "heavy": HEAVY}             # seed 000 part 2
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-PEFT_PREFIX = "base_model.model."
-
-
-def with_aliases(names):
-    """Each name plus its other spelling: ["q_proj", "w2"] -> {"q_proj", "wq", "w2", "down_proj"}."""
-    out = set()
-    for name in names:
-        out.add(name)
-        out.add(HF_TO_LLAMA2C.get(name, LLAMA2C_TO_HF.get(name, name)))
-    return out
-
 
 def resolve_targets(spec):
     """Target names from a preset name, a comma list, or a list of names.
 
     "heavy" -> HEAVY (also "light", "medium"; any case); "wq, wv" -> ["wq", "wv"];
-    ["q_proj"] -> ["q_proj"]. Names keep the spelling given (either matches, see with_aliases).
+    ["q_proj"] -> ["q_proj"]. Names keep the spelling given (either matches, with_aliases).
     ValueError when nothing is named.
     """
     if isinstance(spec, str):
@@ -178,6 +152,14 @@ def unmerge(weight, A, B, scale):
     return weight - (B @ A) * scale                                       # (out, in)
 
 
+def lora_parameter_count(shapes, targets, r, n_layers=1):
+    """Trainable parameters of LoRA: A (r, in) + B (out, r) = r (in + out) per adapted Linear,
+    summed over `targets` (either spelling) in each of n_layers blocks; shapes: name -> (in, out)
+    of one block's Linears (llama.linear_shapes). The one formula (memory.py, adapters.py)."""
+    names = sorted({weight_names.HF_TO_LLAMA2C.get(t, t) for t in targets})
+    return n_layers * sum(r * (shapes[n][0] + shapes[n][1]) for n in names)
+
+
 # ----------------------------------------------------------------------------
 # the layer
 
@@ -214,7 +196,7 @@ class LoRALayer(nn.Module):
 
     @property
     def scale(self):
-        """alpha / r, derived on each use: setting alpha (load_adapter) cannot leave it stale."""
+        """alpha / r, derived on each use: loading an adapter sets alpha, scale follows."""
         return lora_scale(self.alpha, self.r)
 
     def reset_lora_parameters(self):
@@ -289,7 +271,7 @@ def wrap_linears(model, target_modules, wrap, option="target_modules"):
     Returns the wrapped names. Shared by inject_lora and adapters.inject_ia3. A wrapper starts in
     the mode of the Linear it replaces, so injecting into an eval-mode model keeps dropout off.
     """
-    targets = with_aliases(target_modules)
+    targets = weight_names.with_aliases(target_modules)
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     chosen = [n for n in linears if n.rpartition(".")[2] in targets]
     if not chosen:
@@ -344,123 +326,3 @@ def unload_lora(model, merge_first=True):
             layer.merge_()
         set_submodule(model, name, layer.to_linear())
     return model
-
-
-# ----------------------------------------------------------------------------
-# adapters on disk, in peft's layout
-
-def peft_module_name(name, model):
-    """Our module name -> (its name in the HF model, heads for a Q/K row permutation or None).
-
-    Canonical names (layers.0.attention.wq) go through weights.canonical_to_hf_name; HF names
-    (model.layers.0.self_attn.q_proj) and other modules are kept as they are.
-    """
-    last = name.rpartition(".")[2]
-    if last not in LLAMA2C_TO_HF:
-        return name, None
-    hf_name = weights.canonical_to_hf_name(name + ".weight").removesuffix(".weight")
-    if last not in ("wq", "wk"):
-        return hf_name, None
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "n_heads"):
-        raise ValueError(f"{name}: saving a canonical-named adapter needs model.config.n_heads / "
-                         "n_kv_heads to permute Q/K rows; pass the Llama itself (e.g. "
-                         "classifier.llama), not a wrapper")
-    return hf_name, config.n_heads if last == "wq" else config.n_kv_heads
-
-
-def _adapter_slots(model):
-    """peft key -> (our Parameter, heads to permute its rows or None), for every LoRALayer."""
-    slots = {}
-    for name, layer in lora_layers(model):
-        hf_name, heads = peft_module_name(name, model)
-        slots[f"{PEFT_PREFIX}{hf_name}.lora_A.weight"] = (layer.lora_A, None)   # (r, in)
-        slots[f"{PEFT_PREFIX}{hf_name}.lora_B.weight"] = (layer.lora_B, heads)  # (out, r)
-    return slots
-
-
-def peft_config_dict(config):
-    """adapter_config.json contents peft's LoraConfig reads (target names in HF spelling)."""
-    targets = sorted({LLAMA2C_TO_HF.get(t, t) for t in config.target_modules})
-    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": None,
-            "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
-            "target_modules": targets, "bias": "none", "fan_in_fan_out": False,
-            "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
-            "use_rslora": False, "use_dora": False}
-
-
-def config_from_peft_dict(data, path):
-    """LoraConfig from an adapter_config.json dict; ValueError for LoRA variants we lack."""
-    if data.get("peft_type") != "LORA":
-        raise ValueError(f"{path}: peft_type is {data.get('peft_type')!r}, not 'LORA'")
-    for key in ("use_rslora", "use_dora", "rank_pattern", "alpha_pattern", "layers_to_transform"):
-        if data.get(key):
-            raise ValueError(f"{path}: {key}={data[key]!r} is not supported by lora.py; "
-                             "save the adapter without it")
-    targets = data.get("target_modules")
-    if not isinstance(targets, list):
-        raise ValueError(f"{path}: target_modules must be a list of names, got {targets!r}")
-    return LoraConfig(r=data["r"], alpha=float(data["lora_alpha"]),
-                      dropout=float(data.get("lora_dropout", 0.0)), target_modules=targets)
-
-
-def save_adapter(directory, model, config):
-    """Write <directory>/adapter_model.safetensors and adapter_config.json in peft's layout.
-
-    Q/K lora_B rows of a canonical (interleaved-RoPE) Llama are permuted to HF's half-split
-    layout, so the file means the same update for transformers' LlamaForCausalLM.
-    """
-    directory = Path(directory)
-    for name, layer in lora_layers(model):
-        if (layer.r, layer.alpha) != (config.r, config.alpha):
-            raise ValueError(f"{name}: layer has r={layer.r}, alpha={layer.alpha} but the config "
-                             f"says r={config.r}, alpha={config.alpha}; save with the config used")
-    tensors = {}
-    for key, (param, heads) in _adapter_slots(model).items():
-        value = distributed.full(param.detach()).to("cpu", copy=True)     # FSDP: gathered
-        if heads is not None:
-            value = rope.permute_interleaved_to_half(value, heads)
-        tensors[key] = value.contiguous()
-    if not tensors:
-        raise ValueError("save_adapter: the model has no LoRA layers; call inject_lora first")
-    directory.mkdir(parents=True, exist_ok=True)
-    safetensors_io.write_safetensors(directory / ADAPTER_WEIGHTS, tensors, metadata={"format": "pt"})
-    atomic.save_json_atomic(directory / ADAPTER_CONFIG, peft_config_dict(config))
-    return directory
-
-
-@torch.no_grad()
-def load_adapter(directory, model):
-    """Load a peft-layout LoRA adapter into `model` (injecting first if needed); returns the config.
-
-    Every adapter tensor must land in one LoRA layer and every LoRA layer must be filled (strict).
-    """
-    directory = Path(directory)
-    for fname in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        if not (directory / fname).exists():
-            raise FileNotFoundError(f"{directory / fname}: adapter file not found; write one with "
-                                    "lora.save_adapter or peft's save_pretrained")
-    config = config_from_peft_dict(json.loads((directory / ADAPTER_CONFIG).read_text()),
-                                   directory / ADAPTER_CONFIG)
-    if not lora_layers(model):
-        inject_lora(model, config)
-    if any(layer.merged for _, layer in lora_layers(model)):
-        raise ValueError("load_adapter: the model's LoRA layers are merged; call unmerge_lora first")
-    tensors = safetensors_io.read_safetensors(directory / ADAPTER_WEIGHTS)
-    slots = _adapter_slots(model)
-    missing, unexpected = sorted(slots.keys() - tensors.keys()), sorted(tensors.keys() - slots.keys())
-    if missing or unexpected:
-        raise ValueError(f"{directory / ADAPTER_WEIGHTS}: keys do not match the model's LoRA layers "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was it saved for "
-                         "another model or other target_modules?")
-    for key, (param, heads) in slots.items():
-        value = tensors[key]
-        if heads is not None:
-            value = rope.permute_half_to_interleaved(value, heads)
-        if value.shape != param.shape:
-            raise ValueError(f"{key}: adapter shape {tuple(value.shape)} != model shape "
-                             f"{tuple(param.shape)}; the adapter's rank or base model differs")
-        param.copy_(value)
-    for _, layer in lora_layers(model):
-        layer.alpha = config.alpha                                       # scale follows
-    return config

@@ -8,9 +8,9 @@ is cast, weights and activations alike: no autocast, no fp32 master copy), r the
     gradients     P * s (every parameter)        LoRA: L * 4
     AdamW m, v    2 * P * s                      LoRA: 2 * L * 4
 with L = n_layers * sum over adapted Linears of r * (in + out) (Hu et al. 2021, arXiv:2106.09685,
-Sec. 4.1; lora.py's rule and alias table). AdamW (optimizer.py) makes m and v with
-zeros_like(param): the parameter's dtype, so a bf16 model has bf16 states; LoRALayer keeps A, B in
-fp32 for a bf16 model, so adapters, their gradients and states are 4 bytes each.
+Sec. 4.1; lora.lora_parameter_count on llama.linear_shapes). AdamW (optimizer.py) makes m and v
+with zeros_like(param): the parameter's dtype, so a bf16 model has bf16 states; LoRALayer keeps A,
+B in fp32 for a bf16 model, so adapters, their gradients and states are 4 bytes each.
 
 Activations: the tensors autograd saves for backward, summed per token from what llama.py's forward
 does, times B * T tokens. The rule for y = x W^T: W's gradient needs x, x's gradient needs only W,
@@ -66,6 +66,8 @@ the largest block rerun as its backward reruns it (its per-block RNG state, ~5 K
 counted). Caveat: a CUDA build whose fused kernels reject a case (e.g. fp32 GQA on an older torch)
 falls back to math attention, which also saves the B n_heads T^2 probabilities.
 
+Size: just over 400 lines, because the estimate and the measurement that checks it sit together.
+
 Shapes: B batch, T tokens, dim, V vocab, n labelled positions. Tested in tests/test_memory.py:
 weights, gradients and AdamW bytes equal to the byte of a measured CPU run of a tiny GQA Llama
 (full and LoRA, fp32 and bf16, with and without dropout, with and without gradient
@@ -83,10 +85,10 @@ import lora
 import sft
 import train
 import weights
+from weight_names import BLOCK_LINEARS, with_aliases
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 METHODS = ("full", "lora")
-BLOCK_LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 ADAPTER_BYTES = 4          # LoRALayer keeps A and B in fp32 (also for bf16 models)
 GIB = 2 ** 30
 
@@ -139,38 +141,24 @@ def adapted_linears(targets):
     """llama2.c names of the block Linears lora.inject_lora wraps for `targets` (the same
     resolve_targets + with_aliases rule); ValueError for names outside the seven projections."""
     names = lora.resolve_targets(targets)
-    unknown = [n for n in names if not lora.with_aliases([n]) & set(BLOCK_LINEARS)]
+    unknown = [n for n in names if not with_aliases([n]) & set(BLOCK_LINEARS)]
     if unknown:
         raise ValueError(f"--lora_targets {','.join(unknown)}: memory.py sizes LoRA on the block "
                          f"projections only; use q_proj k_proj v_proj o_proj gate_proj up_proj "
                          f"down_proj (or wq .. w3) or a preset")
-    wanted = lora.with_aliases(names)
+    wanted = with_aliases(names)
     return {n for n in BLOCK_LINEARS if n in wanted}
 
 
 # ----------------------------------------------------------------------------
 # parameters and their states
 
-def linear_shapes(config):
-    """(in, out) features of one block's seven Linears, by llama2.c name."""
-    d, h = config.dim, config.hidden_dim
-    q, kv = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
-    return {"wq": (d, q), "wk": (d, kv), "wv": (d, kv), "wo": (q, d), "w1": (d, h),
-            "w2": (h, d), "w3": (d, h)}
-
-
 def parameter_count(config):
     """Parameters of llama.Llama(config): embeddings (once when tied), blocks, final norm."""
     norm = config.dim * (1 if config.norm == "rmsnorm" else 2)      # LayerNorm adds a bias
-    block = sum(i * o for i, o in linear_shapes(config).values()) + 2 * norm
+    block = sum(i * o for i, o in llama.linear_shapes(config).values()) + 2 * norm
     embeddings = config.vocab_size * config.dim * (1 if config.tie_embeddings else 2)
     return embeddings + config.n_layers * block + norm
-
-
-def lora_parameter_count(config, adapted, r):
-    """L = n_layers * sum over adapted Linears of r * (in + out)."""
-    shapes = linear_shapes(config)
-    return config.n_layers * sum(r * (shapes[n][0] + shapes[n][1]) for n in adapted)
 
 
 def state_bytes(config, setup, method):
@@ -178,7 +166,8 @@ def state_bytes(config, setup, method):
     s, P = setup.dtype_bytes, parameter_count(config)
     if method == "full":
         return {"weights": P * s, "gradients": P * s, "optimizer": 2 * P * s}, P, P
-    L = lora_parameter_count(config, setup.adapted, setup.lora_rank)
+    L = lora.lora_parameter_count(llama.linear_shapes(config), setup.adapted, setup.lora_rank,
+                                  config.n_layers)
     A = ADAPTER_BYTES
     return {"weights": P * s + L * A, "gradients": L * A, "optimizer": 2 * L * A}, L, P + L
 
@@ -219,7 +208,7 @@ def linear_saved(saved, setup, name, x_name, in_features, grad_x, full):
 
 def block_saved(config, setup, full, grad_in):
     """One TransformerBlock -> ({saved tensor: bytes per token}, output needs grad, RoPE saved)."""
-    s, shapes, saved = setup.dtype_bytes, linear_shapes(config), {}
+    s, shapes, saved = setup.dtype_bytes, llama.linear_shapes(config), {}
     q, kv, h = shapes["wq"][1], shapes["wk"][1], config.hidden_dim
     grad = norm_saved(saved, "attention_norm", config.dim, s, grad_in, full)
     g_q, g_k, g_v = (linear_saved(saved, setup, name, "attention_norm.out", config.dim, grad, full)
@@ -330,7 +319,7 @@ def tensor_bytes(tensors):
 def watch_checkpointed_blocks(model, meter):
     """Gradient checkpointing saves inside each block through its own hooks, unseen by the
     meter: count each block's input (what the checkpoint keeps) and remember the first block's
-    arguments for rerun_bytes. -> (hook handles, {"args": (h, cos_sin, mask)})."""
+    arguments for rerun_bytes. -> (hook handles, {"args": (h, cos_sin, mask, kv)})."""
     first = {}
 
     def remember(module, args):
@@ -345,13 +334,13 @@ def watch_checkpointed_blocks(model, meter):
 def rerun_bytes(model, args, meter):
     """The largest saved bytes of one block rerun as checkpoint's backward reruns it: input
     detached (requires_grad kept), its storage left out (the checkpoint already holds it)."""
-    h, cos_sin, mask = args
+    h, cos_sin, mask, kv = args                         # kv is None: training has no cache
     most = 0
     model.train()
     for layer in model.layers:
         x = h.detach().requires_grad_(h.requires_grad)
         with meter:
-            h = layer(x, cos_sin, mask)                                  # (B, T, dim)
+            h = layer(x, cos_sin, mask, kv)                              # (B, T, dim)
         most = max(most, meter.held_bytes(exclude={x.untyped_storage().data_ptr()}))
     return most
 

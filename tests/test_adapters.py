@@ -16,6 +16,7 @@ import torch
 import adapters
 import llama as llama_module
 import lora
+import peft_format
 import sample
 from test_lora import canonical_twin, hf_logits, tiny_hf_llama, tokens
 
@@ -177,13 +178,13 @@ def test_prefix_mlp_matches_peft_prefix_encoder():
 ], ids=["prefix", "prefix+mlp", "ptuning"])
 def test_peft_adapter_loads_in_our_llama(tmp_path, peft_config):
     """peft's save_pretrained (random P; GQA prefix of kv heads, HF's half-split key channels) ->
-    adapters.load_adapter on our converted Llama -> peft's logits on every real position, with
+    peft_format.load_adapter on our converted Llama -> peft's logits on every real position, with
     right padding too. Prefix keys carry no RoPE and real tokens sit at positions n, n+1, ...
     in both. atol 1e-5: the two attention codes differ in summation order (as test_lora)."""
     hf = tiny_hf_llama()
     theirs = peft.get_peft_model(copy.deepcopy(hf), peft_config()).eval()
     theirs.save_pretrained(str(tmp_path))
-    ours, _ = adapters.load_adapter(tmp_path, canonical_twin(hf))
+    ours, _ = peft_format.load_adapter(tmp_path, canonical_twin(hf))
     ids, mask = tokens(), torch.ones(2, 11, dtype=torch.long)
     mask[1, -3:] = 0
     for m in (None, mask):
@@ -196,8 +197,8 @@ def test_peft_adapter_loads_in_our_llama(tmp_path, peft_config):
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_saved_adapter_loads_in_peft_and_back(tmp_path, method):
-    """adapters.save_adapter of a random adapter on our Llama -> peft.PeftModel.from_pretrained
-    gives our logits (atol 1e-5, two attention codes) -> adapters.load_adapter into a fresh Llama
+    """peft_format.save_adapter of a random adapter on our Llama -> peft.PeftModel.from_pretrained
+    gives our logits (atol 1e-5, two attention codes) -> peft_format.load_adapter into a fresh Llama
     gives them again (atol 1e-6: the same tensors, folded or not, in the same operations)."""
     hf = tiny_hf_llama()
     config = METHODS[method]()
@@ -206,10 +207,10 @@ def test_saved_adapter_loads_in_peft_and_back(tmp_path, method):
     ids = tokens()
     want = our_logits(model, ids)
     assert (want - hf_logits(hf, ids)).abs().max() > 1e-2
-    adapters.save_adapter(tmp_path, model, config)
+    peft_format.save_adapter(tmp_path, model, config)
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(hf), str(tmp_path)).eval()
     torch.testing.assert_close(hf_logits(theirs, ids)[:, -11:], want, rtol=0, atol=1e-5)
-    loaded, loaded_config = adapters.load_adapter(tmp_path, canonical_twin(hf))
+    loaded, loaded_config = peft_format.load_adapter(tmp_path, canonical_twin(hf))
     assert type(loaded_config) is type(config)
     torch.testing.assert_close(our_logits(loaded.eval(), ids), want, rtol=0, atol=1e-6)
 
@@ -268,17 +269,21 @@ def test_cached_generation_equals_uncached(method):
 
 
 def test_adapter_file_errors(tmp_path):
-    """One-line errors: no adapter files, a peft_type we lack, a prefix saved for another shape."""
+    """One-line errors: no adapter files, a peft_type we lack, a config that is not a JSON object,
+    a prefix saved for another shape."""
     llama = tiny_llama()
     with pytest.raises(FileNotFoundError, match="adapter_config.json: adapter file not found"):
-        adapters.load_adapter(tmp_path, llama)
+        peft_format.load_adapter(tmp_path, llama)
     config = METHODS["prefix"]()
-    adapters.save_adapter(tmp_path, adapters.adapt(tiny_llama(), config), config)
+    peft_format.save_adapter(tmp_path, adapters.adapt(tiny_llama(), config), config)
     (tmp_path / "adapter_config.json").write_text('{"peft_type": "LOHA"}')
     with pytest.raises(ValueError, match="peft_type 'LOHA' is not supported"):
-        adapters.load_adapter(tmp_path, llama)
+        peft_format.load_adapter(tmp_path, llama)
+    (tmp_path / "adapter_config.json").write_text('["LORA"]')      # file_checks.read_json
+    with pytest.raises(ValueError, match="adapter_config.json: expected a JSON object"):
+        peft_format.load_adapter(tmp_path, llama)
     other = tiny_llama()
-    adapters.save_adapter(tmp_path, adapters.adapt(other, config), config)
+    peft_format.save_adapter(tmp_path, adapters.adapt(other, config), config)
     wider = llama_module.Llama(llama_module.LlamaConfig.tiny(n_layers=3))
     with pytest.raises(ValueError, match="prompt_embeddings: adapter shape"):
-        adapters.load_adapter(tmp_path, wider)
+        peft_format.load_adapter(tmp_path, wider)

@@ -1,6 +1,7 @@
-"""Tests for lora.py: LoRALayer, inject/merge/unmerge, parameter counts, peft-format adapters,
-target presets and the alpha / r rule. IA3 and prompt tuning are in tests/test_adapters.py, which
-reuses this file's tiny_hf_llama / tokens / hf_logits.
+"""Tests for lora.py: LoRALayer, inject/merge/unmerge, parameter counts (counted and by
+lora_parameter_count), target presets and aliases, the alpha / r rule, and LoRA adapters in peft's
+layout (peft_format.py). IA3 and prompt tuning are in tests/test_adapters.py, which reuses this
+file's tiny_hf_llama / tokens / hf_logits.
 
 Run: .venv/bin/python -m pytest tests/test_lora.py -q
 
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 
 import lora
+import peft_format
+import weight_names
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -133,7 +136,7 @@ def test_scale_is_derived_from_alpha_and_r():
     assert lora.LoraConfig(r=4, alpha=2.0).scale == 0.5 == lora.lora_scale(2.0, 4)
     layer = lora.LoRALayer(nn.Linear(6, 5), r=4, alpha=2.0)
     assert layer.scale == 0.5
-    layer.alpha = 8.0                                   # what load_adapter does
+    layer.alpha = 8.0                                   # what peft_format.load_adapter does
     assert layer.scale == 2.0
 
 
@@ -156,7 +159,7 @@ def test_config_errors_and_aliases():
         lora.LoraConfig(r=0)
     with pytest.raises(ValueError, match="--lora_rank"):
         lora.LoraConfig(r=-2)
-    assert lora.with_aliases(["q_proj", "w2"]) == {"q_proj", "wq", "w2", "down_proj"}
+    assert weight_names.with_aliases(["q_proj", "w2"]) == {"q_proj", "wq", "w2", "down_proj"}
     assert lora.LoraConfig(target_modules="wq, wv").target_modules == ["wq", "wv"]
     assert lora.LoraConfig.heavy(r=4).target_modules == lora.HEAVY
     with pytest.raises(ValueError, match="available names: .*q_proj"):
@@ -169,7 +172,8 @@ def test_config_errors_and_aliases():
 @pytest.mark.parametrize("spelling", ["hf", "llama2c"])
 def test_same_logits_as_peft_given_same_a_b(spelling):
     base = tiny_hf_llama()
-    targets = lora.HEAVY if spelling == "hf" else [lora.HF_TO_LLAMA2C[t] for t in lora.HEAVY]
+    aliases = weight_names.HF_TO_LLAMA2C
+    targets = lora.HEAVY if spelling == "hf" else [aliases[t] for t in lora.HEAVY]
     ours = copy.deepcopy(base)
     names = lora.inject_lora(ours, lora.LoraConfig(r=4, alpha=8.0, target_modules=targets))
     assert len(names) == 2 * 7
@@ -239,12 +243,18 @@ def test_dropout_only_in_training():
 
 
 def test_injected_layers_keep_the_model_mode():
-    """Injecting into an eval-mode model must not switch LoRA dropout on (peft's behaviour)."""
+    """Injecting into an eval-mode model must not switch LoRA dropout on (peft's behaviour).
+    B != 0, so dropout left on would change the branch, and the logits, between two calls."""
     model = tiny_hf_llama()
     lora.inject_lora(model, lora.LoraConfig(r=2, alpha=4, dropout=0.5, target_modules=["q_proj"]))
     assert all(not layer.training for _, layer in lora.lora_layers(model))
+    randomize_lora(model)
     ids = tokens()
-    torch.testing.assert_close(hf_logits(model, ids), hf_logits(model, ids), atol=0, rtol=0)
+    torch.manual_seed(0)
+    first = hf_logits(model, ids)
+    torch.testing.assert_close(hf_logits(model, ids), first, atol=0, rtol=0)
+    model.train()                                     # the check can fail: training mode differs
+    assert not torch.allclose(hf_logits(model, ids), first)
 
 
 def test_only_lora_trains():
@@ -263,7 +273,7 @@ def test_saved_adapter_loads_in_peft(tmp_path):
     config = lora.LoraConfig(r=4, alpha=8.0, target_modules=["wq", "wk", "wv", "wo", "w1", "w2", "w3"])
     lora.inject_lora(ours, config)
     randomize_lora(ours)
-    lora.save_adapter(tmp_path, ours, config)
+    peft_format.save_adapter(tmp_path, ours, config)
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path)).eval()
     ids = tokens()
     torch.testing.assert_close(hf_logits(theirs, ids), hf_logits(ours, ids), rtol=0, atol=1e-6)
@@ -285,45 +295,45 @@ def test_peft_saved_adapter_loads_in_ours(tmp_path):
     base = tiny_hf_llama()
     theirs = saved_random_peft_adapter(base, lora.MEDIUM, 4, 16.0, seed=5, path=tmp_path)
     ours = copy.deepcopy(base)
-    config = lora.load_adapter(tmp_path, ours)
+    _, config = peft_format.load_adapter(tmp_path, ours)
     assert (config.r, config.alpha, sorted(config.target_modules)) == (4, 16.0, sorted(lora.MEDIUM))
     ids = tokens()
     torch.testing.assert_close(hf_logits(ours, ids), hf_logits(theirs, ids), rtol=0, atol=1e-6)
     # Injected first with another alpha: loading sets alpha, and the scale follows it.
     other = copy.deepcopy(base)
     lora.inject_lora(other, lora.LoraConfig(r=4, alpha=1.0, target_modules=lora.MEDIUM))
-    lora.load_adapter(tmp_path, other)
+    peft_format.load_adapter(tmp_path, other)
     assert {layer.scale for _, layer in lora.lora_layers(other)} == {4.0}
     torch.testing.assert_close(hf_logits(other, ids), hf_logits(theirs, ids), rtol=0, atol=1e-6)
 
 
 def test_load_adapter_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
-        lora.load_adapter(tmp_path, tiny_hf_llama())
+        peft_format.load_adapter(tmp_path, tiny_hf_llama())
     model = tiny_hf_llama()
     config = lora.LoraConfig.light(r=2)
     lora.inject_lora(model, config)
-    lora.save_adapter(tmp_path, model, config)
+    peft_format.save_adapter(tmp_path, model, config)
     other = tiny_hf_llama()
     lora.inject_lora(other, lora.LoraConfig.heavy(r=2))
     with pytest.raises(ValueError, match="missing"):
-        lora.load_adapter(tmp_path, other)
+        peft_format.load_adapter(tmp_path, other)
 
 
 # ----------------------------------------------------------------------------
 # our canonical-named Llama (interleaved RoPE rows) against the HF model it was converted from
 
 def canonical_twin(hf):
-    """Our Llama with hf's weights: names via weights.hf_to_canonical_name, q/k rows permuted."""
+    """Our Llama with hf's weights: names via weight_names.hf_to_canonical_name, q/k rows
+    permuted."""
     llama = pytest.importorskip("llama")
     import rope
-    import weights
     cfg = llama.LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48,
                             vocab_size=64, max_seq_len=64, norm_eps=1e-5, tie_embeddings=False,
                             attn_backend="math")
     state = {}
     for name, value in hf.state_dict().items():
-        canonical = weights.hf_to_canonical_name(name)
+        canonical = weight_names.hf_to_canonical_name(name)
         if canonical.endswith(("wq.weight", "wk.weight")):
             heads = cfg.n_heads if ".wq." in canonical else cfg.n_kv_heads
             value = rope.permute_half_to_interleaved(value, heads)
@@ -350,10 +360,14 @@ def test_canonical_twin_is_the_hf_model():
 def test_canonical_parameter_counts_equal_peft(setting):
     hf = tiny_hf_llama()
     ours = canonical_twin(hf)
-    targets = [lora.HF_TO_LLAMA2C[t] for t in SETTINGS[setting]]
+    targets = [weight_names.HF_TO_LLAMA2C[t] for t in SETTINGS[setting]]
     lora.inject_lora(ours, lora.LoraConfig(r=8, alpha=16.0, target_modules=targets))
     theirs = peft_twin(hf, SETTINGS[setting], r=8, alpha=16.0)
     assert lora.count_parameters(ours) == theirs.get_nb_trainable_parameters()
+    import llama                                      # the formula, from the config's shapes
+    c = ours.config
+    assert lora.lora_parameter_count(llama.linear_shapes(c), SETTINGS[setting], 8,
+                                     c.n_layers) == theirs.get_nb_trainable_parameters()[0]
 
 
 def test_canonical_adapter_loads_in_peft(tmp_path):
@@ -363,7 +377,7 @@ def test_canonical_adapter_loads_in_peft(tmp_path):
     config = lora.LoraConfig.heavy(r=4, alpha=8.0)
     lora.inject_lora(ours, config)
     randomize_lora(ours)
-    lora.save_adapter(tmp_path, ours, config)
+    peft_format.save_adapter(tmp_path, ours, config)
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(hf), str(tmp_path)).eval()
     ids = tokens()
     want = hf_logits(theirs, ids)
@@ -375,6 +389,6 @@ def test_peft_adapter_loads_in_canonical(tmp_path):
     hf = tiny_hf_llama()
     theirs = saved_random_peft_adapter(hf, lora.HEAVY, 4, 8.0, seed=6, path=tmp_path)
     ours = canonical_twin(hf)
-    lora.load_adapter(tmp_path, ours)
+    peft_format.load_adapter(tmp_path, ours)
     ids = tokens()
     torch.testing.assert_close(our_logits(ours, ids), hf_logits(theirs, ids), rtol=0, atol=1e-5)
