@@ -1,26 +1,40 @@
-"""Resumable training checkpoints: everything train.fit needs to continue a killed run exactly.
+"""Checkpoints: the folders a run continues from, and every function that reads or writes them.
 
-A checkpoint is one folder, written by atomic.replace_folder_atomic (built beside the old one and
-swapped in whole, so a kill at any instant leaves the previous complete checkpoint):
+Two kinds, each one folder written by atomic.replace_folder_atomic (built beside the old one and
+swapped in whole, so a kill at any instant leaves the previous complete folder, at worst as
+`<folder>.old`, which atomic.folder_or_backup finds):
+
+1. Training checkpoint (train.fit, `--checkpoint_every_steps N`, `--resume`), format
+   "llmlab-train-1", OUT_DIR/<name>-checkpoint: everything fit needs to continue a killed run
+   exactly.
     model.safetensors      the trainable state (trainable parameters and persistent buffers)
     best.safetensors       the best state so far (restored at the end of fit), if any
     optimizer.safetensors  AdamW's moments m, v per parameter ("<index>.<key>")
     rng.safetensors        torch's CPU generator state (and CUDA's, one per device)
-    state.json             format, step, epoch, optimizer steps done in that epoch, the epoch's
-                           running loss sum and count, best value, evaluations without gain,
-                           seconds trained, Python's and numpy's RNG states, optimizer groups and
-                           scalars, the history so far
-Continuing = rebuild the model and optimizer as the first run did, load this folder into them,
-replay the data order of the saved epoch (batches with set_epoch(epoch) are a pure function of
-seed and epoch) and skip the micro-batches already consumed. With the RNG states restored, a
-resumed CPU run is bit-identical to an uninterrupted one (tests/test_checkpoint.py kills a run with
-SIGKILL and checks exactly that).
+    state.json             format, then the Progress fields (step, epoch, optimizer steps done in
+                           that epoch, the epoch's running loss sum and count, best value,
+                           evaluations without gain, seconds trained, the history so far), then
+                           optimizer groups and scalars, Python's and numpy's RNG states
+   Continuing = rebuild the model and optimizer as the first run did, load this folder into them,
+   replay the data order of the saved epoch (batches with set_epoch(epoch) are a pure function of
+   seed and epoch) and skip the steps_in_epoch steps already done (epoch_part). With the RNG
+   states restored, a resumed CPU run is bit-identical to an uninterrupted one.
+2. Finished pico run (run_pico.py, `--option pico`), format "llmlab-pico-1", OUT_DIR/<name>: a
+   trained pico model to continue (`--resume`: --epochs more) or to sample from.
+    model.safetensors      the model's state_dict
+    optimizer.safetensors  AdamW's moments, when saved with the optimizer
+    tokenizer.model        the SentencePiece BPE model (tokenizer "bpe"; bytes need no file)
+    pico.json              format, PicoConfig, tokenizer kind, optimizer groups and scalars, and
+                           the run's steps / epochs / complete (False: a killed run, whose training
+                           checkpoint OUT_DIR/<name>-checkpoint finishes it)
 
-Tests: tests/test_checkpoint.py (optimizer state round trip; SIGKILL + resume == uninterrupted;
-a half-written checkpoint leaves the previous one).
+Tests: tests/test_checkpoint.py (optimizer state round trip; SIGKILL + resume == uninterrupted,
+through train.fit and through run.py; a half-written checkpoint leaves the previous one);
+tests/test_pico.py (a pico checkpoint resumed == an uninterrupted run; another model kind or a
+foreign folder refused; a save that fails midway keeps the old folder).
 """
-import json
 import random
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +42,56 @@ import torch
 
 import atomic
 import distributed
+import file_checks
+import pico
 import safetensors_io
+from tokenizer import ByteTokenizer, SentencePieceTokenizer
 
-FORMAT = "llmlab-train-1"
+TRAIN_FORMAT = "llmlab-train-1"
+PICO_FORMAT = "llmlab-pico-1"
+
+
+@dataclass
+class Progress:
+    """Where a training run stands: state.json's counters, in its order (a fresh run: zeros)."""
+    step: int = 0                  # optimizer steps done
+    epoch: int = 0                 # the epoch under way (0-based)
+    steps_in_epoch: int = 0        # optimizer steps of that epoch done (a resumed run skips them)
+    epoch_loss: float = 0.0        # that epoch's summed training loss so far
+    epoch_count: float = 0.0       # the items (examples or tokens) that sum counts
+    epoch_elapsed_s: float = 0.0   # seconds spent in that epoch
+    metrics: dict = None           # that epoch's latest evaluation (None: none yet)
+    evaluated_at: int = None       # the step of that evaluation
+    best_value: float = None       # best select_metric so far (train.BestKeeper)
+    bad_evals: int = 0             # evaluations since it last improved (patience)
+    elapsed_s: float = 0.0         # seconds since the run started
+    history: dict = None           # the history record so far (history.py)
+
+
+# ----------------------------------------------------------------------------
+# the trainable state: what a snapshot and a training checkpoint hold
+
+def trainable_state(model):
+    """CPU copies of everything training can change: trainable parameters and persistent buffers
+    (FSDP shards gathered: every rank calls this)."""
+    distributed.reshard(model)
+    buffers = {name for name, _ in model.named_buffers()}
+    state = {n: distributed.full(p.detach()).to("cpu", copy=True)
+             for n, p in model.named_parameters() if p.requires_grad}
+    for name, value in model.state_dict().items():
+        if name in buffers:
+            state[name] = value.detach().to("cpu", copy=True)       # FSDP leaves buffers whole
+    return state
+
+
+def restore_state(model, state):
+    """Copy a trainable_state snapshot back into the model in place (into each FSDP shard)."""
+    distributed.reshard(model)
+    current = dict(model.named_parameters())
+    current.update(dict(model.named_buffers()))
+    with torch.no_grad():
+        for name, value in state.items():
+            current[name].copy_(distributed.shard_like(value, current[name]))
 
 
 # ----------------------------------------------------------------------------
@@ -85,13 +146,13 @@ def set_rng_states(tensors, states):
 
 
 # ----------------------------------------------------------------------------
-# the folder
+# 1. the training checkpoint folder
 
 def save(folder, trainable, best, optimizer, state):
-    """Write a checkpoint folder (see the module docstring); `state` is the JSON part."""
+    """Write a training checkpoint folder (see the module docstring); `state` is the JSON part."""
     optimizer_tensors, optimizer_meta = optimizer_state_tensors(optimizer)
     rng_tensors, rng_json = rng_states()
-    state = {"format": FORMAT, **state, "optimizer": optimizer_meta, "rng": rng_json}
+    state = {"format": TRAIN_FORMAT, **state, "optimizer": optimizer_meta, "rng": rng_json}
 
     def fill(tmp):
         safetensors_io.write_safetensors(tmp / "model.safetensors", trainable)
@@ -114,14 +175,104 @@ def load(folder):
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no training checkpoint there (state.json missing); "
                                 "drop --resume to start from scratch")
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); delete the folder and start again") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an llmlab training checkpoint ({FORMAT}); drop --resume")
+    state = file_checks.read_json(path, kind=dict)
+    if state.get("format") != TRAIN_FORMAT:
+        raise ValueError(f"{path}: not an llmlab training checkpoint ({TRAIN_FORMAT}); drop "
+                         "--resume")
     best = folder / "best.safetensors"
     return (safetensors_io.read_safetensors(folder / "model.safetensors"),
             safetensors_io.read_safetensors(best) if best.is_file() else None,
             safetensors_io.read_safetensors(folder / "optimizer.safetensors"),
             safetensors_io.read_safetensors(folder / "rng.safetensors"), state)
+
+
+# ----------------------------------------------------------------------------
+# resuming train.fit: when to save, what to save, what to put back, which steps to skip
+
+def due(step, every):
+    """True when a training checkpoint is written after optimizer step `step` (every N steps)."""
+    return bool(every) and step % every == 0
+
+
+def save_progress(folder, model, best, optimizer, progress):
+    """A training checkpoint: the model's trainable state now, the best snapshot (or None), the
+    optimizer and RNG states and `progress` (every rank gathers FSDP shards, rank 0 writes)."""
+    save(folder, trainable_state(model), best, optimizer,
+         {f.name: getattr(progress, f.name) for f in fields(progress)})
+
+
+def restore(folder, model, optimizer):
+    """Put a training checkpoint back: the model's trainable state, the optimizer's moments and
+    every RNG, in place; -> (Progress, best snapshot or None)."""
+    trainable, best, optimizer_tensors, rng, state = load(folder)
+    missing = sorted(set(trainable_state(model)) ^ set(trainable))
+    if missing:
+        raise ValueError(f"{folder}: the checkpoint holds other trainable tensors than this "
+                         f"model ({missing[:3]}); resume with the same options")
+    restore_state(model, trainable)
+    load_optimizer_state(optimizer, optimizer_tensors, state["optimizer"])
+    set_rng_states(rng, state["rng"])
+    best = {k: v.clone() for k, v in best.items()} if best is not None else None
+    return Progress(**{f.name: state[f.name] for f in fields(Progress)}), best
+
+
+def epoch_part(progress, epoch):
+    """The counters `epoch` starts from: the checkpoint's when the resumed run stopped inside
+    it (its steps_in_epoch steps are skipped, their micro-batches already consumed), else zeros."""
+    return progress if progress.epoch == epoch else Progress(epoch=epoch)
+
+
+# ----------------------------------------------------------------------------
+# 2. a finished pico run
+
+def save_pico(directory, model, tokenizer, optimizer=None, extra=None):
+    """Write a pico run folder; the old folder is replaced only once the new one is complete
+    (until then it stays at `directory`, or at `directory.old` for the final swap)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": PICO_FORMAT, "config": asdict(model.cfg), "tokenizer": tokenizer.kind,
+            "optimizer": None, **(extra or {})}
+    optimizer_tensors = None
+    if optimizer is not None:
+        optimizer_tensors, meta["optimizer"] = optimizer_state_tensors(optimizer)
+
+    def fill(folder):
+        safetensors_io.write_safetensors(folder / "model.safetensors", tensors)
+        if optimizer_tensors is not None:
+            safetensors_io.write_safetensors(folder / "optimizer.safetensors", optimizer_tensors)
+        if tokenizer.kind == "bpe":
+            atomic.write_bytes_atomic(folder / "tokenizer.model", tokenizer.model_proto)
+        atomic.save_json_atomic(folder / "pico.json", meta)             # written last
+    atomic.replace_folder_atomic(directory, fill)
+
+
+def load_pico(directory, expected_model=None):
+    """-> (model, tokenizer, meta); one-line errors for a missing, foreign or other-kind folder.
+    A folder a crash left as `<directory>.old` (atomic.folder_or_backup) is loaded too."""
+    directory = atomic.folder_or_backup(directory)
+    meta_path = directory / "pico.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"--resume {directory}: no pico.json there, so it is not a pico "
+                                "checkpoint; give a folder written by --option pico")
+    meta = file_checks.read_json(meta_path, kind=dict, flag="--resume")
+    if meta.get("format") != PICO_FORMAT:
+        raise ValueError(f"--resume {meta_path}: format {meta.get('format')!r} is not "
+                         f"{PICO_FORMAT!r}; give a folder written by --option pico")
+    cfg = pico.PicoConfig(**meta["config"])
+    if expected_model is not None and cfg.model != expected_model:
+        raise ValueError(f"--resume {directory} holds a {cfg.model!r} model but --model is "
+                         f"{expected_model!r}; pass --model {cfg.model} or a "
+                         f"{expected_model} checkpoint")
+    model = pico.build_model(cfg)
+    model.load_state_dict(safetensors_io.read_safetensors(directory / "model.safetensors"),
+                          strict=True)
+    tokenizer = (SentencePieceTokenizer((directory / "tokenizer.model").read_bytes(), kind="bpe",
+                                        source=directory / "tokenizer.model")
+                 if meta["tokenizer"] == "bpe" else ByteTokenizer())
+    return model, tokenizer, meta
+
+
+def load_pico_optimizer(directory, optimizer, meta):
+    """Restore the AdamW moments and step counts save_pico wrote beside the model."""
+    folder = atomic.folder_or_backup(directory)
+    tensors = safetensors_io.read_safetensors(folder / "optimizer.safetensors")
+    load_optimizer_state(optimizer, tensors, meta["optimizer"])

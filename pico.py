@@ -1,7 +1,8 @@
 """pico-LLM (seed 003): LSTM, k-gram MLP and Transformer language models, their offline tokenizers,
-checkpoints, nucleus-sampling generation and the diversity metrics of the p-sweep. Training runs,
-the seed's studies, figures and flags (`run.py --option pico | pico_compare`) are in run_pico.py;
-the streaming text reader is in data.py.
+nucleus-sampling generation and the diversity metrics of the p-sweep. Training runs, the seed's
+studies, figures and flags (`run.py --option pico | pico_compare`) are in run_pico.py; the saved
+run folder (weights, optimizer, tokenizer, pico.json) in checkpoint.py (save_pico, load_pico);
+the streaming text reader in data.py.
 
 Every model maps tokens (B, T) to next-token logits (B, T, V); position t sees tokens 0..t only.
   LSTM        (h_t, c_t) = LSTM(E[x_t], h_{t-1}, c_{t-1}), logits_t = W h_t
@@ -34,7 +35,7 @@ Data: data.py streams a file in pieces into blocks of block_size + 1 tokens (inp
   target block[1:]) and mixes sources per block; run_pico.py wires the flags to it.
 Tokenizer: "bpe" (default) = SentencePiece BPE trained offline on the first 4 MB of the training
   text (train_bpe_tokenizer -> tokenizer.train_sentencepiece: byte fallback, newline kept, exact
-  round trip), saved with each checkpoint; "byte" = tokenizer.ByteTokenizer(), UTF-8 bytes,
+  round trip), saved with each checkpoint; "bytes" = tokenizer.ByteTokenizer(), UTF-8 bytes,
   V = 256. Not the starter's tiktoken gpt2 (its ranks are downloaded) nor the default
   model's 49,152-token BPE: its embedding and unembedding alone would be 12.6 M parameters beside
   a ~1 M-parameter CPU model, and its softmax would dominate each step.
@@ -43,30 +44,26 @@ Generation: greedy (no --top_p) or nucleus sampling from sample.py (Holtzman et 
   1510.03055); rep-4 = 1 - distinct-4 within one sample, averaged (seq-rep-n, Welleck et al. 2019).
 Shapes: B batch, T tokens, V vocab, dim width, H = n_heads, D = head_dim, C chunk, k window,
   n chunks.
-Checkpoints: a folder written whole through atomic.replace_folder_atomic, so a kill while saving
-  leaves the previous checkpoint (loaded from `<name>.old` if the kill fell between the renames).
+Size: ~450 lines: seed 003's three model families and both linear attentions read as one.
 Tests: tests/test_pico.py (unfold == loop; linear chunked == cumsum == recurrent; GLA chunked ==
-  recurrent; SDPA == math attention; RMSNorm == F.rms_norm; causality of every model; checkpoint
-  resume == uninterrupted run; a save that fails midway keeps the old checkpoint; nucleus sampling taken from sample.py; and, for data.py and
-  run_pico.py, streaming memory, bad-input errors and the CLI).
+  recurrent; SDPA == math attention; RMSNorm == F.rms_norm; causality of every model; nucleus
+  sampling taken from sample.py; and, for checkpoint.py's pico folder, data.py and run_pico.py:
+  resume == uninterrupted run, a save that fails midway keeps the old folder, streaming memory,
+  bad-input errors and the CLI).
 """
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import atomic
-import checkpoint
 import data
 import rope
 from llama import RMSNorm  # the hand-written RMSNorm seed 003 asks for (fp32 statistics)
 import sample
-import safetensors_io
-from tokenizer import ByteTokenizer, SentencePieceTokenizer, train_sentencepiece
+from tokenizer import train_sentencepiece
 
 
 # ----------------------------------------------------------------------------
@@ -457,63 +454,3 @@ def p_sweep(model, tokenizer, prompt, ps, n_samples, max_new_tokens, seed):
                      "rep_4": float(np.mean([repetition_rate(w) for w in words])),
                      "sample": texts[0]})
     return rows
-
-
-# ----------------------------------------------------------------------------
-# Checkpoints: one folder of model.safetensors, optimizer.safetensors, tokenizer.model, pico.json,
-# written whole by atomic.replace_folder_atomic (a kill mid-save leaves the previous checkpoint)
-
-CHECKPOINT_FORMAT = "llmlab-pico-1"
-
-
-def save_pico_checkpoint(directory, model, tokenizer, optimizer=None, extra=None):
-    """Write a resumable checkpoint folder; the old folder is replaced only once the new one is
-    complete (until then it stays at `directory`, or at `directory.old` for the final swap)."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": CHECKPOINT_FORMAT, "config": asdict(model.cfg), "tokenizer": tokenizer.kind,
-            "optimizer": None, **(extra or {})}
-    optimizer_tensors = None
-    if optimizer is not None:
-        optimizer_tensors, meta["optimizer"] = checkpoint.optimizer_state_tensors(optimizer)
-
-    def fill(folder):
-        safetensors_io.write_safetensors(folder / "model.safetensors", tensors)
-        if optimizer_tensors is not None:
-            safetensors_io.write_safetensors(folder / "optimizer.safetensors", optimizer_tensors)
-        if tokenizer.kind == "bpe":
-            atomic.write_bytes_atomic(folder / "tokenizer.model", tokenizer.model_proto)
-        atomic.save_json_atomic(folder / "pico.json", meta)
-    atomic.replace_folder_atomic(directory, fill)
-
-
-def load_pico_checkpoint(directory, expected_model=None):
-    """-> (model, tokenizer, meta); one-line errors for a missing, foreign or other-kind folder.
-    A folder a crash left as `<directory>.old` (atomic.folder_or_backup) is loaded too."""
-    directory = atomic.folder_or_backup(directory)
-    meta_path = directory / "pico.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"--resume {directory}: no pico.json there, so it is not a pico "
-                                "checkpoint; give a folder written by --option pico")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"--resume {meta_path}: format {meta.get('format')!r} is not "
-                         f"{CHECKPOINT_FORMAT!r}; give a folder written by --option pico")
-    cfg = PicoConfig(**meta["config"])
-    if expected_model is not None and cfg.model != expected_model:
-        raise ValueError(f"--resume {directory} holds a {cfg.model!r} model but --model is "
-                         f"{expected_model!r}; pass --model {cfg.model} or a "
-                         f"{expected_model} checkpoint")
-    model = build_model(cfg)
-    model.load_state_dict(safetensors_io.read_safetensors(directory / "model.safetensors"),
-                          strict=True)
-    tokenizer = (SentencePieceTokenizer((directory / "tokenizer.model").read_bytes(), kind="bpe",
-                                        source=directory / "tokenizer.model")
-                 if meta["tokenizer"] == "bpe" else ByteTokenizer())
-    return model, tokenizer, meta
-
-
-def load_optimizer_state(directory, optimizer, meta):
-    """Restore AdamW moments and step counts saved by save_pico_checkpoint."""
-    folder = atomic.folder_or_backup(directory)
-    tensors = safetensors_io.read_safetensors(folder / "optimizer.safetensors")
-    checkpoint.load_optimizer_state(optimizer, tensors, meta["optimizer"])

@@ -5,7 +5,9 @@ Flags are spelled as in minllama's run_llama.py (--train, --dev, --test, --label
 --test_out, --batch_size, --epochs, --lr, --lora_rank, --lora_alpha); the training flags every
 trainer shares come from train.add_training_arguments. Outputs: `PRED ||| TEXT` per line for dev
 and test, `Dev Accuracy: 0.490` lines, OUT_DIR/<option>-<train>-summary.json, and for lora the
-adapter in peft's layout with the head beside it.
+adapter in peft's layout with the head beside it. Reduced runs: --max_train_examples and
+--max_eval_examples (dev) cut those splits; the test output covers every test line unless
+--max_test_examples asks for a subset.
 
 Tested in tests/test_run_classifier.py (the CLI end to end through run.main on temp files,
 --lora_targets presets and names, the placeholder-label warning, FSDP == one process).
@@ -22,6 +24,7 @@ import distributed
 import fused
 import lora
 import options
+import peft_format
 import safetensors_io
 import scoring
 import train
@@ -45,18 +48,13 @@ def add_arguments(parser, option):
     parser.add_argument("--test_out", "--test-out", type=options.output_file,
                         default=f"cfimdb-test-{kind}-output.txt",
                         help="test predictions, `PRED ||| TEXT` per line")
-    parser.add_argument("--batch_size", "--batch-size",
-                        type=options.positive_int, default=8, help="examples per batch")
+    options.add_flags(parser, batch_size=8)
     weights.add_model_path_argument(parser)
     parser.add_argument("--max_sentence_len", "--max-sentence-len",
                         type=options.positive_int, default=None,
                         help="cut each text to this many tokens (None: no cut)")
-    parser.add_argument("--max_train_examples", "--max-train-examples",
-                        type=options.positive_int, default=None,
-                        help="use a seeded random subset of this many training examples")
-    parser.add_argument("--max_eval_examples", "--max-eval-examples",
-                        type=options.positive_int, default=None,
-                        help="use seeded random subsets of this many dev and test examples")
+    options.add_flags(parser, max_train_examples=None, max_eval_examples=None,
+                      max_test_examples=None)
     parser.add_argument("--out_dir", "--out-dir", type=options.output_folder, default="runs",
                         help="folder for the history JSON, learning curves and summary JSON")
     parser.add_argument("--prompt_template", "--prompt-template", default=classifier.PROMPT_TEMPLATE,
@@ -71,24 +69,15 @@ def add_arguments(parser, option):
 
 
 def add_training_arguments(parser, option):
-    """The flags of --option finetune and lora."""
-    parser.add_argument("--epochs",
-                        type=options.positive_int, default=5, help="passes over the training data")
-    parser.add_argument("--lr",
-                        type=options.positive_float, default=2e-5, help="AdamW learning rate")
+    """The flags of --option finetune and lora: the shared training flags (train.py) with seed
+    001's defaults, the head, and LoRA's."""
+    train.add_training_arguments(parser, epochs=5, lr=2e-5)
     parser.add_argument("--head_input", "--head-input", choices=["prompt", "text"], default="prompt",
                         help="prompt: the head reads the end of the zero-shot prompt and starts as "
                         "the zero-shot classifier; text: [bos] text [eos] and a random head (minllama)")
     parser.add_argument("--hidden_dropout_prob", "--hidden-dropout-prob",
                         type=options.probability, default=0.3,
                         help="dropout on the pooled hidden state before the head")
-    parser.add_argument("--max_steps_per_epoch", "--max-steps-per-epoch",
-                        type=options.positive_int, default=None,
-                        help="stop each epoch after this many optimizer steps")
-    parser.add_argument("--time_budget_s", "--time-budget-s",
-                        type=options.nonnegative_float, default=None,
-                        help="stop training after this many seconds (then evaluate and predict)")
-    train.add_checkpoint_arguments(parser)
     distributed.add_fsdp_argument(parser)
     parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                         help="the fast path (fused.py, tested equal); --no-fused: the readable one")
@@ -115,13 +104,15 @@ def check_arguments(args):
 
 
 def load_splits(args):
-    """Label names and the train/dev/test examples (subsets when asked)."""
+    """Label names and the train/dev/test examples: seeded subsets when asked, each split by its
+    own flag (--max_eval_examples cuts dev only; the test file only by --max_test_examples)."""
     names = data.read_label_names(args.label_names)
+    limits = {"train": args.max_train_examples, "dev": args.max_eval_examples,
+              "test": args.max_test_examples}
     splits = {}
     for split, flag in [("train", "--train"), ("dev", "--dev"), ("test", "--test")]:
         examples = data.read_examples(getattr(args, split), num_labels=len(names), flag=flag)
-        limit = args.max_train_examples if split == "train" else args.max_eval_examples
-        splits[split] = data.subset(examples, limit, seed=args.seed)
+        splits[split] = data.subset(examples, limits[split], seed=args.seed)
         print(f"load {len(splits[split])} data from {getattr(args, split)}", flush=True)
     return names, splits
 
@@ -186,10 +177,7 @@ def run_train(args, llama, tokenizer, names, splits):
         preds, loss = classifier.predict_head(m, batches("dev", sort_by_length=True))
         return {"loss": loss, "accuracy": classifier.accuracy(preds, splits["dev"])}
 
-    config = train.TrainConfig(epochs=args.epochs, lr=args.lr,
-                               max_steps_per_epoch=args.max_steps_per_epoch,
-                               time_budget_s=args.time_budget_s, out_dir=args.out_dir,
-                               name=run_name(args), **train.checkpoint_fields(args, run_name(args)))
+    config = train.config_from_args(args, name=run_name(args))
     history = train.fit(model, batches("train", shuffle=True), classifier.classification_loss, config,
                         evaluate=evaluate)
     preds = {s: classifier.predict_head(model, batches(s, sort_by_length=True))[0] for s in ("dev", "test")}
@@ -202,11 +190,11 @@ def run_train(args, llama, tokenizer, names, splits):
 
 
 def save_lora_classifier(model, args):
-    """OUT_DIR/<run>-adapter: the LoRA adapter in peft's layout (lora.save_adapter) and the
-    trained head beside it as classifier_head.safetensors (peft ignores the extra file)."""
+    """OUT_DIR/<run>-adapter: the LoRA adapter in peft's layout (peft_format.save_adapter, with the
+    LoraConfig classifier.add_lora trained) and the trained head beside it as
+    classifier_head.safetensors (peft ignores the extra file)."""
     folder = Path(args.out_dir) / f"{run_name(args)}-adapter"
-    config = lora.LoraConfig(r=args.lora_rank, alpha=args.lora_alpha, target_modules=args.lora_targets)
-    lora.save_adapter(folder, model.llama, config)
+    peft_format.save_adapter(folder, model.llama, model.lora_config)
     head = {k: v.cpu().contiguous() for k, v in distributed.full_state_dict(model.classifier_head).items()}
     safetensors_io.write_safetensors(folder / "classifier_head.safetensors", head)
     print(f"saved the LoRA adapter and the head to {folder}", flush=True)

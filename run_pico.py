@@ -1,10 +1,14 @@
 """pico-LLM (seed 003) driver behind `run.py --option pico | pico_compare`: training runs with
 checkpoints and resume, the studies (train/test gap, attention heatmaps, nucleus p-sweep, the
 same-budget comparison of model variants), their figures and tables (every file through
-atomic.py), and the command-line flags. The models, BPE training, checkpoints and generation are
-in pico.py, the tokenizer classes in tokenizer.py, the streaming reader in data.py.
+atomic.py), and the command-line flags. The models, BPE training and generation are in pico.py,
+the saved run folder in checkpoint.py (save_pico, load_pico), the tokenizer classes in
+tokenizer.py, the streaming reader in data.py. `--resume` continues the run folder OUT_DIR/<name>
+(or the folder `--resume DIR` names): a finished run trains --epochs more, a killed run
+(--checkpoint_every_steps) finishes from its training checkpoint OUT_DIR/<name>-checkpoint.
 
 Tests: tests/test_pico.py (bad-input errors, train/save/resume/plot through run.py, compare table).
+Size: ~460 lines: two options (pico, pico_compare) with their data wiring, figures and flags.
 """
 import math
 import os
@@ -15,12 +19,13 @@ import torch
 import torch.nn.functional as F
 
 import atomic
+import checkpoint
 import options
 import plots
 import train
 from data import LMBatches, iter_split, iter_text_chunks
-from pico import (MODELS, PicoConfig, build_model, encode_prompt, generate, load_optimizer_state,
-                  load_pico_checkpoint, p_sweep, save_pico_checkpoint, train_bpe_tokenizer)
+from pico import (MODELS, PicoConfig, build_model, encode_prompt, generate, p_sweep,
+                  train_bpe_tokenizer)
 from tokenizer import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parent
@@ -188,10 +193,15 @@ COMPARE_VARIANTS = {  # name -> PicoConfig overrides; "transformer" = RoPE, pre-
 
 def add_arguments(parser, option):
     """pico's flags; the course's spellings kept (--input_files, --tinystories_weight, --block_size,
-    --embed_size, --kgram_k, --num_inner_mlp_layers, --max_steps_per_epoch, --prompt)."""
+    --embed_size, --kgram_k, --num_inner_mlp_layers, --max_steps_per_epoch, --prompt). The
+    training flags are the shared ones (train.add_training_arguments). --warmup_steps 20 kept the
+    LSTM on its unigram plateau (loss ~6 after 150 steps vs 4.2 without; no effect on the others),
+    hence 0; a decaying --schedule needs --max_steps_per_epoch (the stream has no length)."""
     add = _flag_adder(parser)
     _add_data_arguments(add)
     _add_model_arguments(add)
+    train.add_training_arguments(parser, epochs=1, lr=3e-3, batch_size=16, weight_decay=0.0,
+                                 warmup_steps=0, schedule="constant", eval_every_steps=100)
     _add_run_arguments(add)
     if option == "pico_compare":
         add("compare_models", list(COMPARE_VARIANTS), "variants trained under the same budget",
@@ -224,12 +234,12 @@ def _add_data_arguments(add):
         type=options.nonnegative_int)
     add("chunk_bytes", 1 << 20, "bytes per piece read by the streaming reader",
         type=options.positive_int)
-    add("tokenizer", "bpe", "bpe: SentencePiece BPE trained on the training text; byte: UTF-8",
-        choices=["bpe", "byte"])
+    add("tokenizer", "bpe", "bpe: SentencePiece BPE trained on the training text; bytes: UTF-8 "
+        "bytes (also spelled byte)", choices=["bpe", "bytes"],
+        type=options.renamed({"byte": "bytes"}))
     add("vocab_size", 2048, "BPE vocabulary size (byte: always 256)", type=options.positive_int)
     add("block_size", 128, "tokens per training window (the course's 1024 is slow on a CPU)",
         type=options.positive_int)
-    add("batch_size", 16, "blocks per batch", type=options.positive_int)
     add("shuffle_buffer", 256, "blocks held by the streaming shuffle buffer",
         type=options.nonnegative_int)
 
@@ -253,19 +263,8 @@ def _add_model_arguments(add):
 
 
 def _add_run_arguments(add):
-    add("epochs", 1, "passes over the training stream", type=options.positive_int)
-    add("lr", 3e-3, "peak learning rate (AdamW)", type=options.positive_float)
-    add("weight_decay", 0.0, "AdamW weight decay", type=options.nonnegative_float)
-    add("warmup_steps", 0, "linear warmup steps (20 kept the LSTM on its unigram plateau, loss ~6 "
-        "after 150 steps vs 4.2 without; no effect on the others)", type=options.nonnegative_int)
-    add("schedule", "constant", "lr after warmup (decays need --max_steps_per_epoch)",
-        choices=["constant", "cosine", "linear"])
-    add("max_steps_per_epoch", None, "steps per epoch (token budget = steps x batch x block)",
-        type=options.positive_int)
-    add("time_budget_s", None, "stop training a model after this many seconds",
-        type=options.nonnegative_float)
-    add("eval_every_steps", 100, "evaluate train and test loss every this many steps",
-        type=options.positive_int)
+    """Selection, evaluation, generation, the p-sweep and the outputs (token budget per epoch =
+    --max_steps_per_epoch x --batch_size x --block_size)."""
     add("select_metric", "loss", "state kept at the end: lowest test loss (early stopping) or "
         "lowest train loss (~ the last state, for the overfitting study)",
         choices=["loss", "train_loss"])
@@ -280,11 +279,6 @@ def _add_run_arguments(add):
     add("out_dir", "runs/pico", "folder for checkpoints, histories, tables and figures",
         type=options.output_folder)
     add("name", None, "run name (default pico-<model>)")
-    add("resume", None, "a pico checkpoint folder (OUT_DIR/<name>) to continue: a finished run "
-        "trains --epochs more; a killed run (--checkpoint_every_steps) finishes from its last "
-        "training checkpoint, same flags")
-    add("checkpoint_every_steps", None, "write a resumable training checkpoint every N steps "
-        "(OUT_DIR/<name>-checkpoint)", type=options.positive_int)
 
 
 def config_from_args(args, vocab_size, **overrides):
@@ -300,7 +294,7 @@ def config_from_args(args, vocab_size, **overrides):
 
 
 def make_tokenizer(args, files):
-    if args.tokenizer == "byte":
+    if args.tokenizer == "bytes":
         return ByteTokenizer()
     return train_bpe_tokenizer([p for _, paths, _ in files.values() for p in paths], args.vocab_size)
 
@@ -311,25 +305,24 @@ def evaluate_lm(model, batches):
             "train_loss": mean_loss(model, batches["train_eval"])}
 
 
-def train_model(model, batches, args, name, device, resume_meta=None, lr=None, killed=False):
+def train_model(model, batches, args, name, device, resumed=None, lr=None, killed=False):
     """train.fit with our loss and evaluation (lr defaults to --lr); returns (history, optimizer).
-    resume_meta: a finished run continued; killed: a killed run finished from its checkpoint."""
+    resumed: (folder, meta) of a finished run continued; killed: a killed run finished from its
+    training checkpoint OUT_DIR/<name>-checkpoint."""
     lr = args.lr if lr is None else lr
+    folder, resume_meta = resumed or (None, None)
     model.to(device)
     batches["train"].epoch_offset = (resume_meta or {}).get("epochs", 0)  # resume: next shuffle
     total = args.max_steps_per_epoch * args.epochs if args.max_steps_per_epoch else None
-    config = train.TrainConfig(
-        epochs=args.epochs, lr=lr, weight_decay=args.weight_decay, schedule=args.schedule,
-        warmup_steps=0 if resume_meta else args.warmup_steps, total_steps=total,
-        max_steps_per_epoch=args.max_steps_per_epoch, time_budget_s=args.time_budget_s,
-        eval_every_steps=args.eval_every_steps, select_metric=args.select_metric, select_mode="min",
-        out_dir=args.out_dir, name=name, count_unit="tok", progress=sys.stderr.isatty(),
+    config = train.config_from_args(
+        args, lr=lr, warmup_steps=0 if resume_meta else args.warmup_steps, total_steps=total,
+        select_metric=args.select_metric, select_mode="min", name=name, count_unit="tok",
+        progress=sys.stderr.isatty() and not args.no_progress,
         checkpoint_dir=str(Path(args.out_dir) / f"{name}-checkpoint")
-        if (args.checkpoint_every_steps or killed) else None,
-        checkpoint_every_steps=getattr(args, "checkpoint_every_steps", None), resume=killed)
+        if (args.checkpoint_every_steps or killed) else None, resume=killed)
     optimizer = train.make_optimizer(model, config)
     if resume_meta and resume_meta.get("optimizer"):
-        load_optimizer_state(args.resume, optimizer, resume_meta)
+        checkpoint.load_pico_optimizer(folder, optimizer, resume_meta)
         for group in optimizer.param_groups:
             group["initial_lr"] = lr
     history = train.fit(model, batches["train"], lm_loss, config, lambda m: evaluate_lm(m, batches),
@@ -375,15 +368,24 @@ def check_prompt(args, tokenizer, block_size):
                          "could not see it whole; shorten --prompt or raise --block_size")
 
 
+def resume_folder(args):
+    """The pico run folder --resume continues: the one `--resume DIR` names, else OUT_DIR/<name>
+    (name: --name, else pico-<--model>)."""
+    if isinstance(args.resume, str):
+        return Path(args.resume)
+    return Path(args.out_dir) / (args.name or f"pico-{args.model or 'transformer'}")
+
+
 def main(args):
     device = args.device
     files = data_files(args)
     config_from_args(args, args.vocab_size, model=args.model or "transformer")  # shape errors now
     if args.option == "pico_compare":
         return run_compare(args, files, device)
-    model, meta = None, None
+    model, meta, folder = None, None, None
     if args.resume:
-        model, tokenizer, meta = load_pico_checkpoint(args.resume, args.model)
+        folder = resume_folder(args)
+        model, tokenizer, meta = checkpoint.load_pico(folder, args.model)
     else:
         tokenizer = make_tokenizer(args, files)
     block_size = model.cfg.block_size if model else args.block_size
@@ -396,14 +398,14 @@ def main(args):
     name = args.name or f"pico-{model.cfg.model}"
     killed = bool(meta) and meta.get("complete") is False
     if args.checkpoint_every_steps and not args.resume:   # tokenizer + config for a resume
-        save_pico_checkpoint(Path(args.out_dir) / name, model, tokenizer, None,
+        checkpoint.save_pico(Path(args.out_dir) / name, model, tokenizer, None,
                              {"steps": 0, "epochs": 0, "complete": False})
     history, optimizer = train_model(model, batches, args, name, device,
-                                     None if killed else meta, killed=killed)
+                                     None if killed or not meta else (folder, meta), killed=killed)
     previous = {} if killed else (meta or {})
     done = {"steps": previous.get("steps", 0) + history["total_steps"],
             "epochs": previous.get("epochs", 0) + len(history["epochs"]), "complete": True}
-    save_pico_checkpoint(Path(args.out_dir) / name, model, tokenizer, optimizer, done)
+    checkpoint.save_pico(Path(args.out_dir) / name, model, tokenizer, optimizer, done)
     print(f"checkpoint: {Path(args.out_dir) / name} ({done['steps']} steps in all)", flush=True)
     report_run(model, tokenizer, history, args, name)
 

@@ -25,16 +25,20 @@ One run:
     accuracy and macro-F1 every --eval_every_steps and every epoch
     answer the validation set (--answer_mode score | generate): accuracy, macro-F1, confusion
     save OUT_DIR/adapter (peft's layout + sft_config.json) or OUT_DIR/model (full), sft-history.json,
-    sft-curves.png, confusion.png, summary.json; answer --test into --submission (id,answer)
+    sft-curves.png, confusion.png, summary.json; answer --test into --submission (id,answer):
+    every test row, always (--max_eval_examples cuts validation only; --max_test_examples is
+    refused, as a submission with rows missing would be)
 Predict only: `--adapter DIR --test FILE --submission FILE` loads the base model named in
 DIR/sft_config.json (or --pretrained-model-path) plus the adapter of any method, and answers the
 test file.
 
+Size: ~425 lines: one option's flags, data, method, evaluation, saving and prediction.
 Trainable parameters are counted twice: programmatically, and by the method's formula
 (adapters.formula_count; LoRA: sum over adapted Linears of r * (in + out)).
 Tests: tests/test_run_sft.py (a tiny Llama: masking + training lowers the loss, the adapter
 reloads to the same logits (and in peft), predict-only writes a valid submission, bad options;
-one short run per method whose saved adapter reloads to the same validation answers).
+the submission keeps every test row under --max_eval_examples; one short run per method whose
+saved adapter reloads to the same validation answers).
 """
 import argparse
 import json
@@ -53,10 +57,12 @@ import fused
 import lora
 import metrics
 import options
+import peft_format
 import sample
 import sft
 import train
 import weights
+from history import format_metrics
 
 SFT_CONFIG = "sft_config.json"
 METHODS = ("lora", "ia3", "prompt", "ptuning", "prefix", "full")
@@ -83,10 +89,6 @@ def add_data_arguments(add):
     add("--text_field", "--text-field", default="text", help="JSON field holding the text")
     add("--label_field", "--label-field", default="label", help="JSON field holding the label")
     add("--label_names", "--label-names", default=None, help="JSON list naming integer labels")
-    add("--max_train_examples", "--max-train-examples", type=options.positive_int, default=None,
-        help="seeded random subset of the training records (after the split)")
-    add("--max_eval_examples", "--max-eval-examples", type=options.positive_int, default=None,
-        help="seeded random subset of the validation and test records")
 
 
 def add_training_arguments(add):
@@ -108,29 +110,8 @@ def add_training_arguments(add):
         help="ptuning / prefix MLP width (default peft's: dim / n_kv_heads * head_dim)")
     add("--encoder_type", "--encoder-type", choices=["MLP", "LSTM"], default="MLP",
         help="ptuning: the prompt encoder (peft's encoder_reparameterization_type)")
-    add("--epochs", type=options.positive_int, default=1, help="passes over the training records")
-    add("--lr",
-        type=options.positive_float, default=1e-4, help="peak AdamW learning rate (seed 002: 1e-4)")
-    add("--weight_decay", "--weight-decay",
-        type=options.nonnegative_float, default=0.0, help="AdamW weight decay")
-    add("--schedule", choices=["cosine", "linear", "constant"], default="cosine", help="lr decay")
-    add("--warmup_steps", "--warmup-steps",
-        type=options.nonnegative_int, default=0, help="linear warmup steps")
-    add("--batch_size", "--batch-size",
-        type=options.positive_int, default=8, help="sequences per micro-batch")
-    add("--grad_accum", "--grad-accum",
-        type=options.positive_int, default=1, help="micro-batches per optimizer step")
     add("--max_len", "--max-len",
         type=options.positive_int, default=256, help="tokens per sequence (text cut first)")
-    add("--patience",
-        type=options.positive_int, default=None, help="early stop after N evaluations without a "
-        "lower validation loss")
-    add("--eval_every_steps", "--eval-every-steps", type=options.positive_int, default=None,
-        help="also evaluate every N optimizer steps (validation loss, perplexity, accuracy)")
-    add("--max_steps_per_epoch", "--max-steps-per-epoch", type=options.positive_int, default=None,
-        help="stop each epoch after N optimizer steps")
-    add("--time_budget_s", "--time-budget-s",
-        type=options.nonnegative_float, default=None, help="training seconds")
     add("--fused", action=argparse.BooleanOptionalAction, default=True,
         help="the fast path (fused.py: fused q/k/v and gate/up matmuls, LoRA's fast branch; "
         "tested equal); --no-fused runs the readable reference path")
@@ -145,8 +126,6 @@ def add_answer_arguments(add):
         help="score: compare each label's log-probability; generate: decode and parse the label")
     add("--max_new_tokens", "--max-new-tokens",
         type=options.positive_int, default=8, help="generate mode: tokens")
-    add("--eval_batch_size", "--eval-batch-size",
-        type=options.positive_int, default=16, help="scoring batch size")
     add("--zero_shot", "--zero-shot", action=argparse.BooleanOptionalAction,
         default=True, help="score the validation set before training (the base model)")
 
@@ -154,13 +133,17 @@ def add_answer_arguments(add):
 def add_arguments(parser, option):
     add = parser.add_argument
     add_data_arguments(add)
+    options.add_flags(parser, max_train_examples=None, max_eval_examples=None,
+                      max_test_examples=None)
     add_training_arguments(add)
+    train.add_training_arguments(      # seed 002's lr; early stopping on the validation loss
+        parser, epochs=1, lr=1e-4, weight_decay=0.0, schedule="cosine", warmup_steps=0,
+        batch_size=8, grad_accum=1, patience=None, eval_every_steps=None, eval_batch_size=16)
     add_answer_arguments(add)
     weights.add_model_path_argument(parser, "the base model")
     add("--adapter", default=None, help="predict only: an OUT_DIR/adapter (or OUT_DIR/model) folder")
     add("--out_dir", "--out-dir", type=options.output_folder, default="runs/sft",
         help="folder for every output of the run")
-    train.add_checkpoint_arguments(parser)
     distributed.add_fsdp_argument(parser)
 
 
@@ -171,6 +154,9 @@ def check_arguments(args):
         raise ValueError("give --train FILE to fine-tune, or --adapter DIR --test FILE to predict")
     if args.adapter is not None and args.test is None:
         raise ValueError("--adapter predicts a test file: give --test FILE (and --submission)")
+    if args.max_test_examples is not None:
+        raise ValueError(f"--max_test_examples {args.max_test_examples}: the submission answers "
+                         "every --test row; drop it (--max_eval_examples cuts validation only)")
     for flag in ("train", "val", "test", "label_names"):
         path = getattr(args, flag)
         if path is not None and not Path(path).is_file():
@@ -209,8 +195,8 @@ def load_records(args):
     sft.check_answers(splits["val"], labels)
     splits["train"] = data.subset(splits["train"], args.max_train_examples, args.seed)
     splits["val"] = data.subset(splits["val"], args.max_eval_examples, args.seed)
-    if args.test:
-        splits["test"] = data.subset(read(args.test, "--test"), args.max_eval_examples, args.seed)
+    if args.test:                       # whole: the submission answers every test row
+        splits["test"] = read(args.test, "--test")
         sft.check_answers(splits["test"], labels, need=False)
     print("data: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items())
           + f"; labels {labels}", flush=True)
@@ -321,13 +307,8 @@ def fit(model, tokenizer, splits, labels, template, args):
     """train.fit on the answer loss; returns the history."""
     sequences = [sft.encode(tokenizer, r, labels, template, args.max_len) for r in splits["train"]]
     batches = sft.batches(sequences, args.batch_size, tokenizer.pad_id, shuffle=True, seed=args.seed)
-    config = train.TrainConfig(
-        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
-        warmup_steps=args.warmup_steps, grad_accum_steps=args.grad_accum,
-        max_steps_per_epoch=args.max_steps_per_epoch, time_budget_s=args.time_budget_s,
-        eval_every_steps=args.eval_every_steps, patience=args.patience, select_metric="loss",
-        select_mode="min", out_dir=args.out_dir, name="sft", count_unit="answer tok",
-        **train.checkpoint_fields(args, "sft"))
+    config = train.config_from_args(args, name="sft", select_metric="loss", select_mode="min",
+                                    count_unit="answer tok")
     return train.fit(model, batches, sft.answer_loss, config,
                      evaluate=Evaluator(tokenizer, splits["val"], labels, template, args))
 
@@ -370,7 +351,7 @@ def save_trained(model, tokenizer, adapter, labels, template, args):
     sft_config.json (the method, labels, template, base model)."""
     out = Path(args.out_dir)
     if adapter is not None:
-        folder = adapters.save_adapter(out / "adapter", model, adapter)
+        folder = peft_format.save_adapter(out / "adapter", model, adapter)
     else:
         folder = out / "model"
         weights.save_model_folder(folder, model.config, distributed.full_state_dict(model),
@@ -400,7 +381,7 @@ def run_training(args):
         evaluator = Evaluator(tokenizer, splits["val"], labels, template, args)
         llama.eval()
         summary["zero_shot"] = evaluator(llama)
-        print("zero-shot validation: " + train.format_metrics(summary["zero_shot"]), flush=True)
+        print("zero-shot validation: " + format_metrics(summary["zero_shot"]), flush=True)
     history = fit(model, tokenizer, splits, labels, template, args)
     adapters.fold(model)                    # P-tuning / prefix MLPs -> plain P, as saved
     summary.update(best=history["best"], epochs=history["epochs"], stopped=history["stopped"],
@@ -429,7 +410,7 @@ def run_prediction(args):
             raise ValueError(f"{folder / SFT_CONFIG}: the adapter was trained on another base model "
                              f"({saved['base_model'] or 'the default model'}); pass that one with "
                              "--pretrained-model-path")
-        model, config = adapters.load_adapter(folder, llama)
+        model, config = peft_format.load_adapter(folder, llama)
         print(f"loaded {saved['method']} adapter: {config}", flush=True)
     model.eval()
     args.max_len = saved["max_len"]

@@ -20,6 +20,7 @@ peft_compare (seed 004 Q2.7-Q2.10, seed 000's bonus): LoRA, IA3, prompt tuning, 
 sweep (seed 002): LoRA rank r x alpha on a grid, validation accuracy and final validation loss as
     a table and two heatmaps. alpha = 0 makes the update (alpha / r) B A zero: the base model.
 
+Size: ~430 lines: three studies (sft_compare, peft_compare, sweep) share children and tables.
 Outputs in --out_dir: one folder per run, compare.md / compare.json / compare-curves.png, or
 sweep.md / sweep.json / sweep-heatmap.png.
 Tests: tests/test_run_sft_studies.py (child argv round trip, the table from fixed summaries, the

@@ -18,15 +18,17 @@ Raghavan & Schuetze 2008, Introduction to Information Retrieval, Sec. 13.2):
     theta_cw = (n_cw + alpha) / (n_c + alpha V)       n_c: words of class c, V: vocabulary size
 Time against L: forward + backward of one layer, loop scan (L sequential steps) against kernel +
 FFT convolution (O(L log L)); the least-squares slope of log time against log L is the exponent.
-Outputs in --out_dir, every file through atomic.py: <name>-results.json, <name>-submission.csv,
-<name>-history.json and <name>-curves.png (train.fit); ssm_compare adds compare.md, compare.json,
-compare-curves.png and time-vs-length.png; --submission (default OUT_DIR/submission.csv) is the
-best model's submission.
+Outputs in --out_dir, every file through atomic.py: <name>-results.json, <name>-submission.csv
+(every test row, always), <name>-history.json and <name>-curves.png (train.fit); ssm_compare
+adds compare.md, compare.json, compare-curves.png and time-vs-length.png; --submission (default
+OUT_DIR/submission.csv) is the best model's submission.
 
+Size: ~410 lines: three options (ssm, s4, ssm_compare), the baseline and the timing study.
 Shapes: tokens (B, L) long, attention_mask (B, L), logits (B, num_classes).
 Tests: tests/test_run_ssm.py (naive Bayes on hand counts; the slope of a power law; bos and
 truncation; the tokenizer cache, reused, and trained again after truncation or corruption; the
-CLI end to end on tiny files: submission, results, curves, table, plots, a bad label).
+CLI end to end on tiny files: submission (every test row), results, curves, table, plots, a bad
+label).
 """
 import argparse
 import hashlib
@@ -168,11 +170,7 @@ def train_one(args, layer, name, dataset):
     model = s4.build_model(config).to(args.device)
     train_batches = batches(dataset, "train", args.batch_size, shuffle=True, seed=args.seed)
     val_batches = batches(dataset, "val", args.eval_batch_size)
-    fit_config = train.TrainConfig(
-        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        schedule="cosine", max_grad_norm=1.0, max_steps_per_epoch=args.max_steps_per_epoch,
-        time_budget_s=args.time_budget, patience=args.patience, out_dir=args.out_dir, name=name,
-        progress=not args.no_progress, **train.checkpoint_fields(args, name))
+    fit_config = train.config_from_args(args, schedule="cosine", max_grad_norm=1.0, name=name)
     history = train.fit(model, train_batches, loss_fn, fit_config,
                         evaluate=lambda m: predict(m, val_batches)[1],
                         optimizer=s4_optimizer(model, args))
@@ -350,7 +348,8 @@ def add_arguments(parser, option):
     add("--submission", type=options.output_file, default=None,
         help="id,label CSV for the test file (default OUT_DIR/submission.csv)")
     add("--tokenizer", choices=["sentencepiece", "bytes"], default="sentencepiece",
-        help="SentencePiece unigram trained on --train, or raw UTF-8 bytes")
+        type=options.renamed({"byte": "bytes"}),
+        help="SentencePiece unigram trained on --train, or raw UTF-8 bytes (also spelled byte)")
     add("--vocab_size", "--vocab-size",
         type=options.positive_int, default=8000, help="SentencePiece vocabulary size")
     add("--case_fold", "--case-fold", action=argparse.BooleanOptionalAction, default=True,
@@ -382,28 +381,13 @@ def add_arguments(parser, option):
 
 
 def add_training_arguments(parser, option):
-    """The optimisation, budget and crash-safety flags (and ssm_compare's timing flags)."""
+    """The shared training flags (train.py; the lr decays by a cosine after the warmup, and the
+    time budget is per model), S4's lr cap, and ssm_compare's timing flags."""
+    train.add_training_arguments(parser, epochs=10, lr=4e-3, weight_decay=1.0, warmup_steps=50,
+                                 batch_size=32, eval_batch_size=128, patience=None)
     add = parser.add_argument
-    add("--epochs", type=options.positive_int, default=10, help="passes over the training set")
-    add("--lr", type=options.positive_float, default=4e-3, help="peak learning rate (cosine decay)")
     add("--ssm_lr", "--ssm-lr",
         type=options.positive_float, default=1e-3, help="lr cap for A, B, dt (no weight decay)")
-    add("--weight_decay", "--weight-decay",
-        type=options.nonnegative_float, default=1.0, help="AdamW weight decay")
-    add("--warmup_steps", "--warmup-steps",
-        type=options.nonnegative_int, default=50, help="linear warmup steps")
-    add("--batch_size", type=options.positive_int, default=32, help="training batch size")
-    add("--eval_batch_size", "--eval-batch-size",
-        type=options.positive_int, default=128, help="evaluation batch size")
-    add("--time_budget", "--time-budget", type=options.nonnegative_float, default=None,
-        help="seconds of training per model (None: all epochs)")
-    add("--max_steps_per_epoch", "--max-steps-per-epoch", type=options.positive_int, default=None,
-        help="cap on optimizer steps per epoch")
-    add("--patience",
-        type=options.positive_int, default=None,
-        help="stop after this many epochs without a better val")
-    add("--no_progress", "--no-progress", action="store_true", help="no tqdm bars (for logs)")
-    train.add_checkpoint_arguments(parser)
     if option == "ssm_compare":
         add("--bench_lengths", "--bench-lengths", default="256,512,1024,2048,4096,8192",
             help="comma-separated L for the time-vs-length plot ('' to skip)")

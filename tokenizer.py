@@ -43,8 +43,7 @@ with transformers' LlamaTokenizer (tokenizers BPE + byte fallback), Llama 3 with
 TikTokenConverter, GGUF and tokenizer.json with a `tokenizers` BPE from the same vocab and merges;
 `bpe_merge_reference` vs tiktoken; chat strings vs jinja2 templates; streaming vs decode;
 trained SentencePiece and bytes: exact round trips, line-by-line == one-call ids, bad files.
-Size: about 600 lines, because the three families (SentencePiece, byte-level BPE, bytes) answer one
-interface (encode, decode, chat, stream) and share one loader; split, that contract would scatter.
+Size: ~600 lines: three tokenizer families behind one interface (encode, decode, chat, stream).
 """
 import base64
 import codecs

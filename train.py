@@ -8,8 +8,8 @@
             g = g * min(1, max_grad_norm / ||g||_2)       global-norm clipping (Pascanu et al. 2013,
                                                           arXiv:1211.5063)
             lr_t = lr * lr_at(t)                          warmup, then cosine/linear decay (SGDR,
-                                                          Loshchilov & Hutter 2017, arXiv:1608.03983)
-            theta = AdamW(theta, g, lr_t)                 (Loshchilov & Hutter 2019, arXiv:1711.05101)
+                                                          Loshchilov & Hutter 2017, 1608.03983)
+            theta = AdamW(theta, g, lr_t)                 (Loshchilov & Hutter 2019, 1711.05101)
             every eval_every_steps: evaluate -> keep the best state, count evaluations without gain
             stop on the time budget or after `patience` evaluations without gain (early stopping)
         evaluate at the end of the epoch, record time, throughput and peak memory
@@ -24,18 +24,26 @@ over the N processes during the last micro-batch's backward (no_sync before), an
 summed over processes, so the update is the gradient of the global mean: g * N / sum_r n_r.
 Under FSDP (a model distributed.shard made) the same mean arrives reduce-scattered: each rank
 holds its shard of g, clips with the norm over all shards and steps AdamW on its shard alone;
-snapshots and checkpoints gather the shards (trainable_state) and put them back (restore_state).
-On one process these are no-ops.
+snapshots and checkpoints gather the shards (checkpoint.trainable_state) and put them back
+(checkpoint.restore_state). On one process these are no-ops.
 Evaluation hook: evaluate(model) -> dict of floats, run in eval mode without gradients every
 eval_every_steps steps and at each epoch end; a "loss" of a token-counting run (count_unit ending
-in "tok") also gets its perplexity exp(loss). select_metric picks the state restored at the end.
+in "tok") also gets its perplexity exp(loss). BestKeeper keeps the state of the best
+select_metric (restored at the end) and counts evaluations without gain (patience).
 Mixed precision: bf16 autocast on CUDA only (Micikevicius et al. 2018, arXiv:1710.03740, Sec. 3
 for the idea; bf16 needs no loss scaling). On CPU everything stays fp32.
 
+Who owns what: fit owns the counters (step; the epoch's tally of loss sums); history.py the
+record, its JSON, printed lines and curves; checkpoint.py the resumable state (what is saved, when,
+what a resumed run skips). The training flags of every trainer (`--epochs`, `--lr`,
+`--time_budget_s`, `--resume`, ...) are declared once here (TRAINING_FLAGS, add_training_arguments)
+and turned into a TrainConfig by config_from_args.
+
 Shapes are whatever the caller's loss_fn takes; fit never looks inside a batch.
+Size: ~520 lines: the loop, its steps (resume, evaluate, stop, save) and TrainConfig read as one.
 Tests: tests/test_train.py (batch of 8 == 4 accumulated micro-batches of 2, against a plain
 full-batch step with torch.optim.AdamW; best-on-dev restore; patience; schedule; history and
-curves written; perplexity; one host sync per logged step).
+curves written; perplexity; one host sync per logged step; the flags -> TrainConfig).
 """
 import contextlib
 import copy
@@ -43,18 +51,17 @@ import itertools
 import math
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-import atomic
 import checkpoint
 import distributed
 import optimizer as optim_lib
 import options
-import plots
+from history import History, format_metrics
 
 
 # ----------------------------------------------------------------------------
@@ -70,12 +77,12 @@ class TrainConfig:
     warmup_steps: int = 0              # optimizer steps of linear warmup from 0 to lr
     schedule: str = "constant"         # lr after warmup: "constant" | "cosine" | "linear"
     min_lr_ratio: float = 0.0          # final lr / peak lr for cosine and linear decay
-    total_steps: int = None            # schedule length in optimizer steps (None: from len(batches))
+    total_steps: int = None            # schedule length in steps (None: from len(batches))
     grad_accum_steps: int = 1          # micro-batches per optimizer step
-    max_grad_norm: float = 1.0         # clip the global gradient L2 norm to this (None: no clipping)
+    max_grad_norm: float = 1.0         # clip the global gradient L2 norm to this (None: never)
     max_steps_per_epoch: int = None    # stop an epoch after this many optimizer steps (None: all)
     time_budget_s: float = None        # stop training after this many seconds (None: no limit)
-    eval_every_steps: int = None       # also evaluate every this many optimizer steps (None: epochs only)
+    eval_every_steps: int = None       # also evaluate every this many steps (None: epoch ends only)
     log_every_steps: int = 1           # read the loss on the host every this many steps
     patience: int = None               # stop after this many evaluations without improvement
     select_metric: str = "accuracy"    # key of evaluate()'s dict used to pick the best state
@@ -96,11 +103,13 @@ class TrainConfig:
         for field in ("max_steps_per_epoch", "eval_every_steps", "total_steps", "patience",
                       "checkpoint_every_steps"):
             if getattr(self, field) is not None and getattr(self, field) < 1:
-                raise ValueError(f"TrainConfig.{field}={getattr(self, field)}: must be >= 1 or None")
+                raise ValueError(f"TrainConfig.{field}={getattr(self, field)}: must be >= 1 "
+                                 "or None")
         if self.select_mode not in ("max", "min"):
             raise ValueError(f"TrainConfig.select_mode={self.select_mode!r}: use 'max' or 'min'")
         if self.schedule not in optim_lib.SCHEDULES:
-            raise ValueError(f"TrainConfig.schedule={self.schedule!r}: use constant, cosine or linear")
+            raise ValueError(f"TrainConfig.schedule={self.schedule!r}: use constant, cosine or "
+                             "linear")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ValueError(f"TrainConfig.lr={self.lr}: the learning rate must be > 0")
         if self.warmup_steps < 0 or (self.time_budget_s is not None and self.time_budget_s < 0):
@@ -180,251 +189,291 @@ def fit(model, train_batches, loss_fn, config, evaluate=None, optimizer=None):
     evaluate(model) -> dict of floats (e.g. {"loss": .., "accuracy": ..}); eval mode, no grad.
     optimizer: defaults to optimizer.AdamW over the trainable parameters with config's lr/betas/wd.
     The best state by config.select_metric is restored at the end (when evaluate is given).
+    fit owns its counters: `step` (optimizer steps done) and each epoch's tally (loss sums).
     """
-    run = Run(model, train_batches, config, evaluate, optimizer)
-    for epoch in range(run.epoch, config.epochs):
-        skip = run.begin_epoch(epoch, train_batches)            # > 0 only in a resumed epoch
-        for micro_batches in accumulation_groups(train_batches, config, skip):
-            run.optimizer.zero_grad(set_to_none=True)
-            loss_sum, count = accumulate_gradients(run.wrapped, micro_batches, loss_fn, config,
-                                                   run.device)
-            lr = set_lr(run.optimizer, run.lr_factor())
-            grad_norm = optimizer_step(run.optimizer, run.params, count, config.max_grad_norm)
-            run.step += 1
-            run.epoch_loss += loss_sum
-            run.epoch_count += count
-            if run.step % config.log_every_steps == 0 or run.checkpoint_due():
-                run.log_step(loss_sum, count, lr, grad_norm)     # the one host sync of a step
-            if config.eval_every_steps and run.step % config.eval_every_steps == 0:
-                run.evaluate_now(announce=True)
-            if run.checkpoint_due():
-                run.save_checkpoint()
-            if run.should_stop():
+    setup = Setup(model, train_batches, config, evaluate, optimizer)
+    progress = resume_or_start(setup)                  # checkpoint.Progress; zeros when fresh
+    step, stopped = progress.step, None
+    for epoch in range(progress.epoch, config.epochs):
+        tally = begin_epoch(setup, epoch, step, checkpoint.epoch_part(progress, epoch),
+                            train_batches)
+        for micro_batches in accumulation_groups(train_batches, config, step - tally.start_step):
+            setup.optimizer.zero_grad(set_to_none=True)
+            loss_sum, count = accumulate_gradients(setup.wrapped, micro_batches, loss_fn, config,
+                                                   setup.device)
+            lr = set_lr(setup.optimizer, setup.lr_factor(step))
+            grad_norm = optimizer_step(setup.optimizer, setup.params, count, config.max_grad_norm)
+            step += 1
+            tally.loss += loss_sum
+            tally.count += count
+            save_now = checkpoint.due(step, config.checkpoint_every_steps)
+            if step % config.log_every_steps == 0 or save_now:
+                log_step(setup, tally, step, loss_sum, count, lr, grad_norm)  # the one host sync
+            if config.eval_every_steps and step % config.eval_every_steps == 0:
+                evaluate_now(setup, tally, step, announce=True)
+            if save_now:
+                save_progress(setup, tally, step)
+            stopped = stop_reason(setup)
+            if stopped:
                 break
-        run.end_epoch()
-        if run.stopped != "completed":
+        stopped = end_epoch(setup, tally, step) or stopped
+        if stopped:
             break
-    return run.finish()
+    return finish(setup, step, stopped)
 
 
-class Run:
-    """State of one fit() call: optimizer, schedule, counters, history, best snapshot."""
+class Setup:
+    """What fit builds once and never counts with: the DDP/FSDP-wrapped model, the optimizer and
+    its parameters, the schedule length, the best-state keeper, the history and the clock."""
 
     def __init__(self, model, train_batches, config, evaluate, optimizer):
         self.model, self.config, self.evaluate = model, config, evaluate
         self.device = next(model.parameters()).device
         self.wrapped = distributed.wrap(model)                # DDP under torchrun (or FSDP)
-        self.optimizer = optimizer if optimizer is not None else make_optimizer(self.wrapped, config)
+        self.optimizer = (optimizer if optimizer is not None
+                          else make_optimizer(self.wrapped, config))
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.steps_per_epoch = steps_per_epoch(train_batches, config)
         self.total_steps = total_steps(self.steps_per_epoch, config)
-        self.step, self.epoch, self.start, self.stopped = 0, 0, time.perf_counter(), "completed"
-        self.best_value, self.best_state, self.bad_evals, self.resumed = None, None, 0, None
+        self.start = time.perf_counter()
+        self.keeper = BestKeeper(config.select_metric, config.select_mode, config.patience)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.history = {"name": config.name, "config": asdict(config), "steps": [], "epochs": [],
-                        "evals": [], "best": None, "stopped": "completed",
-                        "trainable_parameters": trainable, "device": self.device.type,
-                        "memory_kind": "cuda_max_allocated" if self.device.type == "cuda"
-                        else "cpu_max_rss"}
-        if config.resume and checkpoint.exists(config.checkpoint_dir):
-            self.restore()
-        else:
-            self.write_history("running")   # a killed run leaves its own history, not an old one
-        model.train()
+        self.history = History(config, trainable, self.device.type)
 
-    def lr_factor(self):
+    def lr_factor(self, step):
+        """The schedule's lr / peak lr at optimizer step `step` (optimizer.lr_at)."""
         c = self.config
-        total = self.total_steps if self.total_steps is not None else self.step + 1
-        return optim_lib.lr_at(self.step, 1.0, c.warmup_steps, max(total, 1), schedule=c.schedule,
+        total = self.total_steps if self.total_steps is not None else step + 1
+        return optim_lib.lr_at(step, 1.0, c.warmup_steps, max(total, 1), schedule=c.schedule,
                                min_lr_ratio=c.min_lr_ratio)
 
-    def begin_epoch(self, epoch, train_batches):
-        """Reset the epoch's counters (or restore a resumed epoch's); -> optimizer steps of this
-        epoch already done. Batches with set_epoch get their order for this epoch."""
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        if hasattr(train_batches, "set_epoch"):
-            train_batches.set_epoch(epoch)
-        part = self.resumed if self.resumed and self.resumed["epoch"] == epoch else {}
-        done = part.get("steps_in_epoch", 0)
-        self.epoch, self.epoch_start_step = epoch, self.step - done
-        self.epoch_start = time.perf_counter() - part.get("epoch_elapsed_s", 0.0)
-        self.epoch_loss = torch.tensor(part.get("epoch_loss", 0.0), device=self.device)
-        self.epoch_count = torch.tensor(part.get("epoch_count", 0.0), device=self.device)
-        self.metrics, self.evaluated_at = part.get("metrics"), part.get("evaluated_at")
-        c = self.config
-        self.bar = tqdm(total=self.steps_per_epoch, initial=done, dynamic_ncols=True,
-                        desc=f"{c.name} epoch {epoch + 1}/{c.epochs}",
-                        disable=not (c.progress and distributed.is_main()))
-        return done
 
-    # -- crash safety -------------------------------------------------------------------------
-    def checkpoint_due(self):
-        every = self.config.checkpoint_every_steps
-        return bool(every) and self.step % every == 0
+@dataclass
+class EpochTally:
+    """fit's running counters for the epoch under way (a resumed epoch starts from the
+    checkpoint's). Loss and count stay on the device: no host sync per step."""
+    epoch: int                     # 0-based
+    start_step: int                # global step before the epoch's first step
+    start_time: float              # perf_counter at its start (earlier by a resumed part's time)
+    loss: torch.Tensor             # summed training loss so far (0-d, on the device)
+    count: torch.Tensor            # the items (examples, tokens) it counts
+    metrics: dict = None           # the epoch's latest evaluation
+    evaluated_at: int = None       # the step of that evaluation
+    bar: object = None             # the tqdm progress bar
 
-    def save_checkpoint(self, epoch_done=False):
-        """The resumable state after this step (every rank gathers FSDP shards, rank 0 writes;
-        see checkpoint.py)."""
-        loss, count = torch.stack([self.epoch_loss, self.epoch_count]).tolist()
-        state = {"step": self.step, "epoch": self.epoch + epoch_done,
-                 "steps_in_epoch": 0 if epoch_done else self.step - self.epoch_start_step,
-                 "epoch_loss": 0.0 if epoch_done else loss, "epoch_count": 0.0 if epoch_done else count,
-                 "epoch_elapsed_s": time.perf_counter() - self.epoch_start,
-                 "metrics": None if epoch_done else self.metrics,
-                 "evaluated_at": None if epoch_done else self.evaluated_at,
-                 "best_value": self.best_value, "bad_evals": self.bad_evals,
-                 "elapsed_s": time.perf_counter() - self.start, "history": self.history}
-        checkpoint.save(self.config.checkpoint_dir, trainable_state(self.model), self.best_state,
-                        self.optimizer, state)
-        self.write_history("running")
 
-    def restore(self):
-        """Continue from config.checkpoint_dir: weights, optimizer, RNG, counters, history."""
-        trainable, best, optimizer_tensors, rng, state = checkpoint.load(self.config.checkpoint_dir)
-        missing = sorted(set(trainable_state(self.model)) ^ set(trainable))
-        if missing:
-            raise ValueError(f"{self.config.checkpoint_dir}: the checkpoint holds other trainable "
-                             f"tensors than this model ({missing[:3]}); resume with the same options")
-        restore_state(self.model, trainable)
-        checkpoint.load_optimizer_state(self.optimizer, optimizer_tensors, state["optimizer"])
-        checkpoint.set_rng_states(rng, state["rng"])
-        self.best_state = {k: v.clone() for k, v in best.items()} if best is not None else None
-        self.step, self.epoch, self.history = state["step"], state["epoch"], state["history"]
-        self.best_value, self.bad_evals = state["best_value"], state["bad_evals"]
-        self.start, self.resumed = time.perf_counter() - state["elapsed_s"], state
-        print(f"{self.config.name}: resumed from {self.config.checkpoint_dir} at step {self.step} "
-              f"(epoch {self.epoch + 1})", flush=True)
+class BestKeeper:
+    """Model selection and early stopping on one metric (Prechelt 1998, "Early stopping - but
+    when?"): the trainable state at the best value of `metric` so far ("max" or "min" mode), and
+    the evaluations since it last improved; `patience` of those without gain stops the run."""
 
-    def log_step(self, loss_sum, count, lr, grad_norm):
-        """Read this step's loss on the host, record it; a non-finite loss stops the run."""
-        values = torch.stack([loss_sum, count.float()] +
-                             ([] if grad_norm is None else [grad_norm.float()])).tolist()
-        loss_total, n = values[0], values[1]
-        if n <= 0:
-            raise ValueError(f"loss_fn returned a total count of {n} at step {self.step}; every "
-                             "micro-batch must count at least one example or token")
-        loss = loss_total / n
-        if not math.isfinite(loss):
-            raise ValueError(f"training loss became {loss} at step {self.step}; lower --lr or check "
-                             "the data (the last checkpoint written, if any, is intact)")
-        self.history["steps"].append({"step": self.step, "epoch": self.epoch, "loss": loss,
-                                      "lr": lr, "grad_norm": values[2] if len(values) > 2 else None,
-                                      "count": n, "time_s": time.perf_counter() - self.start})
-        self.bar.update(self.step - self.bar.n - self.epoch_start_step)
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+    def __init__(self, metric, mode, patience):
+        self.metric, self.mode, self.patience = metric, mode, patience
+        self.value, self.state, self.bad_evals = None, None, 0
 
-    def evaluate_now(self, announce=False):
-        """The evaluation hook: eval mode, no grad; update the best snapshot and patience."""
-        if self.evaluate is None:
-            return None
-        self.model.eval()
-        start = time.perf_counter()
-        with torch.no_grad(), autocast_context(self.device.type, self.config.bf16):
-            metrics = dict(self.evaluate(self.model))
-        self.model.train()
-        metrics = {k: (float(v) if isinstance(v, (int, float, torch.Tensor)) else v)
-                   for k, v in metrics.items()}
-        if self.config.count_unit.endswith("tok") and "loss" in metrics:
-            metrics.setdefault("perplexity", math.exp(min(metrics["loss"], 50.0)))
-        self.history["evals"].append({"step": self.step, "epoch": self.epoch, **metrics,
-                                      "time_s": time.perf_counter() - start})
-        self.update_best(metrics)
-        self.metrics, self.evaluated_at = metrics, self.step
-        if announce:
-            self.bar.write(f"step {self.step}: " + format_metrics(metrics))
-        return metrics
-
-    def update_best(self, metrics):
-        key = self.config.select_metric
-        if key not in metrics:
-            raise ValueError(f"evaluate() returned {sorted(metrics)} but TrainConfig.select_metric is "
-                             f"{key!r}; set select_metric to one of those keys")
-        value = metrics[key]
-        better = (self.best_value is None or
-                  (value > self.best_value if self.config.select_mode == "max" else value < self.best_value))
-        if better:
-            self.best_value, self.bad_evals = value, 0
-            self.best_state = trainable_state(self.model)
-            self.history["best"] = {"step": self.step, "epoch": self.epoch, "metric": key,
-                                    "value": value, "metrics": copy.deepcopy(metrics)}
+    def update(self, metrics, model):
+        """Compare metrics[metric] with the best so far, snapshot the model on a gain;
+        -> improved?"""
+        if self.metric not in metrics:
+            raise ValueError(f"evaluate() returned {sorted(metrics)} but TrainConfig.select_metric "
+                             f"is {self.metric!r}; set select_metric to one of those keys")
+        value = metrics[self.metric]
+        improved = (self.value is None or
+                    (value > self.value if self.mode == "max" else value < self.value))
+        if improved:
+            self.value, self.bad_evals = value, 0
+            self.state = checkpoint.trainable_state(model)
         else:
             self.bad_evals += 1
+        return improved
 
+    @property
     def should_stop(self):
-        """Set and return the reason to stop (time budget, patience), or None."""
-        c = self.config
-        over = c.time_budget_s is not None and time.perf_counter() - self.start > c.time_budget_s
-        if distributed.any_rank(over):          # every rank stops at the same step
-            self.stopped = "time_budget"
-        elif c.patience is not None and self.bad_evals >= c.patience:
-            self.stopped = "patience"
-        return None if self.stopped == "completed" else self.stopped
+        return self.patience is not None and self.bad_evals >= self.patience
 
-    def end_epoch(self):
-        """Evaluate (unless this step was just evaluated) and record the epoch's summary line."""
-        self.bar.close()
-        train_time = time.perf_counter() - self.epoch_start
-        if self.evaluated_at != self.step:
-            self.evaluate_now()
-        self.should_stop()
-        loss_sum, count = torch.stack([self.epoch_loss, self.epoch_count]).tolist()
-        entry = {"epoch": self.epoch, "start_step": self.epoch_start_step, "end_step": self.step,
-                 "steps": self.step - self.epoch_start_step, "count": count,
-                 "train_loss": loss_sum / count if count else None,
-                 "train_time_s": train_time, "time_s": time.perf_counter() - self.epoch_start,
-                 "throughput": count / max(train_time, 1e-9), "count_unit": self.config.count_unit,
-                 "peak_memory_mb": peak_memory_mb(self.device.type)}
-        if self.metrics:
-            entry.update({f"dev_{k}": v for k, v in self.metrics.items()})
-        self.history["epochs"].append(entry)
-        if distributed.is_main():
-            print(epoch_line(self.config, entry, self.metrics), flush=True)
-        if self.config.checkpoint_dir:
-            self.save_checkpoint(epoch_done=True)
-
-    def finish(self):
-        """Restore the best state, write history JSON and curves (rank 0), return the history."""
-        self.model.eval()
-        if self.best_state is not None:
-            restore_state(self.model, self.best_state)
-        self.history.update(stopped=self.stopped, total_steps=self.step,
-                            total_time_s=time.perf_counter() - self.start)
-        self.write_history(self.stopped)
-        if self.config.out_dir and distributed.is_main():
-            plot_curves(self.history, Path(self.config.out_dir) / f"{self.config.name}-curves.png")
-        return self.history
-
-    def write_history(self, stopped):
-        """<out_dir>/<name>-history.json as it stands ("running" until the run ends)."""
-        if self.config.out_dir:
-            atomic.save_json_atomic(Path(self.config.out_dir) / f"{self.config.name}-history.json",
-                                    {**self.history, "stopped": stopped})
+    def restore(self, model):
+        """Put the best snapshot back into the model (nothing when no evaluation ran)."""
+        if self.state is not None:
+            checkpoint.restore_state(model, self.state)
 
 
 # ----------------------------------------------------------------------------
-# the crash-safety flags every training option shares
+# the loop's steps: resume, epoch start and end, logging, evaluation, stopping, saving
 
-def add_checkpoint_arguments(parser):
-    parser.add_argument("--checkpoint_every_steps", "--checkpoint-every-steps", default=None,
-                        type=options.positive_int, help="write a resumable checkpoint every N "
-                        "optimizer steps (and at every epoch end) into OUT_DIR/<name>-checkpoint")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue a killed run from its checkpoint (same flags otherwise)")
+def resume_or_start(setup):
+    """-> checkpoint.Progress: the checkpoint's, put back in place, when config.resume finds one;
+    else a fresh start, whose history file replaces an older run's at once."""
+    config = setup.config
+    if config.resume and checkpoint.exists(config.checkpoint_dir):
+        progress, setup.keeper.state = checkpoint.restore(config.checkpoint_dir, setup.model,
+                                                          setup.optimizer)
+        setup.keeper.value, setup.keeper.bad_evals = progress.best_value, progress.bad_evals
+        setup.history.record = progress.history
+        setup.start = time.perf_counter() - progress.elapsed_s
+        print(f"{config.name}: resumed from {config.checkpoint_dir} at step {progress.step} "
+              f"(epoch {progress.epoch + 1})", flush=True)
+    else:
+        progress = checkpoint.Progress()
+        setup.history.write("running")   # a killed run leaves its own history, not an old one
+    setup.model.train()
+    return progress
 
 
-def checkpoint_fields(args, name):
-    """TrainConfig fields from those flags: the checkpoint lives at OUT_DIR/<name>-checkpoint."""
-    if not (args.checkpoint_every_steps or args.resume):
-        return {}
-    return {"checkpoint_dir": str(Path(args.out_dir) / f"{name}-checkpoint"),
-            "checkpoint_every_steps": args.checkpoint_every_steps, "resume": args.resume}
+def begin_epoch(setup, epoch, step, part, train_batches):
+    """The epoch's tally, from `part` (checkpoint.epoch_part: zeros, or a resumed epoch's
+    counters); batches with set_epoch get this epoch's order; CUDA's peak memory is reset."""
+    if setup.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if hasattr(train_batches, "set_epoch"):
+        train_batches.set_epoch(epoch)
+    c = setup.config
+    bar = tqdm(total=setup.steps_per_epoch, initial=part.steps_in_epoch, dynamic_ncols=True,
+               desc=f"{c.name} epoch {epoch + 1}/{c.epochs}",
+               disable=not (c.progress and distributed.is_main()))
+    return EpochTally(epoch, step - part.steps_in_epoch,
+                      time.perf_counter() - part.epoch_elapsed_s,
+                      torch.tensor(part.epoch_loss, device=setup.device),
+                      torch.tensor(part.epoch_count, device=setup.device),
+                      part.metrics, part.evaluated_at, bar)
+
+
+def log_step(setup, tally, step, loss_sum, count, lr, grad_norm):
+    """Read this step's loss on the host, record it; a non-finite loss stops the run."""
+    values = torch.stack([loss_sum, count.float()] +
+                         ([] if grad_norm is None else [grad_norm.float()])).tolist()
+    loss_total, n = values[0], values[1]
+    if n <= 0:
+        raise ValueError(f"loss_fn returned a total count of {n} at step {step}; every "
+                         "micro-batch must count at least one example or token")
+    loss = loss_total / n
+    if not math.isfinite(loss):
+        raise ValueError(f"training loss became {loss} at step {step}; lower --lr or check "
+                         "the data (the last checkpoint written, if any, is intact)")
+    setup.history.add_step(step, tally.epoch, loss, lr, values[2] if len(values) > 2 else None,
+                           n, time.perf_counter() - setup.start)
+    tally.bar.update(step - tally.bar.n - tally.start_step)
+    tally.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+
+
+def evaluate_now(setup, tally, step, announce=False):
+    """The evaluation hook: eval mode, no grad; record it (history, best state, patience) and
+    keep it as the tally's latest metrics."""
+    if setup.evaluate is None:
+        return
+    model, config = setup.model, setup.config
+    model.eval()
+    start = time.perf_counter()
+    with torch.no_grad(), autocast_context(setup.device.type, config.bf16):
+        metrics = dict(setup.evaluate(model))
+    model.train()
+    metrics = {k: (float(v) if isinstance(v, (int, float, torch.Tensor)) else v)
+               for k, v in metrics.items()}
+    if config.count_unit.endswith("tok") and "loss" in metrics:
+        metrics.setdefault("perplexity", math.exp(min(metrics["loss"], 50.0)))
+    setup.history.add_eval(step, tally.epoch, metrics, time.perf_counter() - start)
+    if setup.keeper.update(metrics, model):
+        setup.history.set_best(step, tally.epoch, setup.keeper.metric, setup.keeper.value,
+                               copy.deepcopy(metrics))
+    tally.metrics, tally.evaluated_at = metrics, step
+    if announce:
+        tally.bar.write(f"step {step}: " + format_metrics(metrics))
+
+
+def stop_reason(setup):
+    """"time_budget" or "patience" when the run must stop now, else None (every rank agrees)."""
+    c = setup.config
+    over = c.time_budget_s is not None and time.perf_counter() - setup.start > c.time_budget_s
+    if distributed.any_rank(over):          # every rank stops at the same step
+        return "time_budget"
+    return "patience" if setup.keeper.should_stop else None
+
+
+def save_progress(setup, tally, step, epoch_done=False):
+    """The resumable state after this step (checkpoint.save_progress), then the history file."""
+    loss, count = torch.stack([tally.loss, tally.count]).tolist()
+    progress = checkpoint.Progress(
+        step=step, epoch=tally.epoch + epoch_done,
+        steps_in_epoch=0 if epoch_done else step - tally.start_step,
+        epoch_loss=0.0 if epoch_done else loss, epoch_count=0.0 if epoch_done else count,
+        epoch_elapsed_s=time.perf_counter() - tally.start_time,
+        metrics=None if epoch_done else tally.metrics,
+        evaluated_at=None if epoch_done else tally.evaluated_at,
+        best_value=setup.keeper.value, bad_evals=setup.keeper.bad_evals,
+        elapsed_s=time.perf_counter() - setup.start, history=setup.history.record)
+    checkpoint.save_progress(setup.config.checkpoint_dir, setup.model, setup.keeper.state,
+                             setup.optimizer, progress)
+    setup.history.write("running")
+
+
+def end_epoch(setup, tally, step):
+    """Evaluate (unless this step just was), record and print the epoch's summary, checkpoint
+    it; -> the reason to stop that this evaluation or the clock gives, or None."""
+    tally.bar.close()
+    train_time = time.perf_counter() - tally.start_time
+    if tally.evaluated_at != step:
+        evaluate_now(setup, tally, step)
+    stopped = stop_reason(setup)
+    loss_sum, count = torch.stack([tally.loss, tally.count]).tolist()
+    setup.history.add_epoch({
+        "epoch": tally.epoch, "start_step": tally.start_step, "end_step": step,
+        "steps": step - tally.start_step, "count": count,
+        "train_loss": loss_sum / count if count else None, "train_time_s": train_time,
+        "time_s": time.perf_counter() - tally.start_time,
+        "throughput": count / max(train_time, 1e-9), "count_unit": setup.config.count_unit,
+        "peak_memory_mb": peak_memory_mb(setup.device.type)}, tally.metrics)
+    if setup.config.checkpoint_dir:
+        save_progress(setup, tally, step, epoch_done=True)
+    return stopped
+
+
+def finish(setup, step, stopped):
+    """Restore the best state, write history JSON and curves (rank 0), return the history."""
+    setup.model.eval()
+    setup.keeper.restore(setup.model)
+    return setup.history.finish(stopped or "completed", step,
+                                time.perf_counter() - setup.start)
 
 
 # ----------------------------------------------------------------------------
-# small helpers: schedule length, snapshots, memory, printing, curves
+# the training flags: one spelling, type and help per concept, for every trainer
+
+# every trainer has these (crash safety and the budget of a reduced run)
+COMMON_FLAGS = dict(max_steps_per_epoch=None, time_budget_s=None, no_progress=False,
+                    checkpoint_every_steps=None, resume=False)
+# flag -> the TrainConfig field it sets (config_from_args)
+CONFIG_FIELDS = {"epochs": "epochs", "lr": "lr", "weight_decay": "weight_decay",
+                 "schedule": "schedule", "warmup_steps": "warmup_steps",
+                 "grad_accum": "grad_accum_steps", "eval_every_steps": "eval_every_steps",
+                 "patience": "patience", "max_steps_per_epoch": "max_steps_per_epoch",
+                 "time_budget_s": "time_budget_s", "out_dir": "out_dir",
+                 "checkpoint_every_steps": "checkpoint_every_steps"}
+
+
+def add_training_arguments(parser, **defaults):
+    """A trainer's flags: COMMON_FLAGS plus the options.TRAINING_FLAGS it names, with its
+    defaults (e.g. epochs=5, lr=2e-5, batch_size=8)."""
+    options.add_flags(parser, **{**COMMON_FLAGS, **defaults})
+
+
+def config_from_args(args, **overrides):
+    """TrainConfig from the parsed training flags (those the trainer declared), then overrides
+    (name, select_metric, count_unit, ...: what the trainer fixes itself). With
+    --checkpoint_every_steps or --resume the checkpoint is OUT_DIR/<name>-checkpoint (or the
+    folder --resume names), unless overrides set checkpoint_dir."""
+    fields = {field: getattr(args, flag) for flag, field in CONFIG_FIELDS.items()
+              if hasattr(args, flag)}
+    fields.update({"progress": not args.no_progress, "resume": bool(args.resume), **overrides})
+    if "checkpoint_dir" not in fields and (args.checkpoint_every_steps or args.resume):
+        name = fields.get("name", TrainConfig.name)
+        fields["checkpoint_dir"] = (args.resume if isinstance(args.resume, str)
+                                    else str(Path(args.out_dir) / f"{name}-checkpoint"))
+    return TrainConfig(**fields)
+
+
+# ----------------------------------------------------------------------------
+# small helpers: schedule length, the default optimizer, memory
 
 def steps_per_epoch(train_batches, config):
     """Optimizer steps per epoch, or None if train_batches has no len()."""
@@ -433,7 +482,8 @@ def steps_per_epoch(train_batches, config):
     except TypeError:
         steps = None
     if config.max_steps_per_epoch is not None:
-        steps = config.max_steps_per_epoch if steps is None else min(steps, config.max_steps_per_epoch)
+        cap = config.max_steps_per_epoch
+        steps = cap if steps is None else min(steps, cap)
     return steps
 
 
@@ -456,30 +506,8 @@ def make_optimizer(model, config):
         raise ValueError("the model has no trainable parameters (all requires_grad=False); "
                          "unfreeze something before calling fit")
     return optim_lib.AdamW(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
-                           weight_decay=config.weight_decay, foreach=True)  # fast path, tested equal
-
-
-def trainable_state(model):
-    """CPU copies of everything training can change: trainable parameters and persistent buffers
-    (FSDP shards gathered: every rank calls this)."""
-    distributed.reshard(model)
-    buffers = {name for name, _ in model.named_buffers()}
-    state = {n: distributed.full(p.detach()).to("cpu", copy=True)
-             for n, p in model.named_parameters() if p.requires_grad}
-    for name, value in model.state_dict().items():
-        if name in buffers:
-            state[name] = value.detach().to("cpu", copy=True)       # FSDP leaves buffers whole
-    return state
-
-
-def restore_state(model, state):
-    """Copy a trainable_state snapshot back into the model in place (into each FSDP shard)."""
-    distributed.reshard(model)
-    current = dict(model.named_parameters())
-    current.update(dict(model.named_buffers()))
-    with torch.no_grad():
-        for name, value in state.items():
-            current[name].copy_(distributed.shard_like(value, current[name]))
+                           weight_decay=config.weight_decay,
+                           foreach=True)                    # fast path, tested equal
 
 
 def peak_memory_mb(device_type):
@@ -487,50 +515,3 @@ def peak_memory_mb(device_type):
     if device_type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
-
-
-def format_metrics(metrics):
-    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-
-
-def epoch_line(config, entry, metrics):
-    loss = "n/a" if entry["train_loss"] is None else f"{entry['train_loss']:.4f}"
-    return (f"{config.name} epoch {entry['epoch'] + 1}: train loss {loss}"
-            + (", dev " + format_metrics(metrics) if metrics else "")
-            + f", {entry['time_s']:.1f} s, {entry['throughput']:.1f} {config.count_unit}/s,"
-            f" peak {entry['peak_memory_mb']:.0f} MiB")
-
-
-def _metric_keys(evals):
-    """Metric names to plot on the right panel: every numeric key except losses and bookkeeping."""
-    skip = {"loss", "step", "epoch", "time_s", "perplexity"}
-    return list(dict.fromkeys(k for e in evals for k, v in e.items()
-                              if k not in skip and isinstance(v, (int, float))))
-
-
-def plot_curves(history, path):
-    """Learning curves: train loss per step and per epoch, dev loss (left); dev metrics (right)."""
-    plt = plots.pyplot()
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
-    steps, evals = history["steps"], history["evals"]
-    if steps:
-        ax_loss.plot([s["step"] for s in steps], [s["loss"] for s in steps],
-                     lw=0.8, alpha=0.6, label="train loss (per step)")
-    epochs = [e for e in history["epochs"] if e.get("train_loss") is not None]
-    if epochs:
-        ax_loss.plot([e["end_step"] for e in epochs], [e["train_loss"] for e in epochs],
-                     "o-", label="train loss (per epoch)")
-    if any("loss" in e for e in evals):
-        ax_loss.plot([e["step"] for e in evals if "loss" in e],
-                     [e["loss"] for e in evals if "loss" in e], "s-", label="dev loss")
-    ax_loss.set(xlabel="optimizer step", ylabel="loss")
-    ax_loss.legend()
-    for key in _metric_keys(evals):
-        ax_metric.plot([e["step"] for e in evals if key in e],
-                       [e[key] for e in evals if key in e], "o-", label=f"dev {key}")
-    ax_metric.set(xlabel="optimizer step", ylabel="dev metric")
-    if evals:
-        ax_metric.legend()
-    fig.suptitle(history.get("name", ""))
-    fig.tight_layout()
-    plots.save_figure_atomic(fig, path, dpi=100)

@@ -4,7 +4,7 @@ Run: .venv/bin/python -m pytest tests/test_checkpoint.py -q   (about 20 s: child
 
 Oracles: an uninterrupted run of the same script (weights and every logged loss must be
 bit-identical on CPU); torch.optim.AdamW's own state_dict (optimizer round trip); the folder's
-contents after a save that fails midway.
+contents after a save that fails midway; hand-written Progress records (the resumed-epoch skip).
 """
 import json
 import os
@@ -140,3 +140,23 @@ def test_cli_ssm_killed_and_resumed_matches_uninterrupted(tmp_path):
     assert len(whole["steps"]) == 60
     a, b = (json.loads((tmp_path / k / "ssm-results.json").read_text()) for k in ("whole", "killed"))
     assert (a["val_loss"], a["val_accuracy"]) == (b["val_loss"], b["val_accuracy"])
+
+
+def test_corrupt_json_is_one_line_naming_the_file(tmp_path):
+    """state.json and pico.json go through file_checks.read_json: one line naming the file."""
+    for name, read in [("state.json", checkpoint.load), ("pico.json", checkpoint.load_pico)]:
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        (folder / name).write_text("{not json", encoding="utf-8")
+        with pytest.raises(ValueError, match=f"{name}.*not valid JSON") as err:
+            read(folder)
+        assert "\n" not in str(err.value)
+
+
+def test_resume_skips_exactly_the_steps_done_in_the_saved_epoch():
+    """epoch_part: the saved epoch continues from its counters, every other epoch from zero."""
+    saved = checkpoint.Progress(step=7, epoch=1, steps_in_epoch=3, epoch_loss=2.5)
+    assert checkpoint.epoch_part(saved, 1) is saved
+    assert checkpoint.epoch_part(saved, 2) == checkpoint.Progress(epoch=2)
+    assert [checkpoint.due(s, 3) for s in range(1, 7)] == [False, False, True] * 2
+    assert not checkpoint.due(3, None)

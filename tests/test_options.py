@@ -2,7 +2,8 @@
 
 Run: .venv/bin/python -m pytest tests/test_options.py -q
 
-Oracles: the values written out by hand; run.main's stderr and exit code.
+Oracles: the values written out by hand; run.main's stderr and exit code; the vocabulary
+table options.TRAINING_FLAGS for every trainer's shared flags (one spelling and help each).
 """
 import argparse
 
@@ -54,3 +55,30 @@ def test_bad_flags_fail_in_one_line_before_any_work(argv, words, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and words in err[0], err
+
+
+TRAINERS = ("finetune", "lora", "sft", "ssm", "s4", "pico", "sweep")
+
+
+@pytest.mark.parametrize("option", TRAINERS)
+def test_every_trainer_spells_a_shared_flag_the_same_way(option):
+    """Each training flag a trainer has is the vocabulary's (options.TRAINING_FLAGS): the same
+    spellings (underscore, dash alias, old aliases) and help text; the common ones everywhere."""
+    actions = {a.dest: a for a in run.build_parser(option)._actions}
+    for name in ("epochs", "lr", "batch_size", "max_steps_per_epoch", "time_budget_s",
+                 "no_progress", "checkpoint_every_steps", "resume"):
+        assert name in actions, (option, name)
+    for name, (text, _, old) in options.TRAINING_FLAGS.items():
+        if name in actions:
+            dashed = "--" + name.replace("_", "-")
+            spellings = [f"--{name}"] + ([dashed] if dashed != f"--{name}" else []) + old
+            assert actions[name].option_strings == spellings, (option, name)
+            assert actions[name].help == text, (option, name)
+
+
+def test_old_choice_spellings_are_renamed():
+    """--tokenizer byte (pico's old spelling) reads as bytes in both trainers that have it."""
+    assert options.renamed({"byte": "bytes"})("byte") == "bytes"
+    for option in ("pico", "s4"):
+        args = run.build_parser(option).parse_args(["--option", option, "--tokenizer", "byte"])
+        assert args.tokenizer == "bytes"

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import data
 import pico
 import run_pico
@@ -205,13 +206,13 @@ def test_bad_input_gives_one_error_line(tmp_path, capsys):
 
 def test_checkpoint_of_another_kind_or_format_is_refused(tmp_path, capsys):
     model = tiny_model(model="lstm")
-    pico.save_pico_checkpoint(tmp_path / "ckpt", model, ByteTokenizer())
+    checkpoint.save_pico(tmp_path / "ckpt", model, ByteTokenizer())
     with pytest.raises(ValueError, match="holds a 'lstm' model but --model is 'transformer'"):
-        pico.load_pico_checkpoint(tmp_path / "ckpt", "transformer")
+        checkpoint.load_pico(tmp_path / "ckpt", "transformer")
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama" / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="not a pico checkpoint"):
-        pico.load_pico_checkpoint(tmp_path / "llama")
+        checkpoint.load_pico(tmp_path / "llama")
 
 
 def test_checkpoint_resume_matches_uninterrupted_training(tmp_path):
@@ -228,14 +229,14 @@ def test_checkpoint_resume_matches_uninterrupted_training(tmp_path):
     model = tiny_model(attention="gla")
     optimizer = train.make_optimizer(model, config)
     steps(model, optimizer, batches[:2])
-    pico.save_pico_checkpoint(tmp_path / "ckpt", model, ByteTokenizer(), optimizer,
+    checkpoint.save_pico(tmp_path / "ckpt", model, ByteTokenizer(), optimizer,
                               {"steps": 2})
     steps(model, optimizer, batches[2:])                                # uninterrupted run
 
-    resumed, tokenizer, meta = pico.load_pico_checkpoint(tmp_path / "ckpt", "transformer")
+    resumed, tokenizer, meta = checkpoint.load_pico(tmp_path / "ckpt", "transformer")
     assert tokenizer.kind == "byte" and meta["steps"] == 2 and resumed.cfg == model.cfg
     resumed_optimizer = train.make_optimizer(resumed, config)
-    pico.load_optimizer_state(tmp_path / "ckpt", resumed_optimizer, meta)
+    checkpoint.load_pico_optimizer(tmp_path / "ckpt", resumed_optimizer, meta)
     steps(resumed, resumed_optimizer, batches[2:])
     for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)                      # identical arithmetic
@@ -247,24 +248,24 @@ def test_a_save_that_fails_midway_keeps_the_previous_checkpoint(tmp_path, monkey
     import atomic
     old_model, new_model = tiny_model(model="lstm"), tiny_model(model="lstm", dim=8)
     ckpt = tmp_path / "ckpt"
-    pico.save_pico_checkpoint(ckpt, old_model, ByteTokenizer(), extra={"steps": 1})
+    checkpoint.save_pico(ckpt, old_model, ByteTokenizer(), extra={"steps": 1})
 
     def killed(path, obj):
         raise KeyboardInterrupt("killed while writing pico.json")
     monkeypatch.setattr(atomic, "save_json_atomic", killed)
     with pytest.raises(KeyboardInterrupt):
-        pico.save_pico_checkpoint(ckpt, new_model, ByteTokenizer(), extra={"steps": 2})
+        checkpoint.save_pico(ckpt, new_model, ByteTokenizer(), extra={"steps": 2})
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]     # no half-written folder
-    loaded, _, meta = pico.load_pico_checkpoint(ckpt, "lstm")
+    loaded, _, meta = checkpoint.load_pico(ckpt, "lstm")
     assert meta["steps"] == 1 and loaded.cfg == old_model.cfg
     for name, tensor in old_model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
     ckpt.rename(tmp_path / "ckpt.old")                # the instant between the two renames
-    assert pico.load_pico_checkpoint(ckpt, "lstm")[2]["steps"] == 1
-    pico.save_pico_checkpoint(ckpt, new_model, ByteTokenizer(), extra={"steps": 2})
+    assert checkpoint.load_pico(ckpt, "lstm")[2]["steps"] == 1
+    checkpoint.save_pico(ckpt, new_model, ByteTokenizer(), extra={"steps": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
-    assert pico.load_pico_checkpoint(ckpt, "lstm")[2]["steps"] == 2
+    assert checkpoint.load_pico(ckpt, "lstm")[2]["steps"] == 2
 
 
 def test_cli_trains_saves_resumes_and_plots(tmp_path):

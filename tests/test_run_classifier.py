@@ -67,10 +67,11 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys, option, extra):
         assert (tmp_path / "runs" / f"{option}-train-curves.png").exists()
     if option == "lora":     # the adapter is saved alone (peft's layout) and reloads exactly
         import lora
+        import peft_format
         folder = tmp_path / "runs" / "lora-train-adapter"
         assert summary["adapter"] == str(folder) and (folder / "classifier_head.safetensors").is_file()
         fresh = tiny_llama()
-        lora.load_adapter(folder, fresh)
+        peft_format.load_adapter(folder, fresh)
         trained = dict(lora.lora_layers(model))
         for name, layer in lora.lora_layers(fresh):
             torch.testing.assert_close(layer.lora_B, trained[name].lora_B, atol=0, rtol=0)
@@ -235,3 +236,19 @@ def test_torchrun_fsdp_trains_and_saves_what_one_process_does(tmp_path, default_
             assert a.keys() == b.keys() and a
             for key in a:
                 torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
+
+
+def test_max_eval_examples_cuts_dev_only_and_the_test_output_keeps_every_line(tmp_path,
+                                                                               monkeypatch):
+    """--max_eval_examples 4 gives 4 dev predictions and all 20 test lines (oracle: the files'
+    line counts and texts); only --max_test_examples cuts the test file."""
+    model = tiny_llama()
+    monkeypatch.setattr(scoring, "load_model", lambda path, device: (model, tokenizer_for(model)))
+    task = write_task(tmp_path)
+    (task / "test.txt").write_text("".join(f"{i % 2} ||| test review {i}\n" for i in range(20)))
+    run.main(cli(task, "prompt", "--max_eval_examples", "4"))
+    assert len((task / "prompt-dev-output.txt").read_text().splitlines()) == 4
+    test_lines = (task / "prompt-test-output.txt").read_text().splitlines()
+    assert [ln.split(" ||| ")[1] for ln in test_lines] == [f"test review {i}" for i in range(20)]
+    run.main(cli(task, "prompt", "--max_eval_examples", "4", "--max_test_examples", "5"))
+    assert len((task / "prompt-test-output.txt").read_text().splitlines()) == 5

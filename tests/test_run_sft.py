@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import gguf_reader
-import lora
+import peft_format
 import run
 import weights
 
@@ -90,10 +90,11 @@ def test_submission_rows(trained):
 
 
 def test_adapter_gives_peft_the_same_logits(trained, base_folder):
-    """Ours: base folder + lora.load_adapter; peft: the same folder in transformers + the adapter.
+    """Ours: base folder + peft_format.load_adapter; peft: the same folder in transformers + the
+    adapter.
     atol 1e-4: fp32, the same weights (Q/K rows permuted back to HF's layout on save)."""
     ours, _ = weights.load_pretrained(base_folder)
-    lora.load_adapter(trained / "adapter", ours)
+    peft_format.load_adapter(trained / "adapter", ours)
     theirs = peft.PeftModel.from_pretrained(
         transformers.LlamaForCausalLM.from_pretrained(base_folder), trained / "adapter").eval()
     ids = torch.randint(0, 49152, (2, 9), generator=torch.Generator().manual_seed(0))
@@ -231,3 +232,25 @@ def test_torchrun_two_ranks_train_and_save_what_one_process_does(task, base_fold
               for k in ("one", "two")]
     torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), atol=1e-5, rtol=1e-5)
     assert ("FSDP: 2 processes" in done.stdout) == ("--fsdp" in extra)     # rank 0 prints
+
+
+def test_submission_keeps_every_test_row_and_refuses_a_test_limit(base_folder, task, tmp_path,
+                                                                  capsys):
+    """--max_eval_examples cuts the validation records only: the submission still answers all
+    6 test rows (oracle: the csv module); --max_test_examples is one error line before any work."""
+    out = tmp_path / "run"
+    run.main(["--option", "sft", "--train", str(task / "train.txt"), "--val_ratio", "0.25",
+              "--test", str(task / "test.json"), "--pretrained-model-path", str(base_folder),
+              "--max_eval_examples", "3", "--max_steps_per_epoch", "1", "--no-zero_shot",
+              "--out_dir", str(out)])
+    with open(out / "submission.csv", newline="") as f:
+        assert [r[0] for r in list(csv.reader(f))[1:]] == [f"t{i}" for i in range(6)]
+    assert json.loads((out / "summary.json").read_text())["examples"]["val"] == 3
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--option", "sft", "--train", str(task / "train.txt"), "--test",
+                  str(task / "test.json"), "--max_test_examples", "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max_test_examples 2: the submission answers every --test row" \
+        in err[0], err

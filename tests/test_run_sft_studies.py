@@ -110,3 +110,16 @@ def test_peft_compare_table_and_grouped_bars(base_folder, task, tmp_path):  # no
     with pytest.raises(SystemExit):
         run.main(["--option", "peft_compare", "--train", str(task / "train.txt"),
                   "--method_lr", "prompt=fast"])
+
+
+def test_child_argv_carries_the_shared_training_flags(tmp_path):
+    """--resume, --no_progress and the old --time_budget spelling survive the trip (oracle: the
+    sft parser reading the child's argv back)."""
+    argv = ["--option", "sweep", "--train", "t.txt", "--resume", "--no_progress",
+            "--time_budget", "30", "--max_eval_examples", "5"]
+    args = run.build_parser("sweep").parse_args(argv)
+    child = run_sft_studies.child_argv(args, run_sft_studies.sft_defaults(),
+                                       {"out_dir": str(tmp_path)})
+    back = run.build_parser("sft").parse_args(child[2:])
+    assert (back.resume, back.no_progress, back.time_budget_s, back.max_eval_examples) == \
+        (True, True, 30.0, 5)

@@ -132,3 +132,15 @@ def test_run_py_dispatches_ssm_to_ssm_train(tmp_path):
     assert (tmp_path / "out" / "submission.csv").is_file()
 
 
+
+
+def test_submission_covers_every_test_row(tmp_path):
+    """A test file longer than the training and validation files: every id is in the CSV, in
+    file order (oracle: the csv module on the ids written)."""
+    args = cli_args(tmp_path, "ssm", epochs=1)
+    rows = [{"id": f"x{i}", "text": "sport goal" if i % 2 else "vote law"} for i in range(31)]
+    (tmp_path / "test.json").write_text(json.dumps(rows), encoding="utf-8")
+    run_ssm.main(args)
+    with open(tmp_path / "out" / "submission.csv") as f:
+        written = list(csv.reader(f))
+    assert [r[0] for r in written[1:]] == [f"x{i}" for i in range(31)]

@@ -4,7 +4,8 @@ Run: .venv/bin/pytest tests/test_train.py -q   (CPU, a few seconds)
 
 Oracles: a plain full-batch step written out here with torch.optim.AdamW on the mean loss
 (accumulation); parameter snapshots taken inside evaluate() (best-on-dev restore); the files on
-disk (history JSON, PNG magic bytes); optimizer.lr_at called directly (schedule).
+disk (history JSON, PNG magic bytes); optimizer.lr_at called directly (schedule); a TrainConfig
+written out by hand (flags -> config); weights cloned by hand (BestKeeper).
 """
 import json
 
@@ -205,3 +206,41 @@ def test_one_host_sync_per_logged_step(monkeypatch):
     monkeypatch.undo()
     assert [s["step"] for s in history["steps"]] == [3, 6]
     assert calls == ["tolist"] * 3, calls
+
+
+def test_flags_become_the_train_config(tmp_path):
+    """train.add_training_arguments + config_from_args: the parsed flags (new spelling, dash and
+    old aliases) give the TrainConfig written out by hand; --resume alone or with a folder."""
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out_dir", default=str(tmp_path))
+    train.add_training_arguments(parser, epochs=3, lr=1e-3, grad_accum=1, patience=None)
+    args = parser.parse_args(["--epochs", "2", "--grad-accum", "4", "--time_budget", "9",
+                              "--checkpoint_every_steps", "5", "--no_progress", "--patience", "2"])
+    assert train.config_from_args(args, name="toy", select_metric="loss") == TrainConfig(
+        epochs=2, lr=1e-3, grad_accum_steps=4, patience=2, time_budget_s=9.0,
+        checkpoint_every_steps=5, checkpoint_dir=str(tmp_path / "toy-checkpoint"),
+        out_dir=str(tmp_path), name="toy", select_metric="loss", progress=False)
+    resumed = train.config_from_args(parser.parse_args(["--resume"]), name="toy")
+    assert resumed.resume and resumed.checkpoint_dir == str(tmp_path / "toy-checkpoint")
+    elsewhere = train.config_from_args(parser.parse_args(["--resume", "dir"]), name="toy")
+    assert elsewhere.resume and elsewhere.checkpoint_dir == "dir"
+    assert train.config_from_args(parser.parse_args([])).checkpoint_dir is None
+
+
+def test_best_keeper_snapshot_patience_and_restore():
+    """min mode: an equal value is no gain; two evaluations without gain reach patience 2;
+    restore puts back the weights cloned by hand at the best evaluation."""
+    model = make_model()
+    keeper = train.BestKeeper("loss", "min", patience=2)
+    assert keeper.update({"loss": 1.0}, model) and keeper.bad_evals == 0
+    best = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    assert not keeper.update({"loss": 1.5}, model) and not keeper.should_stop
+    assert not keeper.update({"loss": 1.0}, model) and keeper.should_stop
+    keeper.restore(model)
+    for p, saved in zip(model.parameters(), best):
+        torch.testing.assert_close(p, saved, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="select_metric"):
+        keeper.update({"accuracy": 0.5}, model)
