@@ -136,3 +136,15 @@ def add_flags(parser, **defaults):
         dashed = "--" + name.replace("_", "-")
         aliases = ([dashed] if dashed != f"--{name}" else []) + old
         parser.add_argument(f"--{name}", *aliases, default=default, help=text, **kwargs)
+
+
+def add_compile_arguments(parser, what):
+    """--compile and --compile_backend, shared by the options that can run a compiled path
+    (fused.compile_decode for generation, fused.compile_model for training); `what` says which."""
+    parser.add_argument("--compile", action="store_true",
+                        help=f"torch.compile {what} (tested equal to eager; the first call waits "
+                        "for the compiler)")
+    parser.add_argument("--compile_backend", "--compile-backend", default="inductor",
+                        choices=["inductor", "aot_eager", "eager"],
+                        help="torch.compile backend for --compile (inductor generates kernels and, "
+                        "on a GPU, CUDA graphs; eager only traces, for checking)")

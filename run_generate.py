@@ -62,13 +62,8 @@ def add_model_arguments(parser):
                         "weights in groups of 32, the fast CPU decoding path, see quantize.py)")
     parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=75,
                         help="tokens to generate, >= 1 (seed 001 uses 75)")
-    parser.add_argument("--compile", action="store_true",
-                        help="compile the one-token decode step (fused.compile_decode: one graph "
-                        "over a static cache, CUDA graphs on a GPU); the first token waits for it")
-    parser.add_argument("--compile_backend", "--compile-backend", default="inductor",
-                        choices=["inductor", "aot_eager", "eager"],
-                        help="torch.compile backend for --compile (inductor generates kernels; "
-                        "eager only traces, for checking)")
+    options.add_compile_arguments(parser, "the one-token decode step (fused.compile_decode: one "
+                                  "graph over a static cache, CUDA graphs on a GPU)")
     for name, kind, default, text in SAMPLING_FLAGS:
         aliases = [f"--{name.replace('_', '-')}"] if "_" in name else []
         parser.add_argument(f"--{name}", *aliases, type=kind, default=default, help=text)

@@ -145,6 +145,8 @@ def add_arguments(parser, option):
     add("--out_dir", "--out-dir", type=options.output_folder, default="runs/sft",
         help="folder for every output of the run")
     distributed.add_fsdp_argument(parser)
+    options.add_compile_arguments(parser, "every transformer block for training and scoring "
+                                  "(fused.compile_model: one graph all blocks share)")
 
 
 def check_arguments(args):
@@ -167,6 +169,8 @@ def check_arguments(args):
     lora.resolve_targets(args.lora_targets)
     if args.prefix_projection and args.method != "prefix" and args.adapter is None:
         raise ValueError(f"--prefix_projection is for --method prefix, not {args.method}; drop it")
+    if args.compile and args.fsdp:
+        raise ValueError("--compile with --fsdp: the sharded blocks run eagerly; drop one of them")
     distributed.check_fsdp(args.fsdp)
     if args.fsdp and (args.adapter is not None or args.method not in FSDP_METHODS):
         raise ValueError(f"--fsdp trains --method {' | '.join(FSDP_METHODS)} (the virtual-token "
@@ -237,6 +241,8 @@ def prepare_model(llama, args):
         print(f"{args.method}: {config}", flush=True)
     if args.fused and not args.fsdp:
         fused.fuse(model)          # one matmul for q/k/v and for gate/up, LoRA's fast branch
+    if args.compile:
+        fused.compile_model(model, backend=args.compile_backend)   # after fusing: its graph
     trainable, total = lora.count_parameters(model)
     formula = None if config is None else adapters.formula_count(config, llama.config)
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"

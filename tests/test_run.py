@@ -12,6 +12,7 @@ are tested in tests/test_run_chat.py.
 import pytest
 import torch
 
+import fused
 import run
 import weights
 
@@ -35,10 +36,14 @@ def test_generate_writes_both_files(tmp_path, default_model_path, capsys):
                         f"Wrote generated sentence to {high}.\n")
 
 
-def test_generate_compiled_decode_writes_what_eager_writes(tmp_path, default_model_path):
+def test_generate_compiled_decode_writes_what_eager_writes(tmp_path, default_model_path,
+                                                           monkeypatch):
     """--compile (the decode step as one torch.compile graph, fused.compile_decode) reaches the
     CLI and changes no token: both temperatures' files equal the eager run's. The eager backend
     traces the same graph without generating code (inductor's kernels: tests/test_fused.py)."""
+    compiled, compile_decode = [], fused.compile_decode
+    monkeypatch.setattr(fused, "compile_decode",
+                        lambda model, **kw: compiled.append(kw) or compile_decode(model, **kw))
     files = {}
     for extra in ([], ["--compile", "--compile_backend", "eager"]):
         low, high = tmp_path / f"t0{len(extra)}.txt", tmp_path / f"t1{len(extra)}.txt"
@@ -46,6 +51,7 @@ def test_generate_compiled_decode_writes_what_eager_writes(tmp_path, default_mod
                   "--generated_sentence_low_temp_out", str(low),
                   "--generated_sentence_high_temp_out", str(high), *extra])
         files[bool(extra)] = (low.read_text(), high.read_text())
+    assert compiled == [{"backend": "eager"}]       # once: both temperatures reuse the graph
     assert files[True] == files[False]
 
 
