@@ -69,19 +69,25 @@ def json_object(text, source):
     return json_value(text, source, dict)
 
 
+def read_text(path, flag=None, what="UTF-8 text"):
+    """The contents of a UTF-8 text file; a missing or undecodable file is one line naming the
+    flag (when given) and the file."""
+    path = Path(path)
+    source = f"{flag} {path}" if flag else str(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: no such file; give an existing {what} file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{source}: not UTF-8 ({err.reason} at byte {err.start}); convert it "
+                         "to UTF-8 or re-download it") from None
+
+
 def read_json(path, kind=dict, flag=None):
     """The JSON value of a UTF-8 file (config.json, an index, an adapter config, a label list),
     checked as json_value does; errors name the file and, when given, the flag that named it."""
-    path = Path(path)
-    source = f"{path} ({flag})" if flag else str(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{source}: file not found; give the path of an existing file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{source}: not UTF-8 text ({first_line(err)}); fix or re-download "
-                         "it") from None
-    return json_value(text, source, kind)
+    text = read_text(path, flag, "JSON")
+    return json_value(text, f"{path} ({flag})" if flag else str(path), kind)
 
 
 def map_file(path):

@@ -82,6 +82,7 @@ import unicodedata
 from pathlib import Path
 
 import atomic
+import file_checks
 import plots
 import weights
 from tokenizer import SentencePieceTokenizer, Tokenizer, train_sentencepiece
@@ -333,14 +334,7 @@ def add_arguments(parser, option):
 
 def read_text(path, flag):
     """A text file's contents; missing, undecodable or wordless files are one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{flag} {path}: no such file; give an existing UTF-8 text file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{flag} {path}: not UTF-8 ({err.reason} at byte {err.start}); "
-                         "convert it to UTF-8") from None
+    text = file_checks.read_text(path, flag)
     if not text.split():
         raise ValueError(f"{flag} {path}: has no words; give a file with text in it")
     return text
