@@ -1,6 +1,7 @@
 """llmlab's one command line: `python run.py --option X [flags]`.
 
-OPTIONS maps each option to the module that runs it; every such module has
+OPTIONS maps each option to its driver, a file named run_<name>.py (the one naming rule: the code
+behind an option is a driver, and no concept or plumbing file imports one); every driver has
 add_arguments(parser, option), adding only that option's flags (so `python run.py --option pico
 --help` lists pico's flags alone), and main(args). Common flags: --seed, --use_gpu, --threads.
 The device is chosen once, by distributed.pick_device, and handed to the option as args.device.

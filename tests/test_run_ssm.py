@@ -119,7 +119,7 @@ def test_cli_rejects_out_of_range_val_label(tmp_path):
         run_ssm.main(args)
 
 
-def test_run_py_dispatches_ssm_to_ssm_train(tmp_path):
+def test_run_py_dispatches_ssm_to_run_ssm(tmp_path):
     """run.py's table sends --option ssm here, with the device it picked."""
     import run
     args = cli_args(tmp_path, "ssm")
