@@ -471,6 +471,40 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))                   # (B, T, dim)
 
 
+def init_weights_(model, n_layers):
+    """llama2.c's initialisation, in place: every Linear and Embedding weight ~ N(0, 0.02), then
+    the residual-stream projections scaled down. GPT-2 (Radford et al. 2019, Sec. 2.3) scales them
+    by 1/sqrt(N), N residual layers; llama2.c's model.py gives parameters ending in w3.weight and
+    wo.weight std 0.02/sqrt(2 n_layers). The FFN's residual projection here is w2 (w3 is the up
+    projection): w3 is llama2.c's choice, kept for parity with llama2.c."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    for name, p in model.named_parameters():
+        if name.endswith(("w3.weight", "wo.weight")):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))
+
+
+def cache_flags(cache, config, tokens, start_pos, kv):
+    """Check where the tokens (B, T) go -> the KVCache's real-token flags of rows 0..B-1
+    (B, S_max) when the cache is used (start_pos given, kv None), else None. One-line errors:
+    kv without start_pos, no cache, slots past the cache, more than max_seq_len keys."""
+    (B, T), n = tokens.shape, 0 if start_pos is None else start_pos
+    if kv is not None and start_pos is None:
+        raise ValueError("Llama.forward: kv without start_pos; give start_pos = the number of "
+                         "keys kv puts before the tokens")
+    if kv is None and start_pos is not None:
+        if cache is None:
+            raise ValueError("Llama.forward: start_pos given but no KV cache; call "
+                             "model.setup_cache(max_batch_size, max_seq_len) first")
+        cache.check_fits(B, start_pos, T)
+        return cache.real[:B]                                              # (B, S_max)
+    if n + T > config.max_seq_len:
+        raise ValueError(f"Llama.forward: {n} keys before + {T} tokens > max_seq_len="
+                         f"{config.max_seq_len}; truncate the input")
+    return None
+
+
 class Llama(nn.Module):
     """The language model: tokens (B, T) -> (logits, hidden after the final norm)."""
 
@@ -488,23 +522,11 @@ class Llama(nn.Module):
         self.register_buffer("rope_freqs", self._rope_freqs(), persistent=False)  # (D/2,)
         self.register_module("cache", None)         # a KVCache, made by setup_cache
         self.gradient_checkpointing = False         # recompute blocks in backward (training only)
-        self.apply(self._init_weights)
-        # Scaled init of residual-stream projections: GPT-2 (Radford et al. 2019, Sec. 2.3) scales
-        # them by 1/sqrt(N), N residual layers; llama2.c's model.py gives parameters ending in
-        # w3.weight and wo.weight std 0.02/sqrt(2 n_layers). The FFN's residual projection here is
-        # w2 (w3 is the up projection): w3 is llama2.c's choice, kept for parity with llama2.c.
-        for name, p in self.named_parameters():
-            if name.endswith(("w3.weight", "wo.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+        init_weights_(self, config.n_layers)
 
     def _rope_freqs(self, device=None):
         c = self.config
         return rope.rope_frequencies(c.head_dim, c.rope_theta, c.rope_scaling).to(device)
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def _apply(self, fn, recurse=True):
         """Module.to(torch.bfloat16) would round theta_i to 8 bits (angle errors of radians at
@@ -531,26 +553,6 @@ class Llama(nn.Module):
             self.cache.reset()
 
     # -- forward ----------------------------------------------------------------------------
-    def _cache_real(self, tokens, start_pos, kv):
-        """ValueError unless start_pos keys + T tokens fit max_seq_len, and the KV cache when it is
-        used (start_pos without kv) -> the cache's real-token flags of rows 0..B-1 (B, S_max), or
-        None without the cache."""
-        (B, T), c = tokens.shape, self.config
-        if kv is not None and start_pos is None:
-            raise ValueError("Llama.forward: kv without start_pos; give start_pos = the number of "
-                             "keys kv puts before the tokens")
-        if kv is None and start_pos is not None:
-            if self.cache is None:
-                raise ValueError("Llama.forward: start_pos given but no KV cache; call "
-                                 "model.setup_cache(max_batch_size, max_seq_len) first")
-            self.cache.check_fits(B, start_pos, T)
-            return self.cache.real[:B]                                     # (B, S_max)
-        n = 0 if start_pos is None else start_pos
-        if n + T > c.max_seq_len:
-            raise ValueError(f"Llama.forward: {n} keys before + {T} tokens > max_seq_len="
-                             f"{c.max_seq_len}; truncate the input")
-        return None
-
     def forward(self, tokens, start_pos=None, attention_mask=None, last_only=False, kv=None):
         """tokens (B, T) -> (logits (B, T, V), or (B, 1, V) if last_only; hidden (B, T, dim)).
 
@@ -560,7 +562,7 @@ class Llama(nn.Module):
         and values in front (a keys/values source, e.g. adapters.PrefixKV).
         attention_mask (B, T): 1 real, 0 pad (left padding for generation, any for scoring).
         """
-        cache_real = self._cache_real(tokens, start_pos, kv)
+        cache_real = cache_flags(self.cache, self.config, tokens, start_pos, kv)
         n = 0 if start_pos is None else start_pos
         positions, mask, slots, num_keys = attention_inputs(tokens, attention_mask, n, cache_real)
         if cache_real is not None:
