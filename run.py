@@ -40,6 +40,8 @@ Options, with an example each (data paths as in ../shared/data, see README):
                  --input_files ../shared/data/pico/3seqs.txt --prompt "0 1 2 3 4"
   pico_compare python run.py --option pico_compare (same flags as pico)
   tokenizers   python run.py --option tokenizers [--tokenizer FILE] [--text FILE]
+  eval         python run.py --option eval --data ../shared/data/mc/arc_easy_train.jsonl \
+                 [--adapter runs/sft/adapter] [--limit 100] [--json eval.json]
 """
 import argparse
 import random
@@ -52,6 +54,7 @@ import distributed
 import options
 import run_chat
 import run_classifier
+import run_eval
 import run_generate
 import run_memory
 import run_pico
@@ -78,6 +81,7 @@ OPTIONS = {
     "pico": run_pico,
     "pico_compare": run_pico,
     "tokenizers": run_tokenizers,
+    "eval": run_eval,
 }
 
 

@@ -382,19 +382,8 @@ def method_lrs(args):
 
 def plot_grouped_bars(groups, path, title):
     """One group per method, one bar per metric (accuracy, macro-F1)."""
-    plt = plots.pyplot()
-    names, keys = list(groups), ("accuracy", "macro_f1")
-    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 4))
-    width = 0.8 / len(keys)
-    for j, key in enumerate(keys):
-        xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(names))]
-        bars = ax.bar(xs, [groups[n][key] for n in names], width, label=key)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(range(len(names)), names, rotation=20)
-    ax.set(ylabel="validation score", ylim=(0, 1.05), title=title)
-    ax.legend()
-    fig.tight_layout()
-    plots.save_figure_atomic(fig, path, dpi=90)
+    values = {n: {k: groups[n][k] for k in ("accuracy", "macro_f1")} for n in groups}
+    plots.grouped_bars(values, path, title, "validation score")
 
 
 def run_peft_compare(args):

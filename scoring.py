@@ -10,9 +10,12 @@ need one forward pass of the prompt alone (h_{n-1} is the prompt's last token); 
 the prompt's keys and values once from the KV cache (llama.py) and feed each continuation after it.
 
 Shapes: B batch, T tokens, dim model width, V vocabulary, K continuations, m continuation tokens.
+continuation_logprobs does the same for any (context, continuation) pairs: each distinct context
+prefilled once, its continuations fed after it from the cache (the evaluation harness, lm-eval's
+loglikelihood requests).
 Tested in tests/test_scoring.py: batched padded scores == one unpadded forward per prompt and
-continuation (label_scores_reference), cached == uncached, right-padded hidden states == a row
-alone.
+continuation (label_scores_reference, continuation_logprobs_reference), cached == uncached,
+right-padded hidden states == a row alone.
 """
 import torch
 import torch.nn.functional as F
@@ -117,6 +120,77 @@ def label_scores_cached(model, prompts, label_ids, pad_id):
             score = score + logp[:, torch.arange(len(label) - 1), label[1:]].sum(-1)
         scores.append(score)
     return torch.stack(scores, dim=1)                                               # (B, K)
+
+
+
+# ----------------------------------------------------------------------------
+# continuations of any contexts (the evaluation harness: evaluation.py)
+
+@torch.no_grad()
+def continuation_logprobs_reference(model, context_ids, continuation_ids):
+    """Readable oracle: one full forward of context + continuation -> the 0-d summed log-prob of
+    the continuation's tokens, log p(c_j | context, c_<j) summed over j."""
+    device = lm_head_weight(model).device
+    n = len(context_ids)
+    tokens = torch.tensor([context_ids + continuation_ids], device=device)       # (1, n + m)
+    logits, _ = model(tokens)                                                    # (1, n + m, V)
+    logp = F.log_softmax(logits[0, n - 1:-1].float(), dim=-1)                    # (m, V)
+    return logp[torch.arange(len(continuation_ids)), torch.tensor(continuation_ids)].sum()
+
+
+def _check_pairs(pairs):
+    for i, (context, continuation) in enumerate(pairs):
+        if not context or not continuation:
+            raise ValueError(f"continuation_logprobs: request {i} has an empty context or "
+                             "continuation; give at least one token of each")
+
+
+@torch.no_grad()
+def continuation_logprobs(model, pairs, pad_id, batch_size=16):
+    """Fast path, equal to continuation_logprobs_reference per pair: pairs = [(context ids,
+    continuation ids)] -> [summed log-prob]. Each distinct context is prefilled once into the KV
+    cache (up to batch_size contexts at a time, left-padded, shortest first); then its
+    continuations are fed after it from the cache, the j-th continuation of every context in one
+    call (tokens c_1 .. c_{m-1}; later calls overwrite the same slots, and attention never reads
+    past the tokens fed). One forward per context plus one per choice index, instead of one full
+    forward of context + continuation per choice."""
+    _check_pairs(pairs)
+    by_context = {}
+    for i, (context, continuation) in enumerate(pairs):
+        by_context.setdefault(tuple(context), []).append((i, continuation))
+    contexts = sorted(by_context, key=len)
+    scores = [0.0] * len(pairs)
+    for start in range(0, len(contexts), batch_size):
+        group = contexts[start:start + batch_size]
+        for i, score in _score_group(model, group, [by_context[c] for c in group], pad_id):
+            scores[i] = score
+    return scores
+
+
+def _score_group(model, contexts, continuations, pad_id):
+    """[(pair index, summed log-prob)] for the continuations of B contexts (see above)."""
+    device = lm_head_weight(model).device
+    tokens, mask = sample.left_pad([list(c) for c in contexts], pad_id, device)  # (B, T)
+    B, T = tokens.shape
+    m = max(len(c) for conts in continuations for _, c in conts)
+    if model.cache is None or not model.cache.fits(B, T + m):
+        model.setup_cache(B, T + m)
+    logits, _ = model(tokens, start_pos=0, attention_mask=None if bool(mask.all()) else mask,
+                      last_only=True)                                            # (B, 1, V)
+    first = F.log_softmax(logits[:, -1].float(), dim=-1)                         # (B, V)
+    out = []
+    for j in range(max(len(conts) for conts in continuations)):
+        rows = [conts[j] if j < len(conts) else (None, [pad_id]) for conts in continuations]
+        width = max(len(c) for _, c in rows) - 1
+        if width > 0:                                          # c_1 .. c_{m-1}, right-padded
+            feed = torch.tensor([c[:-1] + [pad_id] * (width - len(c) + 1) for _, c in rows],
+                                device=device)                                   # (B, width)
+            logp = F.log_softmax(model(feed, start_pos=T)[0].float(), dim=-1)    # (B, width, V)
+        for b, (i, c) in enumerate(rows):
+            if i is not None:
+                rest = logp[b, torch.arange(len(c) - 1), c[1:]].sum() if len(c) > 1 else 0.0
+                out.append((i, float(first[b, c[0]] + rest)))
+    return out
 
 
 def load_model(path, device):

@@ -48,3 +48,21 @@ def test_hidden_states_of_right_padded_rows_equal_each_row_alone():
         for row, seq in enumerate(seqs):
             alone = scoring.hidden_states(model, torch.tensor([seq]), None)[0]       # (n, dim)
             torch.testing.assert_close(hidden[row, :len(seq)], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_continuation_logprobs_equal_one_forward_per_pair():
+    """Oracle: continuation_logprobs_reference (one full forward of context + continuation per
+    pair). Pairs share contexts (multiple choice: one context, K continuations of 1-4 tokens),
+    differ in context with one continuation (WinoGrande's partial scoring), and need several
+    batches (batch_size 2 over 4 contexts). Tolerance 1e-4: fp32 sums in another order."""
+    model = tiny_llama().eval()
+    shared = [1, 7, 8, 9]
+    pairs = ([(shared, c) for c in ([5], [9, 10], [14, 3, 21, 4])]
+             + [([1, 30 + k, 31, 32][:2 + k], [40, 41]) for k in range(3)]
+             + [([2, 3], [6])])
+    fast = scoring.continuation_logprobs(model, pairs, pad_id=2, batch_size=2)
+    with torch.no_grad():
+        oracle = [float(scoring.continuation_logprobs_reference(model, c, x)) for c, x in pairs]
+    assert fast == pytest.approx(oracle, abs=1e-4)
+    with pytest.raises(ValueError, match="empty context or continuation"):
+        scoring.continuation_logprobs(model, [([1], [])], pad_id=2)
