@@ -96,20 +96,26 @@ def label_scores(model, prompts, label_ids, pad_id):
     return label_scores_cached(model, prompts, label_ids, pad_id)
 
 
+def prefill(model, prompts, pad_id, room):
+    """Write B prompts, left-padded, into the KV cache (made or grown to hold `room` more tokens)
+    -> (log-probabilities of the next token after each prompt (B, V) fp32, the padded length T)."""
+    tokens, mask = sample.left_pad(prompts, pad_id, lm_head_weight(model).device)  # (B, T)
+    B, T = tokens.shape
+    if model.cache is None or not model.cache.fits(B, T + room):
+        model.setup_cache(B, T + room)
+    logits, _ = model(tokens, start_pos=0, attention_mask=None if bool(mask.all()) else mask,
+                      last_only=True)                                               # (B, 1, V)
+    return F.log_softmax(logits[:, -1].float(), dim=-1), T                          # (B, V)
+
+
 @torch.no_grad()
 def label_scores_cached(model, prompts, label_ids, pad_id):
     """score_k = log p(a_k1 | prompt) + sum_{j>1} log p(a_kj | prompt, a_k<j), the prompt's keys and
     values computed once: label k's tokens 1..m-1 are fed at cache slots T.. (later labels
     overwrite the same slots; attention never reads past the tokens fed)."""
     device = lm_head_weight(model).device
-    tokens, mask = sample.left_pad(prompts, pad_id, device)                         # (B, T)
-    B, T = tokens.shape
-    m = max(len(label) for label in label_ids)
-    if model.cache is None or not model.cache.fits(B, T + m):
-        model.setup_cache(B, T + m)
-    logits, _ = model(tokens, start_pos=0, attention_mask=None if bool(mask.all()) else mask,
-                      last_only=True)                                               # (B, 1, V)
-    first = F.log_softmax(logits[:, -1].float(), dim=-1)                            # (B, V)
+    first, T = prefill(model, prompts, pad_id, max(len(label) for label in label_ids))
+    B = first.shape[0]
     scores = []
     for label in label_ids:
         score = first[:, label[0]]                                                  # (B,)
@@ -170,14 +176,8 @@ def continuation_logprobs(model, pairs, pad_id, batch_size=16):
 def _score_group(model, contexts, continuations, pad_id):
     """[(pair index, summed log-prob)] for the continuations of B contexts (see above)."""
     device = lm_head_weight(model).device
-    tokens, mask = sample.left_pad([list(c) for c in contexts], pad_id, device)  # (B, T)
-    B, T = tokens.shape
     m = max(len(c) for conts in continuations for _, c in conts)
-    if model.cache is None or not model.cache.fits(B, T + m):
-        model.setup_cache(B, T + m)
-    logits, _ = model(tokens, start_pos=0, attention_mask=None if bool(mask.all()) else mask,
-                      last_only=True)                                            # (B, 1, V)
-    first = F.log_softmax(logits[:, -1].float(), dim=-1)                         # (B, V)
+    first, T = prefill(model, [list(c) for c in contexts], pad_id, m)
     out = []
     for j in range(max(len(conts) for conts in continuations)):
         rows = [conts[j] if j < len(conts) else (None, [pad_id]) for conts in continuations]
