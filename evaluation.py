@@ -10,9 +10,11 @@ A question is K requests (context_k, continuation_k), one per choice. Each is sc
 Tokens as lm-eval's _encode_pair: trailing whitespace of the context moves to the continuation,
 then context_ids = encode(context) and
 continuation_ids = encode(context + continuation)[len(context_ids):]
-(BOS only when the model's tokenizer adds one). The continuation is target_delimiter " " + the
-choice text; with chat_template the context is the user turn of the model's chat template with
-the assistant's turn opened, and the delimiter is "" (lm-eval's --apply_chat_template).
+(BOS only when the model's tokenizer adds one, and once), and a pair longer than max_seq_len + 1
+tokens loses the start of its context (lm-eval's _loglikelihood_tokens). The continuation is
+target_delimiter " " + the choice text; with chat_template the context is the user turn of the
+model's chat template with the assistant's turn opened, and the delimiter is "" (lm-eval's
+--apply_chat_template: ConfigurableTask.fewshot_context / construct_requests).
 
 Layouts, detected by their fields (Hugging Face hub layouts that lm-eval reads), with lm-eval's
 prompts (its task YAMLs):
@@ -219,10 +221,25 @@ def encode_pair(tokenizer, context, continuation, special=False):
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
-    bos = scoring.uses_bos(tokenizer)
-    whole = tokenizer.encode(context + continuation, bos=bos, eos=False, allow_special=special)
-    context_ids = tokenizer.encode(context, bos=bos, eos=False, allow_special=special)
+    whole = _encode(tokenizer, context + continuation, special)
+    context_ids = _encode(tokenizer, context, special)
     return context_ids, whole[len(context_ids):]
+
+
+def _encode(tokenizer, text, special):
+    """ids of text, BOS first once when the model's tokenizer adds one (a rendered chat template
+    may already start with it: lm-eval's tok_encode then adds no special tokens)."""
+    ids = tokenizer.encode(text, allow_special=special)
+    if scoring.uses_bos(tokenizer) and ids[:1] != [tokenizer.bos_id]:
+        ids = [tokenizer.bos_id] + ids
+    return ids
+
+
+def truncate(context_ids, continuation_ids, max_len):
+    """lm-eval's _loglikelihood_tokens keeps the last max_len + 1 tokens of context +
+    continuation (the model reads the first max_len of them): a long context loses its start."""
+    keep = max(max_len + 1 - len(continuation_ids), 1)
+    return context_ids[-keep:], continuation_ids
 
 
 def score_questions(model, tokenizer, questions, batch_size=16, chat_template=False):
@@ -235,7 +252,8 @@ def score_questions(model, tokenizer, questions, batch_size=16, chat_template=Fa
             if chat_template:
                 context = tokenizer.apply_chat_template([{"role": "user", "content": context}])
                 continuation = continuation.removeprefix(DELIMITER)
-            pairs.append(encode_pair(tokenizer, context, continuation, special=chat_template))
+            pairs.append(truncate(*encode_pair(tokenizer, context, continuation, chat_template),
+                                  scoring.max_tokens(model)))
     flat = scoring.continuation_logprobs(model, pairs, tokenizer.pad_id, batch_size)
     out, start = [], 0
     for q in questions:

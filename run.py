@@ -25,7 +25,8 @@ Options, with an example each (data paths as in ../shared/data, see README):
   ssm_compare  python run.py --option ssm_compare (same flags as ssm)
   sft          python run.py --option sft --train ../shared/data/boolq/train.json --val_ratio 0.1 \
                  --split_seed 0 --lora_targets heavy --lora_rank 16 --lora_alpha 32 --epochs 1 \
-                 --out_dir runs/boolq-heavy [--test test.json]
+                 --out_dir runs/boolq-heavy [--test test.json] \
+                 [--eval_data ../shared/data/mc/arc_easy_train.jsonl --eval_limit 200]
                python run.py --option sft --adapter runs/boolq-heavy/adapter --test test.json \
                  --submission submission.csv
   sft_compare  python run.py --option sft_compare --train ../shared/data/boolq/train.json \

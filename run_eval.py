@@ -10,7 +10,9 @@ wrap its Linears, prompt and prefix tuning wrap the model; peft_format.load_adap
 fine-tuned" is one command. Prints the model and its dtype, then one table: task, n, and acc /
 acc_norm per model. --json writes {"results": [{"data", "task", "model", "n", "acc", "acc_norm",
 "predictions", "loglikelihoods"}]}; OUT_DIR/eval.png is a grouped bar chart of acc (tasks x
-models). Every file is read and checked before the model loads.
+models). Every file is read and checked, and every adapter loaded once, before any scoring.
+`--option sft --eval_data FILE ...` (run_sft.py) scores the same way before and after fine-tuning
+and prints what it cost (cost_rows, format_cost_table).
 
 Tested in tests/test_run_eval.py (the CLI end to end on a tiny Llama: the JSON keys, the table,
 an adapter beside the base, bad flags and files as one line).
@@ -49,23 +51,53 @@ def add_arguments(parser, option):
         help="folder for eval.png")
 
 
+def read_files(paths, limit=None):
+    """[(file, task name, questions)] of benchmark files (--data here, sft's --eval_data)."""
+    return [(str(path), *evaluation.read_questions(path, limit)) for path in paths]
+
+
 def read_tasks(args):
     """[(file, task name, questions)], every file checked before any model loads."""
-    tasks = []
-    for path in args.data:
-        name, questions = evaluation.read_questions(path, args.limit)
-        tasks.append((path, name, questions))
+    tasks = read_files(args.data, args.limit)
     for folder in args.adapter:
         peft_format.read_config(folder)                  # one line now, not after the base runs
     return tasks
 
 
-def models(args, base, tokenizer):
-    """(label, model) of the base, then of each adapter on a copy of the base's weights."""
+def load_adapter(folder, base):
+    """The adapter in `folder` on a copy of the base's weights (the base stays as it is); an
+    adapter made for another model is one line naming the folder."""
+    try:
+        model, _ = peft_format.load_adapter(folder, copy.deepcopy(base))
+    except ValueError as err:
+        raise ValueError(f"--adapter {folder}: {err}") from None
+    return model.eval()
+
+
+def models(args, base):
+    """(label, model) of the base, then of each adapter on a copy of the base's weights (each
+    copy is dropped when the next is made). Every adapter is loaded once first, so a bad one
+    stops the run before any scoring."""
+    for folder in args.adapter:
+        load_adapter(folder, base)
     yield "base", base
     for folder in args.adapter:
-        model, _ = peft_format.load_adapter(folder, copy.deepcopy(base))
-        yield Path(folder).name if Path(folder).name != "adapter" else str(folder), model.eval()
+        label = Path(folder).name if Path(folder).name != "adapter" else str(folder)
+        yield label, load_adapter(folder, base)
+
+
+def score_tasks(model, tokenizer, tasks, label, batch_size=16, chat_template=False):
+    """One result dict per task: {"data", "task", "model", "n", "acc", "acc_norm",
+    "predictions", "loglikelihoods", "seconds"}."""
+    results = []
+    for data_file, name, questions in tasks:
+        start = time.perf_counter()
+        with torch.no_grad():
+            ll = evaluation.score_questions(model, tokenizer, questions, batch_size, chat_template)
+        results.append({"data": str(data_file), "task": name, "model": label,
+                        **evaluation.task_metrics(questions, ll), "loglikelihoods": ll,
+                        "seconds": time.perf_counter() - start})
+    return results
 
 
 def format_table(results, labels):
@@ -80,6 +112,26 @@ def format_table(results, labels):
     return "\n".join(lines)
 
 
+def cost_rows(before, after):
+    """Per task (score_tasks results of one model before and after fine-tuning): acc and
+    acc_norm before, after, and the difference after - before."""
+    keys = ("acc", "acc_norm")
+    return [{"data": b["data"], "task": b["task"], "n": b["n"],
+             "before": {k: b[k] for k in keys}, "after": {k: a[k] for k in keys},
+             "difference": {k: a[k] - b[k] for k in keys}} for b, a in zip(before, after)]
+
+
+def format_cost_table(rows):
+    """What fine-tuning cost, as markdown: per task, before | after | difference per metric."""
+    lines = ["| task | n | acc before | acc after | acc diff | acc_norm before | acc_norm after "
+             "| acc_norm diff |", "|" + "---|" * 8]
+    for r in rows:
+        cells = " | ".join(f"{r['before'][k]:.4f} | {r['after'][k]:.4f} | "
+                           f"{r['difference'][k]:+.4f}" for k in ("acc", "acc_norm"))
+        lines.append(f"| {Path(r['data']).stem} ({r['task']}) | {r['n']} | {cells} |")
+    return "\n".join(lines)
+
+
 def main(args):
     tasks = read_tasks(args)
     path = args.pretrained_model_path or weights.default_model_path()
@@ -88,16 +140,10 @@ def main(args):
     print(f"model: {path} ({next(base.parameters()).dtype}, {args.device}); chat template "
           f"{'on' if args.chat_template else 'off'}", flush=True)
     results, labels = [], []
-    for label, model in models(args, base, tokenizer):
+    for label, model in models(args, base):
         labels.append(label)
-        for data_file, name, questions in tasks:
-            start = time.perf_counter()
-            with torch.no_grad():
-                ll = evaluation.score_questions(model, tokenizer, questions, args.batch_size,
-                                                args.chat_template)
-            scores = evaluation.task_metrics(questions, ll)
-            results.append({"data": str(data_file), "task": name, "model": label, **scores,
-                            "loglikelihoods": ll, "seconds": time.perf_counter() - start})
+        results += score_tasks(model, tokenizer, tasks, label, args.batch_size,
+                               args.chat_template)
     print(format_table(results, labels), flush=True)
     if args.json:
         atomic.save_json_atomic(args.json, {"results": results})

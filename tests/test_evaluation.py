@@ -4,8 +4,11 @@ Run: .venv/bin/python -m pytest tests/test_evaluation.py -q   (CPU, seconds)
 
 Oracles: the request strings of each layout written out by hand from lm-eval 0.4.13's task YAMLs
 (arc_easy, openbookqa, piqa, winogrande + preprocess_winogrande.py, hellaswag + utils.py,
-super_glue/boolq, siqa); lm-eval's _encode_pair whitespace rule on a word-level fake tokenizer;
-acc / acc_norm on log-likelihoods chosen by hand; every bad file one line naming file and row.
+super_glue/boolq, siqa); lm-eval's _encode_pair whitespace rule on a word-level fake tokenizer,
+its tok_encode BOS rule (once, even after a chat template that starts with BOS) and the left
+truncation of _loglikelihood_tokens on hand-made ids; acc / acc_norm on log-likelihoods chosen by
+hand (acc_norm per character, not byte, as process_results' completion_len); every bad file one
+line naming file and row.
 """
 import json
 
@@ -101,6 +104,40 @@ def test_encode_pair_moves_the_contexts_trailing_space_to_the_continuation():
     assert continuation == tok.encode(" yes") and context == tok.encode("Q: sky?\nAnswer:")
     whole = tok.encode("Q: sky?\nAnswer: yes")
     assert context + continuation == whole
+
+
+class WordsWithBos(Words):
+    """A tokenizer that adds BOS (Llama 3's habit) and parses "<s>" as it when allowed."""
+    add_bos, bos_id = True, 99
+
+    def encode(self, text, bos=False, eos=False, allow_special=False):
+        head = [self.bos_id] if allow_special and text.startswith("<s>") else []
+        return head + super().encode(text[3:] if head else text)
+
+
+def test_bos_is_added_once_even_when_the_chat_template_starts_with_it():
+    """lm-eval's tok_encode adds no special tokens to a string that starts with BOS already."""
+    tok = WordsWithBos()
+    plain, cont = evaluation.encode_pair(tok, "Question: sky?\nAnswer:", " yes")
+    assert plain[0] == 99 and 99 not in plain[1:] and cont == tok.encode(" yes")
+    chat, _ = evaluation.encode_pair(tok, "<s>user: sky?\nassistant:\n", "yes", special=True)
+    assert chat[:1] == [99] and 99 not in chat[1:]
+
+
+def test_truncate_keeps_the_last_max_len_plus_one_tokens_as_lm_eval_does():
+    """_loglikelihood_tokens: (context + continuation)[-(max_len + 1):], the continuation whole."""
+    assert evaluation.truncate([1, 2, 3, 4, 5], [6, 7], 4) == ([3, 4, 5], [6, 7])
+    assert evaluation.truncate([1, 2], [6, 7], 4) == ([1, 2], [6, 7])
+
+
+def test_acc_norm_divides_by_characters_not_bytes():
+    """lm-eval's process_results: completion_len = len(choice) of the str (its acc_bytes divides
+    by the UTF-8 bytes instead). "éééé" is 4 characters, 8 bytes; the sums make the rules differ:
+    per character -4.4/4 = -1.1 < -5.4/5 = -1.08 picks choice 1; per byte -4.4/8 = -0.55 would
+    pick choice 0, the gold."""
+    q = evaluation.Question([("c", " éééé"), ("c", " abcde")], gold=0, record=1,
+                            choices=["éééé", "abcde"])
+    assert evaluation.task_metrics([q], [[-4.4, -5.4]])["acc_norm"] == 0.0
 
 
 def test_acc_and_acc_norm_on_hand_made_loglikelihoods():

@@ -5,14 +5,20 @@ Run: .venv/bin/python -m pytest tests/test_run_eval.py -q   (CPU, ~30 s)
 Oracles: every log-likelihood in the JSON equals scoring.continuation_logprobs_reference (one full
 forward of context + continuation, tokens split as lm-eval's _encode_pair) on the model loaded
 alone; acc from those values by hand; the adapter's column equals the same reference on the model
-with the adapter loaded alone; bad flags and files are one line before any model loads.
+with the adapter loaded alone; bad flags and files are one line before any model loads, an
+adapter for another model one line before any scoring. `--option sft --eval_data`: its before /
+after / difference rows equal --option eval on the base and on the run's saved adapter.
 """
+import contextlib
+import io
 import json
 
 import pytest
 import torch
 
 import evaluation
+import llama
+import lora
 import peft_format
 import run
 import scoring
@@ -41,12 +47,22 @@ def reference(model, tokenizer, path):
 
 
 @pytest.fixture(scope="module")
-def adapter(base_folder, task, tmp_path_factory):  # noqa: F811
-    out = tmp_path_factory.mktemp("sft")
-    run.main(["--option", "sft", "--train", str(task / "train.txt"), "--val_ratio", "0.25",
-              "--pretrained-model-path", str(base_folder), "--lr", "5e-2",
-              "--max_steps_per_epoch", "2", "--no-zero_shot", "--out_dir", str(out)])
-    return out / "adapter"
+def tuned(base_folder, task, tmp_path_factory):  # noqa: F811
+    """One --option sft run with --eval_data: (its OUT_DIR, the eval files, what it printed)."""
+    out, folder = tmp_path_factory.mktemp("sft"), tmp_path_factory.mktemp("mc")
+    files = [str(write(folder, "arc.jsonl", ARC)), str(write(folder, "piqa.jsonl", PIQA))]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run.main(["--option", "sft", "--train", str(task / "train.txt"), "--val_ratio", "0.25",
+                  "--pretrained-model-path", str(base_folder), "--lr", "5e-2",
+                  "--max_steps_per_epoch", "2", "--no-zero_shot", "--out_dir", str(out),
+                  "--eval_data", *files])
+    return out, files, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def adapter(tuned):
+    return tuned[0] / "adapter"
 
 
 def test_base_and_adapter_scored_in_one_run(base_folder, adapter, tmp_path, capsys):  # noqa: F811
@@ -88,6 +104,63 @@ def test_bad_flags_and_files_are_one_line_before_loading(tmp_path, monkeypatch, 
     argv = [str(files.get(a, a)) for a in argv]
     with pytest.raises(SystemExit) as exit_info:
         run.main(["--option", "eval", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+def test_an_adapter_for_another_model_is_one_line_before_any_scoring(
+        base_folder, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """A LoRA adapter saved from a Llama of another width: its shapes do not fit the base."""
+    other = llama.Llama(llama.LlamaConfig.tiny(vocab_size=49152))
+    config = lora.LoraConfig(r=2, target_modules=["q_proj"])
+    lora.inject_lora(other, config)
+    folder = peft_format.save_adapter(tmp_path / "other", other, config)
+    monkeypatch.setattr(evaluation, "score_questions",
+                        lambda *a, **k: pytest.fail("scored before every adapter was checked"))
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--option", "eval", "--data", str(write(tmp_path, "arc.jsonl", ARC)),
+                  "--pretrained-model-path", str(base_folder), "--adapter", str(folder),
+                  "--out_dir", str(tmp_path / "plots")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--adapter {folder}:" in err[0] and "shape" in err[0], err
+    assert not (tmp_path / "plots").exists()
+
+
+def test_sft_eval_data_is_what_fine_tuning_cost(tuned, base_folder, tmp_path):  # noqa: F811
+    """Oracle: --option eval of the same files on the base model (before) and with the run's
+    saved adapter (after), a separate load of each; the differences by subtraction."""
+    out, files, printed = tuned
+    assert "what fine-tuning cost" in printed and "| arc (ai2_arc) | 5 |" in printed
+    rows = json.loads((out / "summary.json").read_text())["fine_tuning_cost"]
+    assert json.loads((out / "sft-history.json").read_text())["fine_tuning_cost"] == rows
+    run.main(["--option", "eval", "--data", *files, "--pretrained-model-path", str(base_folder),
+              "--adapter", str(out / "adapter"), "--json", str(tmp_path / "e.json"),
+              "--out_dir", str(tmp_path)])
+    results = json.loads((tmp_path / "e.json").read_text())["results"]
+    assert [(r["data"], r["task"], r["n"]) for r in rows] == [
+        (files[0], "ai2_arc", 5), (files[1], "piqa", 4)]
+    for row, before, after in zip(rows, results[:2], results[2:]):
+        assert row["before"] == {k: before[k] for k in ("acc", "acc_norm")}
+        assert row["after"] == {k: after[k] for k in ("acc", "acc_norm")}
+        assert row["difference"]["acc"] == pytest.approx(after["acc"] - before["acc"])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--eval_limit", "3"], "--eval_limit cuts the --eval_data files"),
+    (["--eval_data", "BAD"], "match no layout"),
+    (["--eval_data", "ARC", "--adapter", "/x", "--test", "ARC"], "--option eval --data FILE"),
+])
+def test_sft_eval_data_bad_flags_are_one_line_before_loading(
+        task, tmp_path, monkeypatch, capsys, argv, words):  # noqa: F811
+    monkeypatch.setattr(scoring, "load_model", lambda *a: pytest.fail("the model was loaded"))
+    files = {"ARC": write(tmp_path, "arc.jsonl", ARC),
+             "BAD": write(tmp_path, "bad.jsonl", [{"foo": 1}])}
+    argv = [str(files.get(a, a)) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--option", "sft", "--train", str(task / "train.txt"), "--out_dir",
+                  str(tmp_path / "out"), *argv])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err

@@ -66,3 +66,19 @@ def test_continuation_logprobs_equal_one_forward_per_pair():
     assert fast == pytest.approx(oracle, abs=1e-4)
     with pytest.raises(ValueError, match="empty context or continuation"):
         scoring.continuation_logprobs(model, [([1], [])], pad_id=2)
+
+
+def test_continuation_logprobs_fit_each_group_in_max_seq_len():
+    """A long context with a short continuation and a short context with a long one each fit
+    max_seq_len (128) alone, not padded together (100 + 60 > 128): they go to separate prefills
+    and still equal the reference (1e-4: fp32 sums in another order). A pair longer than the
+    model is one line."""
+    model = tiny_llama().eval()
+    long_context, short_context = [1] + [7, 8] * 50, [1, 5]                   # 101 and 2 tokens
+    pairs = [(long_context, [9, 10]), (short_context, [11 + k % 50 for k in range(60)])]
+    fast = scoring.continuation_logprobs(model, pairs, pad_id=2, batch_size=16)
+    with torch.no_grad():
+        oracle = [float(scoring.continuation_logprobs_reference(model, c, x)) for c, x in pairs]
+    assert fast == pytest.approx(oracle, abs=1e-4)
+    with pytest.raises(ValueError, match="feeds 129 tokens > the model's 128"):
+        scoring.continuation_logprobs(model, [([1] * 100, [5] * 30)], pad_id=2)
