@@ -36,10 +36,9 @@ arXiv:1604.06174): with model.gradient_checkpointing = True, training keeps only
 and recomputes the block during backward (use_reentrant=False, so it works when no input requires
 grad, e.g. LoRA on a frozen base; the RNG state is replayed, so dropout masks match).
 
-Fast paths are built by the caller from these modules (fused.py, tested equal there): wq/wk/wv
-and w1/w3 as one matmul each (Attention.wqkv, FeedForward.w13, None here: the split Linears
-below are the reference), the chunked vocabulary cross-entropy, torch.compile of the blocks and
-of the decode step.
+Fast paths are built by callers from these modules (fused.py, tested equal there): wq/wk/wv and
+w1/w3 as one matmul each (Attention.wqkv, FeedForward.w13; None here: the split Linears are the
+reference), the chunked cross-entropy, torch.compile; scoring.tree_logprobs calls blocks.
 
 Shapes: B batch, T new tokens, S key slots, dim, n_heads, n_kv_heads, head_dim (D), V vocab.
 Parameter names are llama2.c / Meta's (tok_embeddings, layers.{i}.attention.wq, ..., output);
@@ -49,10 +48,9 @@ scaling); RMSNorm vs F.rms_norm; LayerNorm vs nn.LayerNorm; math attention vs SD
 backends vs a brute-force loop for T < S (GQA); attention_inputs' positions and mask vs ones
 written by hand (cache flags untouched); cached decode vs full forward; generate vs
 generate_no_cache; left-padded batch generation vs one prompt at a time; KVCache reset in place;
-SDPA (GQA, no repeated K/V) vs the math path in training, gradients of every weight;
-n keys from a caller's source (adapters.PrefixKV) vs the same keys written into the cache
-(padded rows vs rows alone), their gradients with checkpointing; tests/test_adapters.py: prefix
-tuning vs peft's past_key_values on transformers.
+SDPA (GQA, no repeated K/V) vs the math path in training, gradients of every weight; n keys
+from a caller's source (adapters.PrefixKV) vs the same keys written into the cache (padded rows
+vs rows alone), their gradients with checkpointing; prefix tuning vs peft in test_adapters.py.
 Size: about 600 lines, because seed 001 asks for the model, its norms and
 compute_query_key_value_scores in this one file; the cache and attention inputs sit beside it.
 """
@@ -568,20 +566,25 @@ class Llama(nn.Module):
         if cache_real is not None:
             self.cache.write_real(slots, real_tokens(tokens, attention_mask))
             kv = [self.cache.layer(i, slots, num_keys) for i in range(len(self.layers))]
+        h = self.blocks(tokens, positions, mask, kv)                       # (B, T, dim)
+        # h[:, -1] is 2-D: one mm (a (B, 1, dim) view that requires grad would become a bmm)
+        logits = self.output(h[:, -1])[:, None] if last_only else self.output(h)  # (B, T|1, V)
+        return logits, h
+
+    def blocks(self, tokens, positions, mask=None, kv=None):
+        """Embeddings, blocks, final norm -> hidden (B, T, dim); positions (1|B, T), mask, kv as
+        attention_inputs and forward make them (scoring.tree_logprobs makes its own)."""
         cos_sin = rope.rope_cos_sin(positions, self.rope_freqs)           # 2 x (1|B, T, D/2)
         h = self.dropout(self.tok_embeddings(tokens))                      # (B, T, dim)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             layer_kv = None if kv is None else kv[i]
-            if recompute:   # keep only h; rerun the block in backward (see docstring)
+            if recompute:   # keep only h; rerun the block in backward (module docstring)
                 h = torch.utils.checkpoint.checkpoint(layer, h, cos_sin, mask, layer_kv,
                                                       use_reentrant=False)
             else:
                 h = layer(h, cos_sin, mask, layer_kv)                      # (B, T, dim)
-        h = self.norm(h)                                                   # (B, T, dim)
-        # h[:, -1] is 2-D: one mm (a (B, 1, dim) view that requires grad would become a bmm)
-        logits = self.output(h[:, -1])[:, None] if last_only else self.output(h)  # (B, T|1, V)
-        return logits, h
+        return self.norm(h)                                                # (B, T, dim)
 
     def generate(self, prompt_tokens, max_new_tokens, sampling=sample.GREEDY, stop_tokens=(),
                  generator=None, on_token=None, decode_fn=None):

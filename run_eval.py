@@ -25,6 +25,7 @@ import torch
 
 import atomic
 import evaluation
+import fused
 import options
 import peft_format
 import plots
@@ -45,7 +46,7 @@ def add_arguments(parser, option):
         help="wrap each context in the model's chat template (lm-eval's --apply_chat_template)")
     add("--limit", type=options.positive_int, default=None, help="the first N questions of a file")
     add("--batch_size", "--batch-size", type=options.positive_int, default=16,
-        help="contexts prefilled together")
+        help="contexts (each with all its choices) in one forward")
     add("--json", type=options.output_file, default=None, help="write every result to this file")
     add("--out_dir", "--out-dir", type=options.output_folder, default="runs/eval",
         help="folder for eval.png")
@@ -65,10 +66,10 @@ def read_tasks(args):
 
 
 def load_adapter(folder, base):
-    """The adapter in `folder` on a copy of the base's weights (the base stays as it is); an
-    adapter made for another model is one line naming the folder."""
+    """The adapter in `folder` on a copy of the base's weights (the base stays as it is, and is
+    copied unfused); an adapter made for another model is one line naming the folder."""
     try:
-        model, _ = peft_format.load_adapter(folder, copy.deepcopy(base))
+        model, _ = peft_format.load_adapter(folder, copy.deepcopy(fused.unfuse(base)))
     except ValueError as err:
         raise ValueError(f"--adapter {folder}: {err}") from None
     return model.eval()
@@ -76,14 +77,18 @@ def load_adapter(folder, base):
 
 def models(args, base):
     """(label, model) of the base, then of each adapter on a copy of the base's weights (each
-    copy is dropped when the next is made). Every adapter is loaded once first, so a bad one
-    stops the run before any scoring."""
+    copy is dropped when the next is made), each on the fast path (fused.fuse: q/k/v and
+    gate/up as one matmul each). Every adapter is loaded once first, so a bad one stops the run
+    before any scoring."""
     for folder in args.adapter:
         load_adapter(folder, base)
+    fused.fuse(base)
     yield "base", base
     for folder in args.adapter:
         label = Path(folder).name if Path(folder).name != "adapter" else str(folder)
-        yield label, load_adapter(folder, base)
+        model = load_adapter(folder, base)
+        fused.fuse(model)
+        yield label, model
 
 
 def score_tasks(model, tokenizer, tasks, label, batch_size=16, chat_template=False):

@@ -10,11 +10,16 @@ need one forward pass of the prompt alone (h_{n-1} is the prompt's last token); 
 the prompt's keys and values once from the KV cache (llama.py) and feed each continuation after it.
 
 Shapes: B batch, T tokens, dim model width, V vocabulary, K continuations, m continuation tokens.
-continuation_logprobs does the same for any (context, continuation) pairs: each distinct context
-prefilled once, its continuations fed after it from the cache (the evaluation harness, lm-eval's
-loglikelihood requests).
+continuation_logprobs does the same for any (context, continuation) pairs (the evaluation
+harness, lm-eval's loglikelihood requests), each distinct context computed once: a tree row holds
+the context and every continuation after it, c_1..c_{m-1} of continuation k taking positions
+n, n+1, ... and attending to the context and its own earlier tokens only (the mask), so one
+forward of n + sum_k (m_k - 1) tokens scores all K where K full forwards take K n + sum_k m_k
+(the "tree attention" of speculative decoding's verifiers, Miao et al. 2023, SpecInfer,
+arXiv 2305.09781); a model without blocks (a prompt/prefix wrapper) continues from the KV cache.
 Tested in tests/test_scoring.py: batched padded scores == one unpadded forward per prompt and
-continuation (label_scores_reference, continuation_logprobs_reference), cached == uncached,
+continuation (label_scores_reference, continuation_logprobs_reference), tree == cached ==
+reference, tree_inputs' positions and mask written by hand, cached == uncached,
 right-padded hidden states == a row alone.
 """
 import torch
@@ -185,26 +190,125 @@ def _groups(contexts, longest, batch_size, limit):
     return groups
 
 
+def tree_rows(by_context, limit):
+    """{context: [(pair index, continuation)]} -> rows [(context, [(pair index, continuation)])]:
+    each context with as many of its continuations as fit `limit` tokens in one row (context +
+    c_1..c_{m-1} of each), more rows for the rest; longest rows first."""
+    rows = []
+    for context, conts in by_context.items():
+        row, length = [], len(context)
+        for i, c in conts:
+            if row and length + len(c) - 1 > limit:
+                rows.append((context, row))
+                row, length = [], len(context)
+            row.append((i, c))
+            length += len(c) - 1
+        rows.append((context, row))
+    return sorted(rows, key=row_length, reverse=True)
+
+
+def tree_inputs(rows, pad_id):
+    """One row per context: tokens = context, then c_1..c_{m-1} of each continuation k as block
+    k+1, right-padded (block -1) -> tokens, positions (B, L), mask (B, 1, L, L) and the scored
+    tokens: (pair, b, column that predicts it, token) per continuation token. Block k's tokens
+    take positions n, n+1, ... (as if alone after the context) and attend to the context and to
+    their own block's earlier tokens: the context, fed once, serves every continuation."""
+    L = max(map(row_length, rows))
+    tokens, positions, blocks, scored = [], [], [], []
+    for b, (context, conts) in enumerate(rows):
+        n = len(context)
+        tok, pos, blk = list(context), list(range(n)), [0] * n
+        for k, (i, c) in enumerate(conts, start=1):
+            scored.append((i, b, n - 1, c[0]))                  # c_1 from the context's last
+            scored += [(i, b, len(tok) + j, c[j + 1]) for j in range(len(c) - 1)]
+            tok, pos, blk = tok + c[:-1], pos + list(range(n, n + len(c) - 1)), blk + [k] * (len(c) - 1)
+        tokens.append(tok + [pad_id] * (L - len(tok)))
+        positions.append(pos + [0] * (L - len(pos)))           # a pad sees token 0: no empty row
+        blocks.append(blk + [-1] * (L - len(blk)))
+    blk, pos = torch.tensor(blocks), torch.tensor(positions)                 # (B, L)
+    q_blk, k_blk = blk[:, :, None], blk[:, None, :]
+    mask = (((k_blk == 0) | (k_blk == q_blk)) & (k_blk >= 0)
+            & (pos[:, None, :] <= pos[:, :, None]))                           # (B, L, L)
+    return torch.tensor(tokens), pos, mask[:, None], scored
+
+
+@torch.no_grad()
+def tree_logprobs(model, rows, pad_id, chunk=512):
+    """[(pair index, summed log-prob)] of rows (tree_rows) in one forward of model.blocks: the
+    LM head only at the columns that predict a continuation token, `chunk` rows of it at a time
+    (the (N, V) log-probs of a large vocabulary stay small)."""
+    device = lm_head_weight(model).device
+    tokens, positions, mask, scored = tree_inputs(rows, pad_id)
+    hidden = model.blocks(tokens.to(device), positions.to(device), mask.to(device))  # (B, L, dim)
+    at = sorted({(b, col) for _, b, col, _ in scored})                  # columns that predict
+    where = {key: u for u, key in enumerate(at)}
+    h = hidden[torch.tensor([b for b, _ in at]), torch.tensor([col for _, col in at])]   # (U, dim)
+    which = torch.tensor([where[b, col] for _, b, col, _ in scored])
+    target = torch.tensor([t for *_, t in scored])
+    values = torch.empty(len(scored))
+    for start in range(0, len(at), chunk):
+        logp = F.log_softmax(F.linear(h[start:start + chunk], lm_head_weight(model)).float(), -1)
+        sel = (which >= start) & (which < start + chunk)
+        values[sel] = logp[which[sel] - start, target[sel].to(device)].cpu()
+    sums = {}
+    for (i, *_), v in zip(scored, values.tolist()):
+        sums[i] = sums.get(i, 0.0) + v
+    return list(sums.items())
+
+
+def row_length(row):
+    """Tokens of a tree row (context, [(pair index, continuation)]): n + sum of (m - 1)."""
+    return len(row[0]) + sum(len(c) - 1 for _, c in row[1])
+
+
+def _tree_groups(rows, batch_size, budget):
+    """Rows, longest first (so a group's first row sets its padded length) -> runs of at most
+    batch_size rows and `budget` padded tokens (a longer row alone)."""
+    groups = []
+    for row in rows:
+        group = groups[-1] if groups else []
+        if group and len(group) < batch_size and (len(group) + 1) * row_length(group[0]) <= budget:
+            group.append(row)
+        else:
+            groups.append([row])
+    return groups
+
+
 @torch.no_grad()
 def continuation_logprobs(model, pairs, pad_id, batch_size=16):
     """Fast path, equal to continuation_logprobs_reference per pair: pairs = [(context ids,
-    continuation ids)] -> [summed log-prob]. Each distinct context is prefilled once into the KV
-    cache (up to batch_size contexts at a time, left-padded, in _order, as many as fit
-    max_tokens with their longest continuation); then its
-    continuations are fed after it from the cache, the j-th continuation of every context in one
-    call (tokens c_1 .. c_{m-1}; later calls overwrite the same slots, and attention never reads
-    past the tokens fed). One forward per context plus one per choice index, instead of one full
-    forward of context + continuation per choice."""
+    continuation ids)] -> [summed log-prob]. Each distinct context is computed once for all its
+    continuations: in one forward of tree rows (tree_scores) when the model exposes blocks (a
+    Llama, with LoRA or IA3 inside), else from the KV cache (cached_scores: prompt and prefix
+    tuning's wrappers). Either way far fewer tokens than one full forward per pair."""
     _check_pairs(pairs, max_tokens(model))
     by_context = {}
     for i, (context, continuation) in enumerate(pairs):
         by_context.setdefault(tuple(context), []).append((i, continuation))
-    longest = {c: max(len(x) for _, x in conts) for c, conts in by_context.items()}
     scores = [0.0] * len(pairs)
-    for group in _groups(_order(by_context), longest, batch_size, max_tokens(model)):
-        for i, score in _score_group(model, group, [by_context[c] for c in group], pad_id):
-            scores[i] = score
+    found = tree_scores if hasattr(model, "blocks") else cached_scores
+    for i, score in found(model, by_context, pad_id, batch_size):
+        scores[i] = score
     return scores
+
+
+def tree_scores(model, by_context, pad_id, batch_size):
+    """[(pair index, summed log-prob)]: contexts with their continuations as tree rows
+    (tree_rows, at most max_tokens each), longest first, batch_size rows and batch_size * 256
+    padded tokens to a forward (tree_logprobs)."""
+    rows = tree_rows(by_context, max_tokens(model))
+    return [pair for group in _tree_groups(rows, batch_size, batch_size * 256)
+            for pair in tree_logprobs(model, group, pad_id)]
+
+
+def cached_scores(model, by_context, pad_id, batch_size):
+    """[(pair index, summed log-prob)]: up to batch_size contexts prefilled at a time into the KV
+    cache (left-padded, in _order, as many as fit max_tokens with their longest continuation);
+    then the j-th continuation of every context fed after it in one call (c_1 .. c_{m-1}; later
+    calls overwrite the same slots, and attention never reads past the tokens fed)."""
+    longest = {c: max(len(x) for _, x in conts) for c, conts in by_context.items()}
+    return [pair for group in _groups(_order(by_context), longest, batch_size, max_tokens(model))
+            for pair in _score_group(model, group, [by_context[c] for c in group], pad_id)]
 
 
 def _score_group(model, contexts, continuations, pad_id):

@@ -16,6 +16,7 @@ import json
 import pytest
 import torch
 
+import adapters
 import evaluation
 import llama
 import lora
@@ -164,3 +165,37 @@ def test_sft_eval_data_bad_flags_are_one_line_before_loading(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
+
+
+def test_every_adapter_method_scored_over_one_base(base_folder, tmp_path):  # noqa: F811
+    """LoRA and IA3 (Linears wrapped: the tree path), prompt and prefix tuning (wrappers: the
+    KV-cache path), each made with random non-zero weights and saved in peft's layout, scored in
+    one --option eval run; oracle: the reference log-likelihoods of each adapter loaded alone."""
+    configs = {"lora": lora.LoraConfig(r=2, target_modules=["q_proj", "v_proj", "down_proj"]),
+               "ia3": adapters.IA3Config(),
+               "prompt": adapters.PromptTuningConfig(num_virtual_tokens=3),
+               "prefix": adapters.PrefixTuningConfig(num_virtual_tokens=3)}
+    folders = []
+    torch.manual_seed(0)
+    for name, config in configs.items():
+        model = adapters.adapt(scoring.load_model(base_folder, "cpu")[0], config)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.5)
+        folders.append(str(peft_format.save_adapter(tmp_path / name, model, config)))
+    data, out = write(tmp_path, "arc.jsonl", ARC), tmp_path / "eval.json"
+    run.main(["--option", "eval", "--data", str(data), "--pretrained-model-path",
+              str(base_folder), "--adapter", *folders, "--batch_size", "2", "--json", str(out),
+              "--out_dir", str(tmp_path / "plots")])
+    results = json.loads(out.read_text())["results"]
+    assert [r["model"] for r in results] == ["base", "lora", "ia3", "prompt", "prefix"]
+    _, tok = scoring.load_model(base_folder, "cpu")
+    seen = set()
+    for r, folder in zip(results[1:], folders):
+        alone, _ = peft_format.load_adapter(folder, scoring.load_model(base_folder, "cpu")[0])
+        oracle = reference(alone.eval(), tok, data)
+        for ours, ref in zip(r["loglikelihoods"], oracle):
+            assert ours == pytest.approx(ref, abs=1e-4), r["model"]
+        seen.add(json.dumps(r["loglikelihoods"]))
+    assert len(seen) == 4 and json.dumps(results[0]["loglikelihoods"]) not in seen

@@ -82,3 +82,48 @@ def test_continuation_logprobs_fit_each_group_in_max_seq_len():
     assert fast == pytest.approx(oracle, abs=1e-4)
     with pytest.raises(ValueError, match="feeds 129 tokens > the model's 128"):
         scoring.continuation_logprobs(model, [([1] * 100, [5] * 30)], pad_id=2)
+
+
+def test_tree_inputs_positions_and_mask_by_hand():
+    """Context [a, b] with continuations [x1, x2, x3] and [y1, y2]: one row a b x1 x2 y1 + pad.
+    x1, x2 take positions 2, 3 and see a, b and their own block; y1 takes position 2 again and
+    sees a, b, itself; the pad (position 0) sees a only, so no query row is empty."""
+    a, b, x1, x2, x3, y1, y2, pad = 10, 11, 20, 21, 22, 30, 31, 0
+    rows = [((a, b), [(0, [x1, x2, x3]), (1, [y1, y2])]), ((a,), [(2, [y1])])]
+    tokens, positions, mask, scored = scoring.tree_inputs(rows, pad)
+    assert tokens.tolist() == [[a, b, x1, x2, y1], [a, pad, pad, pad, pad]]
+    assert positions.tolist() == [[0, 1, 2, 3, 2], [0, 0, 0, 0, 0]]
+    assert mask.shape == (2, 1, 5, 5)
+    assert mask[0, 0].int().tolist() == [[1, 0, 0, 0, 0],     # a
+                                         [1, 1, 0, 0, 0],     # b
+                                         [1, 1, 1, 0, 0],     # x1
+                                         [1, 1, 1, 1, 0],     # x2
+                                         [1, 1, 0, 0, 1]]     # y1: not x1, x2
+    assert mask[1, 0].int().tolist() == [[1, 0, 0, 0, 0]] * 5
+    # (pair, row, column whose logits predict it, token): x1 and y1 from b's column
+    assert scored == [(0, 0, 1, x1), (0, 0, 2, x2), (0, 0, 3, x3), (1, 0, 1, y1), (1, 0, 4, y2),
+                      (2, 1, 0, y1)]
+
+
+def test_tree_and_cached_paths_equal_one_forward_per_pair():
+    """Shared contexts with 1 to 5 continuations of 1 to 7 tokens; batch_size 2 so groups pad;
+    a context whose continuations overflow max_seq_len (128) is split over several rows. Both
+    fast paths == continuation_logprobs_reference (1e-4: fp32 sums in another order)."""
+    model = tiny_llama().eval()
+    g = torch.Generator().manual_seed(0)
+    contexts = [[1, 7, 8, 9], [1, 4], [1] + [7, 8] * 40, [1, 30, 31, 32, 33]]
+    pairs = []
+    for n, context in enumerate(contexts):
+        for k in range(1 + (n * 3 + 1) % 5 if n != 2 else 8):
+            length = 1 + int(torch.randint(0, 7, (), generator=g)) if n != 2 else 9
+            pairs.append((context, torch.randint(3, 60, (length,), generator=g).tolist()))
+    by_context = {}
+    for i, (context, continuation) in enumerate(pairs):
+        by_context.setdefault(tuple(context), []).append((i, continuation))
+    rows = scoring.tree_rows(by_context, scoring.max_tokens(model))
+    assert len(rows) > len(contexts) and all(scoring.row_length(r) <= 128 for r in rows)
+    with torch.no_grad():
+        oracle = [float(scoring.continuation_logprobs_reference(model, c, x)) for c, x in pairs]
+        for path in (scoring.tree_scores, scoring.cached_scores):
+            found = dict(path(model, by_context, pad_id=2, batch_size=2))
+            assert [found[i] for i in range(len(pairs))] == pytest.approx(oracle, abs=1e-4), path
