@@ -238,14 +238,19 @@ class Batches:
 
     shuffle: a new order each pass (seeded, so runs repeat). sort_by_length: batch similar lengths
     together (less padding, for evaluation); `index` maps rows back to input order either way.
+    group_by_length (with shuffle, for training): the shuffled order cut into mega-batches of
+    GROUP_BATCHES global batches, each sorted longest first, so a batch holds similar lengths yet
+    every pass still differs and replays from the seed (set_epoch) like a plain shuffle.
     collate(sequences, labels) -> dict replaces the padding above (instruction tuning's masked
     labels). shard (training batches): under torchrun each of the N ranks takes a strided share
     of every global batch of N * batch_size rows (distributed.py); evaluation batches stay whole
     on every rank, and one process always takes everything.
     """
 
+    GROUP_BATCHES = 50        # as transformers' LengthGroupedSampler (at most 50 batches)
+
     def __init__(self, sequences, labels, batch_size, pad_id, shuffle=False, seed=0,
-                 sort_by_length=False, collate=None, shard=False):
+                 sort_by_length=False, collate=None, shard=False, group_by_length=False):
         if batch_size < 1:
             raise ValueError(f"--batch_size {batch_size}: must be >= 1")
         if len(sequences) != len(labels):
@@ -253,6 +258,7 @@ class Batches:
         self.sequences, self.labels = sequences, labels
         self.batch_size, self.pad_id, self.collate = batch_size, pad_id, collate or self.pad
         self.shuffle, self.sort_by_length = shuffle, sort_by_length
+        self.group_by_length = group_by_length and shuffle
         self.seed, self.rng = seed, random.Random(seed)
         self.world = distributed.world_size() if shard else 1
         self.rank = distributed.rank() if shard else 0
@@ -273,6 +279,10 @@ class Batches:
             self.rng.shuffle(order)
         if self.sort_by_length:
             order.sort(key=lambda i: len(self.sequences[i]))
+        if self.group_by_length:
+            size = self.GROUP_BATCHES * self.batch_size * self.world
+            order = [i for start in range(0, len(order), size) for i in sorted(
+                order[start:start + size], key=lambda i: -len(self.sequences[i]))]
         return order
 
     def pad(self, sequences, labels):

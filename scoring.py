@@ -225,11 +225,19 @@ def tree_inputs(rows, pad_id):
         tokens.append(tok + [pad_id] * (L - len(tok)))
         positions.append(pos + [0] * (L - len(pos)))           # a pad sees token 0: no empty row
         blocks.append(blk + [-1] * (L - len(blk)))
-    blk, pos = torch.tensor(blocks), torch.tensor(positions)                 # (B, L)
-    q_blk, k_blk = blk[:, :, None], blk[:, None, :]
-    mask = (((k_blk == 0) | (k_blk == q_blk)) & (k_blk >= 0)
-            & (pos[:, None, :] <= pos[:, :, None]))                           # (B, L, L)
-    return torch.tensor(tokens), pos, mask[:, None], scored
+    positions = torch.tensor(positions)                                       # (B, L)
+    return torch.tensor(tokens), positions, block_mask(torch.tensor(blocks), positions), scored
+
+
+def block_mask(blocks, positions):
+    """Attention within blocks -> bool (B, 1, L, L), True = may attend: a query sees the keys of
+    its own block and of block 0 (shared by all) at positions up to its own. blocks (B, L): 0 a
+    shared block (a tree row's context), k >= 1 block k (a continuation; a packed example),
+    -1 padding (position 0: pads see pads and block 0's first token, no real token sees a pad).
+    Every token sees itself, so no row is all False (no NaN in softmax)."""
+    q_blk, k_blk = blocks[:, :, None], blocks[:, None, :]                     # (B, L, 1), (B, 1, L)
+    causal = positions[:, None, :] <= positions[:, :, None]                   # (B, L, L)
+    return (((k_blk == q_blk) | (k_blk == 0)) & causal)[:, None]              # (B, 1, L, L)
 
 
 @torch.no_grad()

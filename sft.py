@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 
 import atomic
-import scoring
 import data
+import packing
+import scoring
 
 IGNORE = -100          # label of a position without loss (F.cross_entropy's ignore_index)
 TEMPLATES = ("chat", "alpaca", "boolq")
@@ -267,12 +268,23 @@ def collate(sequences, pad_id):
     return {"tokens": tokens, "attention_mask": mask, "labels": labels}
 
 
-def batches(sequences, batch_size, pad_id, shuffle=False, seed=0):
+def packed(sequences, pad_id, max_len):
+    """The same examples as collate's batch, packed into rows of <= max_len (packing.py)."""
+    return packing.pack([(ids, masked_labels(ids, n)) for ids, n in sequences], pad_id, max_len,
+                        IGNORE)
+
+
+def batches(sequences, batch_size, pad_id, shuffle=False, seed=0, pack_len=None,
+            group_by_length=False):
     """data.Batches of (ids, n_prompt) sequences collated with masked labels: shuffled per pass
-    (seeded; training, sharded over torchrun ranks) or sorted by length (evaluation, whole)."""
+    (seeded; training, sharded over torchrun ranks; group_by_length: similar lengths together)
+    or sorted by length (evaluation, whole). pack_len: each batch packed into rows of that many
+    tokens (packed) instead of right-padded."""
+    join = (lambda ids, ns: collate(list(zip(ids, ns)), pad_id)) if pack_len is None else (
+        lambda ids, ns: packed(list(zip(ids, ns)), pad_id, pack_len))
     return data.Batches([ids for ids, _ in sequences], [n for _, n in sequences], batch_size,
                         pad_id, shuffle=shuffle, seed=seed, sort_by_length=not shuffle,
-                        collate=lambda ids, ns: collate(list(zip(ids, ns)), pad_id), shard=shuffle)
+                        collate=join, shard=shuffle, group_by_length=group_by_length)
 
 
 # ----------------------------------------------------------------------------
@@ -290,10 +302,14 @@ def answer_loss_reference(model, batch):
 
 def answer_loss(model, batch):
     """Fast path for train.fit: project only the answer positions onto the vocabulary (the
-    prompt's (T, V) logits are never built); -> (summed loss, answer tokens)."""
+    prompt's (T, V) logits are never built); -> (summed loss, answer tokens). A packed batch
+    (packing.py) gives the same sum and count as the same examples unpacked."""
     device = scoring.lm_head_weight(model).device
-    tokens, mask = batch["tokens"].to(device), batch["attention_mask"].to(device)
-    hidden = scoring.hidden_states(model, tokens, mask)                         # (B, T, dim)
+    if "blocks" in batch:                           # packed rows: each example's own positions
+        hidden = packing.hidden_states(model, batch)                                # (R, L, dim)
+    else:
+        tokens, mask = batch["tokens"].to(device), batch["attention_mask"].to(device)
+        hidden = scoring.hidden_states(model, tokens, mask)                         # (B, T, dim)
     labels = batch["labels"].to(device)[:, 1:]                                     # (B, T-1)
     keep = labels != IGNORE                                                        # (B, T-1)
     logits = F.linear(hidden[:, :-1][keep], scoring.lm_head_weight(model))     # (n, V)
