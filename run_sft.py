@@ -46,6 +46,7 @@ saved adapter reloads to the same validation answers); --eval_data in tests/test
 """
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -122,6 +123,12 @@ def add_training_arguments(add):
         "tested equal); --no-fused runs the readable reference path")
     add("--gradient_checkpointing", "--gradient-checkpointing", action="store_true",
         help="recompute each block in backward (less activation memory, ~30%% more time)")
+    add("--packing", action=argparse.BooleanOptionalAction, default=None,
+        help="each batch's examples packed into rows of <= --max_len tokens with document "
+        "masking (packing.py; the same loss and gradients, no padding). Default: on for lora, "
+        "ia3 and full in one process, where the tests prove it equal")
+    add("--group_by_length", "--group-by-length", action="store_true",
+        help="shuffled batches of similar lengths (mega-batches of 50 sorted; seeded, resumable)")
 
 
 def add_answer_arguments(add):
@@ -190,6 +197,24 @@ def check_arguments(args):
     if args.fsdp and (args.adapter is not None or args.method not in FSDP_METHODS):
         raise ValueError(f"--fsdp trains --method {' | '.join(FSDP_METHODS)} (the virtual-token "
                          "methods and --adapter prediction run without it); drop --fsdp")
+    resolve_packing(args)
+
+
+def resolve_packing(args):
+    """--packing default (None): on where tests/test_packing.py proves it equal, i.e. the methods
+    whose model is the Llama (its blocks take packed positions and masks) in one process; an
+    explicit --packing elsewhere is one line. DDP / FSDP hooks run in forward, which packing
+    bypasses; virtual tokens would sit in front of every packed example."""
+    processes, why = os.environ.get("WORLD_SIZE", "1"), None
+    if args.method not in FSDP_METHODS:
+        why = f"--method {args.method} puts virtual tokens in front of every example"
+    elif processes not in ("", "1") or args.fsdp:
+        why = (f"under torchrun (WORLD_SIZE {processes}) DDP / FSDP synchronise in forward, "
+               "which packed rows bypass")
+    if args.packing and why:
+        raise ValueError(f"--packing: {why}; drop --packing (or use --group_by_length)")
+    if args.packing is None:
+        args.packing = why is None and args.adapter is None
 
 
 # ----------------------------------------------------------------------------
@@ -327,7 +352,9 @@ def generate_answers(model, tokenizer, prompts, labels, args):
 def fit(model, tokenizer, splits, labels, template, args):
     """train.fit on the answer loss; returns the history."""
     sequences = [sft.encode(tokenizer, r, labels, template, args.max_len) for r in splits["train"]]
-    batches = sft.batches(sequences, args.batch_size, tokenizer.pad_id, shuffle=True, seed=args.seed)
+    batches = sft.batches(sequences, args.batch_size, tokenizer.pad_id, shuffle=True,
+                          seed=args.seed, pack_len=args.max_len if args.packing else None,
+                          group_by_length=args.group_by_length)
     config = train.config_from_args(args, name="sft", select_metric="loss", select_mode="min",
                                     count_unit="answer tok")
     return train.fit(model, batches, sft.answer_loss, config,

@@ -87,7 +87,7 @@ def test_continuation_logprobs_fit_each_group_in_max_seq_len():
 def test_tree_inputs_positions_and_mask_by_hand():
     """Context [a, b] with continuations [x1, x2, x3] and [y1, y2]: one row a b x1 x2 y1 + pad.
     x1, x2 take positions 2, 3 and see a, b and their own block; y1 takes position 2 again and
-    sees a, b, itself; the pad (position 0) sees a only, so no query row is empty."""
+    sees a, b, itself; a pad (position 0) sees a and the pads, no real token sees a pad."""
     a, b, x1, x2, x3, y1, y2, pad = 10, 11, 20, 21, 22, 30, 31, 0
     rows = [((a, b), [(0, [x1, x2, x3]), (1, [y1, y2])]), ((a,), [(2, [y1])])]
     tokens, positions, mask, scored = scoring.tree_inputs(rows, pad)
@@ -99,7 +99,7 @@ def test_tree_inputs_positions_and_mask_by_hand():
                                          [1, 1, 1, 0, 0],     # x1
                                          [1, 1, 1, 1, 0],     # x2
                                          [1, 1, 0, 0, 1]]     # y1: not x1, x2
-    assert mask[1, 0].int().tolist() == [[1, 0, 0, 0, 0]] * 5
+    assert mask[1, 0].int().tolist() == [[1, 0, 0, 0, 0]] + [[1, 1, 1, 1, 1]] * 4
     # (pair, row, column whose logits predict it, token): x1 and y1 from b's column
     assert scored == [(0, 0, 1, x1), (0, 0, 2, x2), (0, 0, 3, x3), (1, 0, 1, y1), (1, 0, 4, y2),
                       (2, 1, 0, y1)]
