@@ -15,6 +15,13 @@ batch's summed loss and every gradient equal the unpacked batch's (tests/test_pa
 The batch is kept: the same examples make each optimizer step, so a packed run takes the same
 steps as an unpacked one (to fp32 rounding). Only padding is removed.
 
+Shared prefix: when every example of the batch starts with the same p tokens (a chat template's
+system prompt and user header; common_prefix), each row holds them once as block 0, which every
+example in the row attends to (scoring.block_mask), and each example only its tokens after them,
+at positions p, p+1, ...: causal attention means the prefix's hidden states do not depend on what
+follows, so they are the same for every example, and backward sums each example's gradient
+through them, as the unpacked batch does. No loss is read from a shared position.
+
 Rows (`rows`): for each row count R from ceil(sum n / max_len) up, the examples longest first,
 each into the row it fills best (best-fit decreasing; an example is never split) under a row
 size from ceil(sum n / R) up to max_len; the layout with the fewest padded slots R * L wins.
@@ -67,28 +74,49 @@ def rows(lengths, max_len, step=8):
     return best
 
 
-def pack(examples, pad_id, max_len, ignore):
+def common_prefix(examples, ignore):
+    """p: how many leading tokens every example shares and may share in a packed row: the
+    longest common prefix of the ids, cut so that labels 0..p of every example are `ignore`
+    (no loss is read from a shared position, nor from the token just after it)."""
+    first = examples[0][0]
+    p = min(len(ids) for ids, _ in examples)
+    for ids, _ in examples[1:]:
+        p = next((j for j in range(p) if ids[j] != first[j]), p)
+    for _, labels in examples:
+        loss_at = next((j for j, label in enumerate(labels) if label != ignore), len(labels))
+        p = min(p, loss_at - 1)
+    return max(p, 0)
+
+
+def pack(examples, pad_id, max_len, ignore, shared=0):
     """examples [(ids, labels)] (labels: the ids or `ignore` per position) -> one packed batch
-    {tokens, positions, blocks, labels, attention_mask} (R, L) and "rows": the layout."""
-    lengths = [len(ids) for ids, _ in examples]
-    layout = rows(lengths, max_len)
-    L = max(sum(lengths[i] for i in row) for row in layout)
+    {tokens, positions, blocks, labels, attention_mask} (R, L) and "rows": the layout.
+    shared: the first `shared` tokens are the same in every example (common_prefix: a chat
+    template's system prompt): each row holds them once, as block 0, which every example of
+    the row attends to, and each example adds only its tokens after them (positions shared..)."""
+    lengths = [len(ids) - shared for ids, _ in examples]
+    layout = rows(lengths, max_len - shared)
+    L = shared + max(sum(lengths[i] for i in row) for row in layout)
     tokens = torch.full((len(layout), L), pad_id, dtype=torch.long)          # (R, L)
     positions = torch.zeros((len(layout), L), dtype=torch.long)              # (R, L)
     blocks = torch.full((len(layout), L), -1, dtype=torch.long)              # (R, L)
     labels = torch.full((len(layout), L), ignore, dtype=torch.long)          # (R, L)
+    prefix = torch.tensor(examples[0][0][:shared], dtype=torch.long)
     for r, row in enumerate(layout):
-        start = 0
+        tokens[r, :shared] = prefix                          # block 0: the shared tokens
+        positions[r, :shared] = torch.arange(shared)
+        blocks[r, :shared] = 0
+        start = shared
         for i in row:
             (ids, example_labels), n = examples[i], lengths[i]
             span = slice(start, start + n)
-            tokens[r, span] = torch.tensor(ids)
-            positions[r, span] = torch.arange(n)
+            tokens[r, span] = torch.tensor(ids[shared:])
+            positions[r, span] = torch.arange(shared, shared + n)
             blocks[r, span] = i + 1
-            labels[r, span] = torch.tensor([ignore] + list(example_labels[1:]))
+            labels[r, span] = torch.tensor([ignore] + list(example_labels[shared + 1:]))
             start += n
     return {"tokens": tokens, "positions": positions, "blocks": blocks, "labels": labels,
-            "attention_mask": (blocks >= 0).long(), "rows": layout}
+            "attention_mask": (blocks >= 0).long(), "rows": layout, "shared": shared}
 
 
 def hidden_states(model, batch):

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 import atomic
 import data
+import file_checks
 import packing
 import scoring
 
@@ -77,8 +78,17 @@ def normalise_answer(value):
     return str(value).strip().lower()
 
 
+# a record's fields, when present: text is text, an id a string or an integer (hashable)
+_TEXT, _ANSWER = ((str, type(None)), None, ""), ((str, int, bool, type(None)), None, "")
+RECORD_FIELDS = {"id?": ((str, int), None, ""), "instruction?": (str, None, ""), "input?": _TEXT,
+                 "output?": _TEXT, "question?": (str, None, ""), "passage?": _TEXT,
+                 "answer?": _ANSWER}
+
+
 def _from_object(obj, row, where, fields):
-    """One JSON object -> Record, by its keys."""
+    """One JSON object -> Record, by its keys (checked first: RECORD_FIELDS, the text field)."""
+    file_checks.check_fields(obj, where, {**RECORD_FIELDS, f"{fields[0]}?": (str, None, ""),
+                                          f"{fields[1]}?": _ANSWER})
     rid = obj.get("id", row)
     if "instruction" in obj:
         answer = obj.get("answer")
@@ -123,13 +133,14 @@ def read_records(path, text_field="text", label_field="label", label_names=None,
     if not path.is_file():
         raise FileNotFoundError(f"{path} ({flag}): file not found; pass a JSON/JSONL file or "
                                 "`text;label` lines (e.g. ../shared/data/boolq/train.json)")
-    head = path.read_text(encoding="utf-8")[:4096].lstrip()
+    text = file_checks.read_text(path, flag)          # UTF-8 errors name the file and byte
+    head = text[:4096].lstrip()
     if head.startswith(("[", "{")):
         records = [_from_object(obj, row - 1, f"{path}:{row}", (text_field, label_field,
                                                                 label_names))
                    for row, obj in data.read_json_rows(path, (), flag)]
     else:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = text.splitlines()
         records = [_from_line(raw, row, f"{path}:{row + 1}", label_names)
                    for row, raw in enumerate(lines) if raw.strip()]
     if not records:
@@ -269,9 +280,10 @@ def collate(sequences, pad_id):
 
 
 def packed(sequences, pad_id, max_len):
-    """The same examples as collate's batch, packed into rows of <= max_len (packing.py)."""
-    return packing.pack([(ids, masked_labels(ids, n)) for ids, n in sequences], pad_id, max_len,
-                        IGNORE)
+    """The same examples as collate's batch, packed into rows of <= max_len, the prompt tokens
+    they all start with held once per row (packing.py)."""
+    examples = [(ids, masked_labels(ids, n)) for ids, n in sequences]
+    return packing.pack(examples, pad_id, max_len, IGNORE, packing.common_prefix(examples, IGNORE))
 
 
 def batches(sequences, batch_size, pad_id, shuffle=False, seed=0, pack_len=None,

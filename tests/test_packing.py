@@ -27,13 +27,16 @@ import sft
 from test_run_sft import base_folder, task  # noqa: F401  (module fixtures)
 
 
-def examples(seed, count=7, vocab=256):
-    """Random (ids, n_prompt) pairs of 3..40 tokens with 1..n-1 prompt tokens."""
+def examples(seed, count=7, vocab=256, prefix=0):
+    """Random (ids, n_prompt) pairs of 3..40 tokens with 1..n-1 prompt tokens, after `prefix`
+    prompt tokens that every example shares (a chat template's system prompt)."""
     rng = random.Random(seed)
+    head = [rng.randrange(3, vocab) for _ in range(prefix)]
     out = []
     for _ in range(count):
         n = rng.randint(3, 40)
-        out.append(([rng.randrange(3, vocab) for _ in range(n)], rng.randint(1, n - 1)))
+        out.append((head + [rng.randrange(3, vocab) for _ in range(n)],
+                    prefix + rng.randint(1, n - 1)))
     return out
 
 
@@ -71,23 +74,43 @@ def test_pack_by_hand():
     assert batch["labels"][1].tolist() == [-100, 9, -100]
 
 
+def test_common_prefix_and_shared_rows_by_hand():
+    """Both examples start 5 6 7 (prompt); the shared prefix stops before the token whose label
+    is read from the prefix's last position: 5 6 held once per row as block 0."""
+    ex = [([5, 6, 7, 8, 9], 4), ([5, 6, 7, 1, 2, 3], 5)]
+    labelled = [(ids, sft.masked_labels(ids, n)) for ids, n in ex]
+    assert packing.common_prefix(labelled, -100) == 3
+    assert packing.common_prefix([([5, 6, 7, 8], [-100, -100, 7, 8])] * 2, -100) == 1
+    batch = sft.packed(ex, pad_id=0, max_len=16)
+    assert batch["shared"] == 3
+    assert batch["tokens"].tolist() == [[5, 6, 7, 1, 2, 3, 8, 9]]
+    assert batch["positions"].tolist() == [[0, 1, 2, 3, 4, 5, 3, 4]]
+    assert batch["blocks"].tolist() == [[0, 0, 0, 2, 2, 2, 1, 1]]
+    assert batch["labels"].tolist() == [[-100, -100, -100, -100, -100, 3, -100, 9]]
+
+
+@pytest.mark.parametrize("prefix", [0, 12])
 @pytest.mark.parametrize("backend", ["sdpa", "math"])
-def test_every_packed_example_has_its_logits_alone(backend):
-    """The block-diagonal causal mask and restarted positions: nothing crosses examples."""
+def test_every_packed_example_has_its_logits_alone(backend, prefix):
+    """The block-diagonal causal mask and restarted positions: nothing crosses examples; with a
+    shared prefix, each example's tokens after it see it and get the logits they get alone."""
     model = tiny(backend)
     for seed in range(3):
-        seqs = examples(seed)
+        seqs = examples(seed, prefix=prefix)
         batch = sft.packed(seqs, pad_id=0, max_len=64)
+        assert batch["shared"] >= prefix
         with torch.no_grad():
             logits = model.output(packing.hidden_states(model, batch))              # (R, L, V)
+            p = batch["shared"]
             for r, row in enumerate(batch["rows"]):
-                start = 0
+                start = p
                 for i in row:
                     ids = seqs[i][0]
                     alone, _ = model(torch.tensor([ids]))                           # (1, n, V)
-                    torch.testing.assert_close(logits[r, start:start + len(ids)], alone[0],
-                                               atol=1e-5, rtol=1e-5)
-                    start += len(ids)
+                    torch.testing.assert_close(logits[r, :p], alone[0, :p], atol=1e-5, rtol=1e-5)
+                    torch.testing.assert_close(logits[r, start:start + len(ids) - p],
+                                               alone[0, p:], atol=1e-5, rtol=1e-5)
+                    start += len(ids) - p
 
 
 def adapted(method, model):
@@ -114,14 +137,16 @@ def loss_and_grads(model, batch):
 
 
 @pytest.mark.parametrize("method", ["lora", "ia3", "full"])
-@pytest.mark.parametrize("path", ["reference", "fused", "checkpointing"])
-def test_packed_loss_and_every_gradient_equal_the_unpacked_batch(method, path):
-    """Oracle: the same examples right-padded in one row each (sft.collate)."""
+@pytest.mark.parametrize("path, prefix", [("reference", 0), ("fused", 0), ("checkpointing", 0),
+                                          ("reference", 12), ("fused", 12)])
+def test_packed_loss_and_every_gradient_equal_the_unpacked_batch(method, path, prefix):
+    """Oracle: the same examples right-padded in one row each (sft.collate). With a shared
+    prefix its activations serve every example of a row and collect each one's gradient."""
     model = adapted(method, tiny())
     if path == "fused":
         fused.fuse(model)
     model.gradient_checkpointing = path == "checkpointing"
-    seqs = examples(seed=7, count=8)
+    seqs = examples(seed=7, count=8, prefix=prefix)
     packed = sft.packed(seqs, pad_id=0, max_len=64)
     assert len(packed["rows"]) < len(seqs)                              # it did pack
     loss, count, grads = loss_and_grads(model, packed)
