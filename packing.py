@@ -116,7 +116,8 @@ def pack(examples, pad_id, max_len, ignore, shared=0):
             labels[r, span] = torch.tensor([ignore] + list(example_labels[shared + 1:]))
             start += n
     return {"tokens": tokens, "positions": positions, "blocks": blocks, "labels": labels,
-            "attention_mask": (blocks >= 0).long(), "rows": layout, "shared": shared}
+            "attention_mask": (blocks >= 0).long(), "rows": layout, "shared": shared,
+            "real_tokens": sum(len(ids) for ids, _ in examples)}
 
 
 def hidden_states(model, batch):

@@ -166,6 +166,17 @@ def set_lr(optimizer, factor):
     return optimizer.param_groups[0]["lr"]
 
 
+def batch_tokens(batch):
+    """The real tokens of a batch's examples (a packed batch says how many it holds, its shared
+    prefix counted once per example; else its attention mask's ones; 0 if it has neither)."""
+    if not isinstance(batch, dict):
+        return 0
+    if "real_tokens" in batch:
+        return batch["real_tokens"]
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else 0
+
+
 def accumulation_groups(batches, config, skip=0):
     """Lists of grad_accum_steps micro-batches (the last may be shorter), at most
     max_steps_per_epoch of them: one list per optimizer step. skip: steps already done in this
@@ -206,6 +217,7 @@ def fit(model, train_batches, loss_fn, config, evaluate=None, optimizer=None):
             step += 1
             tally.loss += loss_sum
             tally.count += count
+            tally.tokens += sum(batch_tokens(batch) for batch in micro_batches)
             save_now = checkpoint.due(step, config.checkpoint_every_steps)
             if step % config.log_every_steps == 0 or save_now:
                 log_step(setup, tally, step, loss_sum, count, lr, grad_norm)  # the one host sync
@@ -262,6 +274,7 @@ class EpochTally:
     metrics: dict = None           # the epoch's latest evaluation
     evaluated_at: int = None       # the step of that evaluation
     bar: object = None             # the tqdm progress bar
+    tokens: int = 0                # real (not padding) tokens trained in this epoch (this process)
 
 
 class BestKeeper:
@@ -354,7 +367,9 @@ def log_step(setup, tally, step, loss_sum, count, lr, grad_norm):
     setup.history.add_step(step, tally.epoch, loss, lr, values[2] if len(values) > 2 else None,
                            n, time.perf_counter() - setup.start)
     tally.bar.update(step - tally.bar.n - tally.start_step)
-    tally.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+    seconds = time.perf_counter() - tally.start_time
+    tally.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                          **({"tok/s": f"{tally.tokens / seconds:.0f}"} if tally.tokens else {}))
 
 
 def evaluate_now(setup, tally, step, announce=False):
@@ -422,6 +437,7 @@ def end_epoch(setup, tally, step):
         "train_loss": loss_sum / count if count else None, "train_time_s": train_time,
         "time_s": time.perf_counter() - tally.start_time,
         "throughput": count / max(train_time, 1e-9), "count_unit": setup.config.count_unit,
+        "tokens": tally.tokens, "tokens_per_s": tally.tokens / max(train_time, 1e-9),
         "peak_memory_mb": peak_memory_mb(setup.device.type)}, tally.metrics)
     if setup.config.checkpoint_dir:
         save_progress(setup, tally, step, epoch_done=True)

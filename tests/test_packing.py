@@ -200,7 +200,8 @@ def test_group_by_length_batches_similar_lengths_seeded_and_replayed():
 
 def test_sft_run_packed_takes_the_steps_of_the_unpacked_run(base_folder, task, tmp_path):  # noqa: F811
     """`--option sft` end to end on a tiny Llama: the default (packing on for lora) and
-    --no-packing log the same training losses, answer-token counts and validation losses (1e-4;
+    --no-packing log the same training losses, answer-token counts, real tokens trained (the
+    progress bar's tok/s) and validation losses (1e-4;
     lr 1e-3: at 5e-2 Adam's normalised steps grow fp32 rounding past 1e-4 within ~6 steps)."""
     histories = []
     for flags in ([], ["--no-packing"]):
@@ -215,6 +216,8 @@ def test_sft_run_packed_takes_the_steps_of_the_unpacked_run(base_folder, task, t
     losses = [[s["loss"] for s in h["steps"]] for h in histories]
     assert len(losses[0]) > 2 and losses[0] == pytest.approx(losses[1], rel=1e-4)
     assert [s["count"] for s in histories[0]["steps"]] == [s["count"] for s in histories[1]["steps"]]
+    tokens = [[e["tokens"] for e in h["epochs"]] for h in histories]   # real tokens, both ways
+    assert tokens[0] == tokens[1] and tokens[0][0] > 0
     assert [e["loss"] for e in histories[0]["evals"]] == pytest.approx(
         [e["loss"] for e in histories[1]["evals"]], rel=1e-4)
 
