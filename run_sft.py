@@ -309,7 +309,9 @@ class Evaluator:
 
     @torch.no_grad()
     def loss(self, model):
-        batches = sft.batches(self.sequences, self.args.eval_batch_size, self.tokenizer.pad_id)
+        packed = getattr(self.args, "packing", False)          # as trained: the same loss
+        batches = sft.batches(self.sequences, self.args.eval_batch_size, self.tokenizer.pad_id,
+                              pack_len=self.args.max_len if packed else None)
         total = count = 0.0
         for batch in batches:
             loss_sum, n = sft.answer_loss(model, batch)
