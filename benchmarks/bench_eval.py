@@ -1,7 +1,7 @@
 """`--option eval` against lm-eval 0.4.13 on the same files, model and machine, in one run.
 
-    .venv/bin/python benchmarks/bench_eval.py [--limit N] [--batch_size 16] [--json out.json]
-        [FILE ...]      (default: ../shared/data/mc/*.jsonl, layouts told by their fields)
+    .venv/bin/python benchmarks/bench_eval.py [--limit N] [--batch_size 16] [--threads T]
+        [--json out.json] [FILE ...]      (default: ../shared/data/mc/*.jsonl, layouts told by their fields)
 
 Per file, each side runs in a fresh Python process, timed whole (start, imports, model load,
 scoring), one after the other:
@@ -31,10 +31,11 @@ import evaluation  # noqa: E402
 import weights  # noqa: E402
 
 
-def ours(path, limit, batch_size, folder):
+def ours(path, limit, batch_size, folder, threads):
     out = folder / "ours.json"
     argv = [sys.executable, str(ROOT / "run.py"), "--option", "eval", "--data", str(path),
-            "--batch_size", str(batch_size), "--json", str(out), "--out_dir", str(folder)]
+            "--batch_size", str(batch_size), "--json", str(out), "--out_dir", str(folder),
+            "--threads", str(threads)]
     start = time.perf_counter()
     subprocess.run(argv + (["--limit", str(limit)] if limit else []), check=True, cwd=ROOT,
                    stdout=subprocess.DEVNULL)
@@ -43,9 +44,11 @@ def ours(path, limit, batch_size, folder):
     return result, seconds
 
 
-def lm_eval_worker(layout, path, limit, batch_size, out):
+def lm_eval_worker(layout, path, limit, batch_size, out, threads):
     """In the child process: load lm-eval's HFLM, score the file, write Docs and the times."""
     start = time.perf_counter()
+    import torch
+    torch.set_num_threads(threads)
     import lm_eval_oracle
     model = lm_eval_oracle.load_model(batch_size=batch_size)
     loaded = time.perf_counter()
@@ -55,10 +58,11 @@ def lm_eval_worker(layout, path, limit, batch_size, out):
                                      "score_s": time.perf_counter() - loaded}))
 
 
-def theirs(layout, path, limit, batch_size, folder):
+def theirs(layout, path, limit, batch_size, folder, threads):
     out = folder / "lm_eval.json"
     argv = [sys.executable, __file__, "--_worker", layout, str(path), str(out),
-            "--batch_size", str(batch_size)] + (["--limit", str(limit)] if limit else [])
+            "--batch_size", str(batch_size), "--threads", str(threads)] + (
+                ["--limit", str(limit)] if limit else [])
     start = time.perf_counter()
     subprocess.run(argv, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
@@ -66,11 +70,11 @@ def theirs(layout, path, limit, batch_size, folder):
     return json.loads(out.read_text()), seconds
 
 
-def compare(path, limit, batch_size):
+def compare(path, limit, batch_size, threads):
     layout, questions = evaluation.read_questions(path, limit)
     with tempfile.TemporaryDirectory() as tmp:
-        mine, mine_s = ours(path, limit, batch_size, Path(tmp))
-        other, other_s = theirs(layout, path, limit, batch_size, Path(tmp))
+        mine, mine_s = ours(path, limit, batch_size, Path(tmp), threads)
+        other, other_s = theirs(layout, path, limit, batch_size, Path(tmp), threads)
     docs = other["docs"]
     assert len(docs) == len(mine["loglikelihoods"]) == len(questions), path
     diff = max(abs(a - b) for ll, d in zip(mine["loglikelihoods"], docs)
@@ -88,9 +92,9 @@ def compare(path, limit, batch_size):
             "same_predictions": same, "max_abs_ll_diff": diff}
 
 
-def table(rows, model, batch_size, limit):
+def table(rows, model, batch_size, limit, threads):
     lines = [f"model: {model} (Q4_1 GGUF dequantized to float32), CPU, "
-             f"{os.cpu_count()} cores, batch {batch_size}"
+             f"{os.cpu_count()} cores, {threads} torch thread(s) per side, batch {batch_size}"
              + (f", first {limit} questions per file" if limit else ""), "",
              "| task | n | choices | ours acc / acc_norm | lm-eval acc / acc_norm "
              "| same prediction | max abs ll diff | ours s | lm-eval s | speed-up |",
@@ -114,6 +118,11 @@ def table(rows, model, batch_size, limit):
     return "\n".join(lines)
 
 
+def torch_threads():
+    import torch
+    return torch.get_num_threads()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", default=sorted((ROOT.parent / "shared" / "data" / "mc")
@@ -121,18 +130,22 @@ def main():
     parser.add_argument("--limit", type=int, default=None, help="first N questions per file")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--json", default=None, help="write the rows here")
+    parser.add_argument("--threads", type=int, default=torch_threads(),
+                        help="torch threads of each side (default: torch's default here)")
     parser.add_argument("--_worker", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._worker:
-        return lm_eval_worker(*args._worker[:2], args.limit, args.batch_size, args._worker[2])
+        return lm_eval_worker(*args._worker[:2], args.limit, args.batch_size, args._worker[2],
+                              args.threads)
     if not args.files:
         parser.error("no files: give FILE ... (the default ../shared/data/mc/*.jsonl is absent)")
-    rows = [compare(path, args.limit, args.batch_size) for path in args.files]
+    rows = [compare(path, args.limit, args.batch_size, args.threads) for path in args.files]
     model = Path(weights.default_model_path()).name
-    print(table(rows, model, args.batch_size, args.limit))
+    print(table(rows, model, args.batch_size, args.limit, args.threads))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": model, "dtype": "float32",
                                                "batch_size": args.batch_size,
+                                               "threads": args.threads,
                                                "limit": args.limit, "rows": rows}, indent=2))
 
 
