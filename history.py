@@ -91,8 +91,7 @@ def epoch_line(config, entry, metrics):
     return (f"{config.name} epoch {entry['epoch'] + 1}: train loss {loss}"
             + (", dev " + format_metrics(metrics) if metrics else "")
             + f", {entry['time_s']:.1f} s, {entry['throughput']:.1f} {config.count_unit}/s,"
-            + (f" {entry['tokens_per_s']:.0f} tok/s," if entry.get("tokens") else "")
-            + f" peak {entry['peak_memory_mb']:.0f} MiB")
+            f" peak {entry['peak_memory_mb']:.0f} MiB")
 
 
 # ----------------------------------------------------------------------------
