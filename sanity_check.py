@@ -282,6 +282,18 @@ def check_sft_and_scores():
         scores = scoring.label_scores(model, prompts, labels, pad_id=0)
         brute = torch.stack([scoring.label_scores_reference(model, p, labels) for p in prompts])
     report("label scores (KV cache)", "one forward per prompt and label", maxdiff(scores, brute), 1e-4)
+    with torch.no_grad():
+        pairs = [([1, 2, 3], [20, 21]), ([1, 2, 3], [22]), ([5, 6], [20, 23, 24])]
+        tree = scoring.continuation_logprobs(model, pairs, pad_id=0)
+        full = [float(scoring.continuation_logprobs_reference(model, c, x)) for c, x in pairs]
+    report("eval choices (tree rows)", "one forward per choice", maxdiff(
+        torch.tensor(tree), torch.tensor(full)), 1e-4)
+    sequences = [([7, 8, 5, 6, 7, 8, 9], 5), ([7, 8, 10, 11, 12], 4), ([7, 8, 13, 14], 3)]
+    with torch.no_grad():
+        packed, _ = sft.answer_loss(model, sft.packed(sequences, pad_id=0, max_len=16))
+        padded, _ = sft.answer_loss(model, sft.collate(sequences, pad_id=0))
+    report("SFT packed rows (shared prefix)", "the unpacked padded batch", maxdiff(packed, padded),
+           1e-4)
 
 
 def main():
