@@ -68,6 +68,7 @@ from torch import nn
 
 import llama as llama_module
 import lora
+import options
 from lora import set_submodule, wrap_linears
 from weight_names import HF_TO_LLAMA2C, with_aliases
 
@@ -126,10 +127,14 @@ def inject_ia3(model, config, option="IA3Config.target_modules"):
 # prompt tuning (Lester et al. 2021) and P-tuning (Liu et al. 2021)
 
 def _check_virtual_tokens(n, encoder_hidden_size=None):
+    """n and h within options.MAX_SIZE before anything is allocated (adapt bounds n again by the
+    model's max_seq_len)."""
     if n < 0:
         raise ValueError(f"--num_virtual_tokens {n}: must be >= 0")
-    if encoder_hidden_size is not None and encoder_hidden_size < 1:
-        raise ValueError(f"--encoder_hidden_size {encoder_hidden_size}: must be >= 1")
+    if n:
+        options.check_size("--num_virtual_tokens", n)
+    if encoder_hidden_size is not None:
+        options.check_size("--encoder_hidden_size", encoder_hidden_size)
 
 
 @dataclass
@@ -419,6 +424,11 @@ def adapt(llama, config, inference_mode=False):
     """The model to train (or run) for a PEFT config; the base weights are frozen. LoRA / IA3:
     llama itself, Linears wrapped; prompt, P-tuning, prefix: a VirtualTokenLlama around it.
     inference_mode (a loaded adapter, peft's word): P-tuning and prefix MLPs are built folded."""
+    n, positions = getattr(config, "num_virtual_tokens", 0), getattr(
+        llama.config, "max_seq_len", None)                # None: transformers' model (tests)
+    if positions is not None and n >= positions:          # the bound: the model's positions
+        raise ValueError(f"--num_virtual_tokens {n}: the model has max_seq_len {positions} "
+                         "positions, so n must be smaller (and leave room for the text)")
     if isinstance(config, lora.LoraConfig):
         lora.inject_lora(llama, config)
     elif isinstance(config, IA3Config):

@@ -8,8 +8,9 @@ write. POSIX rename(2) replaces a directory entry in one step, so
     os.replace(temporary, path)                      readers see the old file or the new one
     fsync the folder                                 the rename itself survives a power cut
 and on any error the temporary file is removed and `path` is left as it was.
-Folders (checkpoints) use the same idea one level up: `replace_folder_atomic` builds the new
-folder beside the old one, then swaps names, so a complete folder is always there.
+Folders (checkpoints, adapters, model folders, pico runs) use the same idea one level up:
+`replace_folder_atomic` builds the new folder beside the old one, then swaps names, so a complete
+folder is always there.
 
 Tests: tests/test_atomic.py (old content survives an exception mid-write, no temporary file is
 left, a folder given as a file path is one clear error, JSON of tensors and paths).
@@ -126,7 +127,7 @@ def replace_folder_atomic(path, fill):
     if not distributed.is_main():
         return path
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{path}: is a file; give a folder path for the checkpoint")
+        raise ValueError(f"{path}: is a file; give a folder path to write the folder to")
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

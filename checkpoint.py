@@ -28,11 +28,20 @@ swapped in whole, so a kill at any instant leaves the previous complete folder, 
                            the run's steps / epochs / complete (False: a killed run, whose training
                            checkpoint OUT_DIR/<name>-checkpoint finishes it)
 
+Reading back is checked before anything changes: state.json and pico.json field by field
+(file_checks.check_fields), every tensor's name and shape against the model, every size of a pico
+config within options.MAX_SIZE and its parameter count within options.MAX_ELEMENTS, and the run's
+identity (run_identity: every flag but RESUMABLE_FLAGS, data files by digest, processes,
+trainable shapes): `--resume` of another run is one line naming what differs.
+
 Tests: tests/test_checkpoint.py (optimizer state round trip; SIGKILL + resume == uninterrupted,
 through train.fit and through run.py; a half-written checkpoint leaves the previous one);
 tests/test_pico.py (a pico checkpoint resumed == an uninterrupted run; another model kind or a
-foreign folder refused; a save that fails midway keeps the old folder).
+foreign folder refused; a save that fails midway keeps the old folder);
+tests/test_reliability_inputs.py (hostile state.json / pico.json, another run refused).
+Size: ~430 lines: both checkpoint kinds with the checks of what they read back, in one place.
 """
+import hashlib
 import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -43,6 +52,7 @@ import torch
 import atomic
 import distributed
 import file_checks
+import options
 import pico
 import safetensors_io
 from tokenizer import ByteTokenizer, SentencePieceTokenizer
@@ -66,6 +76,7 @@ class Progress:
     bad_evals: int = 0             # evaluations since it last improved (patience)
     elapsed_s: float = 0.0         # seconds since the run started
     history: dict = None           # the history record so far (history.py)
+    identity: dict = None          # what defines the run (run_identity); --resume compares it
 
 
 # ----------------------------------------------------------------------------
@@ -201,25 +212,147 @@ def save_progress(folder, model, best, optimizer, progress):
          {f.name: getattr(progress, f.name) for f in fields(progress)})
 
 
-def restore(folder, model, optimizer):
+def restore(folder, model, optimizer, identity=None):
     """Put a training checkpoint back: the model's trainable state, the optimizer's moments and
-    every RNG, in place; -> (Progress, best snapshot or None)."""
+    every RNG, in place; -> (Progress, best snapshot or None). Refused in one line, before
+    anything changes: a state.json field of the wrong kind, another run's identity (the flags
+    and data of run_identity), tensors of other names or shapes."""
     trainable, best, optimizer_tensors, rng, state = load(folder)
-    missing = sorted(set(trainable_state(model)) ^ set(trainable))
-    if missing:
-        raise ValueError(f"{folder}: the checkpoint holds other trainable tensors than this "
-                         f"model ({missing[:3]}); resume with the same options")
-    restore_state(model, trainable)
-    load_optimizer_state(optimizer, optimizer_tensors, state["optimizer"])
-    set_rng_states(rng, state["rng"])
+    source = atomic.folder_or_backup(folder) / "state.json"
+    file_checks.check_fields(state, source, STATE_FIELDS)
+    if identity is not None:
+        check_identity(state.get("identity"), identity, folder)
+    shapes = {name: tuple(v.shape) for name, v in trainable_state(model).items()}
+    for what, tensors in [("model.safetensors", trainable), ("best.safetensors", best)]:
+        if tensors is not None:
+            check_shapes(tensors, shapes, atomic.folder_or_backup(folder) / what)
+    with file_checks.format_errors(source, "training checkpoint"):
+        check_moments(optimizer, optimizer_tensors, source)
+        restore_state(model, trainable)
+        load_optimizer_state(optimizer, optimizer_tensors, state["optimizer"])
+        set_rng_states(rng, state["rng"])
     best = {k: v.clone() for k, v in best.items()} if best is not None else None
-    return Progress(**{f.name: state[f.name] for f in fields(Progress)}), best
+    return Progress(**{f.name: state.get(f.name) for f in fields(Progress)}), best
+
+
+def check_shapes(tensors, shapes, source):
+    """One line when a checkpoint's tensors are not the model's, by name or by shape."""
+    missing = sorted(set(shapes) ^ set(tensors))
+    if missing:
+        raise ValueError(f"{source}: the checkpoint holds other trainable tensors than this "
+                         f"model ({missing[:3]}); resume with the same options")
+    for name, value in tensors.items():
+        if tuple(value.shape) != shapes[name]:
+            raise ValueError(f"{source}: {name} is {tuple(value.shape)} in the checkpoint but "
+                             f"{shapes[name]} in this model (another rank or base model?); "
+                             "resume with the same options")
+
+
+def check_moments(optimizer, tensors, source):
+    """Each AdamW moment "<index>.<key>" names a parameter of this optimizer, in its shape."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for name, value in tensors.items():
+        index, _, key = name.partition(".")
+        if not index.isdigit() or int(index) >= len(params):
+            raise ValueError(f"{source}: optimizer moment {name} names no parameter of this "
+                             f"model ({len(params)} trainable); resume with the same options")
+        if key in ("exp_avg", "exp_avg_sq") and value.shape != params[int(index)].shape:
+            raise ValueError(f"{source}: optimizer moment {name} is {tuple(value.shape)}, its "
+                             f"parameter {tuple(params[int(index)].shape)}; resume with the same "
+                             "options")
 
 
 def epoch_part(progress, epoch):
     """The counters `epoch` starts from: the checkpoint's when the resumed run stopped inside
     it (its steps_in_epoch steps are skipped, their micro-batches already consumed), else zeros."""
     return progress if progress.epoch == epoch else Progress(epoch=epoch)
+
+
+# ----------------------------------------------------------------------------
+# the identity of a run: what --resume must find unchanged
+
+# state.json's fields (after format), checked before any is used
+_COUNT, _NUMBER = (int, lambda v: v >= 0, "an integer >= 0"), (float, None, "")
+STATE_FIELDS = {"step": _COUNT, "epoch": _COUNT, "steps_in_epoch": _COUNT,
+                "epoch_loss": _NUMBER, "epoch_count": _NUMBER, "epoch_elapsed_s": _NUMBER,
+                "metrics": ((dict, type(None)), None, ""),
+                "evaluated_at": ((int, type(None)), None, ""),
+                "best_value": ((float, type(None)), None, ""), "bad_evals": _COUNT,
+                "elapsed_s": _NUMBER, "history": ((dict, type(None)), None, ""),
+                "identity?": ((dict, type(None)), None, ""), "optimizer": (dict, None, ""),
+                "rng": (dict, None, "")}
+# flags that may change between a run and its resume (budgets, outputs, evaluation, display);
+# every other flag defines the run, and a data file by its digest.
+RESUMABLE_FLAGS = {"epochs", "time_budget_s", "max_steps_per_epoch", "patience", "resume",
+                   "resume_or_start", "checkpoint_every_steps", "no_progress", "threads",
+                   "device", "use_gpu", "out_dir", "dev_out", "test_out", "submission", "test",
+                   "json", "eval_data", "eval_limit", "eval_batch_size", "max_test_examples",
+                   "compile", "compile_backend", "rendezvous_timeout_s", "name"}
+PLAIN = (int, float, str, bool, type(None))
+SAMPLED = 256 << 20          # files larger than this are digested by their size, head and tail
+
+
+def file_digest(path):
+    """sha256 of a file ("sha256:..."); past SAMPLED bytes, of its size, first and last 64 MiB."""
+    digest, size = hashlib.sha256(), Path(path).stat().st_size
+    with open(path, "rb") as f:
+        spans = [(0, size)] if size <= SAMPLED else [(0, 64 << 20), (size - (64 << 20), 64 << 20)]
+        digest.update(str(size).encode())
+        for start, length in spans:
+            f.seek(start)
+            while length > 0:
+                chunk = f.read(min(length, 1 << 20))
+                digest.update(chunk)
+                length -= len(chunk)
+    return ("sha256:" if size <= SAMPLED else "sha256-sampled:") + digest.hexdigest()
+
+
+def run_identity(args):
+    """What defines a run, from its flags: every flag but RESUMABLE_FLAGS; a flag naming a file
+    is recorded by the file's digest (the same data under another path is the same run)."""
+    identity = {}
+    for name, value in sorted(vars(args).items()):
+        if name in RESUMABLE_FLAGS:
+            continue
+        if isinstance(value, (list, tuple)) and all(isinstance(v, PLAIN) for v in value):
+            identity[name] = [_digest_if_file(v) for v in value]      # e.g. --input_files
+        elif isinstance(value, PLAIN):
+            identity[name] = _digest_if_file(value)
+    return identity            # (objects a driver attached to args are not flags: left out)
+
+
+def _digest_if_file(value):
+    return file_digest(value) if isinstance(value, str) and _is_file(value) else value
+
+
+def _is_file(text):
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):         # a name too long, a NUL: text, not a path
+        return False
+
+
+def check_identity(saved, current, folder):
+    """One line naming the fields of the run that differ from the checkpoint's (up to four)."""
+    if not isinstance(saved, dict):
+        raise ValueError(f"--resume {folder}: the checkpoint records no run identity (written by "
+                         "an older llmlab), so it cannot be matched to this run; drop --resume")
+    differ = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if not differ:
+        return
+    shown = []
+    for key in differ[:4]:
+        now, then = current.get(key), saved.get(key)
+        if isinstance(now, dict) or isinstance(then, dict):
+            now, then = _first_difference(now or {}, then or {})
+        shown.append(f"{key} {str(now)[:40]} (checkpoint: {str(then)[:40]})")
+    raise ValueError(f"--resume {folder}: the checkpoint is another run: {'; '.join(shown)}; "
+                     "rerun with its flags and data, or drop --resume to start over")
+
+
+def _first_difference(now, then):
+    key = next(k for k in sorted(set(now) | set(then), key=str) if now.get(k) != then.get(k))
+    return f"{key}={now.get(key)}", f"{key}={then.get(key)}"
 
 
 # ----------------------------------------------------------------------------
@@ -245,6 +378,25 @@ def save_pico(directory, model, tokenizer, optimizer=None, extra=None):
     atomic.replace_folder_atomic(directory, fill)
 
 
+# pico.json's fields besides the config (checked before use)
+PICO_FIELDS = {"config": (dict, None, ""),
+               "tokenizer": (str, ("bpe", "byte").__contains__, "bpe or byte"),
+               "optimizer": ((dict, type(None)), None, ""),
+               "steps?": _COUNT, "epochs?": _COUNT, "complete?": (bool, None, "")}
+
+
+def saved_config(cls, data, source):
+    """A config dataclass (PicoConfig) from a saved JSON object, field by field: every field
+    present and of its default's kind, every integer a size within options.MAX_SIZE."""
+    spec = {f.name: options.size_field() if type(f.default) is int else (type(f.default), None, "")
+            for f in fields(cls)}
+    file_checks.check_fields(data, source, spec)
+    try:
+        return cls(**{name: data[name] for name in spec})
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
 def load_pico(directory, expected_model=None):
     """-> (model, tokenizer, meta); one-line errors for a missing, foreign or other-kind folder.
     A folder a crash left as `<directory>.old` (atomic.folder_or_backup) is loaded too."""
@@ -257,7 +409,8 @@ def load_pico(directory, expected_model=None):
     if meta.get("format") != PICO_FORMAT:
         raise ValueError(f"--resume {meta_path}: format {meta.get('format')!r} is not "
                          f"{PICO_FORMAT!r}; give a folder written by --option pico")
-    cfg = pico.PicoConfig(**meta["config"])
+    file_checks.check_fields(meta, meta_path, PICO_FIELDS)
+    cfg = saved_config(pico.PicoConfig, meta["config"], f"{meta_path} config")  # sizes bounded
     if expected_model is not None and cfg.model != expected_model:
         raise ValueError(f"--resume {directory} holds a {cfg.model!r} model but --model is "
                          f"{expected_model!r}; pass --model {cfg.model} or a "

@@ -98,11 +98,10 @@ def parse_line(raw, path, line_no, num_labels=None):
 def read_examples(path, num_labels=None, flag=None):
     """All examples of a minllama data file; blank lines are skipped, an empty file is an error."""
     path = _check_file(path, flag)
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if raw.strip():
-                examples.append(parse_line(raw, path, line_no, num_labels))
+    examples = []                         # read_text: a non-UTF-8 byte is named by offset
+    for line_no, raw in enumerate(file_checks.read_text(path, flag).split("\n"), start=1):
+        if raw.strip():
+            examples.append(parse_line(raw, path, line_no, num_labels))
     if not examples:
         where = f" ({flag})" if flag else ""
         raise ValueError(f"{path}{where}: the file has no examples; expected `LABEL ||| TEXT` lines")
@@ -123,7 +122,7 @@ def _row_error(path, row, problem, fields):
 
 def _load_rows(path):
     """A JSON list of objects, or JSON lines (one object a line): list of (row number, value)."""
-    text = path.read_text(encoding="utf-8")
+    text = file_checks.read_text(path)
     if text.lstrip().startswith("["):
         return list(enumerate(file_checks.json_value(text, path, list), start=1))
     return [(line_no, file_checks.json_value(line, f"{path}: line {line_no}", None))

@@ -27,16 +27,23 @@ ordinary tensors on every rank (a collective: all ranks call it, rank 0 writes);
 full tensor (a resumed checkpoint, the best snapshot) back into a parameter's shard.
 
 Every helper here is a no-op on one process, so the training loop reads the same either way.
+torchrun's variables (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) are checked before
+use (torchrun_env), and a group that has not formed after --rendezvous_timeout_s (60 s) is one
+line naming them, not the backend's silent 30-minute wait (a stale WORLD_SIZE outside torchrun).
 Tests: tests/test_distributed.py (device choice; 2 gloo processes on the CPU, DDP and FSDP, train
 to the same loss and weights as one process with the same global batch; an FSDP run resumed from
 its gathered checkpoint == the uninterrupted run); tests/test_run_sft.py and
 tests/test_classifier.py (run.py --option sft / lora / finetune under torchrun, DDP and --fsdp,
-save what one process saves).
+save what one process saves); tests/test_reliability_inputs.py (bad variables, a rendezvous that
+never completes).
 """
 import atexit
 import contextlib
+import datetime
 import os
+import socket
 import sys
+import time
 import warnings
 
 import torch
@@ -45,6 +52,8 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor, init_device_mesh
 from torch.nn.parallel import DistributedDataParallel
+
+from file_checks import first_line
 
 
 def is_distributed():
@@ -73,7 +82,7 @@ def pick_device(use_gpu):
     if not torch.cuda.is_available():
         raise ValueError("--use_gpu was given but no CUDA GPU is visible; drop --use_gpu to run on "
                          "the CPU")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cuda", torchrun_env()[2])
 
 
 def all_reduce_sum(tensor):
@@ -104,14 +113,89 @@ def no_sync(model, last):
 # ----------------------------------------------------------------------------
 # torchrun: the process group, the model wrapper
 
-def init_from_env(use_gpu):
+TORCHRUN_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+RENDEZVOUS_TIMEOUT_S = 60      # --rendezvous_timeout_s: gloo's and NCCL's own default is 30 min
+
+
+def _env_int(name, default, low, high=None):
+    """An integer torchrun variable in [low, high), or default when unset; one line otherwise."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value >= high):
+        where = f"[{low}, {high})" if high is not None else f">= {low}"
+        raise ValueError(f"{name}={text[:40]!r}: must be an integer {where}; torchrun sets it "
+                         "(outside torchrun, unset WORLD_SIZE, RANK and LOCAL_RANK)")
+    return value
+
+
+def torchrun_env():
+    """torchrun's variables, checked -> (world_size, rank, local_rank, (addr, port) or None)."""
+    world = _env_int("WORLD_SIZE", 1, 1)
+    rank_ = _env_int("RANK", 0, 0, world)
+    local = _env_int("LOCAL_RANK", 0, 0, world)
+    if world == 1:
+        return world, rank_, local, None
+    addr, port = os.environ.get("MASTER_ADDR", "").strip(), _env_int("MASTER_PORT", None, 1, 65536)
+    if not addr or port is None:
+        raise ValueError(f"WORLD_SIZE={world} but MASTER_ADDR / MASTER_PORT are not set: start "
+                         "the processes with torchrun, or unset WORLD_SIZE for one process")
+    try:
+        socket.getaddrinfo(addr, port)
+    except (socket.gaierror, UnicodeError):
+        raise ValueError(f"MASTER_ADDR={addr[:60]!r} does not resolve to an address; torchrun "
+                         "sets it (outside torchrun, unset WORLD_SIZE)") from None
+    return world, rank_, local, (addr, port)
+
+
+def _rendezvous_error(timeout_s):
+    names = ", ".join(f"{n}={os.environ.get(n, '')[:40]}" for n in TORCHRUN_VARIABLES)
+    return ValueError(f"the process group did not form within {timeout_s:g} s ({names}): start "
+                      "every process with torchrun, unset WORLD_SIZE for one process, or raise "
+                      "--rendezvous_timeout_s")
+
+
+def _wait_for_master(master, timeout_s):
+    """A rank other than 0 first waits (up to timeout_s) for rank 0's store to accept a
+    connection, so a missing master is our one line, not c10d's retry log."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(master, timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise _rendezvous_error(timeout_s) from None
+            time.sleep(0.2)
+
+
+def init_from_env(use_gpu, timeout_s=RENDEZVOUS_TIMEOUT_S):
     """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs.
+    The variables are checked first, and a group that does not form within timeout_s seconds
+    is one line naming them (instead of the backend's silent 30-minute wait).
     Ranks other than 0 print nothing (their stdout goes to /dev/null; errors still show)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+    world, rank_, local, master = torchrun_env()
+    if world <= 1 or is_distributed():
         return
     if use_gpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend="nccl" if use_gpu else "gloo")
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={local}: only {torch.cuda.device_count()} GPUs are "
+                             "visible; start at most that many processes per node")
+        torch.cuda.set_device(local)
+    if rank_ != 0:
+        _wait_for_master(master, timeout_s)
+    try:
+        dist.init_process_group(backend="nccl" if use_gpu else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError) as err:      # torch's DistStoreError, DistNetworkError
+        if "timed out" not in str(err).lower() and "timeout" not in str(err).lower():
+            raise ValueError(f"joining the process group failed ({first_line(err)}); "
+                             "check " + ", ".join(TORCHRUN_VARIABLES)) from None
+        raise _rendezvous_error(timeout_s) from None
     atexit.register(leave)                      # gloo's threads abort a process left in a group
     if not is_main():
         sys.stdout = open(os.devnull, "w")

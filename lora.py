@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import options
 import weight_names
 
 # ----------------------------------------------------------------------------
@@ -94,6 +95,7 @@ class LoraConfig:
         if not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"--lora_rank {self.r}: the LoRA rank must be a positive integer "
                              "(e.g. 4, 8 or 16)")
+        options.check_size("--lora_rank", self.r)                 # bounded before any allocation
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--lora_dropout {self.dropout}: must be in [0, 1)")
         self.target_modules = resolve_targets(self.target_modules)
@@ -184,6 +186,10 @@ class LoRALayer(nn.Module):
         self.weight = base.weight.requires_grad_(False)                  # (out, in), frozen W0
         self.bias = None if base.bias is None else base.bias.requires_grad_(False)
         self.r, self.alpha = r, alpha                                    # scale is derived
+        if r > max(self.in_features, self.out_features):   # B A has rank <= min(in, out)
+            raise ValueError(f"LoRA rank r={r} is larger than both sides of a ({self.out_features}"
+                             f" x {self.in_features}) Linear (the bound: max(in, out)); B A has "
+                             f"rank <= {min(self.in_features, self.out_features)}, use a smaller r")
         dtype = base.weight.dtype
         dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         device = base.weight.device

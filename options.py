@@ -16,11 +16,18 @@ spelling as an alias, old llmlab spellings kept as aliases (`--time_budget`). Ev
 (finetune, lora, sft, ssm, s4, pico) declares them through train.add_training_arguments, which
 also turns them into a TrainConfig (train.config_from_args).
 
+Output paths: output_file / output_folder (argparse types) and check_paths (run.py, on each
+driver's PATHS = PathFlags(inputs, outputs, folders, swapped)) refuse, before any work, an output
+that cannot be written (under a file, not writable, a name too long) or that names an input (an
+input file, a file in a model or adapter folder, a folder replaced whole that holds an input).
+
 Tests: tests/test_options.py (each type on good and bad text; run.main prints one line; every
-trainer spells each shared flag the same way).
+trainer spells each shared flag the same way); tests/test_reliability_outputs.py (output paths).
 """
 import argparse
+import dataclasses
 import math
+import os
 from pathlib import Path
 
 import optimizer
@@ -58,6 +65,38 @@ unit_interval = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 nucleus_mass = _checked(float, lambda v: 0 < v <= 1, "a nucleus mass p in (0, 1]")
 
 
+# ----------------------------------------------------------------------------
+# bounded allocations: every size that decides an allocation is checked against one bound first
+
+# The one bound on a width that sizes a tensor (ranks, virtual tokens, hidden sizes, dims, heads,
+# layers): 4x the widest Llama 3.x layer (16384 in 405B's feed-forward is 53248; 65536 covers it).
+MAX_SIZE = 65536
+# The bound on a product of sizes that is one allocation (vocab x dim, batch x length x width):
+# 2^31 elements, 8 GiB in fp32.
+MAX_ELEMENTS = 2 ** 31
+SIZE_RULE = f"an integer >= 1 and <= {MAX_SIZE} (options.MAX_SIZE, the bound on any size)"
+
+
+def check_size(name, value, limit=MAX_SIZE):
+    """value as an int in 1..limit, else one ValueError naming `name` and the bound; for sizes
+    read from files and sizes two flags make together (limit=MAX_ELEMENTS for products)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        bound = "options.MAX_SIZE" if limit == MAX_SIZE else (
+            "options.MAX_ELEMENTS" if limit == MAX_ELEMENTS else "the bound")
+        raise ValueError(f"{name} {value!r}: must be an integer >= 1 and <= {limit} ({bound}, "
+                         "the bound on a size that decides an allocation)")
+    return value
+
+
+size = _checked(int, lambda v: 1 <= v <= MAX_SIZE, SIZE_RULE)
+
+
+def size_field(limit=MAX_SIZE):
+    """A file_checks.check_fields rule for a size read from a file: an integer in 1..limit."""
+    return (int, lambda v: 1 <= v <= limit, f"an integer >= 1 and <= {limit} (the bound on a "
+            "size that decides an allocation)")
+
+
 def renamed(old_to_new):
     """A type function mapping old spellings of a choice to the current one (argparse checks
     `choices` after the type): renamed({"byte": "bytes"}) keeps `--tokenizer byte` working."""
@@ -67,19 +106,149 @@ def renamed(old_to_new):
     return convert
 
 
+# ----------------------------------------------------------------------------
+# output paths: writable, and never an input (checked before any work)
+
+# The atomic writer names its temporary file or folder `.<name>.XXXXXXXX.tmp`: 14 bytes more than
+# the name itself must still fit the file system's limit on one name.
+TEMPORARY_NAME_EXTRA = 14
+
+
+def _nearest_existing(path):
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def output_problem(text, folder=False):
+    """None when `text` can be written (a file; a folder to write into when folder=True), else
+    why not: a name too long, a folder given as a file (or a file as a folder), a path under a
+    file, a folder that is not writable. Nothing is created."""
+    if "\0" in text:
+        return "holds a NUL byte, which no file name can; give a plain path"
+    path = Path(os.path.abspath(text))
+    try:
+        limit = os.pathconf(_nearest_existing(path.parent), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255                                   # the usual NAME_MAX
+    for part in path.parts[1:]:
+        room = limit - TEMPORARY_NAME_EXTRA if part == path.name else limit
+        if len(os.fsencode(part)) > room:
+            why = (f"the file system's {limit} less {TEMPORARY_NAME_EXTRA} for the atomic "
+                   "writer's temporary name" if room < limit else "the file system's limit")
+            return (f"a name in it is {len(os.fsencode(part))} bytes long, at most {room} fit "
+                    f"({why}); give a shorter name")
+    try:
+        if path.is_dir() and not folder:
+            return f"is a folder; give a file path (e.g. {text}/out.txt)"
+        if path.exists() and not path.is_dir() and folder:
+            return "is a file; give a folder path"
+        existing = _nearest_existing(path if folder else path.parent)
+        if not existing.is_dir():
+            return f"is under the file {existing}; a folder cannot be made there"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"the folder {existing} is not writable; give another path"
+    except OSError as err:
+        return f"cannot be written ({err.strerror})"
+    return None
+
+
+def said(text, problem):
+    """'PATH is a folder; ...' or 'PATH: a name in it ...' (a path with a NUL byte quoted)."""
+    shown = repr(text) if "\0" in text else text
+    return f"{shown} {problem}" if problem.startswith("is ") else f"{shown}: {problem}"
+
+
 def output_file(text):
-    """A path to write a file to: not an existing folder (checked now, not after training)."""
-    if Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file path "
-                                         f"(e.g. {text}/out.txt)")
+    """A path to write a file to (checked now, not after training: see output_problem)."""
+    problem = output_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(said(text, problem))
     return text
 
 
 def output_folder(text):
-    """A folder to write into: not an existing file."""
-    if Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder path")
+    """A folder to write into (checked now: see output_problem)."""
+    problem = output_problem(text, folder=True)
+    if problem:
+        raise argparse.ArgumentTypeError(said(text, problem))
     return text
+
+
+@dataclasses.dataclass(frozen=True)
+class PathFlags:
+    """A driver's path flags, checked by check_paths before any work (run.py): `inputs` read
+    (data files, model files or folders, adapter folders), `outputs` files written, `folders`
+    folders written into; swapped(args) -> {what: folder} of the folders it replaces whole
+    (e.g. "--out_dir's adapter folder": OUT_DIR/adapter), or None."""
+    inputs: tuple = ()
+    outputs: tuple = ()
+    folders: tuple = ()
+    swapped: object = None
+
+
+def _paths(values, flag):
+    """The paths a flag holds: none, one, or a list (--data a.jsonl b.jsonl)."""
+    value = values.get(flag.lstrip("-").replace("-", "_"))
+    found = [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])
+             if isinstance(v, (str, Path))]
+    for text in found:
+        if "\0" in text:
+            raise ValueError(f"{flag} {text!r}: holds a NUL byte, which no file name can; give a "
+                             "plain path")
+    return found
+
+
+def _inside(path, folder):
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _same_file(a, b):
+    """One file under two real paths (a hard link) or the same real path."""
+    try:
+        return a == b or os.path.samefile(a, b)
+    except OSError:                                   # one of them does not exist (yet)
+        return False
+
+
+def check_paths(values, paths, also_read=()):
+    """One ValueError line, before any work, when an output cannot be written or names an input:
+    an output file that is an input file or lies in an input folder (a model or adapter folder),
+    two outputs on one file, a folder written into that is (or is in) an input folder, a folder
+    replaced whole that holds an input. values: vars() of the parsed flags; paths: PathFlags;
+    also_read: more (flag, path) inputs (the files a model file's loader reads beside it)."""
+    reads = [(flag, text, os.path.realpath(text)) for flag, text in
+             [(f, t) for f in paths.inputs for t in _paths(values, f)] + list(also_read)]
+    files = [(flag, text) for flag in paths.outputs for text in _paths(values, flag)]
+    folders = [(flag, text) for flag in paths.folders for text in _paths(values, flag)]
+    swapped = [(what, str(text)) for what, text in (paths.swapped(values) if paths.swapped
+                                                    else {}).items()]
+    for flag, text in files + folders + swapped:
+        problem = output_problem(text, folder=(flag, text) not in files)
+        if problem:
+            raise ValueError(f"{flag} {said(text, problem)}")
+    written = {}
+    for flag, text in files:
+        real = os.path.realpath(text)
+        if real in written:
+            raise ValueError(f"{flag} {text} is also the {written[real]} file; give each output "
+                             "its own path")
+        written[real] = flag
+        for source, source_text, source_real in reads:
+            if _same_file(real, source_real) or _inside(real, source_real):
+                where = "is the" if _same_file(real, source_real) else "is inside the"
+                kind = "folder " + source_text if os.path.isdir(source_real) else "file"
+                raise ValueError(f"{flag} {text} {where} {source} {kind}; write it elsewhere")
+    for flag, text in folders + swapped:
+        real = os.path.realpath(text)
+        for source, source_text, source_real in reads:
+            if os.path.isdir(source_real) and (real == source_real or _inside(real, source_real)):
+                where = "is the" if real == source_real else "is inside the"
+                raise ValueError(f"{flag} {text} {where} {source} folder {source_text}; write "
+                                 "it elsewhere")
+            if (flag, text) in swapped and _inside(source_real, real):
+                raise ValueError(f"{flag} {text} is replaced whole but holds the {source} "
+                                 f"{source_text}; write it elsewhere")
 
 
 # ----------------------------------------------------------------------------
@@ -125,6 +294,8 @@ TRAINING_FLAGS = {
                "same result, a finished pico run trains --epochs more; `--resume DIR` names the "
                "folder (default OUT_DIR/<name>-checkpoint; pico: OUT_DIR/<name>)",
                dict(nargs="?", const=True, metavar="DIR"), []),
+    "resume_or_start": ("--resume, but start fresh when no checkpoint is there yet (--resume "
+                        "alone refuses that)", dict(action="store_true"), []),
 }
 
 

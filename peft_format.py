@@ -32,6 +32,7 @@ Tests: tests/test_lora.py (LoRA: ours -> peft and peft -> ours, HF-named and can
 permuted Q/K rows), tests/test_adapters.py (every other method, both ways; file errors) and
 tests/test_peft_format.py (config dicts both ways, the classifier's saved config, config errors).
 """
+import math
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ import atomic
 import distributed
 import file_checks
 import lora
+import options
 import rope
 import safetensors_io
 import weight_names
@@ -116,6 +118,23 @@ def peft_config_dict(config, c=None):
     return out
 
 
+NAMES = (list, lambda v: all(isinstance(n, str) for n in v), "a list of module-name strings")
+VIRTUAL = {"num_virtual_tokens": options.size_field(),
+           "num_transformer_submodules?": (int, None, "1"),
+           "encoder_hidden_size?": ((int, type(None)),) + options.size_field()[1:]}
+# adapter_config.json's fields, checked before any is used (types, ranges, missing keys)
+FIELDS = {"LORA": {"r": options.size_field(), "lora_alpha": (float, math.isfinite, "finite"),
+                   "lora_dropout?": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
+                   "target_modules": NAMES},
+          "IA3": {"target_modules": NAMES,
+                  "feedforward_modules?": ((list, type(None)),) + NAMES[1:]},
+          "PROMPT_TUNING": VIRTUAL,
+          "P_TUNING": {**VIRTUAL, "encoder_reparameterization_type?": (str, None, "MLP or LSTM"),
+                       "encoder_num_layers?": options.size_field(64),
+                       "encoder_dropout?": (float, lambda v: 0 <= v < 1, "in [0, 1)")},
+          "PREFIX_TUNING": {**VIRTUAL, "prefix_projection?": (bool, None, "true or false")}}
+
+
 def _lora_config(data, path):
     """lora.LoraConfig from a LORA dict; ValueError for LoRA variants lora.py lacks."""
     for key in ("use_rslora", "use_dora", "rank_pattern", "alpha_pattern", "layers_to_transform"):
@@ -131,10 +150,11 @@ def _lora_config(data, path):
 
 def config_from_peft_dict(data, path):
     """Our config (lora.LoraConfig, adapters.IA3Config, ...) from an adapter_config.json dict."""
-    kind = data.get("peft_type")
+    kind = file_checks.check_fields(data, path, {"peft_type": (str, None, "")})["peft_type"]
     if kind not in PEFT_TYPES.values():
         raise ValueError(f"{path}: peft_type {kind!r} is not supported; use one of "
                          f"{', '.join(PEFT_TYPES.values())}")
+    file_checks.check_fields(data, path, FIELDS[kind])
     if data.get("fan_in_fan_out") or data.get("num_transformer_submodules", 1) != 1:
         raise ValueError(f"{path}: fan_in_fan_out / num_transformer_submodules != 1 are not "
                          "supported; save the adapter for a decoder-only Llama")
@@ -213,9 +233,12 @@ def _slots(model, config):
 # ----------------------------------------------------------------------------
 # files
 
-def save_adapter(directory, model, config):
+def save_adapter(directory, model, config, extra=None):
     """<directory>/adapter_model.safetensors + adapter_config.json in peft's layout, for any
-    method; model: what adapters.adapt returned (or a model lora.inject_lora adapted)."""
+    method; model: what adapters.adapt returned (or a model lora.inject_lora adapted).
+    extra(folder), if given, writes more files into the new folder (a head, sft_config.json).
+    The folder is swapped in whole (atomic.replace_folder_atomic): a kill between files leaves
+    the old adapter, never the new weights beside an old config."""
     directory = Path(directory)
     for name, layer in lora.lora_layers(model) if isinstance(config, lora.LoraConfig) else ():
         if (layer.r, layer.alpha) != (config.r, config.alpha):
@@ -228,12 +251,15 @@ def save_adapter(directory, model, config):
     if not tensors:
         raise ValueError(f"save_adapter: the model holds no {PEFT_TYPES[type(config)]} adapter; "
                          "call adapters.adapt(model, config) first")
-    directory.mkdir(parents=True, exist_ok=True)
-    safetensors_io.write_safetensors(directory / ADAPTER_WEIGHTS, tensors,
-                                     metadata={"format": "pt"})
-    atomic.save_json_atomic(directory / ADAPTER_CONFIG,
-                            peft_config_dict(config, getattr(model, "config", None)))
-    return directory
+    fields = peft_config_dict(config, getattr(model, "config", None))
+
+    def fill(folder):
+        safetensors_io.write_safetensors(folder / ADAPTER_WEIGHTS, tensors,
+                                         metadata={"format": "pt"})
+        atomic.save_json_atomic(folder / ADAPTER_CONFIG, fields)
+        if extra is not None:
+            extra(folder)
+    return atomic.replace_folder_atomic(directory, fill)
 
 
 def read_config(directory):

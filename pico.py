@@ -60,6 +60,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import options
 import rope
 from llama import RMSNorm  # the hand-written RMSNorm seed 003 asks for (fp32 statistics)
 import sample
@@ -101,6 +102,16 @@ class PicoConfig:
         if self.dim % self.n_heads:
             raise ValueError(f"PicoConfig.dim={self.dim} is not divisible by "
                              f"n_heads={self.n_heads}; change one of them")
+        options.check_size("PicoConfig: the parameter count (an upper bound)",
+                           self.parameter_bound(), options.MAX_ELEMENTS)  # before allocating
+
+    def parameter_bound(self):
+        """An upper bound on the parameters of any model kind with this config (embeddings and
+        head, positions, per block attention and MLP, the k-gram MLP)."""
+        d, h = self.dim, self.hidden_dim
+        block = 4 * d * d + 3 * d * h + d * self.gla_gate_rank
+        return (2 * self.vocab_size * d + self.block_size * d + self.n_layers * block
+                + self.kgram_k * d * h + self.mlp_layers * h * h)
 
     @property
     def head_dim(self):

@@ -3,8 +3,11 @@
 OPTIONS maps each option to its driver, a file named run_<name>.py (the one naming rule: the code
 behind an option is a driver, and no concept or plumbing file imports one); every driver has
 add_arguments(parser, option), adding only that option's flags (so `python run.py --option pico
---help` lists pico's flags alone), and main(args). Common flags: --seed, --use_gpu, --threads.
-The device is chosen once, by distributed.pick_device, and handed to the option as args.device.
+--help` lists pico's flags alone), and main(args). Common flags: --seed, --use_gpu, --threads,
+--rendezvous_timeout_s (under torchrun: how long the process group may take to form).
+Each driver's PATHS table (options.PathFlags) is checked right after parsing (check_paths): no
+output names an input, every output can be written. The device is chosen once, by
+distributed.pick_device, and handed to the option as args.device.
 The resolved arguments are printed at start.
 
 Options, with an example each (data paths as in ../shared/data, see README):
@@ -45,6 +48,7 @@ Options, with an example each (data paths as in ../shared/data, see README):
                  [--adapter runs/sft/adapter] [--limit 100] [--json eval.json]
 """
 import argparse
+import contextlib
 import random
 import sys
 
@@ -63,6 +67,7 @@ import run_sft
 import run_sft_studies
 import run_ssm
 import run_tokenizers
+import weights
 
 # option -> the module that runs it: module.add_arguments(parser, option), module.main(args)
 OPTIONS = {
@@ -113,8 +118,26 @@ def build_parser(option):
                         help="run on CUDA (error if no GPU is visible)")
     parser.add_argument("--threads", type=options.positive_int, default=None,
                         help="CPU threads for torch (default: torch's choice, one per core)")
+    parser.add_argument("--rendezvous_timeout_s", "--rendezvous-timeout-s",
+                        type=options.positive_float, default=distributed.RENDEZVOUS_TIMEOUT_S,
+                        help="under torchrun: stop with one line when the process group has not "
+                        "formed after this many seconds (the backend's own wait is 30 minutes)")
     OPTIONS[option].add_arguments(parser, option)
     return parser
+
+
+def check_paths(args):
+    """The option's path flags (the driver's PATHS, options.check_paths): every output can be
+    written, and none is an input file or lies in an input folder (nor is a file the loader reads
+    beside a model file); no --pretrained-model-path means the default model."""
+    values = dict(vars(args))
+    if "pretrained_model_path" in values and values["pretrained_model_path"] is None:
+        with contextlib.suppress(FileNotFoundError):          # not installed: said at load
+            values["pretrained_model_path"] = str(weights.default_model_path())
+    beside = [(f"{flag} (read beside the model)", str(path)) for flag in ("--pretrained-model-path", "--compare_model")
+              for model in [values.get(flag.lstrip("-").replace("-", "_"))] if model
+              for path in weights.companion_files(model)]       # config.json beside a model file
+    options.check_paths(values, OPTIONS[args.option].PATHS, beside)
 
 
 def main(argv=None):
@@ -125,7 +148,8 @@ def main(argv=None):
     parser = build_parser(known.option)
     args = parser.parse_args(argv)
     try:
-        distributed.init_from_env(args.use_gpu)                 # torchrun: join the group
+        check_paths(args)                       # before any file is read or written
+        distributed.init_from_env(args.use_gpu, args.rendezvous_timeout_s)  # torchrun: join
         args.device = distributed.pick_device(args.use_gpu)
     except ValueError as err:
         parser.error(str(err))

@@ -62,6 +62,11 @@ COMMANDS = "/reset (clear the history), /system TEXT (set the system prompt), /q
 # ----------------------------------------------------------------------------
 # flags
 
+# path flags, checked by run.py before any work (options.check_paths)
+PATHS = options.PathFlags(inputs=("--pretrained-model-path", "--conversation", "--compare_model"),
+                          outputs=("--out",))
+
+
 def add_arguments(parser, option):
     run_generate.add_model_arguments(parser)
     parser.add_argument("--prompt", default=None,

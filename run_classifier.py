@@ -34,6 +34,15 @@ import weights
 OUTPUT_KIND = {"prompt": "prompting", "finetune": "finetuning", "lora": "lora"}
 
 
+# path flags, checked by run.py before any work (options.check_paths); lora replaces
+# OUT_DIR/<run>-adapter whole
+PATHS = options.PathFlags(
+    inputs=("--pretrained-model-path", "--train", "--dev", "--test", "--label_names"),
+    outputs=("--dev_out", "--test_out"), folders=("--out_dir",),
+    swapped=lambda v: {"--out_dir's adapter folder": lora_folder(argparse.Namespace(**v))}
+    if v["option"] == "lora" else {})
+
+
 def add_arguments(parser, option):
     """Seed 001's flags (spelled as in minllama's run_llama.py) plus optional reduced-run flags."""
     kind = OUTPUT_KIND[option]
@@ -83,7 +92,7 @@ def add_training_arguments(parser, option):
                         help="the fast path (fused.py, tested equal); --no-fused: the readable one")
     if option == "lora":
         parser.add_argument("--lora_rank", "--lora-rank",
-                            type=options.positive_int, default=4, help="LoRA rank r")
+                            type=options.size, default=4, help="LoRA rank r")
         parser.add_argument("--lora_alpha", "--lora-alpha",
                             type=options.positive_float, default=1.0,
                             help="LoRA alpha; the update is scaled by alpha / r")
@@ -192,17 +201,22 @@ def run_train(args, llama, tokenizer, names, splits):
 def save_lora_classifier(model, args):
     """OUT_DIR/<run>-adapter: the LoRA adapter in peft's layout (peft_format.save_adapter, with the
     LoraConfig classifier.add_lora trained) and the trained head beside it as
-    classifier_head.safetensors (peft ignores the extra file)."""
-    folder = Path(args.out_dir) / f"{run_name(args)}-adapter"
-    peft_format.save_adapter(folder, model.llama, model.lora_config)
+    classifier_head.safetensors (peft ignores the extra file); adapter and head are one folder,
+    swapped in whole (a kill never leaves a new adapter beside an old head)."""
+    folder = lora_folder(args)
     head = {k: v.cpu().contiguous() for k, v in distributed.full_state_dict(model.classifier_head).items()}
-    safetensors_io.write_safetensors(folder / "classifier_head.safetensors", head)
+    peft_format.save_adapter(folder, model.llama, model.lora_config, extra=lambda tmp: (
+        safetensors_io.write_safetensors(tmp / "classifier_head.safetensors", head)))
     print(f"saved the LoRA adapter and the head to {folder}", flush=True)
     return folder
 
 
 def run_name(args):
     return f"{args.option}-{Path(args.train).stem}"
+
+
+def lora_folder(args):
+    return Path(args.out_dir) / f"{run_name(args)}-adapter"
 
 
 def report_accuracy(summary, split, preds, examples, path):

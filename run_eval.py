@@ -33,6 +33,11 @@ import scoring
 import weights
 
 
+# path flags, checked by run.py before any work (options.check_paths)
+PATHS = options.PathFlags(inputs=("--pretrained-model-path", "--data", "--adapter"), outputs=("--json",),
+                          folders=("--out_dir",))
+
+
 def add_arguments(parser, option):
     add = parser.add_argument
     add("--data", nargs="+", required=True,

@@ -69,6 +69,11 @@ def add_model_arguments(parser):
         parser.add_argument(f"--{name}", *aliases, type=kind, default=default, help=text)
 
 
+# path flags, checked by run.py before any work (options.check_paths)
+PATHS = options.PathFlags(inputs=("--pretrained-model-path",), outputs=(
+    "--generated_sentence_low_temp_out", "--generated_sentence_high_temp_out"))
+
+
 def add_arguments(parser, option):
     add_model_arguments(parser)
     parser.add_argument("--prompt", default=FRANKENSTEIN,

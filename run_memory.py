@@ -10,6 +10,7 @@ from pathlib import Path
 import atomic
 import llama
 import memory
+import options
 import weights
 from memory import GIB, METHODS
 
@@ -69,6 +70,10 @@ def variant_activations(config, setup, methods):
             for label, flipped in flips.items()}
 
 
+# path flags, checked by run.py before any work (options.check_paths)
+PATHS = options.PathFlags(inputs=("--pretrained-model-path",), outputs=("--json",))
+
+
 def add_arguments(parser, option):
     add = parser.add_argument
     weights.add_model_path_argument(parser, "the model to size (only its config is read, unless "
@@ -82,14 +87,14 @@ def add_arguments(parser, option):
     add("--method", choices=("both",) + METHODS, default="both", help="columns of the table")
     add("--lora_targets", "--lora-targets", default="heavy",
         help="light | medium | heavy (seed 000) or comma-separated Linear names (q_proj or wq)")
-    add("--lora_rank", "--lora-rank", type=int, default=16, help="LoRA rank r")
+    add("--lora_rank", "--lora-rank", type=options.size, default=16, help="LoRA rank r")
     add("--lora_dropout", "--lora-dropout", type=float, default=0.05,
         help="dropout on LoRA's input, as --option sft (0: no masks, no fp32 copies in fp32)")
     add("--gradient_checkpointing", "--gradient-checkpointing", action="store_true",
         help="keep only each block's input, recompute the block in backward")
     add("--loss", choices=("answer", "lm"), default="answer",
         help="answer: sft.answer_loss on the last --answer_tokens positions; lm: every position")
-    add("--answer_tokens", "--answer-tokens", type=int, default=4,
+    add("--answer_tokens", "--answer-tokens", type=options.size, default=4,
         help="labelled positions per sequence for --loss answer (a label and its end token)")
     add("--measure_steps", "--measure-steps", type=int, default=0,
         help="0: estimate only; N: also run N training steps and print what they used")
@@ -102,6 +107,8 @@ def check_arguments(args):
         raise ValueError("--preset and --pretrained-model-path both given: give one")
     if args.measure_steps < 0:
         raise ValueError(f"--measure_steps {args.measure_steps}: must be >= 0 (0 = estimate only)")
+    if args.batch_size > options.MAX_SIZE:        # (>= 1 is memory.TrainingSetup's check)
+        options.check_size("--batch_size", args.batch_size)
     if args.json and Path(args.json).is_dir():
         raise ValueError(f"--json {args.json}: is a folder; give a file path, e.g. memory.json")
     return memory.TrainingSetup(
@@ -130,6 +137,9 @@ def main(args):
     measured = None
     if args.measure_steps:
         path = None if args.preset else args.pretrained_model_path or weights.default_model_path()
+        widest = max(config.hidden_dim, config.vocab_size)   # the largest (B, T, .) activation
+        options.check_size(f"--batch_size x --max_len x {widest} (the widest activation)",
+                           setup.batch_size * setup.max_len * widest, options.MAX_ELEMENTS)
         measured = {m: memory.measure(config, path, setup, m, args.measure_steps, args.device)
                     for m in methods}
     loss = "LM loss" if setup.answer_tokens is None else f"answer loss on {setup.labelled} tokens"

@@ -191,6 +191,12 @@ COMPARE_VARIANTS = {  # name -> PicoConfig overrides; "transformer" = RoPE, pre-
 }
 
 
+# path flags, checked by run.py before any work (options.check_paths); --resume reads and
+# rewrites its run folder in place by design
+PATHS = options.PathFlags(inputs=("--input_files", "--tinystories_train", "--tinystories_valid"),
+                          folders=("--out_dir",))
+
+
 def add_arguments(parser, option):
     """pico's flags; the course's spellings kept (--input_files, --tinystories_weight, --block_size,
     --embed_size, --kgram_k, --num_inner_mlp_layers, --max_steps_per_epoch, --prompt). The
@@ -237,9 +243,9 @@ def _add_data_arguments(add):
     add("tokenizer", "bpe", "bpe: SentencePiece BPE trained on the training text; bytes: UTF-8 "
         "bytes (also spelled byte)", choices=["bpe", "bytes"],
         type=options.renamed({"byte": "bytes"}))
-    add("vocab_size", 2048, "BPE vocabulary size (byte: always 256)", type=options.positive_int)
+    add("vocab_size", 2048, "BPE vocabulary size (byte: always 256)", type=options.size)
     add("block_size", 128, "tokens per training window (the course's 1024 is slow on a CPU)",
-        type=options.positive_int)
+        type=options.size)
     add("shuffle_buffer", 256, "blocks held by the streaming shuffle buffer",
         type=options.nonnegative_int)
 
@@ -247,18 +253,18 @@ def _add_data_arguments(add):
 def _add_model_arguments(add):
     add("model", None, "model kind (default transformer, or the --resume checkpoint's kind)",
         choices=sorted(MODELS))
-    add("embed_size", 128, "embedding and model width", type=options.positive_int)
-    add("n_layers", 2, "LSTM layers or transformer blocks", type=options.positive_int)
-    add("n_heads", 4, "attention heads", type=options.positive_int)
+    add("embed_size", 128, "embedding and model width", type=options.size)
+    add("n_layers", 2, "LSTM layers or transformer blocks", type=options.size)
+    add("n_heads", 4, "attention heads", type=options.size)
     add("hidden_dim", 512, "MLP hidden width (transformer and k-gram MLP)",
-        type=options.positive_int)
-    add("kgram_k", 3, "tokens the k-gram MLP reads", type=options.positive_int)
-    add("num_inner_mlp_layers", 1, "hidden layers of the k-gram MLP", type=options.positive_int)
+        type=options.size)
+    add("kgram_k", 3, "tokens the k-gram MLP reads", type=options.size)
+    add("num_inner_mlp_layers", 1, "hidden layers of the k-gram MLP", type=options.size)
     add("positional", "rope", "transformer positions", choices=["learned", "rope", "nope"])
     add("norm_placement", "pre", "RMSNorm before or after each residual", choices=["pre", "post"])
     add("attention", "softmax", "attention kind", choices=["softmax", "linear", "gla"])
     add("attention_chunk", 16, "chunk length of chunked linear and gated linear attention",
-        type=options.positive_int)
+        type=options.size)
     add("dropout", 0.0, "dropout on attention and MLP outputs", type=options.probability)
 
 
@@ -319,7 +325,8 @@ def train_model(model, batches, args, name, device, resumed=None, lr=None, kille
         select_metric=args.select_metric, select_mode="min", name=name, count_unit="tok",
         progress=sys.stderr.isatty() and not args.no_progress,
         checkpoint_dir=str(Path(args.out_dir) / f"{name}-checkpoint")
-        if (args.checkpoint_every_steps or killed) else None, resume=killed)
+        if (args.checkpoint_every_steps or killed) else None, resume=killed,
+        start_if_missing=killed)          # killed before its first checkpoint: start the epochs
     optimizer = train.make_optimizer(model, config)
     if resume_meta and resume_meta.get("optimizer"):
         checkpoint.load_pico_optimizer(folder, optimizer, resume_meta)
@@ -383,6 +390,11 @@ def main(args):
     if args.option == "pico_compare":
         return run_compare(args, files, device)
     model, meta, folder = None, None, None
+    if args.resume_or_start and not (atomic.folder_or_backup(resume_folder(args))
+                                     / "pico.json").is_file():
+        args.resume = False                  # --resume_or_start: nothing saved yet, start fresh
+    elif args.resume_or_start and not args.resume:
+        args.resume = True
     if args.resume:
         folder = resume_folder(args)
         model, tokenizer, meta = checkpoint.load_pico(folder, args.model)

@@ -75,6 +75,15 @@ METHODS = ("lora", "ia3", "prompt", "ptuning", "prefix", "full")
 FSDP_METHODS = ("lora", "ia3", "full")     # the ones whose model is the Llama itself
 FORMULAS = {"lora": "r*(in+out)", "ia3": "L*(scaled channels)", "prompt": "n*dim",  # printed
             "ptuning": "n*dim+encoder", "prefix": "n*L*2*kv (or n*kv+MLP)"}    # (adapters.py)
+# path flags, checked by run.py before any work (options.check_paths); training replaces
+# OUT_DIR/adapter (OUT_DIR/model for full) whole, predicting (--adapter) writes no folder
+PATHS = options.PathFlags(
+    inputs=("--pretrained-model-path", "--train", "--val", "--test", "--label_names",
+            "--adapter", "--eval_data"),
+    outputs=("--submission",), folders=("--out_dir",),
+    swapped=lambda v: {} if v.get("adapter") else {
+        "--out_dir's saved folder": Path(v["out_dir"]) / ("model" if v["method"] == "full"
+                                                          else "adapter")})
 
 
 # ----------------------------------------------------------------------------
@@ -101,18 +110,18 @@ def add_training_arguments(add):
     add("--method", choices=METHODS, default="lora", help="what trains: a PEFT method or full")
     add("--lora_targets", "--lora-targets", default="heavy",
         help="light | medium | heavy (seed 000) or comma-separated Linear names (q_proj or wq)")
-    add("--lora_rank", "--lora-rank", type=options.positive_int, default=16, help="LoRA rank r")
+    add("--lora_rank", "--lora-rank", type=options.size, default=16, help="LoRA rank r")
     add("--lora_alpha", "--lora-alpha",
         type=options.nonnegative_float, default=32.0, help="LoRA alpha (scale alpha / r)")
     add("--lora_dropout", "--lora-dropout",
         type=options.probability, default=0.05, help="dropout on LoRA's input")
     add("--ia3_targets", "--ia3-targets", default="k_proj,v_proj,down_proj",
         help="IA3: comma-separated Linears (q_proj or wq); down_proj / w2 scale their input")
-    add("--num_virtual_tokens", "--num-virtual-tokens", type=options.positive_int, default=20,
+    add("--num_virtual_tokens", "--num-virtual-tokens", type=options.size, default=20,
         help="prompt, ptuning, prefix: n virtual tokens")
     add("--prefix_projection", "--prefix-projection", action="store_true",
         help="prefix: train P = MLP(P') (Li & Liang 2021, Sec. 4.3), folded after training")
-    add("--encoder_hidden_size", "--encoder-hidden-size", type=options.positive_int, default=None,
+    add("--encoder_hidden_size", "--encoder-hidden-size", type=options.size, default=None,
         help="ptuning / prefix MLP width (default peft's: dim / n_kv_heads * head_dim)")
     add("--encoder_type", "--encoder-type", choices=["MLP", "LSTM"], default="MLP",
         help="ptuning: the prompt encoder (peft's encoder_reparameterization_type)")
@@ -204,7 +213,8 @@ def resolve_packing(args):
     """--packing default (None): on where tests/test_packing.py proves it equal, i.e. the methods
     whose model is the Llama (its blocks take packed positions and masks) in one process; an
     explicit --packing elsewhere is one line. DDP / FSDP hooks run in forward, which packing
-    bypasses; virtual tokens would sit in front of every packed example."""
+    bypasses; virtual tokens would sit in front of every packed example. -> packing on or off
+    (args is not changed: a study's children each resolve their own default)."""
     processes, why = os.environ.get("WORLD_SIZE", "1"), None
     if args.method not in FSDP_METHODS:
         why = f"--method {args.method} puts virtual tokens in front of every example"
@@ -213,8 +223,7 @@ def resolve_packing(args):
                "which packed rows bypass")
     if args.packing and why:
         raise ValueError(f"--packing: {why}; drop --packing (or use --group_by_length)")
-    if args.packing is None:
-        args.packing = why is None and args.adapter is None
+    return why is None and args.adapter is None if args.packing is None else args.packing
 
 
 # ----------------------------------------------------------------------------
@@ -398,18 +407,18 @@ def predict_test(model, tokenizer, records, labels, template, args, summary):
 
 def save_trained(model, tokenizer, adapter, labels, template, args):
     """OUT_DIR/adapter (a PEFT method, peft layout) or OUT_DIR/model (full), each with
-    sft_config.json (the method, labels, template, base model)."""
+    sft_config.json (the method, labels, template, base model), the folder swapped in whole."""
     out = Path(args.out_dir)
+    fields = {"method": args.method, "labels": labels, "template": template,
+              "max_len": args.max_len, "base_model": args.pretrained_model_path,
+              "base_config": vars(model.config)}
+
+    def extra(folder):                                  # inside the new folder, before the swap
+        atomic.save_json_atomic(folder / SFT_CONFIG, fields)
     if adapter is not None:
-        folder = peft_format.save_adapter(out / "adapter", model, adapter)
-    else:
-        folder = out / "model"
-        weights.save_model_folder(folder, model.config, distributed.full_state_dict(model),
-                                tokenizer.spec)
-    atomic.save_json_atomic(folder / SFT_CONFIG, {
-        "method": args.method, "labels": labels, "template": template, "max_len": args.max_len,
-        "base_model": args.pretrained_model_path, "base_config": vars(model.config)})
-    return folder
+        return peft_format.save_adapter(out / "adapter", model, adapter, extra=extra)
+    return weights.save_model_folder(out / "model", model.config,
+                                     distributed.full_state_dict(model), tokenizer.spec, extra)
 
 
 def score_eval_data(model, tokenizer, tasks, label, args):
@@ -446,6 +455,7 @@ def run_training(args):
     start = time.perf_counter()
     out = Path(args.out_dir)
     splits, labels = load_records(args)
+    args.packing = resolve_packing(args)              # recorded in summary.json as it ran
     tasks = run_eval.read_files(args.eval_data or [], args.eval_limit)   # checked before loading
     llama, tokenizer = scoring.load_model(args.pretrained_model_path,
                                              distributed.load_device(args))
@@ -478,7 +488,14 @@ def run_training(args):
 def run_prediction(args):
     """--adapter DIR --test FILE: the saved run answers a test file."""
     folder = Path(args.adapter)
-    saved = file_checks.read_json(folder / SFT_CONFIG, flag="--adapter")
+    strings = (list, lambda v: v and all(isinstance(s, str) for s in v), "a list of strings")
+    saved = file_checks.check_fields(  # every field checked before use (types, ranges, keys)
+        file_checks.read_json(folder / SFT_CONFIG, flag="--adapter"), folder / SFT_CONFIG,
+        {"method": (str, METHODS.__contains__, f"one of {', '.join(METHODS)}"),
+         "labels": strings,
+         "template": (str, sft.TEMPLATES.__contains__, " | ".join(sft.TEMPLATES)),
+         "max_len": options.size_field(), "base_model": ((str, type(None)), None, ""),
+         "base_config": (dict, None, "")})
     path = args.pretrained_model_path or saved["base_model"]
     if saved["method"] == "full":
         model, tokenizer = scoring.load_model(folder, args.device)

@@ -43,6 +43,7 @@ import plots
 import scoring
 import data
 import metrics
+import options
 import sft
 import run_sft
 import train
@@ -59,6 +60,12 @@ METHOD_LR = "ia3=3e-3,prompt=3e-2,ptuning=1e-3,prefix=1e-2,full=2e-5"
 
 # ----------------------------------------------------------------------------
 # flags and child processes
+
+# path flags, checked by run.py before any work (options.check_paths): sft's inputs; each
+# child sft run checks its own folders
+PATHS = options.PathFlags(inputs=run_sft.PATHS.inputs, outputs=run_sft.PATHS.outputs,
+                          folders=("--out_dir",))
+
 
 def add_arguments(parser, option):
     """sft's flags (same data, model and budget), plus the study's own."""
@@ -110,7 +117,8 @@ def sft_defaults():
 def run_child(args, name, overrides):
     """One sft run in its own process; -> its summary and history (dicts)."""
     out = Path(args.out_dir) / name
-    argv = child_argv(args, sft_defaults(), {**overrides, "out_dir": str(out)})
+    resume = {"resume_or_start": True} if args.resume else {}   # a child not yet begun starts
+    argv = child_argv(args, sft_defaults(), {**overrides, **resume, "out_dir": str(out)})
     print(f"\n=== {name}: {' '.join(argv[2:])}", flush=True)
     done = subprocess.run(argv, cwd=ROOT)
     if done.returncode != 0:
@@ -144,6 +152,8 @@ def check_arguments(args):
                     flag == "ranks" and any(v < 1 or v != int(v) for v in values)):
                 raise ValueError(f"--{flag} {getattr(args, flag)!r}: give a comma list like "
                                  f"{'1,16,128' if flag == 'ranks' else '0,1,16'}")
+            for v in values if flag == "ranks" else ():   # bounded before any child runs
+                options.check_size("--ranks: rank", int(v))
     run_sft.check_arguments(args)
 
 

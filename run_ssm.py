@@ -331,6 +331,11 @@ def compare(args, dataset):
 # ----------------------------------------------------------------------------
 # CLI: run.py --option ssm | s4 | ssm_compare
 
+# path flags, checked by run.py before any work (options.check_paths)
+PATHS = options.PathFlags(inputs=("--train", "--val", "--test"), outputs=("--submission",),
+                          folders=("--out_dir",))
+
+
 def add_arguments(parser, option):
     """Flags of --option ssm / s4 / ssm_compare.
 
@@ -351,15 +356,15 @@ def add_arguments(parser, option):
         type=options.renamed({"byte": "bytes"}),
         help="SentencePiece unigram trained on --train, or raw UTF-8 bytes (also spelled byte)")
     add("--vocab_size", "--vocab-size",
-        type=options.positive_int, default=8000, help="SentencePiece vocabulary size")
+        type=options.size, default=8000, help="SentencePiece vocabulary size")
     add("--case_fold", "--case-fold", action=argparse.BooleanOptionalAction, default=True,
         help="lower-case (NFKC case folding) inside the SentencePiece model")
     add("--max_len", "--max-len",
-        type=options.positive_int, default=128, help="tokens kept per text (bos included)")
-    add("--d_model", "--d-model", type=options.positive_int, default=128, help="H: channels")
-    add("--n_layers", "--n-layers", type=options.positive_int, default=1, help="stacked SSM blocks")
+        type=options.size, default=128, help="tokens kept per text (bos included)")
+    add("--d_model", "--d-model", type=options.size, default=128, help="H: channels")
+    add("--n_layers", "--n-layers", type=options.size, default=1, help="stacked SSM blocks")
     add("--d_state", "--d-state",
-        type=options.positive_int, default=32, help="N: complex state size per channel")
+        type=options.size, default=32, help="N: complex state size per channel")
     add("--dropout", type=options.probability, default=0.3, help="dropout probability")
     add("--token_dropout", "--token-dropout", type=options.probability, default=0.2,
         help="training-time word dropout: fraction of tokens replaced by pad")

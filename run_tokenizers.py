@@ -83,6 +83,7 @@ from pathlib import Path
 
 import atomic
 import file_checks
+import options
 import plots
 import weights
 from tokenizer import SentencePieceTokenizer, Tokenizer, train_sentencepiece
@@ -221,7 +222,8 @@ def _default_sources():
 
 def train_text_lines(path):
     """The non-blank lines of the training text (SentencePiece trains on sentences)."""
-    return [line for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+    return [line for line in file_checks.read_text(path, "--train_text").split("\n")
+            if line.strip()]
 
 
 def trained_tokenizers(args, train_path):
@@ -309,6 +311,11 @@ def plot_tokens_per_word(results, path):
 
 # ----------------------------------------------------------------------------
 # command line
+
+
+# path flags, checked by run.py before any work (options.check_paths)
+PATHS = options.PathFlags(inputs=("--tokenizer", "--text", "--train_text"),
+                          folders=("--out_dir",))
 
 
 def add_arguments(parser, option):

@@ -69,6 +69,10 @@ def _safetensors_header(path, buffer):
                          f"({file_checks.first_line(err)})") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: safetensors header is not a JSON object; corrupt file")
+    if file_checks.json_depth(header) > file_checks.MAX_JSON_DEPTH:
+        raise ValueError(f"{path}: safetensors header nested deeper than "
+                         f"{file_checks.MAX_JSON_DEPTH} levels (file_checks.MAX_JSON_DEPTH); "
+                         "corrupt file")
     metadata = header.pop("__metadata__", None)
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):

@@ -51,7 +51,7 @@ import itertools
 import math
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 
 import torch
@@ -94,7 +94,9 @@ class TrainConfig:
     progress: bool = True              # show tqdm bars
     checkpoint_dir: str = None         # folder of the resumable checkpoint (checkpoint.py)
     checkpoint_every_steps: int = None  # write it every this many steps (and at epoch ends)
-    resume: bool = False               # continue from checkpoint_dir when a checkpoint is there
+    resume: bool = False               # continue from checkpoint_dir (refused when none is there)
+    start_if_missing: bool = False     # with resume: start fresh when no checkpoint is there
+    identity: dict = dataclass_field(default=None, compare=False)  # flags, data digests
 
     def __post_init__(self):
         for field in ("epochs", "grad_accum_steps", "log_every_steps"):
@@ -316,12 +318,22 @@ class BestKeeper:
 # the loop's steps: resume, epoch start and end, logging, evaluation, stopping, saving
 
 def resume_or_start(setup):
-    """-> checkpoint.Progress: the checkpoint's, put back in place, when config.resume finds one;
-    else a fresh start, whose history file replaces an older run's at once."""
+    """-> checkpoint.Progress: the checkpoint's, put back in place, when config.resume finds one
+    of the same run (checkpoint.check_identity: the flags, data digests, processes and trainable
+    shapes); else a fresh start, whose history file replaces an older run's at once. --resume
+    with no checkpoint there is refused unless config.start_if_missing (--resume_or_start)."""
     config = setup.config
+    setup.identity = {**(config.identity or {}), "processes": distributed.world_size(),
+                      "trainable": {name: list(p.shape) for name, p
+                                    in setup.model.named_parameters() if p.requires_grad}}
+    if config.resume and not config.start_if_missing and not checkpoint.exists(
+            config.checkpoint_dir):
+        raise FileNotFoundError(f"--resume {config.checkpoint_dir}: no checkpoint there (no "
+                                "state.json); drop --resume, or pass --resume_or_start to start "
+                                "fresh when none is there")
     if config.resume and checkpoint.exists(config.checkpoint_dir):
         progress, setup.keeper.state = checkpoint.restore(config.checkpoint_dir, setup.model,
-                                                          setup.optimizer)
+                                                          setup.optimizer, setup.identity)
         setup.keeper.value, setup.keeper.bad_evals = progress.best_value, progress.bad_evals
         setup.history.record = progress.history
         setup.start = time.perf_counter() - progress.elapsed_s
@@ -416,7 +428,8 @@ def save_progress(setup, tally, step, epoch_done=False):
         metrics=None if epoch_done else tally.metrics,
         evaluated_at=None if epoch_done else tally.evaluated_at,
         best_value=setup.keeper.value, bad_evals=setup.keeper.bad_evals,
-        elapsed_s=time.perf_counter() - setup.start, history=setup.history.record)
+        elapsed_s=time.perf_counter() - setup.start, history=setup.history.record,
+        identity=setup.identity)
     checkpoint.save_progress(setup.config.checkpoint_dir, setup.model, setup.keeper.state,
                              setup.optimizer, progress)
     setup.history.write("running")
@@ -457,7 +470,7 @@ def finish(setup, step, stopped):
 
 # every trainer has these (crash safety and the budget of a reduced run)
 COMMON_FLAGS = dict(max_steps_per_epoch=None, time_budget_s=None, no_progress=False,
-                    checkpoint_every_steps=None, resume=False)
+                    checkpoint_every_steps=None, resume=False, resume_or_start=False)
 # flag -> the TrainConfig field it sets (config_from_args)
 CONFIG_FIELDS = {"epochs": "epochs", "lr": "lr", "weight_decay": "weight_decay",
                  "schedule": "schedule", "warmup_steps": "warmup_steps",
@@ -480,11 +493,15 @@ def config_from_args(args, **overrides):
     folder --resume names), unless overrides set checkpoint_dir."""
     fields = {field: getattr(args, flag) for flag, field in CONFIG_FIELDS.items()
               if hasattr(args, flag)}
-    fields.update({"progress": not args.no_progress, "resume": bool(args.resume), **overrides})
-    if "checkpoint_dir" not in fields and (args.checkpoint_every_steps or args.resume):
+    or_start = bool(getattr(args, "resume_or_start", False))
+    fields.update({"progress": not args.no_progress, "resume": bool(args.resume) or or_start,
+                   "start_if_missing": or_start, **overrides})
+    if "checkpoint_dir" not in fields and (args.checkpoint_every_steps or fields["resume"]):
         name = fields.get("name", TrainConfig.name)
         fields["checkpoint_dir"] = (args.resume if isinstance(args.resume, str)
                                     else str(Path(args.out_dir) / f"{name}-checkpoint"))
+    if fields.get("checkpoint_dir") and "identity" not in fields:
+        fields["identity"] = checkpoint.run_identity(args)     # data files by their digests
     return TrainConfig(**fields)
 
 

@@ -251,15 +251,22 @@ def _load_safetensors_file(path):
                      f"config.json beside it); pass its model folder")
 
 
-def save_model_folder(directory, config, state_dict, tokenizer_spec=None):
-    """Write model.safetensors (canonical names) + config.json (+ the tokenizer), each atomically;
-    read_model_file(directory) reads it back. A tied output.weight is stored once."""
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    check_canonical_names(state_dict, folder)
+def save_model_folder(directory, config, state_dict, tokenizer_spec=None, extra=None):
+    """Write model.safetensors (canonical names) + config.json (+ the tokenizer, + what
+    extra(folder) writes); read_model_file(directory) reads it back. A tied output.weight is
+    stored once. The folder is swapped in whole (atomic.replace_folder_atomic): a kill between
+    files leaves the old model folder."""
+    check_canonical_names(state_dict, Path(directory))
     tensors = {name: tensor for name, tensor in state_dict.items()
                if not (config.tie_embeddings and name == "output.weight")}   # stored once
     fields = dataclasses.asdict(config)
+    return atomic.replace_folder_atomic(
+        directory, lambda folder: _fill_model_folder(folder, fields, tensors, tokenizer_spec, extra))
+
+
+def _fill_model_folder(folder, fields, tensors, tokenizer_spec, extra):
+    """The files of a model folder, written into the new (temporary) folder; config.json last
+    but for extra's files."""
     write_safetensors(folder / "model.safetensors", tensors,
                       {"format": "pt", "llmlab_config": json.dumps(fields)})
     if tokenizer_spec and tokenizer_spec["kind"] == "gguf":
@@ -272,10 +279,11 @@ def save_model_folder(directory, config, state_dict, tokenizer_spec=None):
         source = Path(tokenizer_spec["path"])
         target = folder / ("tokenizer.json" if tokenizer_spec["kind"] == "hf_json"
                            else "tokenizer.model")
-        if source.resolve() != target.resolve():
-            atomic.write_bytes_atomic(target, source.read_bytes())
+        atomic.write_bytes_atomic(target, source.read_bytes())   # read before the old goes
     text = json.dumps({"format": "llmlab", "llama_config": fields}, indent=2)
     atomic.write_text_atomic(folder / "config.json", text)
+    if extra is not None:
+        extra(folder)
 
 
 # ----------------------------------------------------------------------------
@@ -375,6 +383,20 @@ def detect_format(path):
         return "safetensors"
     raise ValueError(f"{path}: unknown checkpoint format (first bytes {head!r}); expected GGUF, "
                      f"safetensors, a torch .pt, or a folder with config.json")
+
+
+# the files a model given as one file may be read with, from its folder (config, tokenizer)
+COMPANION_FILES = ("config.json", "params.json", "tokenizer.json", "tokenizer.model",
+                   "tokenizer_gguf.json", "tokenizer_config.json")
+
+
+def companion_files(path):
+    """The files read_model_file may read beside a model file (none for a folder or a .gguf,
+    which carries everything)."""
+    path = Path(path)
+    if "\0" in str(path) or path.suffix == ".gguf" or not path.is_file():
+        return []
+    return [path.parent / name for name in COMPANION_FILES]
 
 
 def read_model_file(path):

@@ -242,12 +242,10 @@ def test_packing_default_and_torchrun(monkeypatch):
     for method, expected in [("lora", True), ("ia3", True), ("full", True), ("prompt", False),
                              ("prefix", False), ("ptuning", False)]:
         args.method, args.packing = method, None
-        run_sft.resolve_packing(args)
-        assert args.packing is expected, method
+        assert run_sft.resolve_packing(args) is expected, method
     monkeypatch.setenv("WORLD_SIZE", "2")
     args.method, args.packing = "lora", None
-    run_sft.resolve_packing(args)
-    assert args.packing is False
+    assert run_sft.resolve_packing(args) is False
     args.packing = True
     with pytest.raises(ValueError, match="under torchrun"):
         run_sft.resolve_packing(args)
