@@ -11,7 +11,8 @@ Section 3.3). Three learned vectors rescale the keys, the values and the FFN's i
     FFN(x) = W2 (l_ff * gamma(W1 x))                     l_ff (hidden,), the input of down_proj
 `*` is element-wise (broadcast over B, T); every l starts at ones, so step 0 is the base model.
 An IA3Layer scales its Linear's output (k, v: y = l * (W x + b)) or, for the feedforward modules,
-its input (down_proj: y = W (l * x) + b). Trainable: one number per scaled channel,
+its input (down_proj: y = W (l * x) + b); merged, l folds into the weight (diag(l) W, or
+W diag(l) for down_proj: unload_ia3). Trainable: one number per scaled channel,
 L * (2 n_kv_heads head_dim + hidden_dim) for peft's Llama default (k, v, down).
 
 Prompt tuning (Lester et al. 2021, "The Power of Scale for Parameter-Efficient Prompt Tuning",
@@ -114,6 +115,20 @@ class IA3Layer(nn.Module):
             return F.linear(x * scale, self.weight, self.bias)              # (..., out)
         return F.linear(x, self.weight, self.bias) * scale                  # (..., out)
 
+    @torch.no_grad()
+    def to_linear(self):
+        """A plain nn.Linear with l folded in (merged): W diag(l) for a feedforward module,
+        diag(l) W and l * b for the others (the export path: run_export.py)."""
+        l = self.ia3_l.to(self.weight.dtype)
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device="meta")
+        scaled = self.weight * (l[None, :] if self.feedforward else l[:, None])  # (out, in)
+        linear.weight = nn.Parameter(scaled, requires_grad=False)
+        if self.bias is not None:
+            bias = self.bias if self.feedforward else self.bias * l
+            linear.bias = nn.Parameter(bias.clone(), requires_grad=False)
+        return linear
+
 
 def inject_ia3(model, config, option="IA3Config.target_modules"):
     """Wrap the target Linears in IA3Layers (ones: the base model); freeze the rest; names.
@@ -121,6 +136,15 @@ def inject_ia3(model, config, option="IA3Config.target_modules"):
     feedforward = with_aliases(config.feedforward_modules)
     return wrap_linears(model, config.target_modules, lambda name, linear: IA3Layer(
         linear, feedforward=name.rpartition(".")[2] in feedforward), option=option)
+
+
+def unload_ia3(model):
+    """Replace every IA3Layer by its merged nn.Linear (IA3Layer.to_linear): a base-format model
+    that computes what the adapted one did. Returns the number of layers merged."""
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, IA3Layer)]
+    for name, layer in layers:
+        set_submodule(model, name, layer.to_linear())
+    return len(layers)
 
 
 # ----------------------------------------------------------------------------

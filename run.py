@@ -46,6 +46,8 @@ Options, with an example each (data paths as in ../shared/data, see README):
   tokenizers   python run.py --option tokenizers [--tokenizer FILE] [--text FILE]
   eval         python run.py --option eval --data ../shared/data/mc/arc_easy_train.jsonl \
                  [--adapter runs/sft/adapter] [--limit 100] [--json eval.json]
+  export       python run.py --option export --format gguf --dtype q4_1 --out smollm2.gguf \
+                 [--adapter runs/sft/adapter]      (--format hf --out FOLDER: transformers)
 """
 import argparse
 import contextlib
@@ -60,6 +62,7 @@ import options
 import run_chat
 import run_classifier
 import run_eval
+import run_export
 import run_generate
 import run_memory
 import run_pico
@@ -88,6 +91,7 @@ OPTIONS = {
     "pico_compare": run_pico,
     "tokenizers": run_tokenizers,
     "eval": run_eval,
+    "export": run_export,
 }
 
 

@@ -8,7 +8,7 @@ Every format names the same modules. One list per format, aligned index by index
     GGUF (llama.cpp)                       blk.{i}.attn_q                   blk.{i}.ffn_norm
 A rename maps a module path, plus whatever follows it (.weight, .bias, .lora_A.weight), from one
 list to the same index of another: hf_to_canonical_name, canonical_to_hf_name,
-gguf_to_canonical_name. A name in no table is a one-line ValueError.
+gguf_to_canonical_name, canonical_to_gguf_name. A name in no table is a one-line ValueError.
 
 The block's attention and feed-forward modules are its seven Linears; their last names, read off
 the canonical and HF lists, are the alias table of adapter targets (LoRA, IA3; peft writes HF
@@ -59,6 +59,7 @@ def _rules(sources, targets, suffix=r"(\..+)?"):
 _HF_TO_CANONICAL = _rules(HF_MODULES, CANONICAL_MODULES)
 _CANONICAL_TO_HF = _rules(CANONICAL_MODULES, HF_MODULES)
 _GGUF_TO_CANONICAL = _rules(GGUF_MODULES, CANONICAL_MODULES)
+_CANONICAL_TO_GGUF = _rules(CANONICAL_MODULES, GGUF_MODULES)
 _CANONICAL_PARAMETERS = _rules(CANONICAL_MODULES, CANONICAL_MODULES, r"(\.weight|\.bias)")
 
 # ----------------------------------------------------------------------------
@@ -89,6 +90,11 @@ def canonical_to_hf_name(name):
 def gguf_to_canonical_name(name):
     """'blk.3.attn_q.weight' -> 'layers.3.attention.wq.weight'."""
     return _rename(name, _GGUF_TO_CANONICAL, "GGUF")
+
+
+def canonical_to_gguf_name(name):
+    """'layers.3.attention.wq.weight' -> 'blk.3.attn_q.weight' (gguf_writer.py)."""
+    return _rename(name, _CANONICAL_TO_GGUF, "canonical")
 
 
 def check_canonical_names(names, source):
