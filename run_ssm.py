@@ -1,7 +1,8 @@
 """SSM text classification (seed 000) behind `run.py --option ssm | s4 | ssm_compare`: data,
 training, evaluation, the `id,label` submission, the naive Bayes baseline, time against L, the
 plots, the comparison table and the flags. The models and their maths are in ssm.py (the basic
-SSM, its loop scan, the classifier) and s4.py (HiPPO, kernels, FFT convolution, build_model).
+SSM, its loop scan, the classifier), s4.py (HiPPO, kernels, FFT convolution, build_model) and
+mamba.py (the selective SSM: `--option ssm --layer mamba`, and the third row of ssm_compare).
 
 Data: JSON rows {id, text, label} (data.read_json_examples); num_classes = 1 + the largest training
 label. Tokens: bos + the text's tokens, max_len in all (data.encode_text); the tokenizer is
@@ -11,24 +12,27 @@ the training texts (tokenizer.train_sentencepiece; pad 0, unk 1, bos 2; NFKC, ca
 settings, digest the model's bytes, so a truncated or corrupt cache is found and trained again.
 Training: train.fit on the summed cross-entropy, cosine schedule after a linear warmup; AdamW
 with S4's two groups (the S4 repository's example.py setup_optimizer): A, B, dt at
-min(lr, ssm_lr) without weight decay, every other parameter at lr with weight decay.
+min(lr, ssm_lr) without weight decay (Mamba: A_log and the Delta bias), every other parameter at
+lr with weight decay.
 Baseline: multinomial naive Bayes on lower-cased words, Laplace smoothing alpha (Manning,
 Raghavan & Schuetze 2008, Introduction to Information Retrieval, Sec. 13.2):
     log p(c | doc) = log prior_c + sum_w n_w log theta_cw
     theta_cw = (n_cw + alpha) / (n_c + alpha V)       n_c: words of class c, V: vocabulary size
 Time against L: forward + backward of one layer, loop scan (L sequential steps) against kernel +
-FFT convolution (O(L log L)); the least-squares slope of log time against log L is the exponent.
+FFT convolution (O(L log L)), and the Mamba mixer with its loop and its chunked scan (2 sqrt(L)
+sequential steps); the least-squares slope of log time against log L is the exponent.
 Outputs in --out_dir, every file through atomic.py: <name>-results.json, <name>-submission.csv
 (every test row, always), <name>-history.json and <name>-curves.png (train.fit); ssm_compare
 adds compare.md, compare.json, compare-curves.png and time-vs-length.png; --submission (default
 OUT_DIR/submission.csv) is the best model's submission.
 
-Size: ~410 lines: three options (ssm, s4, ssm_compare), the baseline and the timing study.
+Size: ~470 lines: three options (ssm and ssm --layer mamba, s4, ssm_compare), the baseline
+and the timing study.
 Shapes: tokens (B, L) long, attention_mask (B, L), logits (B, num_classes).
 Tests: tests/test_run_ssm.py (naive Bayes on hand counts; the slope of a power law; bos and
 truncation; the tokenizer cache, reused, and trained again after truncation or corruption; the
 CLI end to end on tiny files: submission (every test row), results, curves, table, plots, a bad
-label).
+label, `--option ssm --layer mamba` through run.py). The Mamba model: tests/test_mamba.py.
 """
 import argparse
 import hashlib
@@ -42,6 +46,7 @@ import torch.nn as nn
 import atomic
 import baselines
 import data
+import mamba
 import optimizer
 import options
 import plots
@@ -96,7 +101,8 @@ def encode_all(tokenizer, texts, max_len):
 # ----------------------------------------------------------------------------
 # data, training (train.fit is the loop), evaluation
 
-SSM_PARAMS = ("log_dt", "log_A_real", "A_imag", "log_Lambda_real", "Lambda_imag", ".P", ".B")
+SSM_PARAMS = ("log_dt", "log_A_real", "A_imag", "log_Lambda_real", "Lambda_imag", ".P", ".B",
+              "A_log", "dt_proj.bias")
 
 
 def load_data(args):
@@ -153,13 +159,15 @@ def s4_optimizer(model, args):
 
 
 def model_config(args, layer, dataset):
-    """SSMConfig from the flags; the basic SSM takes --ssm_init, S4 takes --init."""
+    """SSMConfig from the flags; the basic SSM takes --ssm_init, S4 --init, Mamba S4D-Real."""
+    init = {"ssm": args.ssm_init, "mamba": "s4d-real"}.get(layer, args.init)
     return ssm.SSMConfig(vocab_size=dataset["tokenizer"].vocab_size,
                          num_classes=dataset["num_classes"], d_model=args.d_model,
                          n_layers=args.n_layers, d_state=args.d_state, dropout=args.dropout,
                          token_dropout=args.token_dropout, zero_init_branch=args.zero_init_branch,
-                         layer=layer, init=args.ssm_init if layer == "ssm" else args.init,
-                         discretization=args.discretization, mixing=args.mixing,
+                         layer=layer, init=init, discretization=args.discretization,
+                         mixing=args.mixing, expand=args.expand, d_conv=args.d_conv,
+                         dt_rank=args.dt_rank,
                          bidirectional=args.bidirectional, pooling=args.pooling,
                          pad_id=dataset["tokenizer"].pad_id)
 
@@ -209,59 +217,88 @@ def train_one(args, layer, name, dataset):
 # ssm_compare: timing against L, the comparison table (naive Bayes: baselines.py)
 
 
-def time_forward_backward(layer, L, batch=2, repeats=3, device="cpu"):
-    """Median seconds of one forward + backward of a sequence layer on u (batch, H, L)."""
-    u = torch.randn(batch, layer.H, L, device=device, requires_grad=True)
+# the timed layers: row key -> legend label; "loop" in a key marks an L-step Python loop
+TIMED = {"loop_s": "loop scan (ssm.py)", "fft_s": "kernel + FFT conv (s4.py)",
+         "mamba_loop_s": "Mamba, loop scan (mamba.py)",
+         "mamba_chunked_s": "Mamba, chunked scan (mamba.py)"}
+
+
+def time_forward_backward(layer, u, repeats=3):
+    """Median seconds of one forward + backward of a layer on u (fresh gradients each time)."""
+    u = u.detach().requires_grad_()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         layer(u).square().mean().backward()
-        if torch.device(device).type == "cuda":
+        if u.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
 
-def time_vs_length(lengths, H=64, N=32, batch=2, loop_budget_s=60.0, device="cpu"):
-    """Forward+backward seconds per L for the loop scan and the FFT convolution (same parameters).
-
-    The loop is timed once per L (FFT: median of 3 after a warm-up) and is skipped once its
-    predicted time (last time * L / last L) would exceed loop_budget_s; skipped points are None.
-    """
-    torch.manual_seed(0)
+def timed_layers(H, N, device):
+    """Key -> (layer, input shape from (batch, L)): the loop SSM and S4D on the same parameters
+    (H channels, N complex modes), and a Mamba mixer with H inner channels and N real states."""
     A, B = s4.s4d_init("s4d-lin", N)
     fft_layer = s4.S4DLayer(H, N, A=A, B=B).to(device)
     loop_layer = ssm.DiagonalSSM(H, N, A=A, B=B).to(device)
     loop_layer.load_state_dict(fft_layer.state_dict())
-    rows, last = [], None
+    mixers = {scan: mamba.MambaMixer(H // 2, N, expand=2, scan=scan).to(device)
+              for scan in ("reference", "chunked")}
+    mixers["chunked"].load_state_dict(mixers["reference"].state_dict())
+    channels_first, tokens_first = (lambda b, L: (b, H, L)), (lambda b, L: (b, L, H // 2))
+    return {"loop_s": (loop_layer, channels_first), "fft_s": (fft_layer, channels_first),
+            "mamba_loop_s": (mixers["reference"], tokens_first),
+            "mamba_chunked_s": (mixers["chunked"], tokens_first)}
+
+
+def time_vs_length(lengths, H=64, N=32, batch=2, loop_budget_s=60.0, device="cpu"):
+    """Forward+backward seconds per L of every TIMED layer (timed_layers: the same H and N).
+
+    A loop is timed once per L (the others: median of 3 after a warm-up) and is skipped once its
+    predicted time (last time * L / last L) would exceed loop_budget_s; skipped points are None.
+    """
+    torch.manual_seed(0)
+    layers, rows, last = timed_layers(H, N, device), [], {}
     for L in lengths:
-        time_forward_backward(fft_layer, L, batch, 1, device)
-        row = {"L": L, "fft_s": time_forward_backward(fft_layer, L, batch, 3, device), "loop_s": None}
-        if last is None or last[1] * L / last[0] <= loop_budget_s:
-            row["loop_s"] = time_forward_backward(loop_layer, L, batch, 1, device)
-            last = (L, row["loop_s"])
+        row = {"L": L}
+        for key, (layer, shape) in layers.items():
+            u = torch.randn(*shape(batch, L), device=device)
+            if "loop" not in key:
+                time_forward_backward(layer, u, 1)                     # warm-up
+                row[key] = time_forward_backward(layer, u, 3)
+            elif key not in last or last[key][1] * L / last[key][0] <= loop_budget_s:
+                row[key] = time_forward_backward(layer, u, 1)
+                last[key] = (L, row[key])
+            else:
+                row[key] = None
         rows.append(row)
-        loop_text = "skipped" if row["loop_s"] is None else f"{row['loop_s'] * 1e3:.0f} ms"
-        print(f"L={L}: fft {row['fft_s'] * 1e3:.1f} ms, loop {loop_text}", flush=True)
+        shown = ["skipped" if row[k] is None else f"{row[k] * 1e3:.1f} ms" for k in TIMED]
+        print(f"L={L}: " + ", ".join(f"{k[:-2]} {t}" for k, t in zip(TIMED, shown)), flush=True)
     return rows
 
 
 def loglog_slope(rows, key):
     """Least-squares slope of log(time) against log(L) over the measured points (None if < 2)."""
-    points = [(r["L"], r[key]) for r in rows if r[key] is not None]
+    points = [(r["L"], r[key]) for r in rows if r.get(key) is not None]
     if len(points) < 2:
         return None
     return float(np.polyfit(np.log([p[0] for p in points]), np.log([p[1] for p in points]), 1)[0])
 
 
+def slope_text(slope):
+    return "n/a" if slope is None else f"{slope:.2f}"
+
+
 def plot_time_vs_length(rows, path):
-    """Log-log forward+backward time against L for the loop scan and the FFT convolution."""
+    """Log-log forward+backward time against L for every TIMED layer with a measured point."""
     plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for key, label in (("loop_s", "loop scan (ssm.py)"), ("fft_s", "kernel + FFT conv (s4.py)")):
-        points = [(r["L"], r[key]) for r in rows if r[key] is not None]
-        slope = loglog_slope(rows, key)
-        ax.loglog(*zip(*points), "o-", base=2, label=f"{label}, slope {slope:.2f}")
+    for key, label in TIMED.items():
+        points = [(r["L"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            slope = slope_text(loglog_slope(rows, key))
+            ax.loglog(*zip(*points), "o-", base=2, label=f"{label}, slope {slope}")
     ax.set_xlabel("sequence length L")
     ax.set_ylabel("forward + backward time (s)")
     ax.grid(True, which="both", alpha=0.3)
@@ -303,9 +340,9 @@ def comparison_table(results, nb_accuracy):
 
 
 def compare(args, dataset):
-    """Train the basic SSM and S4 under the same budget; table, plots, time against L."""
+    """Train the basic SSM, S4 and Mamba under the same budget; table, plots, time against L."""
     results = []
-    for layer, name in (("ssm", "ssm"), (args.layer, "s4")):
+    for layer, name in (("ssm", "ssm"), (args.layer, "s4"), ("mamba", "mamba")):
         torch.manual_seed(args.seed)
         results.append(train_one(args, layer, name, dataset))
     ex = dataset["examples"]
@@ -318,10 +355,10 @@ def compare(args, dataset):
         lengths = [int(x) for x in args.bench_lengths.split(",")]
         rows = time_vs_length(lengths, loop_budget_s=args.bench_loop_budget, device=args.device)
         plot_time_vs_length(rows, out / "time-vs-length.png")
-        slopes = {k: loglog_slope(rows, k) for k in ("loop_s", "fft_s")}
+        slopes = {k: loglog_slope(rows, k) for k in TIMED}
         summary.update(time_vs_length=rows, slopes=slopes)
-        table += (f"\nforward+backward time vs L: log-log slope loop {slopes['loop_s']:.2f}, "
-                  f"FFT {slopes['fft_s']:.2f}\n")
+        table += ("\nforward+backward time vs L, log-log slope: "
+                  + ", ".join(f"{TIMED[k]} {slope_text(v)}" for k, v in slopes.items()) + "\n")
     atomic.write_text_atomic(out / "compare.md", table)
     atomic.save_json_atomic(out / "compare.json", summary)
     print(table)
@@ -364,14 +401,13 @@ def add_arguments(parser, option):
     add("--d_model", "--d-model", type=options.size, default=128, help="H: channels")
     add("--n_layers", "--n-layers", type=options.size, default=1, help="stacked SSM blocks")
     add("--d_state", "--d-state",
-        type=options.size, default=32, help="N: complex state size per channel")
+        type=options.size, default=32, help="N: state size per channel (complex; mamba: real)")
     add("--dropout", type=options.probability, default=0.3, help="dropout probability")
     add("--token_dropout", "--token-dropout", type=options.probability, default=0.2,
         help="training-time word dropout: fraction of tokens replaced by pad")
     add("--zero_init_branch", "--zero-init-branch", action="store_true",
         help="zero-init each block's mixing layer, so the model starts as a bag of embeddings")
-    add("--layer", choices=["s4d", "s4"], default="s4d",
-        help="S4 variant: s4d (diagonal, Vandermonde kernel) or s4 (DPLR, Cauchy kernel)")
+    add_layer_arguments(parser, option)
     add("--init", choices=["s4d-legs", "s4d-lin", "s4d-inv"], default="s4d-legs", help="S4D A init")
     add("--ssm_init", "--ssm-init", choices=["random", "s4d-lin", "s4d-inv", "s4d-legs"],
         default="random", help="A init of the basic SSM (random: no HiPPO structure)")
@@ -383,6 +419,23 @@ def add_arguments(parser, option):
     add("--pooling", choices=["mean", "max", "meanmax"], default="meanmax",
         help="how token states become one vector: masked mean, max, or both concatenated")
     add_training_arguments(parser, option)
+
+
+def add_layer_arguments(parser, option):
+    """--layer (ssm: the basic SSM or Mamba; s4 and ssm_compare: the S4 variant; ssm_compare
+    always adds a Mamba row) and Mamba's sizes (mamba.py; ssm.SSMConfig checks them)."""
+    add = parser.add_argument
+    if option == "ssm":
+        add("--layer", choices=["ssm", "mamba"], default="ssm",
+            help="ssm (the basic diagonal SSM, loop scan) or mamba (the selective SSM, mamba.py)")
+    else:
+        add("--layer", choices=["s4d", "s4"], default="s4d",
+            help="S4 variant: s4d (diagonal, Vandermonde kernel) or s4 (DPLR, Cauchy kernel)")
+    add("--expand", type=options.size, default=2, help="mamba: E, inner channels E * d_model")
+    add("--d_conv", "--d-conv", type=options.size, default=4,
+        help="mamba: width of the causal depthwise convolution")
+    add("--dt_rank", "--dt-rank", type=options.nonnegative_int, default=0,
+        help="mamba: rank of the Delta projection (0: ceil(d_model / 16))")
 
 
 def add_training_arguments(parser, option):
@@ -409,7 +462,7 @@ def main(args):
     if args.option == "ssm_compare":
         best = compare(args, dataset)
     else:
-        layer, name = ("ssm", "ssm") if args.option == "ssm" else (args.layer, "s4")
+        layer, name = (args.layer, args.layer) if args.option == "ssm" else (args.layer, "s4")
         best = train_one(args, layer, name, dataset)
     submission = Path(args.submission or Path(args.out_dir) / "submission.csv")
     atomic.write_text_atomic(submission, Path(best["submission"]).read_text(encoding="utf-8"))

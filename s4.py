@@ -23,8 +23,8 @@
    dense A_bar (N x N) and C = C~ (I - A_bar^L)^{-1}.
 
 Shapes: B batch, L length, H channels, N complex state size. The classifier is ssm.py's
-(build_model puts these layers in it); data, training, the baseline, timing and the CLI
-(`run.py --option ssm | s4 | ssm_compare`) are in run_ssm.py.
+(build_model puts these layers, or mamba.py's block, in it); data, training, the baseline, timing
+and the CLI (`run.py --option ssm | s4 | ssm_compare`) are in run_ssm.py.
 Tests: tests/test_s4.py (FFT conv == ssm.scan for ZOH and bilinear; Vandermonde kernel == explicit
 powers C A_bar^k B_bar; HiPPO-LegS == closed form and == its NPLR form; Cauchy kernel == dense powers;
 step mode == convolution mode; gradients; no NaN at L = 8192; every model builds and backprops).
@@ -34,6 +34,7 @@ import math
 import torch
 import torch.nn as nn
 
+import mamba
 import ssm
 
 
@@ -226,6 +227,7 @@ class FFTSSMBlock(ssm.SSMBlock):
 
 
 def build_model(config):
-    """The classifier for config.layer: "ssm" (loop scan), "s4d" or "s4" (FFT)."""
-    return ssm.SSMClassifier(config, ssm.SSMBlock if config.layer == "ssm" else FFTSSMBlock)
+    """The classifier for config.layer: "ssm" (loop scan), "s4d" or "s4" (FFT), "mamba" (mamba.py)."""
+    blocks = {"ssm": ssm.SSMBlock, "mamba": mamba.MambaBlock}
+    return ssm.SSMClassifier(config, blocks.get(config.layer, FFTSSMBlock))
 

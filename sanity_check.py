@@ -21,6 +21,7 @@ import adapters
 import scoring
 import llama
 import lora
+import mamba
 import optimizer
 import pico
 import quantize
@@ -210,6 +211,11 @@ def check_ssm():
         y_scan, _ = ssm.scan(A_bar, B_bar, C, u)
         y_fft = s4.causal_fft_conv(u, s4.ssm_kernel(A_bar, B_bar, C, L))
         report(f"SSM FFT convolution ({name})", "recurrent scan", maxdiff(y_fft, y_scan), 1e-4)
+    x, dt, A = torch.randn(2, H, L + 5), 0.5 * torch.rand(2, H, L + 5), -torch.rand(H, N) * 3
+    B, C = torch.randn(2, L + 5, N), torch.randn(2, L + 5, N)
+    y_loop, _ = mamba.selective_scan_reference(x, dt, A, B, C, D=torch.ones(H))
+    y_fast, _ = mamba.selective_scan_chunked(x, dt, A, B, C, D=torch.ones(H))
+    report("Mamba selective scan (chunked)", "loop over t", maxdiff(y_fast, y_loop), 1e-4)
 
 
 def check_pico():

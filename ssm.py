@@ -27,6 +27,7 @@ Options: bidirectional (a second SSM on the reversed sequence, pads zeroed), wor
 
 Shapes: B batch, L sequence length (tokens), H channels (d_model), N complex state size per channel.
 Data, tokenizers, training and the CLI (`run.py --option ssm | s4 | ssm_compare`): run_ssm.py.
+The selective SSM (Mamba, layer "mamba": input-dependent dt, B, C) is in mamba.py.
 Tests: tests/test_ssm.py (ZOH/bilinear against closed forms and torch.matrix_exp, scan against an
 explicit dense recurrence, gradients reach A, B, C, dt, padding invariance, pooling, word dropout);
 tests/test_s4.py checks this scan against the FFT convolution.
@@ -52,7 +53,9 @@ class SSMConfig:
     dropout: float = 0.1           # dropout inside blocks and on the embedding
     token_dropout: float = 0.0     # training only: drop this fraction of tokens (pad + unmasked)
     layer: str = "ssm"             # "ssm" loop scan | "s4d" diagonal + FFT | "s4" DPLR + Cauchy + FFT
+                                   # | "mamba" selective SSM (mamba.py; N is then a real state size)
     init: str = "random"           # A init: "random" | "s4d-lin" | "s4d-inv" | "s4d-legs" | "legs"
+                                   # | "s4d-real" (A = -(1..N), Mamba's and only Mamba's)
     discretization: str = "zoh"    # "zoh" (zero-order hold) | "bilinear" (Tustin)
     dt_min: float = 1e-3           # dt initialised log-uniform in [dt_min, dt_max] (S4 default)
     dt_max: float = 1e-1           # upper end of the dt init range
@@ -61,17 +64,26 @@ class SSMConfig:
     zero_init_branch: bool = False  # zero-init each block's mixing layer: blocks start as identity
     pooling: str = "mean"          # over real tokens: "mean" | "max" | "meanmax" (both, concatenated)
     pad_id: int = 0                # token id of padding (masked out of the pooling)
+    expand: int = 2                # mamba: E, inner channels E * d_model (Gu & Dao 2023, Sec. 3.4)
+    d_conv: int = 4                # mamba: width of the causal depthwise convolution
+    dt_rank: int = 0               # mamba: rank R of the Delta projection (0: ceil(d_model / 16))
 
     def __post_init__(self):
-        choices = {"layer": ("ssm", "s4d", "s4"), "discretization": ("zoh", "bilinear"),
+        choices = {"layer": ("ssm", "s4d", "s4", "mamba"), "discretization": ("zoh", "bilinear"),
                    "mixing": ("glu", "gelu"), "pooling": ("mean", "max", "meanmax"),
-                   "init": ("random", "s4d-lin", "s4d-inv", "s4d-legs", "legs")}
+                   "init": ("random", "s4d-lin", "s4d-inv", "s4d-legs", "legs", "s4d-real")}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"SSMConfig.{field}={getattr(self, field)!r}: use one of {allowed}")
-        for field in ("vocab_size", "num_classes", "d_model", "n_layers", "d_state"):
+        if (self.layer == "mamba") != (self.init == "s4d-real"):
+            raise ValueError(f"SSMConfig layer={self.layer!r}, init={self.init!r}: layer 'mamba' "
+                             "takes init 's4d-real' (its only init), and no other layer does")
+        for field in ("vocab_size", "num_classes", "d_model", "n_layers", "d_state", "expand",
+                      "d_conv"):
             if getattr(self, field) < 1:
                 raise ValueError(f"SSMConfig.{field}={getattr(self, field)}: must be >= 1")
+        if self.dt_rank < 0:
+            raise ValueError(f"SSMConfig.dt_rank={self.dt_rank}: must be >= 0 (0: ceil(d_model / 16))")
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"SSMConfig dt_min={self.dt_min}, dt_max={self.dt_max}: "
                              "need 0 < dt_min <= dt_max")

@@ -35,7 +35,8 @@ def time_training_step(layer, length, batch, steps, device):
     """Median seconds of one optimizer step of the classifier on random tokens (after a warm-up)."""
     torch.manual_seed(0)
     config = ssm.SSMConfig(vocab_size=8000, layer=layer, d_model=128, n_layers=4, d_state=32,
-                           init={"ssm": "random", "s4d": "s4d-legs", "s4": "legs"}[layer])
+                           init={"ssm": "random", "s4d": "s4d-legs", "s4": "legs",
+                                 "mamba": "s4d-real"}[layer])
     model = s4.build_model(config).to(device)
     opt = optimizer.AdamW(model.parameters(), lr=1e-3)
     tokens = torch.randint(1, 8000, (batch, length), device=device)

@@ -107,8 +107,9 @@ def test_cli_compare_writes_table_and_plots(tmp_path):
     run_ssm.main(cli_args(tmp_path, "ssm_compare", bench_lengths="16,32,64"))
     out = tmp_path / "out"
     table = (out / "compare.md").read_text()
-    assert "naive Bayes" in table and "slope" in table
-    for name in ("compare-curves.png", "time-vs-length.png", "ssm-curves.png", "s4-curves.png"):
+    assert "naive Bayes" in table and "slope" in table and "| mamba (mamba, init s4d-real)" in table
+    for name in ("compare-curves.png", "time-vs-length.png", "ssm-curves.png", "s4-curves.png",
+                 "mamba-curves.png", "mamba-submission.csv"):
         assert (out / name).stat().st_size > 0
 
 
@@ -130,6 +131,28 @@ def test_run_py_dispatches_ssm_to_run_ssm(tmp_path):
     results = json.loads((tmp_path / "out" / "ssm-results.json").read_text())
     assert results["layer"] == "ssm" and results["device"] == "cpu"
     assert (tmp_path / "out" / "submission.csv").is_file()
+
+
+def test_run_py_ssm_layer_mamba_trains_and_writes_the_submission(tmp_path):
+    """--option ssm --layer mamba: the same harness with mamba.py's block; --option s4 refuses
+    --layer mamba in the parser (one line, exit 2) before any work."""
+    import run
+    args = cli_args(tmp_path, "ssm")
+    flags = ["--train", args.train, "--val", args.val, "--test", args.test, "--out_dir",
+             args.out_dir, "--tokenizer", "bytes", "--d_model", "8", "--n_layers", "1",
+             "--d_state", "4", "--epochs", "1", "--max_len", "16", "--no_progress"]
+    run.main(["--option", "ssm", "--layer", "mamba", *flags])
+    out = tmp_path / "out"
+    results = json.loads((out / "mamba-results.json").read_text())
+    assert (results["layer"], results["config"]["init"]) == ("mamba", "s4d-real")
+    assert results["config"]["bidirectional"] and 0 <= results["test_accuracy"] <= 1
+    with open(out / "submission.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "label"] and [r[0] for r in rows[1:]] == [str(i) for i in range(24)]
+    assert (out / "submission.csv").read_text() == (out / "mamba-submission.csv").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--option", "s4", "--layer", "mamba", *flags])
+    assert exit_info.value.code == 2
 
 
 

@@ -144,6 +144,11 @@ def test_token_dropout_only_in_training_and_keeps_bos():
 
 def test_config_errors():
     with pytest.raises(ValueError, match="SSMConfig.layer"):
-        ssm.SSMConfig(layer="mamba")
+        ssm.SSMConfig(layer="lstm")
+    with pytest.raises(ValueError, match="layer 'mamba' takes init 's4d-real'"):
+        ssm.SSMConfig(layer="mamba")                  # Mamba's A is S4D-Real, and only Mamba's
+    with pytest.raises(ValueError, match="layer 'mamba' takes init 's4d-real'"):
+        ssm.SSMConfig(layer="s4d", init="s4d-real")
+    assert ssm.SSMConfig(layer="mamba", init="s4d-real").expand == 2
     with pytest.raises(ValueError, match="dt_min"):
         ssm.SSMConfig(dt_min=0.5, dt_max=0.1)
