@@ -46,8 +46,8 @@ and a KV cache whose n extra first slots hold the virtual tokens, so scoring, th
 sample.generate_batch run on it unchanged. Left pads sit after the virtual slots, masked.
 
 Trainable parameters by formula (formula_count, the check of lora.count_parameters): LoRA's
-lora.lora_parameter_count, and each formula above. On disk, every method (LoRA too) is saved and
-loaded in peft's layout by peft_format.py.
+lora.lora_parameter_count (its variants too: DoRA adds m, out per Linear), and each formula
+above. On disk, every method (LoRA too) is saved and loaded in peft's layout by peft_format.py.
 
 Size: over 400 lines: four methods share one entry point (adapt) and one virtual-token model.
 
@@ -444,19 +444,24 @@ class PrefixLlama(VirtualTokenLlama):
 # ----------------------------------------------------------------------------
 # one entry point: config -> adapted model; inference form; trainable-parameter formulas
 
-def adapt(llama, config, inference_mode=False):
+def adapt(llama, config, inference_mode=False, source=None):
     """The model to train (or run) for a PEFT config; the base weights are frozen. LoRA / IA3:
     llama itself, Linears wrapped; prompt, P-tuning, prefix: a VirtualTokenLlama around it.
-    inference_mode (a loaded adapter, peft's word): P-tuning and prefix MLPs are built folded."""
+    inference_mode (a loaded adapter, peft's word): P-tuning and prefix MLPs are built folded.
+    source: the adapter_config.json a loaded config came from; errors then name its fields, not
+    the command-line flags the user never passed."""
+    def named(flag, field):
+        return flag if source is None else f"{source}: {field}"
     n, positions = getattr(config, "num_virtual_tokens", 0), getattr(
         llama.config, "max_seq_len", None)                # None: transformers' model (tests)
     if positions is not None and n >= positions:          # the bound: the model's positions
-        raise ValueError(f"--num_virtual_tokens {n}: the model has max_seq_len {positions} "
-                         "positions, so n must be smaller (and leave room for the text)")
+        raise ValueError(f"{named('--num_virtual_tokens', 'num_virtual_tokens')} {n}: the model "
+                         f"has max_seq_len {positions} positions, so n must be smaller (and "
+                         "leave room for the text)")
     if isinstance(config, lora.LoraConfig):
-        lora.inject_lora(llama, config)
+        lora.inject_lora(llama, config, option=named("--lora_targets", "target_modules"))
     elif isinstance(config, IA3Config):
-        inject_ia3(llama, config, option="--ia3_targets")
+        inject_ia3(llama, config, option=named("--ia3_targets", "target_modules"))
     elif isinstance(config, PrefixTuningConfig):
         if inference_mode:                    # a saved prefix is P itself, MLP or not
             config = replace(config, prefix_projection=False)
@@ -488,8 +493,9 @@ def formula_count(config, c):
     either spelling (weight_names' alias table: k_proj = wk)."""
     n, kv = getattr(config, "num_virtual_tokens", 0), c.n_kv_heads * c.head_dim
     shapes = llama_module.linear_shapes(c)                                # name -> (in, out)
-    if isinstance(config, lora.LoraConfig):                               # r (in + out) each
-        return lora.lora_parameter_count(shapes, config.target_modules, config.r, c.n_layers)
+    if isinstance(config, lora.LoraConfig):                     # r (in + out) (+ out: DoRA) each
+        return lora.lora_parameter_count(shapes, config.target_modules, config.r, c.n_layers,
+                                         dora=config.use_dora)
     if isinstance(config, IA3Config):                                     # in or out each
         ff = with_aliases(config.feedforward_modules)
         names = sorted({HF_TO_LLAMA2C.get(t, t) for t in config.target_modules})

@@ -15,8 +15,10 @@ The readable model (llama.py, lora.py) stays what it is; the caller applies thes
    Why faster: one wide matmul instead of three (k, v are only n_kv_heads * head_dim wide), 4 BLAS
    calls instead of 9 for q, k, v with LoRA, and backward sums 2 gradients of x instead of 6.
    fuse also switches every LoRALayer to its fast branch (lora.LoRALayer.fast: the branch in the
-   input's dtype, one addmm). Dropout in training: peft draws one mask per adapter, the fused group
-   one per input: the same distribution, other draws; in eval (no dropout) the two are equal.
+   input's dtype, one addmm). DoRA falls back: a group with an unmerged DoRA layer runs each
+   layer's own forward (the readable dora_forward; tested equal). Dropout in training: peft
+   draws one mask per adapter, the fused group one per input: the same distribution, other
+   draws; in eval (no dropout) the two are equal.
 
 2. chunked_cross_entropy: the vocabulary projection and the cross-entropy, rows in chunks. For
    rows h_i (dim,), z_i = W h_i (V,), targets y_i:
@@ -39,11 +41,12 @@ The readable model (llama.py, lora.py) stays what it is; the caller applies thes
 
 Shapes: x (..., in), N rows (B*T), dim, V vocabulary, r LoRA rank.
 Tests: tests/test_fused.py: fused logits and gradients (base, LoRA light / heavy, full
-fine-tuning, dropout in eval, bf16) == the split model's; state_dict keys and saved adapters
-unchanged; merge / load_state_dict / .to() keep the stacked weight in step; prefix tuning on a
-fused model; int4 layers fall back to the split path; chunked_cross_entropy == F.cross_entropy
-on full logits (value, gradients of hidden and weight, ignore_index); compiled blocks and the
-compiled decode step == eager.
+fine-tuning, dropout in eval, bf16) == the split model's (DoRA's fallback: in
+tests/test_lora_variants.py); state_dict keys and saved adapters unchanged; merge /
+load_state_dict / .to() keep the stacked weight in step; prefix tuning on a fused model; int4
+layers fall back to the split path; chunked_cross_entropy == F.cross_entropy on full logits
+(value, gradients of hidden and weight, ignore_index); compiled blocks and the compiled decode
+step == eager.
 """
 import torch
 import torch.nn.functional as F
@@ -132,8 +135,11 @@ def lm_loss_chunked(model, tokens, chunk=256):
 
 
 def _fusable(layer):
-    """A bias-free nn.Linear or LoRALayer: its base weight can join the stacked matmul."""
-    return isinstance(layer, (nn.Linear, lora.LoRALayer)) and layer.bias is None
+    """A bias-free nn.Linear or LoRALayer: its base weight can join the stacked matmul. An
+    unmerged DoRA layer cannot: it rescales its whole output by m / ||W0 + s B A||_c (its own
+    forward, lora.LoRALayer.dora_forward, runs instead; merged, it is a plain weight)."""
+    dora = getattr(layer, "lora_magnitude", None) is not None and not layer.merged
+    return isinstance(layer, (nn.Linear, lora.LoRALayer)) and layer.bias is None and not dora
 
 
 def _rebuild_after_load(module, incompatible_keys):

@@ -7,7 +7,9 @@ peft (Mangrulkar et al. 2022, github.com/huggingface/peft, `save_pretrained` /
     adapter_config.json        {"peft_type": "LORA" | "IA3" | "PROMPT_TUNING" | "P_TUNING" |
                                "PREFIX_TUNING", the fields of peft's config class}
     adapter_model.safetensors  the trained tensors, keyed as peft names them:
-        LoRA     base_model.model.<HF module>.lora_A.weight (r, in), .lora_B.weight (out, r)
+        LoRA     base_model.model.<HF module>.lora_A.weight (r, in), .lora_B.weight (out, r),
+                 DoRA also .lora_magnitude_vector m (out,); the config says use_dora, use_rslora
+                 and init_lora_weights (true, or "pissa": A, B of a PiSSA residual base)
         IA3      base_model.model.<HF module>.ia3_l (out, 1), or (1, in) for feedforward modules
         prompt tuning, P-tuning   prompt_embeddings P (n, dim) (P-tuning: the encoder's output)
         prefix tuning             prompt_embeddings P (n, L * 2 * kv), kv = n_kv_heads * D
@@ -17,9 +19,16 @@ Module names: our canonical layers.0.attention.wq is HF's model.layers.0.self_at
 RoPE layout. Our Llama keeps Q/K rows in Meta's interleaved-pairs layout, HF's is half-split:
 W_hf = P W_ours for a row permutation P within each head (rope.permute_interleaved_to_half). So
     LoRA     B_hf A = P (B_ours A): the rows of lora_B of wq / wk are permuted, A is unchanged
+             (DoRA's m: its entries, one per row, are permuted as the rows)
     IA3      l (k_proj, q_proj) is permuted as the rows it scales
     prefix   every prefix key's D channels are permuted, the values are unchanged
 on save, and the inverse permutation (rope.permute_half_to_interleaved) on load.
+
+PiSSA is saved as peft's save_pretrained(path_initial_model_for_weight_conversion=...) saves it:
+a plain LoRA delta of rank 2r against the ORIGINAL base (lora.pissa_as_lora: A' = [A; A0],
+B' = [B, -B0], alpha' = 2 alpha or sqrt(2) alpha under rsLoRA, init_lora_weights true), so the
+adapter needs no residual base. A peft PiSSA adapter saved without that conversion
+(init_lora_weights "pissa") loads as peft loads it: the base is made PiSSA's residual first.
 
 Loading is strict: every tensor of the file lands in one Parameter, every Parameter is filled, and
 shapes are equal; each failure is one line naming the file and the fix. Tensors are saved in the
@@ -30,9 +39,11 @@ file_checks.read_json.
 Shapes: r rank, n virtual tokens, dim model width, L layers, D head_dim, `in` / `out` features.
 Tests: tests/test_lora.py (LoRA: ours -> peft and peft -> ours, HF-named and canonical Llama, with
 permuted Q/K rows), tests/test_adapters.py (every other method, both ways; file errors) and
-tests/test_peft_format.py (config dicts both ways, the classifier's saved config, config errors).
+tests/test_peft_format.py (config dicts both ways, the classifier's saved config, config errors),
+tests/test_lora_variants.py (rsLoRA, DoRA, PiSSA adapters both ways).
 """
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -86,17 +97,28 @@ def hf_targets(names):
 # ----------------------------------------------------------------------------
 # adapter_config.json, both ways
 
+def saved_lora_config(config):
+    """The LoraConfig an adapter is saved with: PiSSA as its plain LoRA delta (rank 2r, alpha' of
+    lora.pissa_as_lora, init "default"); any other config as it is."""
+    if config.init != "pissa":
+        return config
+    return replace(config, r=2 * config.r, init="default",
+                   alpha=lora.pissa_as_lora_alpha(config.alpha, config.use_rslora))
+
+
 def peft_config_dict(config, c=None):
     """adapter_config.json contents peft reads, for the LlamaConfig c (unused by LoRA and IA3).
-    A prefix is saved as P, so prefix_projection is false: peft loads it as a plain prefix."""
+    A prefix is saved as P, so prefix_projection is false: peft loads it as a plain prefix.
+    PiSSA is saved as its LoRA delta (saved_lora_config)."""
     out = {"peft_type": PEFT_TYPES[type(config)], "task_type": "CAUSAL_LM",
            "base_model_name_or_path": None}
     if isinstance(config, lora.LoraConfig):
+        config = saved_lora_config(config)
         return {**out, "r": config.r, "lora_alpha": config.alpha,
                 "lora_dropout": config.dropout, "target_modules": hf_targets(config.target_modules),
                 "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
-                "init_lora_weights": True, "modules_to_save": None, "use_rslora": False,
-                "use_dora": False}
+                "init_lora_weights": True, "modules_to_save": None,
+                "use_rslora": config.use_rslora, "use_dora": config.use_dora}
     out.update(inference_mode=True, modules_to_save=None)
     if isinstance(config, adapters.IA3Config):
         return {**out, "target_modules": hf_targets(config.target_modules), "fan_in_fan_out": False,
@@ -118,16 +140,21 @@ def peft_config_dict(config, c=None):
     return out
 
 
-NAMES = (list, lambda v: all(isinstance(n, str) for n in v), "a list of module-name strings")
+NAMES = (list, lambda v: len(v) > 0 and all(isinstance(n, str) for n in v),
+         "a non-empty list of module-name strings")
 VIRTUAL = {"num_virtual_tokens": options.size_field(),
            "num_transformer_submodules?": (int, None, "1"),
            "encoder_hidden_size?": ((int, type(None)),) + options.size_field()[1:]}
 # adapter_config.json's fields, checked before any is used (types, ranges, missing keys)
 FIELDS = {"LORA": {"r": options.size_field(), "lora_alpha": (float, math.isfinite, "finite"),
                    "lora_dropout?": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
-                   "target_modules": NAMES},
+                   "target_modules": NAMES, "use_rslora?": (bool, None, "true or false"),
+                   "use_dora?": (bool, None, "true or false"),
+                   "init_lora_weights?": ((bool, str), None, "true, false, gaussian or pissa")},
           "IA3": {"target_modules": NAMES,
-                  "feedforward_modules?": ((list, type(None)),) + NAMES[1:]},
+                  "feedforward_modules?": ((list, type(None)),
+                                           lambda v: all(isinstance(n, str) for n in v or []),
+                                           "a list of module-name strings")},
           "PROMPT_TUNING": VIRTUAL,
           "P_TUNING": {**VIRTUAL, "encoder_reparameterization_type?": (str, None, "MLP or LSTM"),
                        "encoder_num_layers?": options.size_field(64),
@@ -136,16 +163,27 @@ FIELDS = {"LORA": {"r": options.size_field(), "lora_alpha": (float, math.isfinit
 
 
 def _lora_config(data, path):
-    """lora.LoraConfig from a LORA dict; ValueError for LoRA variants lora.py lacks."""
-    for key in ("use_rslora", "use_dora", "rank_pattern", "alpha_pattern", "layers_to_transform"):
+    """lora.LoraConfig from a LORA dict (rsLoRA, DoRA, PiSSA included); ValueError for LoRA
+    variants lora.py lacks. init_lora_weights only matters when it changes the base: "pissa" (the
+    residual is rebuilt, as peft does); the others (true, false, gaussian) start A, B that the
+    file then overwrites."""
+    for key in ("rank_pattern", "alpha_pattern", "layers_to_transform", "lora_bias"):
         if data.get(key):
             raise ValueError(f"{path}: {key}={data[key]!r} is not supported by lora.py; "
                              "save the adapter without it")
+    init = data.get("init_lora_weights", True)
+    if isinstance(init, str) and init not in ("gaussian", "pissa"):
+        raise ValueError(f"{path}: init_lora_weights={init!r} changes the base model in a way "
+                         "lora.py does not rebuild; save it with peft's save_pretrained("
+                         "path_initial_model_for_weight_conversion=...) (a plain LoRA delta)")
     targets = data.get("target_modules")
     if not isinstance(targets, list):
         raise ValueError(f"{path}: target_modules must be a list of names, got {targets!r}")
     return lora.LoraConfig(r=data["r"], alpha=float(data["lora_alpha"]),
-                           dropout=float(data.get("lora_dropout", 0.0)), target_modules=targets)
+                           dropout=float(data.get("lora_dropout", 0.0)), target_modules=targets,
+                           use_rslora=data.get("use_rslora", False),
+                           use_dora=data.get("use_dora", False),
+                           init="pissa" if init == "pissa" else "default")
 
 
 def config_from_peft_dict(data, path):
@@ -196,18 +234,34 @@ def _prefix_layout(P, c, permute):
     return torch.stack([keys, parts[:, :, 1]], dim=2).reshape(P.shape)
 
 
-def _layer_slots(model, config):
-    """LoRA: lora_A (r, in) as it is, lora_B (out, r) with Q/K rows; IA3: l as (out, 1) with
-    Q/K rows, or (1, in) for a feedforward module (its input channels)."""
+def _vector_rows(heads):
+    """Layout of a vector (out,) with one entry per Q or K row (DoRA's m)."""
+    rows = _rows(heads)
+    return lambda t, permute: rows(t.reshape(-1, 1), permute).reshape(t.shape)
+
+
+def _lora_slots(key, layer, heads, saving):
+    """lora_A (r, in) as it is, lora_B (out, r) with Q/K rows, DoRA's m (out,) likewise; saving
+    a PiSSA layer: its LoRA delta on the original base (lora.pissa_as_lora), rank 2r."""
+    A, B = layer.lora_A, layer.lora_B
+    if saving and layer.pissa_A0 is not None:
+        A, B = lora.pissa_as_lora(A, B, layer.pissa_A0, layer.pissa_B0)
+    slots = {f"{key}.lora_A.weight": (A, layer.lora_A, tuple(A.shape), _plain),
+             f"{key}.lora_B.weight": (B, layer.lora_B, tuple(B.shape), _rows(heads))}
+    if layer.lora_magnitude is not None:
+        m = layer.lora_magnitude
+        slots[f"{key}.lora_magnitude_vector"] = (m, m, tuple(m.shape), _vector_rows(heads))
+    return slots
+
+
+def _layer_slots(model, config, saving=False):
+    """LoRA: _lora_slots; IA3: l as (out, 1) with Q/K rows, or (1, in) for a feedforward module
+    (its input channels)."""
     slots = {}
     for name, layer in model.named_modules():
         if isinstance(config, lora.LoraConfig) and isinstance(layer, lora.LoRALayer):
             hf_name, heads = peft_module_name(name, model)
-            key = f"{PEFT_PREFIX}{hf_name}"
-            slots[f"{key}.lora_A.weight"] = (layer.lora_A, layer.lora_A,
-                                             tuple(layer.lora_A.shape), _plain)
-            slots[f"{key}.lora_B.weight"] = (layer.lora_B, layer.lora_B,
-                                             tuple(layer.lora_B.shape), _rows(heads))
+            slots.update(_lora_slots(f"{PEFT_PREFIX}{hf_name}", layer, heads, saving))
         elif isinstance(config, adapters.IA3Config) and isinstance(layer, adapters.IA3Layer):
             hf_name, heads = peft_module_name(name, model)
             shape = (1, layer.in_features) if layer.feedforward else (layer.out_features, 1)
@@ -216,10 +270,11 @@ def _layer_slots(model, config):
     return slots
 
 
-def _slots(model, config):
-    """Every tensor of the adapter: peft key -> (tensor, Parameter, shape, layout)."""
+def _slots(model, config, saving=False):
+    """Every tensor of the adapter: peft key -> (tensor, Parameter, shape, layout); saving: the
+    tensors as saved (PiSSA converted), else the Parameters a load fills."""
     if isinstance(config, (lora.LoraConfig, adapters.IA3Config)):
-        return _layer_slots(model, config)
+        return _layer_slots(model, config, saving)
     if isinstance(config, (adapters.PromptTuningConfig, adapters.PTuningConfig)):
         embedding = model.llama.tok_embeddings
         P = embedding.virtual_embeddings()                                  # (n, dim)
@@ -241,13 +296,16 @@ def save_adapter(directory, model, config, extra=None):
     the old adapter, never the new weights beside an old config."""
     directory = Path(directory)
     for name, layer in lora.lora_layers(model) if isinstance(config, lora.LoraConfig) else ():
-        if (layer.r, layer.alpha) != (config.r, config.alpha):
-            raise ValueError(f"{name}: layer has r={layer.r}, alpha={layer.alpha} but the config "
-                             f"says r={config.r}, alpha={config.alpha}; save with the config used")
+        has = (layer.r, layer.alpha, layer.use_rslora, layer.lora_magnitude is not None,
+               layer.init)
+        says = (config.r, config.alpha, config.use_rslora, config.use_dora, config.init)
+        if has != says:
+            raise ValueError(f"{name}: layer has (r, alpha, rslora, dora, init) = {has} but the "
+                             f"config says {says}; save with the config used")
     with torch.no_grad():                    # FSDP: each tensor gathered whole
         tensors = {key: layout(distributed.full(value.detach()).to("cpu", copy=True)
                                .reshape(shape), rope.permute_interleaved_to_half).contiguous()
-                   for key, (value, _, shape, layout) in _slots(model, config).items()}
+                   for key, (value, _, shape, layout) in _slots(model, config, True).items()}
     if not tensors:
         raise ValueError(f"save_adapter: the model holds no {PEFT_TYPES[type(config)]} adapter; "
                          "call adapters.adapt(model, config) first")
@@ -273,12 +331,12 @@ def read_config(directory):
     return config_from_peft_dict(file_checks.read_json(path), path)
 
 
-def _adapted(llama, config):
+def _adapted(llama, config, source):
     """The model a loaded adapter fills: adapt(llama, config, inference_mode=True), or for LoRA
     the model's own LoRA layers when it has some (their alpha is then set from the file)."""
     layers = lora.lora_layers(llama) if isinstance(config, lora.LoraConfig) else []
     if not layers:
-        return adapters.adapt(llama, config, inference_mode=True)
+        return adapters.adapt(llama, config, inference_mode=True, source=source)
     if any(layer.merged for _, layer in layers):
         raise ValueError("load_adapter: the model's LoRA layers are merged; call "
                          "lora.unmerge_lora first")
@@ -292,7 +350,7 @@ def load_adapter(directory, llama):
     IA3, a VirtualTokenLlama around it for the prompt and prefix methods (adapters.adapt)."""
     directory = Path(directory)
     config = read_config(directory)
-    model = _adapted(llama, config)
+    model = _adapted(llama, config, directory / ADAPTER_CONFIG)
     tensors = safetensors_io.read_safetensors(directory / ADAPTER_WEIGHTS)
     slots = _slots(model, config)
     missing, unexpected = sorted(slots.keys() - tensors.keys()), sorted(tensors.keys() - slots)
@@ -307,5 +365,5 @@ def load_adapter(directory, llama):
         param.copy_(layout(tensors[key], rope.permute_half_to_interleaved).reshape(param.shape))
     if isinstance(config, lora.LoraConfig):
         for _, layer in lora.lora_layers(model):
-            layer.alpha = config.alpha                                   # scale follows
+            layer.alpha, layer.use_rslora = config.alpha, config.use_rslora  # scale follows
     return model, config

@@ -7,7 +7,13 @@ One run:
     OUT_DIR/split.json); the label set from the training answers (or --labels)
     load the model; --method: freeze it and add one PEFT method (adapters.adapt), or train all:
         lora     LoRA (Hu et al. 2021, arXiv:2106.09685) on --lora_targets (light / medium /
-                 heavy of seed 000, or names), --lora_rank, --lora_alpha, --lora_dropout
+                 heavy of seed 000, or names), --lora_rank, --lora_alpha, --lora_dropout;
+                 its variants (lora.py), combinable: --lora_scaling rs (rsLoRA, alpha / sqrt(r),
+                 arXiv:2312.03732), --loraplus_ratio R (LoRA+, B's lr = R x A's, arXiv:2402.12354),
+                 --lora_init pissa (PiSSA, A and B from W's top-r SVD, arXiv:2404.02948; saved
+                 as a plain LoRA delta of rank 2r on the original base)
+        dora     DoRA (Liu et al. 2024, arXiv:2402.09353): LoRA's flags plus a trained magnitude
+                 per output row; the variants above combine with it
         ia3      IA3 (Liu et al. 2022, arXiv:2205.05638) scaling --ia3_targets (peft's k, v, down;
                  down_proj scales its input)
         prompt   prompt tuning (Lester et al. 2021, arXiv:2104.08691), --num_virtual_tokens
@@ -36,9 +42,10 @@ Predict only: `--adapter DIR --test FILE --submission FILE` loads the base model
 DIR/sft_config.json (or --pretrained-model-path) plus the adapter of any method, and answers the
 test file.
 
-Size: ~475 lines: one option's flags, data, method, evaluation, saving and prediction.
+Size: ~560 lines: one option's flags, data, method (LoRA's variants included), evaluation, saving
+and prediction.
 Trainable parameters are counted twice: programmatically, and by the method's formula
-(adapters.formula_count; LoRA: sum over adapted Linears of r * (in + out)).
+(adapters.formula_count; LoRA: sum over adapted Linears of r * (in + out), DoRA + out).
 Tests: tests/test_run_sft.py (a tiny Llama: masking + training lowers the loss, the adapter
 reloads to the same logits (and in peft), predict-only writes a valid submission, bad options;
 the submission keeps every test row under --max_eval_examples; one short run per method whose
@@ -61,6 +68,7 @@ import distributed
 import fused
 import lora
 import metrics
+import optimizer as optim_lib
 import options
 import peft_format
 import run_eval
@@ -71,10 +79,13 @@ import weights
 from history import format_metrics
 
 SFT_CONFIG = "sft_config.json"
-METHODS = ("lora", "ia3", "prompt", "ptuning", "prefix", "full")
-FSDP_METHODS = ("lora", "ia3", "full")     # the ones whose model is the Llama itself
-FORMULAS = {"lora": "r*(in+out)", "ia3": "L*(scaled channels)", "prompt": "n*dim",  # printed
-            "ptuning": "n*dim+encoder", "prefix": "n*L*2*kv (or n*kv+MLP)"}    # (adapters.py)
+METHODS = ("lora", "dora", "ia3", "prompt", "ptuning", "prefix", "full")
+LORA_METHODS = ("lora", "dora")            # the ones --lora_* flags configure
+LLAMA_METHODS = ("lora", "dora", "ia3", "full")   # the ones whose model is the Llama itself
+FSDP_METHODS = ("lora", "ia3", "full")     # those of them tested under FSDP
+FORMULAS = {"lora": "r*(in+out)", "dora": "r*(in+out)+out", "ia3": "L*(scaled channels)",
+            "prompt": "n*dim", "ptuning": "n*dim+encoder",                   # printed
+            "prefix": "n*L*2*kv (or n*kv+MLP)"}                              # (adapters.py)
 # path flags, checked by run.py before any work (options.check_paths); training replaces
 # OUT_DIR/adapter (OUT_DIR/model for full) whole, predicting (--adapter) writes no folder
 PATHS = options.PathFlags(
@@ -83,7 +94,12 @@ PATHS = options.PathFlags(
     outputs=("--submission",), folders=("--out_dir",),
     swapped=lambda v: {} if v.get("adapter") else {
         "--out_dir's saved folder": Path(v["out_dir"]) / ("model" if v["method"] == "full"
-                                                          else "adapter")})
+                                                          else "adapter")},
+    written=lambda v: {f"--out_dir's {name}": Path(v["out_dir"]) / name for name in (
+        ["submission.csv"] if v.get("test") and not v.get("submission") else []) + (
+        [] if v.get("adapter") else ["summary.json", "sft-history.json", "split.json",
+                                     "val-predictions.jsonl", "sft-curves.png",
+                                     "confusion.png"])})
 
 
 # ----------------------------------------------------------------------------
@@ -115,6 +131,14 @@ def add_training_arguments(add):
         type=options.nonnegative_float, default=32.0, help="LoRA alpha (scale alpha / r)")
     add("--lora_dropout", "--lora-dropout",
         type=options.probability, default=0.05, help="dropout on LoRA's input")
+    add("--lora_scaling", "--lora-scaling", choices=lora.SCALINGS, default="standard",
+        help="lora / dora: the factor on B A, alpha / r (standard) or alpha / sqrt(r) (rs: "
+        "rsLoRA, peft's use_rslora)")
+    add("--loraplus_ratio", "--loraplus-ratio", type=options.positive_float, default=None,
+        help="lora / dora: LoRA+, B (and DoRA's m) learn at R x --lr (the paper suggests 16)")
+    add("--lora_init", "--lora-init", choices=lora.INITS, default="default",
+        help="lora / dora: default (A Kaiming, B 0) or pissa (A, B from W's top-r singular "
+        "vectors, the residual frozen; saved as a LoRA delta on the original base)")
     add("--ia3_targets", "--ia3-targets", default="k_proj,v_proj,down_proj",
         help="IA3: comma-separated Linears (q_proj or wq); down_proj / w2 scale their input")
     add("--num_virtual_tokens", "--num-virtual-tokens", type=options.size, default=20,
@@ -200,6 +224,16 @@ def check_arguments(args):
     lora.resolve_targets(args.lora_targets)
     if args.prefix_projection and args.method != "prefix" and args.adapter is None:
         raise ValueError(f"--prefix_projection is for --method prefix, not {args.method}; drop it")
+    variants = {"--lora_scaling": args.lora_scaling != "standard", "--lora_init":
+                args.lora_init != "default", "--loraplus_ratio": args.loraplus_ratio is not None}
+    for flag in (f for f, given in variants.items() if given):
+        if args.adapter is not None or args.method not in LORA_METHODS:
+            raise ValueError(f"{flag} is for training --method {' | '.join(LORA_METHODS)}, not "
+                             f"{'--adapter' if args.adapter else '--method ' + args.method}; "
+                             "drop it (a saved adapter's config says its variant)")
+    if args.lora_init == "pissa" and args.lora_alpha == 0:
+        raise ValueError("--lora_init pissa with --lora_alpha 0: PiSSA divides W's singular "
+                         "values by alpha / r; give --lora_alpha > 0")
     if args.compile and args.fsdp:
         raise ValueError("--compile with --fsdp: the sharded blocks run eagerly; drop one of them")
     distributed.check_fsdp(args.fsdp)
@@ -216,7 +250,7 @@ def resolve_packing(args):
     bypasses; virtual tokens would sit in front of every packed example. -> packing on or off
     (args is not changed: a study's children each resolve their own default)."""
     processes, why = os.environ.get("WORLD_SIZE", "1"), None
-    if args.method not in FSDP_METHODS:
+    if args.method not in LLAMA_METHODS:
         why = f"--method {args.method} puts virtual tokens in front of every example"
     elif processes not in ("", "1") or args.fsdp:
         why = (f"under torchrun (WORLD_SIZE {processes}) DDP / FSDP synchronise in forward, "
@@ -266,7 +300,9 @@ def adapter_config(args):
     configs = {
         "lora": lambda: lora.LoraConfig(r=args.lora_rank, alpha=args.lora_alpha,
                                         dropout=args.lora_dropout,
-                                        target_modules=args.lora_targets),
+                                        target_modules=args.lora_targets,
+                                        use_rslora=args.lora_scaling == "rs",
+                                        use_dora=args.method == "dora", init=args.lora_init),
         "ia3": lambda: adapters.IA3Config(ia3_targets, [t for t in ia3_targets
                                                         if t in ("down_proj", "w2")]),
         "prompt": lambda: adapters.PromptTuningConfig(n),
@@ -274,7 +310,7 @@ def adapter_config(args):
         "prefix": lambda: adapters.PrefixTuningConfig(n, args.prefix_projection,
                                                       args.encoder_hidden_size),
         "full": lambda: None}
-    return configs[args.method]()
+    return configs["lora" if args.method in LORA_METHODS else args.method]()
 
 
 def prepare_model(llama, args):
@@ -284,8 +320,13 @@ def prepare_model(llama, args):
     model = llama.requires_grad_(True) if config is None else adapters.adapt(llama, config)
     if isinstance(config, lora.LoraConfig):
         names = sorted({n.rpartition(".")[2] for n, _ in lora.lora_layers(model)})
-        print(f"LoRA r={config.r} alpha={config.alpha} on {len(lora.lora_layers(model))} Linears "
-              f"({', '.join(names)})", flush=True)
+        variant = [name for name, on in (
+            ("DoRA", config.use_dora), ("rsLoRA", config.use_rslora),
+            ("PiSSA init", config.init == "pissa"),
+            (f"LoRA+ ratio {args.loraplus_ratio}", args.loraplus_ratio is not None)) if on]
+        print(f"LoRA r={config.r} alpha={config.alpha} scale {config.scale:g} on "
+              f"{len(lora.lora_layers(model))} Linears ({', '.join(names)})"
+              + (f"; {', '.join(variant)}" if variant else ""), flush=True)
     elif config is not None:
         print(f"{args.method}: {config}", flush=True)
     if args.fused and not args.fsdp:
@@ -368,7 +409,13 @@ def fit(model, tokenizer, splits, labels, template, args):
                           group_by_length=args.group_by_length)
     config = train.config_from_args(args, name="sft", select_metric="loss", select_mode="min",
                                     count_unit="answer tok")
-    return train.fit(model, batches, sft.answer_loss, config,
+    optimizer = None                         # train.fit's AdamW over every trainable tensor
+    if args.loraplus_ratio is not None:      # LoRA+: B (and DoRA's m) at ratio x lr
+        optimizer = optim_lib.AdamW(lora.loraplus_param_groups(model, config.lr,
+                                                               args.loraplus_ratio),
+                                    lr=config.lr, betas=tuple(config.betas), eps=config.eps,
+                                    weight_decay=config.weight_decay, foreach=True)
+    return train.fit(model, batches, sft.answer_loss, config, optimizer=optimizer,
                      evaluate=Evaluator(tokenizer, splits["val"], labels, template, args))
 
 

@@ -13,10 +13,12 @@ sft_compare (seed 000 part 2; seed 002's comparison rows):
               head on its last prompt token (the classifier of --option finetune with the Llama
               frozen: the features are computed once, then only the head trains); the from-scratch
               S4 text classifier (--option s4 on the same split)
-peft_compare (seed 004 Q2.7-Q2.10, seed 000's bonus): LoRA, IA3, prompt tuning, P-tuning, prefix
+peft_compare (seed 004 Q2.7-Q2.10, seed 000's bonus): LoRA, its variants (rsLoRA, DoRA, LoRA+
+    with ratio --loraplus_ratio or 16, PiSSA init: lora.py), IA3, prompt tuning, P-tuning, prefix
     tuning and full fine-tuning on one task and budget (each method its own learning rate,
-    --method_lr): the same table, and a grouped bar chart of validation accuracy and macro-F1 by
-    method with the zero-shot base model beside them.
+    --method_lr; the LoRA variants take --lr): the same table with each row's trainable-count
+    formula, and a grouped bar chart of validation accuracy and macro-F1 by method with the
+    zero-shot base model beside them.
 sweep (seed 002): LoRA rank r x alpha on a grid, validation accuracy and final validation loss as
     a table and two heatmaps. alpha = 0 makes the update (alpha / r) B A zero: the base model.
 
@@ -51,7 +53,14 @@ import train
 ROOT = Path(__file__).resolve().parent
 SETTINGS = ("light", "medium", "heavy", "full")
 BASELINES = ("majority", "bow", "head", "s4")
-METHODS = ("lora", "ia3", "prompt", "ptuning", "prefix", "full")
+METHODS = ("lora", "rslora", "dora", "loraplus", "pissa", "ia3", "prompt", "ptuning", "prefix",
+           "full")
+# peft_compare's LoRA variants as sft flags (lora.py); every other row is its own --method, with
+# the variant flags at their defaults (PLAIN), so `lora` stays plain LoRA
+PLAIN = {"lora_scaling": "standard", "loraplus_ratio": None, "lora_init": "default"}
+VARIANTS = {"rslora": {"method": "lora", "lora_scaling": "rs"}, "dora": {"method": "dora"},
+            "loraplus": {"method": "lora"}, "pissa": {"method": "lora", "lora_init": "pissa"}}
+LORAPLUS_RATIO = 16.0        # Hayou et al. 2024's suggested lr_B / lr_A (2^4), unless given
 # peft_compare's per-method learning rates (LoRA takes --lr): soft prompts need large steps
 # (Lester et al. 2021 use 0.3 with Adafactor; peft's examples 3e-2), IA3 3e-3 (peft's examples),
 # full fine-tuning small steps (every weight moves).
@@ -401,9 +410,13 @@ def run_peft_compare(args):
     lrs, rows, histories, zero_shot = method_lrs(args), [], {}, None
     for i, method in enumerate(split_list(args.methods)):
         lr = lrs.get(method, args.lr)
-        summary, history = run_child(args, method, {"method": method, "lr": lr, "zero_shot": i == 0})
+        flags = {**PLAIN, "method": method, **VARIANTS.get(method, {})}
+        if method == "loraplus":
+            flags["loraplus_ratio"] = args.loraplus_ratio or LORAPLUS_RATIO
+        summary, history = run_child(args, method, {**flags, "lr": lr, "zero_shot": i == 0})
         zero_shot = zero_shot or summary.get("zero_shot")
-        rows.append({**run_row(method, summary, history), "lr": lr})
+        rows.append({**run_row(method, summary, history), "lr": lr,
+                     "formula_text": run_sft.FORMULAS.get(flags["method"])})
         histories[method] = history
     groups = {"zero-shot": zero_shot, **{r["run"]: {"accuracy": r["val_accuracy"],
                                                     "macro_f1": r["val_macro_f1"]} for r in rows}}
@@ -412,7 +425,8 @@ def run_peft_compare(args):
              f"{args.grad_accum}, max_len {args.max_len}; learning rates "
              + ", ".join(f"{r['run']} {r['lr']:g}" for r in rows) + f"; device {args.device}.")
     out = Path(args.out_dir)
-    table = compare_table(rows, {}, zero_shot, setup)
+    table = compare_table(rows, {}, zero_shot, setup) + "\nTrainable-count formulas: " + "; ".join(
+        f"{r['run']} {r['formula_text']}" for r in rows if r["formula_text"]) + ".\n"
     atomic.write_text_atomic(out / "peft-compare.md", table)
     atomic.save_json_atomic(out / "peft-compare.json", {"runs": rows, "zero_shot": zero_shot})
     plot_curves(histories, out / "peft-compare-curves.png")

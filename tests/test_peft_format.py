@@ -22,12 +22,18 @@ import run_classifier
 
 def test_config_dicts_round_trip():
     """peft_config_dict then config_from_peft_dict gives the config back; P-tuning's and the
-    prefix's hidden size are filled in (peft's defaults), a prefix is saved as plain P."""
+    prefix's hidden size are filled in (peft's defaults), a prefix is saved as plain P, PiSSA as
+    its rank-2r LoRA delta (alpha doubled, or times sqrt(2) under rsLoRA: the same scale)."""
     c = llama.LlamaConfig.tiny()
     kv = c.n_kv_heads * c.head_dim
     cases = [
         (lora.LoraConfig(r=4, alpha=8.0, dropout=0.1, target_modules=["wq", "v_proj"]),
          lora.LoraConfig(r=4, alpha=8.0, dropout=0.1, target_modules=["q_proj", "v_proj"])),
+        (lora.LoraConfig(r=4, alpha=8.0, use_dora=True, use_rslora=True),) * 2,
+        (lora.LoraConfig(r=4, alpha=8.0, init="pissa"),                # saved as its LoRA delta
+         lora.LoraConfig(r=8, alpha=16.0)),
+        (lora.LoraConfig(r=4, alpha=8.0, init="pissa", use_rslora=True),
+         lora.LoraConfig(r=8, alpha=8.0 * 2 ** 0.5, use_rslora=True)),
         (adapters.IA3Config(["wk", "wv", "w2"], ["w2"]), adapters.IA3Config(
             ["down_proj", "k_proj", "v_proj"], ["down_proj"])),
         (adapters.PromptTuningConfig(3),) * 2,
@@ -43,7 +49,7 @@ def test_config_dicts_round_trip():
 
 def test_lora_config_errors():
     data = peft_format.peft_config_dict(lora.LoraConfig())
-    for key, value in (("use_dora", True), ("fan_in_fan_out", True)):
+    for key, value in (("rank_pattern", {"q_proj": 2}), ("fan_in_fan_out", True)):
         with pytest.raises(ValueError, match=f"x.json: .*{key}"):
             peft_format.config_from_peft_dict({**data, key: value}, "x.json")
 

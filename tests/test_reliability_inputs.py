@@ -128,6 +128,7 @@ PROMPT = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4}
     ({**LORA, "lora_dropout": 2}, "'lora_dropout'"),
     ({**LORA, "target_modules": "q_proj"}, "'target_modules'"),
     ({**LORA, "target_modules": [1]}, "'target_modules'"),
+    ({**LORA, "target_modules": []}, "'target_modules'"),
     ({"peft_type": "IA3", "target_modules": {"a": 1}}, "'target_modules'"),
     ({**PROMPT, "num_virtual_tokens": 10 ** 8}, BOUND),
     ({**PROMPT, "num_virtual_tokens": None}, "'num_virtual_tokens'"),
@@ -229,6 +230,23 @@ def test_adapter_sizes_are_bounded_by_the_model(config, needle):
     with pytest.raises(ValueError) as err:
         adapters.adapt(tiny_llama(), config)
     assert needle in one_line(err)
+
+
+@pytest.mark.parametrize("config, field", [
+    ({**LORA, "target_modules": ["attn.c_attn"]}, "target_modules"),
+    ({"peft_type": "IA3", "target_modules": ["c_fc"], "feedforward_modules": []},
+     "target_modules"),
+    ({**PROMPT, "num_virtual_tokens": 30}, "num_virtual_tokens"),
+])
+def test_a_loaded_adapter_blames_its_file_not_a_flag(tmp_path, config, field):
+    """Errors inside adapter_config.json name the file and its field, never a flag the user did
+    not pass (--lora_targets, --ia3_targets, --num_virtual_tokens)."""
+    (tmp_path / peft_format.ADAPTER_CONFIG).write_text(json.dumps(config), encoding="utf-8")
+    (tmp_path / peft_format.ADAPTER_WEIGHTS).write_bytes(b"")
+    with pytest.raises(ValueError) as err:
+        peft_format.load_adapter(tmp_path, tiny_llama())
+    line = one_line(err)
+    assert f"{tmp_path / peft_format.ADAPTER_CONFIG}: {field}" in line and "--" not in line
 
 
 @pytest.mark.parametrize("argv, needle", [
