@@ -76,6 +76,22 @@ def render_llama2(messages, add_generation_prompt=True):
 
 CHAT_RENDERERS = {"chatml": render_chatml, "llama3": render_llama3, "llama2": render_llama2}
 
+# render_llama2 as Jinja (meta-llama/Llama-2-7b-chat-hf tokenizer_config.json): what an export of a
+# SentencePiece model carries (gguf_writer.own_chat_template), as Llama 2 tokenizer.model has none
+LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}"
+    "{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}"
+    "{% endif %}{% endfor %}")
+
 
 def chat_format_from_template(template):
     """(format name or None, default system message or None) read from a Jinja chat template."""

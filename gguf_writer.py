@@ -54,8 +54,10 @@ import numpy as np
 import torch
 
 import atomic
+import chat_templates
 import file_checks
 import gguf_reader
+import gguf_sentencepiece
 import rope
 import tokenizer
 from weight_names import canonical_to_gguf_name
@@ -302,6 +304,10 @@ def _pad_vocabulary(keys, vocab_size):
 
 def _sentencepiece_keys(tok):
     """SentencePiece pieces, scores and types (llama.cpp's 'llama' tokenizer)."""
+    if gguf_sentencepiece.model_type(tok.model_proto) != gguf_sentencepiece.BPE:
+        raise ValueError("--format gguf: the SentencePiece tokenizer is a unigram model; "
+                         "llama.cpp's 'llama' tokenizer merges pieces as BPE and would split "
+                         "text differently; export with --format hf")
     sp = tok.processor
     kinds = [(sp.is_unknown, UNKNOWN), (sp.is_control, CONTROL), (sp.is_unused, UNUSED),
              (sp.is_byte, BYTE)]
@@ -342,6 +348,8 @@ def own_chat_template(tok):
     if spec.get("kind") == "gguf":
         metadata = spec.get("metadata") or gguf_reader.read_gguf(spec["path"]).metadata
         return metadata.get("tokenizer.chat_template")
+    if tok.chat_format == "llama2":             # Llama 2 tokenizer.model: [INST] chat, in code
+        return chat_templates.LLAMA2_CHAT_TEMPLATE
     if spec.get("kind") != "hf_json":
         return None
     folder = Path(spec["path"]).parent

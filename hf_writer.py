@@ -13,7 +13,10 @@ and AutoTokenizer.from_pretrained read, and what weights.py reads back.
                              GGUF tokenizer keys (tokenizer_json: vocab by id, merges, the
                              pre-tokenizer llama.cpp's `pre` name stands for, specials as
                              added_tokens, bos prepended by a TemplateProcessing when add_bos);
-                             a SentencePiece or Llama 3 tiktoken tokenizer.model is copied instead
+                             SentencePiece: its tokenizer.model, and a tokenizer.json of BPE with
+                             byte fallback (merges ranked by the merged piece's score,
+                             sentencepiece_merges; "▁" prepended per text chunk) that transformers
+                             reads without protobuf; a Llama 3 tiktoken tokenizer.model is copied
     tokenizer_config.json    bos / eos / pad tokens, add_bos_token, chat_template, model_max_length
     generation_config.json   eos_token_id: every id generation stops on (the end-of-turn token
                              and end-of-text: an exported chat model that keeps only one of them
@@ -31,6 +34,7 @@ import torch
 
 import atomic
 import gguf_reader
+import gguf_sentencepiece
 import gguf_writer
 import tokenizer
 import weights
@@ -87,32 +91,85 @@ def stop_ids(tok):
 # tokenizer files
 
 
+def _bos_template(keys):
+    """A TemplateProcessing that puts bos first when add_bos_token, else None."""
+    tokens, bos = keys["tokenizer.ggml.tokens"], keys.get("tokenizer.ggml.bos_token_id")
+    if not keys.get("tokenizer.ggml.add_bos_token") or bos is None:
+        return None
+    first = {"SpecialToken": {"id": tokens[bos], "type_id": 0}}
+    return {"type": "TemplateProcessing",
+            "single": [first, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [first, {"Sequence": {"id": "A", "type_id": 0}}, first,
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {tokens[bos]: {"id": tokens[bos], "ids": [bos],
+                                             "tokens": [tokens[bos]]}}}
+
+
+def _added_tokens(tokens, types, keep):
+    """added_tokens: every token whose type is not in keep (special unless user-defined)."""
+    return [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": kind != gguf_writer.USER_DEFINED}
+            for i, (t, kind) in enumerate(zip(tokens, types)) if kind not in keep]
+
+
+def sentencepiece_merges(tokens, scores, types):
+    """BPE merges [left, right] equivalent to SentencePiece's rule (merge the pair whose piece
+    scores highest): every split of every normal piece into two normal pieces, ranked by the
+    piece's score (then id, then the halves' ids), as transformers' SentencePieceExtractor."""
+    normal = {t: i for i, (t, kind) in enumerate(zip(tokens, types))
+              if kind in (gguf_writer.NORMAL, gguf_writer.USER_DEFINED)}
+    ranked = []
+    for piece, i in normal.items():
+        splits = [(piece[:j], piece[j:]) for j in range(1, len(piece))
+                  if piece[:j] in normal and piece[j:] in normal]
+        splits.sort(key=lambda pair: (normal[pair[0]], normal[pair[1]]))
+        ranked += [(-scores[i], i, n, list(pair)) for n, pair in enumerate(splits)]
+    return [pair for *_, pair in sorted(ranked)]
+
+
+def sentencepiece_tokenizer_json(keys):
+    """tokenizer.json of a SentencePiece vocabulary (GGUF 'llama' keys): BPE with byte fallback,
+    "▁" prepended to and written for spaces in each text between special tokens (as
+    SentencePiece encodes each such chunk; transformers' legacy Llama layout)."""
+    tokens, types = keys["tokenizer.ggml.tokens"], keys["tokenizer.ggml.token_type"]
+    space = gguf_sentencepiece.SPACE
+    unknown = [t for t, kind in zip(tokens, types) if kind == gguf_writer.UNKNOWN]
+    normalizer = [{"type": "Replace", "pattern": {"String": " "}, "content": space}]
+    if keys.get("tokenizer.ggml.add_space_prefix", True):
+        normalizer.insert(0, {"type": "Prepend", "prepend": space})
+    decoder = [{"type": "Replace", "pattern": {"String": space}, "content": " "},
+               {"type": "ByteFallback"}, {"type": "Fuse"},
+               {"type": "Strip", "content": " ", "start": 1, "stop": 0}]
+    return {"version": "1.0", "truncation": None, "padding": None,
+            "added_tokens": _added_tokens(tokens, types, (gguf_writer.NORMAL, gguf_writer.BYTE)),
+            "normalizer": {"type": "Sequence", "normalizers": normalizer}, "pre_tokenizer": None,
+            "post_processor": _bos_template(keys),
+            "decoder": {"type": "Sequence", "decoders": decoder},
+            "model": {"type": "BPE", "dropout": None, "unk_token": (unknown or [None])[0],
+                      "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                      "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                      "vocab": {t: i for i, t in enumerate(tokens)},
+                      "merges": sentencepiece_merges(tokens, keys["tokenizer.ggml.scores"], types)}}
+
+
 def tokenizer_json(keys):
-    """A tokenizers tokenizer.json from GGUF byte-level BPE keys (tokenizer.ggml.model gpt2)."""
+    """A tokenizers tokenizer.json from GGUF tokenizer keys: byte-level BPE (model gpt2) or
+    SentencePiece (model llama, sentencepiece_tokenizer_json)."""
+    if keys.get("tokenizer.ggml.model") == "llama":
+        return sentencepiece_tokenizer_json(keys)
     if keys.get("tokenizer.ggml.model") != "gpt2":
         raise ValueError(f"GGUF tokenizer model {keys.get('tokenizer.ggml.model')!r}: only "
-                         "byte-level BPE ('gpt2') converts to tokenizer.json here")
+                         "byte-level BPE ('gpt2') and SentencePiece ('llama') convert to "
+                         "tokenizer.json here")
     pre = keys.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
         raise ValueError(f"GGUF tokenizer.ggml.pre={pre!r} has no tokenizer.json pre-tokenizer "
                          f"here (known: {sorted(PRE_TOKENIZERS)})")
     tokens = keys["tokenizer.ggml.tokens"]
     types = keys.get("tokenizer.ggml.token_type", [gguf_writer.NORMAL] * len(tokens))
-    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": kind != gguf_writer.USER_DEFINED}
-             for i, (t, kind) in enumerate(zip(tokens, types))
-             if kind not in (gguf_writer.NORMAL, gguf_writer.BYTE)]
-    bos = keys.get("tokenizer.ggml.bos_token_id")
-    post = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-            "use_regex": False}
-    if keys.get("tokenizer.ggml.add_bos_token") and bos is not None:
-        first = {"SpecialToken": {"id": tokens[bos], "type_id": 0}}
-        post = {"type": "TemplateProcessing",
-                "single": [first, {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [first, {"Sequence": {"id": "A", "type_id": 0}}, first,
-                         {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {tokens[bos]: {"id": tokens[bos], "ids": [bos],
-                                                 "tokens": [tokens[bos]]}}}
+    added = _added_tokens(tokens, types, (gguf_writer.NORMAL, gguf_writer.BYTE))
+    post = _bos_template(keys) or {"type": "ByteLevel", "add_prefix_space": False,
+                                   "trim_offsets": False, "use_regex": False}
     return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
             "normalizer": None, "pre_tokenizer": PRE_TOKENIZERS[pre], "post_processor": post,
             "decoder": {**_BYTE_LEVEL, "add_prefix_space": True},
@@ -139,13 +196,13 @@ def _token_text(tok, token_id):
 def tokenizer_config_dict(tok, chat_template, max_seq_len):
     """tokenizer_config.json: the special tokens, add_bos_token, the chat template."""
     sentencepiece = isinstance(tok, tokenizer.SentencePieceTokenizer)
-    out = {"tokenizer_class": "LlamaTokenizer" if sentencepiece else "PreTrainedTokenizerFast",
+    out = {"tokenizer_class": "PreTrainedTokenizerFast",     # tokenizer.json as written
            "bos_token": _token_text(tok, tok.bos_id), "eos_token": _token_text(tok, tok.eos_id),
            "pad_token": _token_text(tok, tok.pad_id), "add_bos_token": bool(tok.add_bos),
            "add_eos_token": False, "clean_up_tokenization_spaces": False,
            "model_max_length": max_seq_len}
     if sentencepiece:
-        out.update(unk_token=_token_text(tok, tok.processor.unk_id()), legacy=False)
+        out.update(unk_token=_token_text(tok, tok.processor.unk_id()))
     if chat_template:
         out["chat_template"] = chat_template
     return out
@@ -155,15 +212,19 @@ def write_tokenizer_files(folder, tok, chat_template, max_seq_len):
     """tokenizer.json (or the source's tokenizer.model) + tokenizer_config.json into folder;
     chat_template None: the tokenizer's own."""
     spec = getattr(tok, "spec", None) or {}
-    if spec.get("kind") == "gguf":
+    if isinstance(tok, tokenizer.SentencePieceTokenizer):     # also a GGUF 'llama' vocabulary
+        atomic.write_bytes_atomic(folder / "tokenizer.model", tok.model_proto)
+        if gguf_sentencepiece.model_type(tok.model_proto) == gguf_sentencepiece.BPE:
+            keys = gguf_writer.tokenizer_keys(tok, tok.vocab_size)     # (unigram: .model only)
+            text = json.dumps(sentencepiece_tokenizer_json(keys), ensure_ascii=False)
+            atomic.write_text_atomic(folder / "tokenizer.json", text)
+    elif spec.get("kind") == "gguf":
         keys = spec.get("metadata") or weights.tokenizer_metadata(
             gguf_reader.read_gguf(spec["path"]).metadata)
         text = json.dumps(tokenizer_json(keys), ensure_ascii=False)
         atomic.write_text_atomic(folder / "tokenizer.json", text)
     elif spec.get("kind") == "hf_json":
         atomic.write_bytes_atomic(folder / "tokenizer.json", Path(spec["path"]).read_bytes())
-    elif isinstance(tok, tokenizer.SentencePieceTokenizer):
-        atomic.write_bytes_atomic(folder / "tokenizer.model", tok.model_proto)
     elif spec.get("kind") == "tiktoken_llama3":
         atomic.write_bytes_atomic(folder / "tokenizer.model", Path(spec["path"]).read_bytes())
     else:

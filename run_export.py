@@ -18,8 +18,10 @@ weights.py and its logits on a probe text are compared with the merged model's (
 --dtype: f32 (default), f16, bf16 for both formats; q8_0 / q4_0 / q4_1 are GGUF block types.
 
 Tested in tests/test_run_export.py (every format and dtype read back by weights.py, by gguf and
-by transformers with equal logits; LoRA and IA3 merged equal the unmerged model; bad flags and
-files as one line with nothing written).
+by transformers with equal logits; LoRA and IA3 merged equal the unmerged model; an llmlab
+folder, a llama2.c checkpoint with its SentencePiece tokenizer, and an --option sft adapter;
+bad flags and files as one line with nothing written); in llama.cpp by
+benchmarks/bench_export.py.
 """
 import os
 import time

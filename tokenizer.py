@@ -3,8 +3,8 @@
 Four file formats, two algorithms, plus two tokenizers made here:
     sentencepiece    Llama 2 `tokenizer.model` (SentencePiece BPE, byte fallback), via sentencepiece
     tiktoken_llama3  Llama 3 `tokenizer.model` (base64 byte strings and ranks), via tiktoken
-    gguf             byte-level BPE in GGUF metadata `tokenizer.ggml.*` (SmolLM2), via tiktoken;
-                     the metadata is read by gguf_reader.read_gguf (tensor data stays unread)
+    gguf             GGUF metadata `tokenizer.ggml.*` (gguf_reader.read_gguf): byte-level BPE
+                     (SmolLM2) via tiktoken, SentencePiece (Llama 2) via gguf_sentencepiece.py
     hf_json          Hugging Face byte-level BPE `tokenizer.json` (vocab + merges), via tiktoken
     train_sentencepiece  a SentencePiece BPE or unigram model trained on a corpus (pico, the SSM)
     ByteTokenizer    UTF-8 bytes after k reserved special ids: id = byte + k
@@ -59,6 +59,7 @@ import tiktoken
 import chat_templates
 import file_checks
 import gguf_reader
+import gguf_sentencepiece
 
 # ----------------------------------------------------------------------------
 # constants: pre-tokenizer patterns, Llama 3 special tokens
@@ -455,9 +456,8 @@ def load_gguf_tokenizer(metadata, source="GGUF metadata"):
     """
     gguf_reader.check_metadata(metadata, source, need_tokens=True)   # types, ids in the vocab
     model = metadata.get("tokenizer.ggml.model")
-    if model != "gpt2":
-        raise ValueError(f"{source}: tokenizer.ggml.model is {model!r}; only byte-level BPE "
-                         "('gpt2') GGUF vocabularies work; for Llama 2 pass its tokenizer.model")
+    if model != "gpt2":                # 'llama' (SentencePiece) or an error: gguf_sentencepiece.py
+        return SentencePieceTokenizer(**gguf_sentencepiece.tokenizer_fields(metadata, source))
     pre = metadata.get("tokenizer.ggml.pre", "default")
     if pre not in GGUF_PRE_PATTERNS:
         raise ValueError(f"{source}: unknown pre-tokenizer tokenizer.ggml.pre={pre!r}; "

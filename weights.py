@@ -191,13 +191,23 @@ def _tokenizer_file_spec(path):
     return {"kind": tokenizer.detect_tokenizer_kind(path), "path": str(path)}
 
 
+def _is_sentencepiece(path):
+    try:
+        return path.is_file() and tokenizer.detect_tokenizer_kind(path) == "sentencepiece"
+    except (ValueError, OSError):
+        return False
+
+
 def _folder_tokenizer_spec(folder):
     """Tokenizer beside the weights: ours (GGUF vocab as JSON, checked as GGUF metadata is),
+    a SentencePiece tokenizer.model (a tokenizer.json beside it is HF's conversion of it),
     tokenizer.json, tokenizer.model; None when there is none."""
     if (folder / "tokenizer_gguf.json").is_file():
         metadata = read_json(folder / "tokenizer_gguf.json")
         gguf_reader.check_metadata(metadata, folder / "tokenizer_gguf.json")
         return {"kind": "gguf", "metadata": metadata}
+    if _is_sentencepiece(folder / "tokenizer.model"):
+        return _tokenizer_file_spec(folder / "tokenizer.model")
     if (folder / "tokenizer.json").is_file():
         return {"kind": "hf_json", "path": str(folder / "tokenizer.json")}
     for candidate in (folder / "original" / "tokenizer.model", folder / "tokenizer.model"):
