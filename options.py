@@ -180,11 +180,14 @@ class PathFlags:
     """A driver's path flags, checked by check_paths before any work (run.py): `inputs` read
     (data files, model files or folders, adapter folders), `outputs` files written, `folders`
     folders written into; swapped(args) -> {what: folder} of the folders it replaces whole
-    (e.g. "--out_dir's adapter folder": OUT_DIR/adapter), or None."""
+    (e.g. "--out_dir's adapter folder": OUT_DIR/adapter), or None; written(args) -> {what: file}
+    of the files it writes under fixed names (e.g. "--out_dir's summary.json"), checked as the
+    output files are, or None."""
     inputs: tuple = ()
     outputs: tuple = ()
     folders: tuple = ()
     swapped: object = None
+    written: object = None
 
 
 def _paths(values, flag):
@@ -223,22 +226,14 @@ def check_paths(values, paths, also_read=()):
     folders = [(flag, text) for flag in paths.folders for text in _paths(values, flag)]
     swapped = [(what, str(text)) for what, text in (paths.swapped(values) if paths.swapped
                                                     else {}).items()]
+    written = [(what, str(text)) for what, text in (paths.written(values) if paths.written
+                                                    else {}).items()]
     for flag, text in files + folders + swapped:
         problem = output_problem(text, folder=(flag, text) not in files)
         if problem:
             raise ValueError(f"{flag} {said(text, problem)}")
-    written = {}
-    for flag, text in files:
-        real = os.path.realpath(text)
-        if real in written:
-            raise ValueError(f"{flag} {text} is also the {written[real]} file; give each output "
-                             "its own path")
-        written[real] = flag
-        for source, source_text, source_real in reads:
-            if _same_file(real, source_real) or _inside(real, source_real):
-                where = "is the" if _same_file(real, source_real) else "is inside the"
-                kind = "folder " + source_text if os.path.isdir(source_real) else "file"
-                raise ValueError(f"{flag} {text} {where} {source} {kind}; write it elsewhere")
+    seen = {}
+    _check_files(files, reads, seen)
     for flag, text in folders + swapped:
         real = os.path.realpath(text)
         for source, source_text, source_real in reads:
@@ -249,6 +244,23 @@ def check_paths(values, paths, also_read=()):
             if (flag, text) in swapped and _inside(source_real, real):
                 raise ValueError(f"{flag} {text} is replaced whole but holds the {source} "
                                  f"{source_text}; write it elsewhere")
+    _check_files(written, reads, seen)       # after the folders: a folder's error says more
+
+
+def _check_files(files, reads, seen):
+    """Each output file (flag, text): not written twice (seen: real path -> flag), not an input
+    file, not inside an input folder."""
+    for flag, text in files:
+        real = os.path.realpath(text)
+        if real in seen:
+            raise ValueError(f"{flag} {text} is also the {seen[real]} file; give each output "
+                             "its own path")
+        seen[real] = flag
+        for source, source_text, source_real in reads:
+            if _same_file(real, source_real) or _inside(real, source_real):
+                where = "is the" if _same_file(real, source_real) else "is inside the"
+                kind = "folder " + source_text if os.path.isdir(source_real) else "file"
+                raise ValueError(f"{flag} {text} {where} {source} {kind}; write it elsewhere")
 
 
 # ----------------------------------------------------------------------------

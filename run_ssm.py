@@ -370,7 +370,21 @@ def compare(args, dataset):
 
 # path flags, checked by run.py before any work (options.check_paths)
 PATHS = options.PathFlags(inputs=("--train", "--val", "--test"), outputs=("--submission",),
-                          folders=("--out_dir",))
+                          folders=("--out_dir",), written=lambda v: written_files(v))
+
+
+def written_files(values):
+    """{what: path} of the files written under fixed names in --out_dir (options.check_paths)."""
+    option = values.get("option")
+    names = (["ssm", "s4", "mamba"] if option == "ssm_compare"
+             else [values.get("layer") if option == "ssm" else "s4"])
+    files = [f"{n}-{kind}" for n in names for kind in ("results.json", "submission.csv",
+                                                       "history.json", "curves.png")]
+    if option == "ssm_compare":
+        files += ["compare.md", "compare.json", "compare-curves.png", "time-vs-length.png"]
+    if not values.get("submission"):
+        files.append("submission.csv")
+    return {f"--out_dir's {name}": Path(values["out_dir"]) / name for name in files}
 
 
 def add_arguments(parser, option):

@@ -356,3 +356,28 @@ def test_a_chmod_read_only_folder_is_refused(files, capsys):
     finally:
         locked.chmod(0o700)
     assert "is not writable" in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--option", "sft", "--train", "{o}/summary.json", "--out_dir", "{o}"],
+     "--out_dir's summary.json {o}/summary.json is the --train file"),
+    (["--option", "sft", "--train", "{d}/train.jsonl", "--test", "{o}/submission.csv",
+      "--out_dir", "{o}"], "--out_dir's submission.csv {o}/submission.csv is the --test file"),
+    (["--option", "sft", "--adapter", "{d}/adapter", "--test", "{o}/submission.csv",
+      "--out_dir", "{o}"], "--out_dir's submission.csv .* is the --test file"),
+    (["--option", "ssm", "--train", "{o}/ssm-results.json", "--out_dir", "{o}"],
+     "--out_dir's ssm-results.json .* is the --train file"),
+    (["--option", "ssm_compare", "--test", "{o}/mamba-submission.csv", "--out_dir", "{o}"],
+     "--out_dir's mamba-submission.csv .* is the --test file"),
+])
+def test_files_written_under_fixed_names_never_replace_an_input(tmp_path, capsys, argv, words):
+    """Outputs a driver writes in --out_dir without a flag (submission.csv when --submission is
+    left out, summary.json, <model>-results.json, ...) are checked like the output flags."""
+    out, data_dir = tmp_path / "out", tmp_path / "data"
+    out.mkdir(), data_dir.mkdir()
+    for name in ("summary.json", "submission.csv", "ssm-results.json", "mamba-submission.csv"):
+        (out / name).write_text("{}", encoding="utf-8")
+    before = {p: p.read_bytes() for p in out.iterdir()}
+    err = run_cli([a.format(o=out, d=data_dir) for a in argv], capsys)
+    assert re.search(words.format(o=out), err), err
+    assert {p: p.read_bytes() for p in out.iterdir()} == before
