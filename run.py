@@ -24,6 +24,7 @@ Options, with an example each (data paths as in ../shared/data, see README):
                  --lora_rank 4 --lora_alpha 1.0
   ssm          python run.py --option ssm --train ../shared/data/dbpedia14/train.json \
                  --val ../shared/data/dbpedia14/val.json --test ../shared/data/dbpedia14/test.json
+               python run.py --option ssm --layer mamba (the selective SSM, mamba.py)
   s4           python run.py --option s4 (same flags as ssm)
   ssm_compare  python run.py --option ssm_compare (same flags as ssm)
   sft          python run.py --option sft --train ../shared/data/boolq/train.json --val_ratio 0.1 \
@@ -32,10 +33,13 @@ Options, with an example each (data paths as in ../shared/data, see README):
                  [--eval_data ../shared/data/mc/arc_easy_train.jsonl --eval_limit 200]
                python run.py --option sft --adapter runs/boolq-heavy/adapter --test test.json \
                  --submission submission.csv
+               (LoRA variants: --method dora, --lora_scaling rs, --loraplus_ratio 16,
+                --lora_init pissa; combinable)
   sft_compare  python run.py --option sft_compare --train ../shared/data/boolq/train.json \
                  --val_ratio 0.1 --split_seed 0 --epochs 1     (light / medium / heavy / full)
   peft_compare python run.py --option peft_compare --train ../shared/data/emotion/train.txt \
-                 --val ../shared/data/emotion/val.txt     (lora, ia3, prompt, ptuning, prefix, full)
+                 --val ../shared/data/emotion/val.txt     (lora, rslora, dora, loraplus, pissa,
+                                                           ia3, prompt, ptuning, prefix, full)
   sweep        python run.py --option sweep --train ../shared/data/boolq/train.json \
                  --ranks 1,16,128,256 --alphas 0,1,16,128,256
   memory       python run.py --option memory --preset llama32_1b --batch_size 8 --max_len 512 \
