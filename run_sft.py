@@ -457,7 +457,8 @@ def save_trained(model, tokenizer, adapter, labels, template, args):
     sft_config.json (the method, labels, template, base model), the folder swapped in whole."""
     out = Path(args.out_dir)
     fields = {"method": args.method, "labels": labels, "template": template,
-              "max_len": args.max_len, "base_model": args.pretrained_model_path,
+              "max_len": args.max_len, "base_model": args.pretrained_model_path and os.path.abspath(
+                  args.pretrained_model_path),            # absolute: read from any folder
               "base_config": vars(model.config)}
 
     def extra(folder):                                  # inside the new folder, before the swap

@@ -111,6 +111,8 @@ def child_argv(args, parser_defaults, overrides):
         flag = "--" + name.replace("pretrained_model_path", "pretrained-model-path")
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + name)
+        elif isinstance(value, (list, tuple)):              # nargs flags: --eval_data a b
+            argv += [flag, *map(str, value)]
         elif value is not None:
             argv += [flag, str(value)]
     return argv
@@ -129,7 +131,7 @@ def run_child(args, name, overrides):
     resume = {"resume_or_start": True} if args.resume else {}   # a child not yet begun starts
     argv = child_argv(args, sft_defaults(), {**overrides, **resume, "out_dir": str(out)})
     print(f"\n=== {name}: {' '.join(argv[2:])}", flush=True)
-    done = subprocess.run(argv, cwd=ROOT)
+    done = subprocess.run(argv)            # in the caller's folder: its relative paths hold
     if done.returncode != 0:
         raise ValueError(f"the {name} run failed (exit {done.returncode}); its command is printed "
                          "above: run it alone to see why")
@@ -239,7 +241,7 @@ def s4_baseline(splits, labels, args):
     argv = [sys.executable, str(ROOT / "run.py"), "--option", "s4", "--seed", str(args.seed),
             "--train", str(folder / "train.json"), "--val", str(folder / "val.json"),
             "--test", str(folder / "val.json"), "--out_dir", str(folder), "--no_progress"]
-    if subprocess.run(argv, cwd=ROOT).returncode != 0:
+    if subprocess.run(argv).returncode != 0:
         raise ValueError(f"the S4 baseline failed; run it alone: {' '.join(argv[1:])}")
     rows = (folder / "s4-submission.csv").read_text().splitlines()[1:]
     return scored([labels[int(r.rsplit(",", 1)[1])] for r in rows], splits["val"], labels)

@@ -7,6 +7,7 @@ worked out by hand for the majority and naive Bayes baselines on a toy split; th
 must write; the children's own summary.json (the table quotes them).
 """
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,6 +26,23 @@ def test_child_argv_round_trips_through_the_parser(tmp_path):
     back = run.build_parser("sft").parse_args(child[2:])
     assert (back.train, back.lora_rank, back.lora_alpha, back.zero_shot, back.max_len, back.seed,
             back.out_dir) == ("t.txt", 8, 2.0, False, 64, 7, str(tmp_path))
+
+
+def test_child_argv_carries_list_flags_and_children_run_in_the_callers_folder(tmp_path,
+                                                                             monkeypatch):
+    """--eval_data a b reaches the child as two paths (not one str(list)); the child runs in the
+    caller's working folder, so relative paths mean what they meant to the caller."""
+    argv = ["--option", "sweep", "--train", "t.txt", "--eval_data", "a.jsonl", "b.jsonl"]
+    args = run.build_parser("sweep").parse_args(argv)
+    child = run_sft_studies.child_argv(args, run_sft_studies.sft_defaults(),
+                                       {"out_dir": str(tmp_path)})
+    assert run.build_parser("sft").parse_args(child[2:]).eval_data == ["a.jsonl", "b.jsonl"]
+    calls = []
+    monkeypatch.setattr(run_sft_studies.subprocess, "run",
+                        lambda argv, **kw: calls.append(kw) or SimpleNamespace(returncode=3))
+    with pytest.raises(ValueError, match="exit 3"):
+        run_sft_studies.run_child(args, "child", {})
+    assert calls == [{}]
 
 
 def toy_split():
