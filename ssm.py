@@ -223,9 +223,16 @@ class SSMBlock(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def make_layer(self, config):
-        """The sequence layer (B, H, L) -> (B, H, L); s4.FFTSSMBlock overrides this."""
-        return DiagonalSSM(config.d_model, config.d_state, discretization=config.discretization,
-                           dt_min=config.dt_min, dt_max=config.dt_max)
+        """The sequence layer (B, H, L) -> (B, H, L); s4.FFTSSMBlock overrides this. config.init
+        "random" draws A here; an S4D init (--ssm_init s4d-lin ...) takes s4.s4d_init's A and B
+        (imported at call time: s4.py builds on this file)."""
+        A = B = None
+        if config.init != "random":
+            import s4
+            A, B = s4.s4d_init(config.init, config.d_state)
+        return DiagonalSSM(config.d_model, config.d_state, A=A, B=B,
+                           discretization=config.discretization, dt_min=config.dt_min,
+                           dt_max=config.dt_max)
 
     def forward(self, x, mask=None):
         u = self.norm(x).transpose(1, 2)                      # (B, H, L)

@@ -152,3 +152,20 @@ def test_config_errors():
     assert ssm.SSMConfig(layer="mamba", init="s4d-real").expand == 2
     with pytest.raises(ValueError, match="dt_min"):
         ssm.SSMConfig(dt_min=0.5, dt_max=0.1)
+
+
+@pytest.mark.parametrize("init", ["s4d-lin", "s4d-inv", "s4d-legs"])
+def test_basic_ssm_takes_its_s4d_init(init):
+    """--ssm_init reaches the basic SSM: its A and B are s4.s4d_init's (oracle: that function),
+    and "random" draws others."""
+    import s4
+    config = ssm.SSMConfig(vocab_size=16, num_classes=2, d_model=4, d_state=8, init=init)
+    layer = ssm.SSMBlock(config).layer
+    A, B, _, _ = layer.continuous()
+    A_ref, B_ref = s4.s4d_init(init, 8)
+    torch.testing.assert_close(A.imag, A_ref.imag.float().expand(4, 8), atol=1e-6, rtol=0)
+    torch.testing.assert_close(A.real, A_ref.real.float().clamp(max=-1e-4).expand(4, 8),
+                               atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(B, B_ref.to(torch.cfloat).expand(4, 8))
+    random = ssm.SSMBlock(ssm.SSMConfig(vocab_size=16, num_classes=2, d_model=4, d_state=8)).layer
+    assert not torch.allclose(random.continuous()[0].imag, A.imag)
