@@ -15,6 +15,7 @@ chat), LoRA / IA3 merged (1e-5), and transformers reads the GGUF (logits 1e-4, t
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -307,3 +308,25 @@ def test_bad_input_is_one_line_and_writes_nothing(source, tmp_path, capsys):
     assert err.startswith(f"error: --adapter {tmp_path / 'other'}:") and "another" in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [
         "file", "folder", "other", "prompt"]
+
+
+def test_a_transformers_saved_hf_folder_exports_with_its_adapter(source, tmp_path):
+    """The source an HF Llama user has: a folder transformers itself saved (save_pretrained:
+    its config.json and safetensors) with the tokenizer files beside it, plus a LoRA adapter;
+    exported to GGUF, read back: the unmerged adapted model's logits."""
+    transformers = pytest.importorskip("transformers")
+    folder, model, tok = source
+    ours = hf_writer.write_hf_folder(tmp_path / "ours", model.config, model.state_dict(), tok)
+    theirs = tmp_path / "theirs"
+    transformers.AutoModelForCausalLM.from_pretrained(str(ours)).save_pretrained(str(theirs))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(ours) / name, theirs / name)
+    config = lora.LoraConfig(r=4, alpha=8.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    tuned = adapted(model, config, seed=3)
+    peft_format.save_adapter(tmp_path / "adapter", tuned, config)
+    export("--pretrained-model-path", theirs, "--adapter", tmp_path / "adapter", "--format",
+           "gguf", "--out", tmp_path / "m.gguf")
+    merged, tok2 = weights.load_pretrained(tmp_path / "m.gguf")
+    assert tok2.encode_chat(CHAT) == tok.encode_chat(CHAT)
+    torch.testing.assert_close(probe_logits(merged, tok), probe_logits(tuned, tok),
+                               rtol=0, atol=1e-4)
