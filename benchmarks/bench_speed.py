@@ -283,8 +283,11 @@ def decode_hf(hf, prompts, new_tokens):
 
 def decode_llama_cpp(path, prompt, new_tokens, threads):
     import llama_cpp
-    model = llama_cpp.Llama(model_path=str(path), n_ctx=len(prompt) + new_tokens + 8,
-                            n_threads=threads, n_batch=len(prompt), verbose=False)
+    from bench_export import plain_weight_buffers        # why: its docstring
+    with plain_weight_buffers(llama_cpp):
+        model = llama_cpp.Llama(model_path=str(path), n_ctx=len(prompt) + new_tokens + 8,
+                                n_threads=threads, n_threads_batch=threads, n_batch=len(prompt),
+                                verbose=False)
     stamps, out = [], []
     for token in model.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
         stamps.append(time.perf_counter())
