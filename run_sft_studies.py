@@ -125,11 +125,36 @@ def sft_defaults():
     return {a.dest: a.default for a in parser._actions if a.dest != "help"}
 
 
+# flags that do not change what a child trains: a finished child is kept whatever they were
+NOT_THE_RUN = ("out_dir", "resume", "resume_or_start", "no_progress", "zero_shot",
+               "checkpoint_every_steps")
+
+
+def finished_run(out, values):
+    """--resume: a child whose summary.json records these sft flags (NOT_THE_RUN aside; a flag
+    left at None, such as --packing, takes what the run resolved) finished earlier: -> True, and
+    it is kept, not trained again. Unfinished, another setting or no summary: False (the child
+    then resumes from its checkpoint or starts)."""
+    path = out / "summary.json"
+    if not path.is_file():
+        return False
+    recorded = file_checks.read_json(path).get("args", {})
+    return all(recorded.get(k) == (list(v) if isinstance(v, tuple) else v)
+               for k, v in values.items() if k not in NOT_THE_RUN and v is not None)
+
+
 def run_child(args, name, overrides):
-    """One sft run in its own process; -> its summary and history (dicts)."""
+    """One sft run in its own process (with --resume, a child that finished is kept); -> its
+    summary and history (dicts)."""
     out = Path(args.out_dir) / name
+    defaults = sft_defaults()
+    if args.resume and finished_run(out, {**{k: getattr(args, k) for k in defaults}, **overrides}):
+        print(f"\n=== {name}: finished earlier with these flags ({out / 'summary.json'}), kept",
+              flush=True)
+        return (file_checks.read_json(out / "summary.json"),
+                file_checks.read_json(out / "sft-history.json"))
     resume = {"resume_or_start": True} if args.resume else {}   # a child not yet begun starts
-    argv = child_argv(args, sft_defaults(), {**overrides, **resume, "out_dir": str(out)})
+    argv = child_argv(args, defaults, {**overrides, **resume, "out_dir": str(out)})
     print(f"\n=== {name}: {' '.join(argv[2:])}", flush=True)
     done = subprocess.run(argv)            # in the caller's folder: its relative paths hold
     if done.returncode != 0:

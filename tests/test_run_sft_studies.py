@@ -114,11 +114,15 @@ def test_bad_study_flags(capsys):
         assert err.count("\n") == 1 and words in err
 
 
-def test_peft_compare_table_and_grouped_bars(base_folder, task, tmp_path):  # noqa: F811
+def tiny_peft_compare(base_folder, task, out, *extra):
     run.main(["--option", "peft_compare", "--train", str(task / "train.txt"), "--val_ratio", "0.25",
               "--pretrained-model-path", str(base_folder), "--methods", "ia3,prefix",
-              "--num_virtual_tokens", "4", "--epochs", "1", "--out_dir", str(tmp_path)])
-    result = json.loads((tmp_path / "peft-compare.json").read_text())
+              "--num_virtual_tokens", "4", "--epochs", "1", "--out_dir", str(out), *extra])
+    return json.loads((out / "peft-compare.json").read_text())
+
+
+def test_peft_compare_table_and_grouped_bars(base_folder, task, tmp_path):  # noqa: F811
+    result = tiny_peft_compare(base_folder, task, tmp_path)
     assert [(r["run"], r["lr"]) for r in result["runs"]] == [("ia3", 3e-3), ("prefix", 1e-2)]
     for r in result["runs"]:
         summary = json.loads((tmp_path / r["run"] / "summary.json").read_text())
@@ -128,6 +132,24 @@ def test_peft_compare_table_and_grouped_bars(base_folder, task, tmp_path):  # no
     with pytest.raises(SystemExit):
         run.main(["--option", "peft_compare", "--train", str(task / "train.txt"),
                   "--method_lr", "prompt=fast"])
+
+
+def test_resumed_study_keeps_finished_children(base_folder, task, tmp_path, monkeypatch,
+                                                capsys):  # noqa: F811
+    """--resume: children whose summary.json records the same flags are kept (no process starts;
+    the table is rebuilt from them); a child asked for with another flag value runs again."""
+    first = tiny_peft_compare(base_folder, task, tmp_path)
+    started = []
+
+    def no_child(argv, **kwargs):
+        started.append(argv)
+        raise RuntimeError("a child process started")
+    monkeypatch.setattr(run_sft_studies.subprocess, "run", no_child)
+    assert tiny_peft_compare(base_folder, task, tmp_path, "--resume") == first and started == []
+    assert capsys.readouterr().out.count("finished earlier with these flags") == 2
+    with pytest.raises(RuntimeError):
+        tiny_peft_compare(base_folder, task, tmp_path, "--resume", "--method_lr", "ia3=1e-3")
+    assert len(started) == 1 and "--lr" in started[0] and "0.001" in started[0]
 
 
 def test_child_argv_carries_the_shared_training_flags(tmp_path):
