@@ -61,6 +61,7 @@ import torch
 
 import adapters
 import atomic
+import checkpoint
 import file_checks
 import scoring
 import data
@@ -528,7 +529,8 @@ def run_training(args):
     if "test" in splits:
         predict_test(model, tokenizer, splits["test"], labels, template, args, summary)
     report_cost(model, tokenizer, tasks, before, history, summary, args)
-    summary.update(wall_time_s=time.perf_counter() - start, args=vars(args))
+    summary.update(wall_time_s=time.perf_counter() - start, args=vars(args),
+                   identity=checkpoint.run_identity(args))   # data by digest: a study's --resume
     atomic.save_json_atomic(out / "summary.json", summary)
     return summary
 

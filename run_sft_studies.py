@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 import atomic
 import baselines
+import checkpoint
 import file_checks
 import plots
 import scoring
@@ -131,16 +132,24 @@ NOT_THE_RUN = ("out_dir", "resume", "resume_or_start", "no_progress", "zero_shot
 
 
 def finished_run(out, values):
-    """--resume: a child whose summary.json records these sft flags (NOT_THE_RUN aside; a flag
-    left at None, such as --packing, takes what the run resolved) finished earlier: -> True, and
-    it is kept, not trained again. Unfinished, another setting or no summary: False (the child
-    then resumes from its checkpoint or starts)."""
+    """--resume: a child whose summary.json records these sft flags finished earlier -> True: it
+    is kept, not trained again. Compared as checkpoint.run_identity compares a resumed run (data
+    files by digest), NOT_THE_RUN aside; a flag left at None here (--packing) takes what the run
+    resolved. A summary from before runs recorded their identity is compared by its flags (paths
+    by name). Unfinished, another setting or no summary: False (the child then resumes from its
+    checkpoint or starts)."""
     path = out / "summary.json"
     if not path.is_file():
         return False
-    recorded = file_checks.read_json(path).get("args", {})
-    return all(recorded.get(k) == (list(v) if isinstance(v, tuple) else v)
-               for k, v in values.items() if k not in NOT_THE_RUN and v is not None)
+    summary = file_checks.read_json(path)
+    wanted = {k: v for k, v in values.items() if k not in NOT_THE_RUN and v is not None}
+    if "identity" in summary:
+        recorded = summary["identity"]
+        wanted = checkpoint.run_identity(argparse.Namespace(**wanted))
+    else:
+        recorded = summary.get("args", {})
+        wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in wanted.items()}
+    return isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in wanted.items())
 
 
 def run_child(args, name, overrides):

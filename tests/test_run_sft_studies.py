@@ -114,15 +114,15 @@ def test_bad_study_flags(capsys):
         assert err.count("\n") == 1 and words in err
 
 
-def tiny_peft_compare(base_folder, task, out, *extra):
-    run.main(["--option", "peft_compare", "--train", str(task / "train.txt"), "--val_ratio", "0.25",
+def tiny_peft_compare(base_folder, train, out, *extra):
+    run.main(["--option", "peft_compare", "--train", str(train), "--val_ratio", "0.25",
               "--pretrained-model-path", str(base_folder), "--methods", "ia3,prefix",
               "--num_virtual_tokens", "4", "--epochs", "1", "--out_dir", str(out), *extra])
     return json.loads((out / "peft-compare.json").read_text())
 
 
 def test_peft_compare_table_and_grouped_bars(base_folder, task, tmp_path):  # noqa: F811
-    result = tiny_peft_compare(base_folder, task, tmp_path)
+    result = tiny_peft_compare(base_folder, task / "train.txt", tmp_path)
     assert [(r["run"], r["lr"]) for r in result["runs"]] == [("ia3", 3e-3), ("prefix", 1e-2)]
     for r in result["runs"]:
         summary = json.loads((tmp_path / r["run"] / "summary.json").read_text())
@@ -136,20 +136,28 @@ def test_peft_compare_table_and_grouped_bars(base_folder, task, tmp_path):  # no
 
 def test_resumed_study_keeps_finished_children(base_folder, task, tmp_path, monkeypatch,
                                                 capsys):  # noqa: F811
-    """--resume: children whose summary.json records the same flags are kept (no process starts;
-    the table is rebuilt from them); a child asked for with another flag value runs again."""
-    first = tiny_peft_compare(base_folder, task, tmp_path)
+    """--resume: children whose summary.json records the same flags and data are kept (no process
+    starts; the table is rebuilt from them); a child asked for with another flag value, or whose
+    training file changed under the same name, runs again."""
+    train = tmp_path / "train.txt"
+    train.write_bytes((task / "train.txt").read_bytes())
+    first = tiny_peft_compare(base_folder, train, tmp_path / "study")
     started = []
 
     def no_child(argv, **kwargs):
         started.append(argv)
         raise RuntimeError("a child process started")
     monkeypatch.setattr(run_sft_studies.subprocess, "run", no_child)
-    assert tiny_peft_compare(base_folder, task, tmp_path, "--resume") == first and started == []
-    assert capsys.readouterr().out.count("finished earlier with these flags") == 2
+    assert tiny_peft_compare(base_folder, train, tmp_path / "study", "--resume") == first
+    assert started == [] and capsys.readouterr().out.count("finished earlier with these") == 2
     with pytest.raises(RuntimeError):
-        tiny_peft_compare(base_folder, task, tmp_path, "--resume", "--method_lr", "ia3=1e-3")
+        tiny_peft_compare(base_folder, train, tmp_path / "study", "--resume",
+                          "--method_lr", "ia3=1e-3")
     assert len(started) == 1 and "--lr" in started[0] and "0.001" in started[0]
+    train.write_text(train.read_text() + train.read_text().splitlines()[0] + "\n")
+    with pytest.raises(RuntimeError):
+        tiny_peft_compare(base_folder, train, tmp_path / "study", "--resume")
+    assert len(started) == 2
 
 
 def test_child_argv_carries_the_shared_training_flags(tmp_path):
