@@ -157,7 +157,8 @@ def run_child(args, name, overrides):
     summary and history (dicts)."""
     out = Path(args.out_dir) / name
     defaults = sft_defaults()
-    if args.resume and finished_run(out, {**{k: getattr(args, k) for k in defaults}, **overrides}):
+    asked = {**{k: getattr(args, k) for k in defaults}, "seed": args.seed, **overrides}
+    if args.resume and finished_run(out, asked):
         print(f"\n=== {name}: finished earlier with these flags ({out / 'summary.json'}), kept",
               flush=True)
         return (file_checks.read_json(out / "summary.json"),

@@ -154,10 +154,13 @@ def test_resumed_study_keeps_finished_children(base_folder, task, tmp_path, monk
         tiny_peft_compare(base_folder, train, tmp_path / "study", "--resume",
                           "--method_lr", "ia3=1e-3")
     assert len(started) == 1 and "--lr" in started[0] and "0.001" in started[0]
+    with pytest.raises(RuntimeError):
+        tiny_peft_compare(base_folder, train, tmp_path / "study", "--resume", "--seed", "7")
+    assert len(started) == 2
     train.write_text(train.read_text() + train.read_text().splitlines()[0] + "\n")
     with pytest.raises(RuntimeError):
         tiny_peft_compare(base_folder, train, tmp_path / "study", "--resume")
-    assert len(started) == 2
+    assert len(started) == 3
 
 
 def test_child_argv_carries_the_shared_training_flags(tmp_path):
