@@ -133,23 +133,22 @@ NOT_THE_RUN = ("out_dir", "resume", "resume_or_start", "no_progress", "zero_shot
 
 def finished_run(out, values):
     """--resume: a child whose summary.json records these sft flags finished earlier -> True: it
-    is kept, not trained again. Compared as checkpoint.run_identity compares a resumed run (data
-    files by digest), NOT_THE_RUN aside; a flag left at None here (--packing) takes what the run
-    resolved. A summary from before runs recorded their identity is compared by its flags (paths
-    by name). Unfinished, another setting or no summary: False (the child then resumes from its
-    checkpoint or starts)."""
+    is kept, not trained again. Every flag but NOT_THE_RUN must be the one recorded (budgets
+    included: a finished run is not one with more epochs), a flag left at None here (--packing)
+    taking what the run resolved; and where the summary holds the run's identity
+    (checkpoint.run_identity), its data files must still have the recorded digests. Unfinished,
+    another setting or no summary: False (the child then resumes from its checkpoint or starts)."""
     path = out / "summary.json"
     if not path.is_file():
         return False
     summary = file_checks.read_json(path)
     wanted = {k: v for k, v in values.items() if k not in NOT_THE_RUN and v is not None}
-    if "identity" in summary:
-        recorded = summary["identity"]
-        wanted = checkpoint.run_identity(argparse.Namespace(**wanted))
-    else:
-        recorded = summary.get("args", {})
-        wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in wanted.items()}
-    return isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in wanted.items())
+    flags, identity = summary.get("args"), summary.get("identity", {})
+    return (isinstance(flags, dict) and isinstance(identity, dict)
+            and all(flags.get(k) == (list(v) if isinstance(v, tuple) else v)
+                    for k, v in wanted.items())
+            and all(identity.get(k, v) == v for k, v in
+                    checkpoint.run_identity(argparse.Namespace(**wanted)).items()))
 
 
 def run_child(args, name, overrides):

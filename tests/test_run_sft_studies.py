@@ -137,8 +137,8 @@ def test_peft_compare_table_and_grouped_bars(base_folder, task, tmp_path):  # no
 def test_resumed_study_keeps_finished_children(base_folder, task, tmp_path, monkeypatch,
                                                 capsys):  # noqa: F811
     """--resume: children whose summary.json records the same flags and data are kept (no process
-    starts; the table is rebuilt from them); a child asked for with another flag value, or whose
-    training file changed under the same name, runs again."""
+    starts; the table is rebuilt from them); a child asked for with another flag value (a budget
+    too), or whose training file changed under the same name, runs again."""
     train = tmp_path / "train.txt"
     train.write_bytes((task / "train.txt").read_bytes())
     first = tiny_peft_compare(base_folder, train, tmp_path / "study")
@@ -157,10 +157,13 @@ def test_resumed_study_keeps_finished_children(base_folder, task, tmp_path, monk
     with pytest.raises(RuntimeError):
         tiny_peft_compare(base_folder, train, tmp_path / "study", "--resume", "--seed", "7")
     assert len(started) == 2
+    with pytest.raises(RuntimeError):               # more epochs: not the run that finished
+        tiny_peft_compare(base_folder, train, tmp_path / "study", "--resume", "--epochs", "2")
+    assert len(started) == 3
     train.write_text(train.read_text() + train.read_text().splitlines()[0] + "\n")
     with pytest.raises(RuntimeError):
         tiny_peft_compare(base_folder, train, tmp_path / "study", "--resume")
-    assert len(started) == 3
+    assert len(started) == 4
 
 
 def test_child_argv_carries_the_shared_training_flags(tmp_path):
