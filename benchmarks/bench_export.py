@@ -23,7 +23,8 @@ llama.cpp also quantizes the activations (Q8 dot products), so ids may part afte
 Without llama_cpp importable it prints one line (what to install) and exits 0: llama-cpp-python
 builds llama.cpp from source (~20 minutes on 2 cores), so setup.sh does not install it.
 Tested in tests/test_bench_export.py (the one line without llama_cpp; ours == the text
-`run.py --option generate` writes, on a tiny model).
+`run.py --option generate` writes, on a tiny model; where llama-cpp-python is installed, real
+llama.cpp on a tiny export).
 """
 import argparse
 import contextlib
