@@ -13,6 +13,8 @@ Optional contextual calibration (--calibrate; Zhao et al. 2021, arXiv:2102.09690
 
 Classification head (`--option finetune` / `lora`; minllama's LlamaEmbeddingClassifier):
     h = hidden state of the LAST NON-PAD token, index n_b - 1 of row b   (B, dim)
+        (packed, --packing: the batch's examples end to end in rows with document masking,
+        packing.py; h is read at each example's last token, the same h without the padding)
     logits = W_c dropout(h) + b_c                                        (B, K)
     loss = cross-entropy(logits, y), summed and divided by the examples in the optimizer step.
 finetune trains every parameter; lora freezes the Llama and trains the head plus LoRA adapters
@@ -47,6 +49,7 @@ from tqdm import tqdm
 import data
 import lora
 import metrics
+import packing
 import scoring
 
 # minllama's prompt (run_llama.py's prompt_suffix); {labels} is e.g. "bad or good". On SmolLM2 it
@@ -143,6 +146,18 @@ class LlamaEmbeddingClassifier(nn.Module):
         """tokens, attention_mask (B, T) -> logits (B, K)."""
         hidden = scoring.hidden_states(self.llama, tokens, attention_mask)           # (B, T, dim)
         pooled = scoring.pool_last_token(hidden, attention_mask)                     # (B, dim)
+        return self.head(pooled)
+
+    def forward_packed(self, batch):
+        """A packed batch (packing.pack: the examples end to end in rows, document masking) ->
+        logits (B, K) in example order: the same hidden state at each example's last token as
+        unpacked, so the same logits, and the same dropout draws (pooled is (B, dim) either way)."""
+        hidden = packing.hidden_states(self.llama, batch)                           # (R, L, dim)
+        last = batch["last"].to(hidden.device)                                      # (B, 2)
+        return self.head(hidden[last[:, 0], last[:, 1]])                            # (B, dim)
+
+    def head(self, pooled):
+        """pooled (B, dim) -> logits (B, K): dropout, then the linear head."""
         return self.classifier_head(self.dropout(pooled.float()))                    # (B, K)
 
 
@@ -166,9 +181,13 @@ def add_lora(classifier, rank, alpha, targets="wq,wv", dropout=0.0):
 # training and evaluation on batches
 
 def batch_logits(model, batch):
-    """Logits (B, K) and labels (B,) of one batch dict, on the model's device."""
+    """Logits (B, K) and labels (B,) of one batch dict (padded, or packed: packed_batch), on
+    the model's device."""
     device = model.classifier_head.weight.device
-    logits = model(batch["tokens"].to(device), batch["attention_mask"].to(device))   # (B, K)
+    if "blocks" in batch:
+        logits = model.forward_packed(batch)                                          # (B, K)
+    else:
+        logits = model(batch["tokens"].to(device), batch["attention_mask"].to(device))  # (B, K)
     return logits.float(), batch["labels"].to(device)                                # (B,)
 
 
@@ -176,6 +195,15 @@ def classification_loss(model, batch):
     """(summed cross-entropy, number of examples) for train.fit."""
     logits, labels = batch_logits(model, batch)
     return F.cross_entropy(logits, labels, reduction="sum"), labels.numel()
+
+
+def packed_batch(sequences, labels, pad_id, max_len):
+    """The batch data.Batches pads, packed into rows of <= max_len tokens (packing.pack: no
+    padding, each example its own positions and block): {tokens, positions, blocks, last, ...,
+    labels (B,)}, the class labels in example order."""
+    no_loss = -1                        # pack's token labels are not used: one class per example
+    batch = packing.pack([(ids, [no_loss] * len(ids)) for ids in sequences], pad_id, max_len, no_loss)
+    return {**batch, "labels": torch.tensor(labels, dtype=torch.long)}                # (B,)
 
 
 @torch.no_grad()

@@ -31,6 +31,8 @@ Llama.forward: LoRA and IA3 (Linears wrapped inside the Llama) and full fine-tun
 and prefix tuning (virtual tokens in front of every example) and DDP / FSDP (their hooks live in
 forward) do not (run_sft.py refuses them in one line).
 """
+import os
+
 import torch
 
 import scoring
@@ -90,7 +92,8 @@ def common_prefix(examples, ignore):
 
 def pack(examples, pad_id, max_len, ignore, shared=0):
     """examples [(ids, labels)] (labels: the ids or `ignore` per position) -> one packed batch
-    {tokens, positions, blocks, labels, attention_mask} (R, L) and "rows": the layout.
+    {tokens, positions, blocks, labels, attention_mask} (R, L), "rows": the layout, and "last"
+    (B, 2): the (row, column) of each example's last token, in example order.
     shared: the first `shared` tokens are the same in every example (common_prefix: a chat
     template's system prompt): each row holds them once, as block 0, which every example of
     the row attends to, and each example adds only its tokens after them (positions shared..)."""
@@ -101,6 +104,7 @@ def pack(examples, pad_id, max_len, ignore, shared=0):
     positions = torch.zeros((len(layout), L), dtype=torch.long)              # (R, L)
     blocks = torch.full((len(layout), L), -1, dtype=torch.long)              # (R, L)
     labels = torch.full((len(layout), L), ignore, dtype=torch.long)          # (R, L)
+    last = torch.zeros((len(examples), 2), dtype=torch.long)                 # (B, 2)
     prefix = torch.tensor(examples[0][0][:shared], dtype=torch.long)
     for r, row in enumerate(layout):
         tokens[r, :shared] = prefix                          # block 0: the shared tokens
@@ -114,9 +118,10 @@ def pack(examples, pad_id, max_len, ignore, shared=0):
             positions[r, span] = torch.arange(shared, shared + n)
             blocks[r, span] = i + 1
             labels[r, span] = torch.tensor([ignore] + list(example_labels[shared + 1:]))
+            last[i] = torch.tensor([r, start + n - 1])
             start += n
     return {"tokens": tokens, "positions": positions, "blocks": blocks, "labels": labels,
-            "attention_mask": (blocks >= 0).long(), "rows": layout, "shared": shared,
+            "attention_mask": (blocks >= 0).long(), "rows": layout, "shared": shared, "last": last,
             "real_tokens": sum(len(ids) for ids, _ in examples)}
 
 
@@ -127,6 +132,16 @@ def hidden_states(model, batch):
     positions = batch["positions"].to(device)
     mask = scoring.block_mask(batch["blocks"].to(device), positions)               # (R, 1, L, L)
     return model.blocks(batch["tokens"].to(device), positions, mask)
+
+
+def why_not(fsdp=False):
+    """None where a driver may pack, else why not: under torchrun (WORLD_SIZE > 1) or --fsdp,
+    DDP / FSDP synchronise in forward, which packed rows (model.blocks) bypass."""
+    processes = os.environ.get("WORLD_SIZE", "1")
+    if processes not in ("", "1") or fsdp:
+        return (f"under torchrun (WORLD_SIZE {processes}) DDP / FSDP synchronise in forward, "
+                "which packed rows bypass")
+    return None
 
 
 def can_pack(model):

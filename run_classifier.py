@@ -24,6 +24,7 @@ import distributed
 import fused
 import lora
 import options
+import packing
 import peft_format
 import safetensors_io
 import scoring
@@ -90,6 +91,10 @@ def add_training_arguments(parser, option):
     distributed.add_fsdp_argument(parser)
     parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                         help="the fast path (fused.py, tested equal); --no-fused: the readable one")
+    parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
+                        help="each batch's examples packed end to end into rows as long as the "
+                        "longest example, with document masking (packing.py; the same batches, "
+                        "logits and gradients, no padding). Default: on in one process")
     if option == "lora":
         parser.add_argument("--lora_rank", "--lora-rank",
                             type=options.size, default=4, help="LoRA rank r")
@@ -110,6 +115,18 @@ def check_arguments(args):
     if getattr(args, "lora_targets", None) is not None:
         lora.resolve_targets(args.lora_targets)                  # an empty list fails before loading
     distributed.check_fsdp(getattr(args, "fsdp", False))
+    if args.option != "prompt":
+        args.packing = resolve_packing(args)             # recorded in the summary as it ran
+
+
+def resolve_packing(args):
+    """--packing default (None): on in one process (tests/test_classifier.py proves the packed
+    batch's logits and gradients equal the padded one's); off under torchrun / --fsdp, where an
+    explicit --packing is one line."""
+    why = packing.why_not(args.fsdp)
+    if args.packing and why:
+        raise ValueError(f"--packing: {why}; drop --packing")
+    return why is None if args.packing is None else args.packing
 
 
 def load_splits(args):
@@ -177,10 +194,14 @@ def run_train(args, llama, tokenizer, names, splits):
     seqs = {s: classifier.encode_split(splits[s], tokenizer, args.max_sentence_len, template, names)
             for s in splits}
 
+    pack_len = max(len(ids) for split in seqs.values() for ids in split)   # no example is cut
+    collate = (lambda ids, labels: classifier.packed_batch(ids, labels, tokenizer.pad_id, pack_len)
+               ) if args.packing else None
+
     def batches(split, shuffle=False, **options):   # training batches are sharded under torchrun
         return data.Batches(seqs[split], [e.label for e in splits[split]], args.batch_size,
                             tokenizer.pad_id, seed=args.seed, shuffle=shuffle, shard=shuffle,
-                            **options)
+                            collate=collate, **options)
 
     def evaluate(m):
         preds, loss = classifier.predict_head(m, batches("dev", sort_by_length=True))

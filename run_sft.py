@@ -71,6 +71,7 @@ import lora
 import metrics
 import optimizer as optim_lib
 import options
+import packing
 import peft_format
 import run_eval
 import sample
@@ -250,12 +251,9 @@ def resolve_packing(args):
     explicit --packing elsewhere is one line. DDP / FSDP hooks run in forward, which packing
     bypasses; virtual tokens would sit in front of every packed example. -> packing on or off
     (args is not changed: a study's children each resolve their own default)."""
-    processes, why = os.environ.get("WORLD_SIZE", "1"), None
+    why = packing.why_not(args.fsdp)
     if args.method not in LLAMA_METHODS:
         why = f"--method {args.method} puts virtual tokens in front of every example"
-    elif processes not in ("", "1") or args.fsdp:
-        why = (f"under torchrun (WORLD_SIZE {processes}) DDP / FSDP synchronise in forward, "
-               "which packed rows bypass")
     if args.packing and why:
         raise ValueError(f"--packing: {why}; drop --packing (or use --group_by_length)")
     return why is None and args.adapter is None if args.packing is None else args.packing

@@ -140,3 +140,59 @@ def test_lora_trains_only_head_and_adapters():
             assert not torch.equal(p, before[n]), n
         if not p.requires_grad:
             assert torch.equal(p, before[n]), n
+
+
+# ----------------------------------------------------------------------------
+# packing (--packing): the batch's examples end to end in rows, document masking (packing.py)
+
+def random_prompts(seed, count=9, vocab=256):
+    rng = __import__("random").Random(seed)
+    return [[rng.randrange(3, vocab) for _ in range(rng.randint(2, 40))] for _ in range(count)]
+
+
+def test_packed_batch_logits_equal_each_example_alone():
+    """Oracle: each example alone, unpadded; packed rows hold several examples (fewer rows)."""
+    model = classifier.LlamaEmbeddingClassifier(tiny_llama(), num_labels=3, hidden_dropout_prob=0.0).eval()
+    for seed in range(3):
+        seqs = random_prompts(seed)
+        batch = classifier.packed_batch(seqs, [0] * len(seqs), pad_id=2, max_len=64)
+        assert len(batch["rows"]) < len(seqs)                                   # it did pack
+        with torch.no_grad():
+            packed = classifier.batch_logits(model, batch)[0]                    # (B, K)
+            alone = torch.cat([model(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))
+                               for s in seqs])
+        torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["finetune", "lora"])
+@pytest.mark.parametrize("fuse", [False, True])
+def test_packed_loss_dropout_and_every_gradient_equal_the_padded_batch(method, fuse):
+    """Train mode, head dropout 0.3 drawn from the same seed: the packed batch's summed loss and
+    every trainable gradient equal the right-padded batch's (sums in another order: 1e-5 of
+    the largest entry)."""
+    import fused
+    model = classifier.LlamaEmbeddingClassifier(tiny_llama(), num_labels=2, hidden_dropout_prob=0.3)
+    if method == "lora":
+        classifier.add_lora(model, rank=2, alpha=4.0, targets="heavy")
+        with torch.no_grad():                  # B = 0 would hide a wrong gradient through A
+            for name, p in model.named_parameters():
+                if "lora" in name.lower():
+                    p.add_(torch.randn_like(p) * 0.1)
+    else:
+        model.requires_grad_(True)
+    if fuse:
+        fused.fuse(model.llama)
+    model.train()
+    seqs, labels = random_prompts(5, count=10), [i % 2 for i in range(10)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for batch in (data.Batches(seqs, labels, 10, pad_id=2).pad(seqs, labels),
+                  classifier.packed_batch(seqs, labels, pad_id=2, max_len=64)):
+        torch.manual_seed(11)
+        loss, count = classifier.classification_loss(model, batch)
+        results.append((loss.detach(), count, torch.autograd.grad(loss, params)))
+    (loss, count, grads), (loss_ref, count_ref, grads_ref) = results[1], results[0]
+    assert count == count_ref == 10
+    torch.testing.assert_close(loss, loss_ref, atol=1e-5, rtol=1e-5)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5 * float(g_ref.abs().max()))

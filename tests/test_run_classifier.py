@@ -252,3 +252,43 @@ def test_max_eval_examples_cuts_dev_only_and_the_test_output_keeps_every_line(tm
     assert [ln.split(" ||| ")[1] for ln in test_lines] == [f"test review {i}" for i in range(20)]
     run.main(cli(task, "prompt", "--max_eval_examples", "4", "--max_test_examples", "5"))
     assert len((task / "prompt-test-output.txt").read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize("option", ["finetune", "lora"])
+def test_packed_run_takes_the_steps_of_the_padded_run(tmp_path, monkeypatch, capsys, option):
+    """--packing (the default) and --no-packing: the same batches, so the same losses, dev
+    predictions and summary accuracy (to fp32 rounding); the summary records which ran."""
+    task, runs = write_task(tmp_path), {}
+    for packing in ("--packing", "--no-packing"):
+        model = tiny_llama()
+        monkeypatch.setattr(scoring, "load_model", lambda path, device: (model, tokenizer_for(model)))
+        run.main(cli(task, option, "--epochs", "2", "--lr", "1e-2", "--out_dir",
+                     str(tmp_path / packing), packing))
+        runs[packing] = (json.loads((tmp_path / packing / f"{option}-train-summary.json").read_text()),
+                         json.loads((tmp_path / packing / f"{option}-train-history.json").read_text()),
+                         (tmp_path / f"{option}-dev-output.txt").read_text())
+    (packed, history, dev), (padded, history_ref, dev_ref) = runs["--packing"], runs["--no-packing"]
+    assert packed["args"]["packing"] is True and padded["args"]["packing"] is False
+    assert dev == dev_ref and packed["dev_accuracy"] == padded["dev_accuracy"]
+    losses = [s["loss"] for s in history["steps"]]
+    assert len(losses) == len(history_ref["steps"]) == 6
+    assert losses == pytest.approx([s["loss"] for s in history_ref["steps"]], rel=1e-4)
+
+
+def test_packing_under_torchrun_is_one_line(tmp_path, monkeypatch, capsys):
+    """Default off under torchrun (DDP / FSDP hooks run in forward); an explicit --packing: one
+    line before any work."""
+    import run_classifier
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = run_classifier.argparse.Namespace(packing=None, fsdp=False)
+    assert run_classifier.resolve_packing(args) is False
+    monkeypatch.delenv("WORLD_SIZE")
+    assert run_classifier.resolve_packing(args) is True
+    import distributed
+    monkeypatch.setattr(distributed, "init_from_env", lambda *a: None)   # as if torchrun joined
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as err:
+        run.main(cli(write_task(tmp_path), "lora", "--packing"))
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--packing: under torchrun (WORLD_SIZE 2)" in lines[0], lines
