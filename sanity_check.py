@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import adapters
+import classifier
+import data
 import scoring
 import llama
 import lora
@@ -300,6 +302,12 @@ def check_sft_and_scores():
         padded, _ = sft.answer_loss(model, sft.collate(sequences, pad_id=0))
     report("SFT packed rows (shared prefix)", "the unpacked padded batch", maxdiff(packed, padded),
            1e-4)
+    head = classifier.LlamaEmbeddingClassifier(model, num_labels=2, hidden_dropout_prob=0.0).eval()
+    texts = [ids for ids, _ in sequences]
+    with torch.no_grad():
+        packed = classifier.batch_logits(head, classifier.packed_batch(texts, [0, 1, 0], 0, 16))[0]
+        padded = classifier.batch_logits(head, data.Batches(texts, [0, 1, 0], 3, 0).pad(texts, [0, 1, 0]))[0]
+    report("classifier head, packed rows", "the padded batch", maxdiff(packed, padded), 1e-4)
 
 
 def main():

@@ -8,6 +8,10 @@
 # eval_base_vs_tuned: --option eval of the base model and the emotion_full adapter on the shared MC
 #   files (first 500 questions of each).
 # cost: a short emotion run with --eval_data: the "what fine-tuning cost" table.
+# cfimdb_finetune / cfimdb_lora: seed 001's CFIMDB command lines unreduced (every review at full
+#   length, 5 epochs, batch 10, lr 2e-5; LoRA r 4 alpha 1), packed (the default), outputs in
+#   OUT/cfimdb-<option>/; checkpointed every 20 steps and started with --resume_or_start, so the
+#   same command continues a killed run (hours here: run it again until it prints its accuracies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -33,5 +37,16 @@ case $what in
     $PY run.py --option sft --train $D/emotion/train.txt --val $D/emotion/val.txt $lora \
       --max_train_examples 800 --max_eval_examples 200 --max_len 256 --no_progress \
       --eval_data $mc --eval_limit 200 ${EXTRA:-} --out_dir $OUT/emotion-cost ;;
+  cfimdb_finetune|cfimdb_lora)
+    option=${what#cfimdb_}; kind=$([ $option = lora ] && echo lora || echo finetuning)
+    extra=$([ $option = lora ] && echo "--lora_rank 4 --lora_alpha 1.0" || true)
+    mkdir -p $OUT/cfimdb-$option
+    $PY run.py --option $option --epochs 5 --lr 2e-5 --batch_size 10 \
+      --train $D/cfimdb/cfimdb-train.txt --dev $D/cfimdb/cfimdb-dev.txt \
+      --test $D/cfimdb/cfimdb-test.txt --label-names $D/cfimdb/cfimdb-label-mapping.json \
+      --dev_out $OUT/cfimdb-$option/cfimdb-dev-$kind-output.txt \
+      --test_out $OUT/cfimdb-$option/cfimdb-test-$kind-output.txt $extra \
+      --checkpoint_every_steps 20 --resume_or_start --no_progress ${EXTRA:-} \
+      --out_dir $OUT/cfimdb-$option ;;
   *) echo "unknown: $what" >&2; exit 2 ;;
 esac
