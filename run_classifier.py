@@ -7,10 +7,12 @@ trainer shares come from train.add_training_arguments. Outputs: `PRED ||| TEXT` 
 and test, `Dev Accuracy: 0.490` lines, OUT_DIR/<option>-<train>-summary.json, and for lora the
 adapter in peft's layout with the head beside it. Reduced runs: --max_train_examples and
 --max_eval_examples (dev) cut those splits; the test output covers every test line unless
---max_test_examples asks for a subset.
+--max_test_examples asks for a subset. finetune / lora pack each batch (--packing, the default
+in one process: classifier.packed_batch; the same steps as padded, without the padding).
 
 Tested in tests/test_run_classifier.py (the CLI end to end through run.main on temp files,
---lora_targets presets and names, the placeholder-label warning, FSDP == one process).
+--lora_targets presets and names, the placeholder-label warning, FSDP == one process, a packed
+run == the padded run, --packing under torchrun).
 """
 import argparse
 import time
