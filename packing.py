@@ -144,6 +144,15 @@ def why_not(fsdp=False):
     return None
 
 
+def resolve(requested, why, fix="drop --packing"):
+    """A driver's --packing (True / False / None = default) given why it cannot pack (None when it
+    can): the default is on exactly where it can; an explicit --packing where it cannot is one
+    line naming the fix. -> packing on or off."""
+    if requested and why:
+        raise ValueError(f"--packing: {why}; {fix}")
+    return why is None if requested is None else requested
+
+
 def can_pack(model):
     """Whether the model's body can be called with packed positions and mask (a Llama, LoRA or
     IA3 inside); a virtual-token wrapper or a DDP / FSDP wrapper cannot."""

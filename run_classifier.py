@@ -125,10 +125,7 @@ def resolve_packing(args):
     """--packing default (None): on in one process (tests/test_classifier.py proves the packed
     batch's logits and gradients equal the padded one's); off under torchrun / --fsdp, where an
     explicit --packing is one line."""
-    why = packing.why_not(args.fsdp)
-    if args.packing and why:
-        raise ValueError(f"--packing: {why}; drop --packing")
-    return why is None if args.packing is None else args.packing
+    return packing.resolve(args.packing, packing.why_not(args.fsdp))
 
 
 def load_splits(args):

@@ -251,12 +251,12 @@ def resolve_packing(args):
     explicit --packing elsewhere is one line. DDP / FSDP hooks run in forward, which packing
     bypasses; virtual tokens would sit in front of every packed example. -> packing on or off
     (args is not changed: a study's children each resolve their own default)."""
+    if args.adapter is not None and args.packing is None:
+        return False                                 # predict only: no training batches to pack
     why = packing.why_not(args.fsdp)
     if args.method not in LLAMA_METHODS:
         why = f"--method {args.method} puts virtual tokens in front of every example"
-    if args.packing and why:
-        raise ValueError(f"--packing: {why}; drop --packing (or use --group_by_length)")
-    return why is None and args.adapter is None if args.packing is None else args.packing
+    return packing.resolve(args.packing, why, "drop --packing (or use --group_by_length)")
 
 
 # ----------------------------------------------------------------------------

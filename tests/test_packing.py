@@ -235,6 +235,17 @@ def test_packing_where_it_cannot_pack_is_one_line(task, tmp_path, capsys, flags,
     assert len(err) == 1 and words in err[0], err
 
 
+def test_resolve_is_the_one_rule():
+    """packing.resolve, shared by --option sft and the classifiers: the default follows whether
+    the driver can pack, an explicit choice is kept, an explicit --packing that cannot is one line
+    naming the reason and the fix."""
+    assert packing.resolve(None, None) is True and packing.resolve(None, "why") is False
+    assert packing.resolve(False, None) is False and packing.resolve(False, "why") is False
+    assert packing.resolve(True, None) is True
+    with pytest.raises(ValueError, match="^--packing: no blocks; use X$"):
+        packing.resolve(True, "no blocks", "use X")
+
+
 def test_packing_default_and_torchrun(monkeypatch):
     """Default: on for lora / ia3 / full in one process, off for the virtual-token methods and
     under torchrun; --packing under torchrun is one line."""
