@@ -70,6 +70,7 @@ class Progress:
     epoch_loss: float = 0.0        # that epoch's summed training loss so far
     epoch_count: float = 0.0       # the items (examples or tokens) that sum counts
     epoch_elapsed_s: float = 0.0   # seconds spent in that epoch
+    epoch_tokens: int = 0          # the real tokens trained in that epoch (None: an older file)
     metrics: dict = None           # that epoch's latest evaluation (None: none yet)
     evaluated_at: int = None       # the step of that evaluation
     best_value: float = None       # best select_metric so far (train.BestKeeper)
@@ -275,6 +276,7 @@ def epoch_part(progress, epoch):
 _COUNT, _NUMBER = (int, lambda v: v >= 0, "an integer >= 0"), (float, None, "")
 STATE_FIELDS = {"step": _COUNT, "epoch": _COUNT, "steps_in_epoch": _COUNT,
                 "epoch_loss": _NUMBER, "epoch_count": _NUMBER, "epoch_elapsed_s": _NUMBER,
+                "epoch_tokens?": _COUNT,
                 "metrics": ((dict, type(None)), None, ""),
                 "evaluated_at": ((int, type(None)), None, ""),
                 "best_value": ((float, type(None)), None, ""), "bad_evals": _COUNT,

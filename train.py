@@ -276,7 +276,7 @@ class EpochTally:
     metrics: dict = None           # the epoch's latest evaluation
     evaluated_at: int = None       # the step of that evaluation
     bar: object = None             # the tqdm progress bar
-    tokens: int = 0                # real (not padding) tokens trained in this epoch (this process)
+    tokens: int = 0                # real (not padding) tokens trained in this epoch so far
 
 
 class BestKeeper:
@@ -361,7 +361,7 @@ def begin_epoch(setup, epoch, step, part, train_batches):
                       time.perf_counter() - part.epoch_elapsed_s,
                       torch.tensor(part.epoch_loss, device=setup.device),
                       torch.tensor(part.epoch_count, device=setup.device),
-                      part.metrics, part.evaluated_at, bar)
+                      part.metrics, part.evaluated_at, bar, part.epoch_tokens or 0)
 
 
 def log_step(setup, tally, step, loss_sum, count, lr, grad_norm):
@@ -425,6 +425,7 @@ def save_progress(setup, tally, step, epoch_done=False):
         steps_in_epoch=0 if epoch_done else step - tally.start_step,
         epoch_loss=0.0 if epoch_done else loss, epoch_count=0.0 if epoch_done else count,
         epoch_elapsed_s=time.perf_counter() - tally.start_time,
+        epoch_tokens=0 if epoch_done else tally.tokens,
         metrics=None if epoch_done else tally.metrics,
         evaluated_at=None if epoch_done else tally.evaluated_at,
         best_value=setup.keeper.value, bad_evals=setup.keeper.bad_evals,

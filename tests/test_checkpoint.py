@@ -48,6 +48,7 @@ config = train.TrainConfig(epochs=3, lr=3e-2, schedule="cosine", warmup_steps=2,
 history = train.fit(model, data.Batches(seqs, labels, 4, 0, shuffle=True, seed=5), loss_fn, config, evaluate)
 safetensors_io.write_safetensors(out + "/final.safetensors", {k: v.contiguous() for k, v in model.state_dict().items()})
 open(out + "/losses.txt", "w").write(" ".join(repr(s["loss"]) for s in history["steps"]))
+open(out + "/tokens.txt", "w").write(" ".join(str(e["tokens"]) for e in history["epochs"]))
 '''
 
 
@@ -85,6 +86,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
         assert torch.equal(a[name], b[name]), name
     assert (whole / "losses.txt").read_text() == (killed / "losses.txt").read_text()
     assert len((killed / "losses.txt").read_text().split()) == 18   # 3 epochs x 6 steps, one history
+    # the epoch cut by the kill counts its tokens from before the kill too (tok/s is not halved)
+    assert (whole / "tokens.txt").read_text() == (killed / "tokens.txt").read_text()
 
 
 def test_optimizer_state_round_trip_and_half_written_checkpoint(tmp_path, monkeypatch):

@@ -315,6 +315,16 @@ def test_resume_of_the_same_run_continues(tmp_path, capsys):
     assert "resumed from" in capsys.readouterr().out and len(history["epochs"]) == 2
 
 
+def test_resume_of_a_checkpoint_written_before_epoch_tokens(tmp_path):
+    """state.json files from before the epoch's token count was saved still resume."""
+    toy_fit(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "state.json"
+    state = json.loads(path.read_text())
+    assert state.pop("epoch_tokens") == 0
+    path.write_text(json.dumps(state))
+    assert len(toy_fit(tmp_path / "ckpt", resume=True, epochs=2)["epochs"]) == 2
+
+
 def test_resume_with_no_checkpoint_is_refused_unless_asked_to_start(tmp_path):
     with pytest.raises(FileNotFoundError, match="--resume_or_start"):
         toy_fit(tmp_path / "none", resume=True)
@@ -364,6 +374,7 @@ def test_pico_resume_or_start_starts_then_continues(tmp_path, capsys):
     (lambda s: s.update(step="abc"), "'step'"),
     (lambda s: s.pop("epoch"), "'epoch' is missing"),
     (lambda s: s.update(epoch=-1), "'epoch'"),
+    (lambda s: s.update(epoch_tokens=-1), "'epoch_tokens'"),
     (lambda s: s.update(history=[1]), "'history'"),
     (lambda s: s.update(rng={"python": 1}), "training checkpoint"),
     (lambda s: s.update(optimizer={"param_groups": 3, "scalars": {}}), "training checkpoint"),
