@@ -70,7 +70,7 @@ class Progress:
     epoch_loss: float = 0.0        # that epoch's summed training loss so far
     epoch_count: float = 0.0       # the items (examples or tokens) that sum counts
     epoch_elapsed_s: float = 0.0   # seconds spent in that epoch
-    epoch_tokens: int = 0          # the real tokens trained in that epoch (None: an older file)
+    epoch_tokens: int = 0          # the real tokens trained in that epoch
     metrics: dict = None           # that epoch's latest evaluation (None: none yet)
     evaluated_at: int = None       # the step of that evaluation
     best_value: float = None       # best select_metric so far (train.BestKeeper)
@@ -233,7 +233,7 @@ def restore(folder, model, optimizer, identity=None):
         load_optimizer_state(optimizer, optimizer_tensors, state["optimizer"])
         set_rng_states(rng, state["rng"])
     best = {k: v.clone() for k, v in best.items()} if best is not None else None
-    return Progress(**{f.name: state.get(f.name) for f in fields(Progress)}), best
+    return Progress(**{f.name: state.get(f.name, f.default) for f in fields(Progress)}), best
 
 
 def check_shapes(tensors, shapes, source):

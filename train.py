@@ -361,7 +361,7 @@ def begin_epoch(setup, epoch, step, part, train_batches):
                       time.perf_counter() - part.epoch_elapsed_s,
                       torch.tensor(part.epoch_loss, device=setup.device),
                       torch.tensor(part.epoch_count, device=setup.device),
-                      part.metrics, part.evaluated_at, bar, part.epoch_tokens or 0)
+                      part.metrics, part.evaluated_at, bar, part.epoch_tokens)
 
 
 def log_step(setup, tally, step, loss_sum, count, lr, grad_norm):
